@@ -1,0 +1,263 @@
+//! Processor configuration: a YAML file plus `TRELLIS__`-prefixed
+//! environment overrides (`TRELLIS__KAFKA__BOOTSTRAP_SERVERS=…`, `__`
+//! separating levels). Unknown keys are errors, so a typo never silently
+//! falls back to a default. Secrets are not configuration: they come from
+//! their own variables (see [`crate::secret`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Yaml};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// Configuration shared by every processor; `S` is the processor's own section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config<S> {
+    /// Path of topology.yaml; relative paths are taken from the working directory.
+    #[serde(default = "default_topology")]
+    pub topology: PathBuf,
+    /// Broker connection and delivery mode.
+    pub kafka: KafkaConfig,
+    /// Confluent-compatible schema registry.
+    pub registry: RegistryConfig,
+    /// Directory of this processor's sled state store.
+    pub state_dir: PathBuf,
+    /// Where `/metrics` and `/healthz` are served; port 0 picks a free port.
+    #[serde(default = "default_metrics_addr")]
+    pub metrics_addr: SocketAddr,
+    /// How records are grouped into checkpointed batches.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// How long a graceful shutdown may take before it is forced.
+    #[serde(default = "default_shutdown_deadline_ms")]
+    pub shutdown_deadline_ms: u64,
+    /// Log output: `text` for people, `json` for collectors.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Replay inputs from offset 0 into a fresh state store before going live.
+    #[serde(default)]
+    pub rebuild: bool,
+    /// The processor's own settings.
+    pub settings: S,
+}
+
+fn default_topology() -> PathBuf {
+    PathBuf::from("topology.yaml")
+}
+
+/// Loopback only: metrics reveal topic names and volumes.
+fn default_metrics_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Ten seconds: long enough to flush a full batch on a loaded broker, short
+/// enough for an orchestrator's default termination grace period (30 s).
+const fn default_shutdown_deadline_ms() -> u64 {
+    10_000
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Broker connection and delivery settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]`.
+    pub bootstrap_servers: String,
+    /// Wrap each batch's outputs and input offsets in a Kafka transaction.
+    /// Off by default: effectively-once holds without it (see [`crate::pipeline`]),
+    /// and brokers such as tansu do not enforce transaction isolation.
+    #[serde(default)]
+    pub transactions: bool,
+    /// This instance's index among `instances` (static partition assignment).
+    #[serde(default)]
+    pub instance: u32,
+    /// How many instances of the processor share the input partitions.
+    #[serde(default = "one")]
+    pub instances: u32,
+    /// Extra librdkafka properties (security, tuning), passed through verbatim.
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+}
+
+const fn one() -> u32 {
+    1
+}
+
+/// Schema registry location.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8081`.
+    pub url: String,
+}
+
+/// Batch boundaries: a batch is the unit of produce-then-checkpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most records per batch.
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+    /// Longest a batch stays open waiting for records, in milliseconds.
+    #[serde(default = "default_max_wait_ms")]
+    pub max_wait_ms: u64,
+}
+
+/// 5,000 records: large enough that the per-batch delivery wait and sled
+/// commit cost well under a microsecond per record, small enough that a
+/// crash replays at most a fraction of a second of input.
+const fn default_max_records() -> usize {
+    5_000
+}
+
+/// 100 ms bounds the latency a quiet stream adds.
+const fn default_max_wait_ms() -> u64 {
+    100
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_records: default_max_records(),
+            max_wait_ms: default_max_wait_ms(),
+        }
+    }
+}
+
+impl BatchConfig {
+    /// `max_wait_ms` as a duration.
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms)
+    }
+}
+
+/// A configuration that could not be loaded; the message says which key and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment did not fit the schema.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// Values that parse but cannot work together.
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Inconsistent(Vec<String>),
+}
+
+impl<S: DeserializeOwned> Config<S> {
+    /// Loads `path` (if given) overlaid with `TRELLIS__*` environment variables.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the offending key.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Yaml::file(path));
+        }
+        let config: Self = figment
+            .merge(Env::prefixed("TRELLIS__").split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.kafka.instances == 0 {
+            problems.push("kafka.instances must be at least 1".to_string());
+        } else if self.kafka.instance >= self.kafka.instances {
+            problems.push(format!(
+                "kafka.instance is {} but must be below kafka.instances ({})",
+                self.kafka.instance, self.kafka.instances
+            ));
+        }
+        if self.batch.max_records == 0 {
+            problems.push("batch.max_records must be at least 1".to_string());
+        }
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            problems.push("kafka.bootstrap_servers is empty".to_string());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Inconsistent(problems))
+        }
+    }
+}
+
+impl<S> Config<S> {
+    /// The shutdown deadline as a duration.
+    pub fn shutdown_deadline(&self) -> Duration {
+        Duration::from_millis(self.shutdown_deadline_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Settings {
+        window_secs: u64,
+    }
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("c.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    const BASE: &str = "kafka: {bootstrap_servers: '127.0.0.1:9092'}\nregistry: {url: 'http://127.0.0.1:8081'}\nstate_dir: /tmp/x\nsettings: {window_secs: 5}\n";
+
+    #[test]
+    fn loads_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::<Settings>::load(Some(&write(dir.path(), BASE))).unwrap();
+        assert_eq!(config.settings.window_secs, 5);
+        assert_eq!(config.batch.max_records, 5_000);
+        assert!(config.metrics_addr.ip().is_loopback());
+        assert!(!config.kafka.transactions);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("{BASE}bach: {{max_records: 3}}\n");
+        let err = Config::<Settings>::load(Some(&write(dir.path(), &text))).unwrap_err();
+        assert!(err.to_string().contains("bach"), "{err}");
+    }
+
+    #[test]
+    fn reports_inconsistent_values_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = BASE.replace(
+            "bootstrap_servers: '127.0.0.1:9092'",
+            "bootstrap_servers: '', instance: 2, instances: 2",
+        );
+        let err = Config::<Settings>::load(Some(&write(dir.path(), &text))).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("kafka.instance is 2"), "{text}");
+        assert!(text.contains("bootstrap_servers is empty"), "{text}");
+    }
+}

@@ -1,0 +1,181 @@
+//! Kafka clients as Trellis configures them, topic checks and topology
+//! provisioning through the admin API.
+//!
+//! Nothing here reads high watermarks: tansu reports them wrongly (INFRA.md),
+//! and Trellis never needs them. Replay targets come from committed offsets,
+//! ends of input from what producers were told on delivery.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+
+use crate::config::KafkaConfig;
+use crate::topology::Topology;
+
+/// Timeout for metadata and admin calls.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Header carrying a record's stable id (consumers drop duplicates by it).
+pub const ID_HEADER: &str = "trellis.id";
+/// Header carrying the tenant of every record.
+pub const TENANT_HEADER: &str = "tenant";
+/// Header carrying the ingest request id through the topology.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A broker call failed.
+#[derive(Debug, thiserror::Error)]
+#[error("kafka: {0}")]
+pub struct KafkaError(pub String);
+
+impl From<rdkafka::error::KafkaError> for KafkaError {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// Base client config: brokers plus the operator's passthrough properties.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (key, value) in &kafka.client {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Producer config: idempotent, all acks, batched.
+pub fn producer_config(kafka: &KafkaConfig, transactional_id: Option<&str>) -> ClientConfig {
+    let mut config = client_config(kafka);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "60000");
+    if let Some(id) = transactional_id {
+        config.set("transactional.id", id);
+    }
+    config
+}
+
+/// Consumer config for manual assignment: Trellis stores positions itself and
+/// commits group offsets only after a batch's outputs are durable.
+pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut config = client_config(kafka);
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set(
+            "isolation.level",
+            if kafka.transactions {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        );
+    config
+}
+
+/// Partition counts of every topic the broker has.
+///
+/// # Errors
+/// [`KafkaError`] if the broker cannot be reached.
+pub fn topic_partitions(kafka: &KafkaConfig) -> Result<BTreeMap<String, i32>, KafkaError> {
+    let consumer: BaseConsumer = client_config(kafka).create()?;
+    let metadata = consumer.fetch_metadata(None, ADMIN_TIMEOUT)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+        .collect())
+}
+
+/// What `apply` did to one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicOutcome {
+    /// Created now.
+    Created,
+    /// Already there with the declared partition count.
+    Unchanged,
+    /// Already there, but with a different partition count (not changed:
+    /// repartitioning moves keys and must be planned).
+    Drifted {
+        /// Partitions on the broker.
+        actual: i32,
+        /// Partitions declared.
+        declared: i32,
+    },
+}
+
+/// Creates every declared topic that is missing, with its declared
+/// partitions, retention and cleanup policy, and `replication` replicas
+/// (1 for the local single-broker stack). Idempotent.
+///
+/// # Errors
+/// [`KafkaError`] on a broker failure other than "already exists".
+pub async fn apply_topology(
+    kafka: &KafkaConfig,
+    topology: &Topology,
+    replication: i32,
+) -> Result<BTreeMap<String, TopicOutcome>, KafkaError> {
+    let existing = topic_partitions(kafka)?;
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
+    let mut outcomes = BTreeMap::new();
+    let retention: BTreeMap<&str, String> = topology
+        .topics
+        .iter()
+        .map(|(name, spec)| (name.as_str(), spec.retention_ms.to_string()))
+        .collect();
+    let mut to_create = Vec::new();
+    for (name, spec) in &topology.topics {
+        match existing.get(name) {
+            Some(&actual) if actual == spec.partitions => {
+                outcomes.insert(name.clone(), TopicOutcome::Unchanged);
+            }
+            Some(&actual) => {
+                outcomes.insert(
+                    name.clone(),
+                    TopicOutcome::Drifted {
+                        actual,
+                        declared: spec.partitions,
+                    },
+                );
+            }
+            None => to_create.push(
+                // tansu reports only the configs set at creation (INFRA.md),
+                // so every config Trellis relies on is set explicitly.
+                NewTopic::new(name, spec.partitions, TopicReplication::Fixed(replication))
+                    .set("retention.ms", &retention[name.as_str()])
+                    .set("cleanup.policy", spec.cleanup_policy.as_kafka()),
+            ),
+        }
+    }
+    if !to_create.is_empty() {
+        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        for result in admin.create_topics(&to_create, &options).await? {
+            match result {
+                Ok(name) => {
+                    outcomes.insert(name, TopicOutcome::Created);
+                }
+                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    outcomes.insert(name, TopicOutcome::Unchanged);
+                }
+                Err((name, code)) => {
+                    return Err(KafkaError(format!("creating topic `{name}`: {code}")));
+                }
+            }
+        }
+    }
+    Ok(outcomes)
+}
+

@@ -1,0 +1,471 @@
+//! Avro schemas and the Confluent wire format.
+//!
+//! Record values are `0x00 ‖ schema id (u32, big-endian) ‖ Avro datum`, the
+//! format every Confluent-compatible deserializer reads. Registry traffic
+//! (registering a schema under `<topic>-value`, fetching a writer schema by id)
+//! goes through `schema_registry_converter`. Encoding and decoding use
+//! apache-avro's schema-aware serde directly, with the schema resolved once:
+//! the converter's per-call API clones the whole schema text on every record.
+//!
+//! Personal data is declared in the schemas, not in code: a field property
+//! `"pii"` says what a field holds and how it is (or must be) protected. See
+//! [`PiiTag`].
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use apache_avro::Schema;
+use apache_avro::schema::ResolvedSchema;
+use apache_avro::writer::datum::GenericDatumWriter;
+use schema_registry_converter::async_impl::schema_registry::{
+    SrSettings, get_schema_by_id, post_schema,
+};
+use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Magic byte of the Confluent wire format.
+const MAGIC: u8 = 0;
+
+/// The `"pii"` property of a schema field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PiiTag {
+    /// Plaintext identifier that the privacy processor replaces by a pseudonym.
+    Pseudonymize,
+    /// Plaintext IP address that the privacy processor hashes (or drops).
+    HashIp,
+    /// Plaintext personal data that the privacy processor encrypts.
+    Encrypt,
+    /// A per-tenant, per-subject pseudonym.
+    Pseudonym,
+    /// A salted IP hash.
+    IpHash,
+    /// AES-256-GCM ciphertext under a per-subject key.
+    Ciphertext,
+}
+
+/// Whether a tagged field is readable as it stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PiiTreatment {
+    /// Readable personal data: allowed only on restricted topics.
+    Plaintext,
+    /// Hashed, pseudonymised or encrypted.
+    Protected,
+}
+
+impl PiiTag {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pseudonymize" => Self::Pseudonymize,
+            "hash_ip" => Self::HashIp,
+            "encrypt" => Self::Encrypt,
+            "pseudonym" => Self::Pseudonym,
+            "ip_hash" => Self::IpHash,
+            "ciphertext" => Self::Ciphertext,
+            _ => return None,
+        })
+    }
+
+    /// Plaintext or protected.
+    pub fn treatment(self) -> PiiTreatment {
+        match self {
+            Self::Pseudonymize | Self::HashIp | Self::Encrypt => PiiTreatment::Plaintext,
+            Self::Pseudonym | Self::IpHash | Self::Ciphertext => PiiTreatment::Protected,
+        }
+    }
+}
+
+/// A field of a schema tagged as personal data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PiiField {
+    /// Dotted path from the root record, e.g. `actor.email`.
+    pub path: String,
+    /// The tag.
+    pub tag: PiiTag,
+    /// Plaintext or protected.
+    pub treatment: PiiTreatment,
+}
+
+/// A schema file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// Unreadable file.
+    #[error("cannot read schema {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not a valid Avro schema, or a bad `pii` tag.
+    #[error("schema {path} is invalid: {message}")]
+    Invalid {
+        /// The file (or subject).
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// The registry refused or could not be reached.
+    #[error("schema registry: {0}")]
+    Registry(String),
+    /// A record did not fit the schema (a bug in the processor, not bad input).
+    #[error("cannot encode as {subject}: {message}")]
+    Encode {
+        /// The subject.
+        subject: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A parsed `.avsc` file with its personal-data tags.
+#[derive(Debug, Clone)]
+pub struct SchemaFile {
+    /// The schema text as written.
+    pub text: String,
+    /// The parsed schema.
+    pub schema: Schema,
+    pii: Vec<PiiField>,
+}
+
+impl SchemaFile {
+    /// Reads and validates a schema file.
+    ///
+    /// # Errors
+    /// [`SchemaError::Read`] or [`SchemaError::Invalid`].
+    pub fn load(path: &Path) -> Result<Self, SchemaError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SchemaError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    /// Parses schema text; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// [`SchemaError::Invalid`].
+    pub fn parse(origin: &str, text: &str) -> Result<Self, SchemaError> {
+        let invalid = |message: String| SchemaError::Invalid {
+            path: origin.to_string(),
+            message,
+        };
+        let schema = Schema::parse_str(text).map_err(|e| invalid(e.to_string()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut pii = Vec::new();
+        collect_pii(&json, "", &mut pii).map_err(invalid)?;
+        Ok(Self {
+            text: text.to_string(),
+            schema,
+            pii,
+        })
+    }
+
+    /// Every field tagged as personal data.
+    pub fn pii_fields(&self) -> &[PiiField] {
+        &self.pii
+    }
+}
+
+/// Walks records (also inside unions, arrays and maps) for `"pii"` tags.
+fn collect_pii(node: &serde_json::Value, prefix: &str, out: &mut Vec<PiiField>) -> Result<(), String> {
+    use serde_json::Value;
+    match node {
+        Value::Array(branches) => {
+            for branch in branches {
+                collect_pii(branch, prefix, out)?;
+            }
+        }
+        Value::Object(map) => {
+            if let Some(Value::Array(fields)) = map.get("fields") {
+                for field in fields {
+                    let name = field.get("name").and_then(Value::as_str).unwrap_or("?");
+                    let path = if prefix.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{prefix}.{name}")
+                    };
+                    if let Some(tag) = field.get("pii") {
+                        let tag = tag
+                            .as_str()
+                            .and_then(PiiTag::parse)
+                            .ok_or_else(|| format!("field `{path}` has unknown pii tag {tag}"))?;
+                        out.push(PiiField {
+                            path: path.clone(),
+                            tag,
+                            treatment: tag.treatment(),
+                        });
+                    }
+                    if let Some(ty) = field.get("type") {
+                        collect_pii(ty, &path, out)?;
+                    }
+                }
+            }
+            for nested in ["items", "values"] {
+                if let Some(inner) = map.get(nested) {
+                    collect_pii(inner, prefix, out)?;
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Connects to the registry named in the config.
+///
+/// # Errors
+/// [`SchemaError::Registry`] when the URL is unusable.
+pub fn registry_settings(url: &str) -> Result<SrSettings, SchemaError> {
+    SrSettings::new_builder(url.to_string())
+        .set_timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| SchemaError::Registry(e.to_string()))
+}
+
+/// Encodes values of one topic in the wire format under a registered schema id.
+pub struct AvroEncoder {
+    subject: String,
+    id: u32,
+    writer: GenericDatumWriter<'static>,
+}
+
+impl AvroEncoder {
+    /// Registers `schema` under `<topic>-value` (idempotent: an identical
+    /// schema gets its existing id) and returns an encoder for it.
+    ///
+    /// # Errors
+    /// [`SchemaError::Registry`] when the registry refuses (e.g. incompatible)
+    /// or is unreachable.
+    pub async fn register(
+        registry: &SrSettings,
+        topic: &str,
+        schema: &SchemaFile,
+    ) -> Result<Self, SchemaError> {
+        let subject = format!("{topic}-value");
+        let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.text.clone());
+        let registered = post_schema(registry, subject.clone(), supplied)
+            .await
+            .map_err(|e| SchemaError::Registry(format!("registering {subject}: {e}")))?;
+        Self::with_id(subject, registered.id, schema.schema.clone())
+    }
+
+    /// An encoder for a schema whose id is already known.
+    ///
+    /// # Errors
+    /// [`SchemaError::Invalid`] if the schema cannot be resolved.
+    pub fn with_id(subject: String, id: u32, schema: Schema) -> Result<Self, SchemaError> {
+        // A processor holds a handful of schemas for its whole life; leaking
+        // them gives the writer the 'static borrow it needs without a
+        // self-referential struct.
+        let schema: &'static Schema = Box::leak(Box::new(schema));
+        let writer = GenericDatumWriter::builder(schema)
+            .human_readable(false)
+            .build()
+            .map_err(|e| SchemaError::Invalid {
+                path: subject.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            subject,
+            id,
+            writer,
+        })
+    }
+
+    /// The registry id the encoded records carry.
+    pub fn schema_id(&self) -> u32 {
+        self.id
+    }
+
+    /// Encodes `value` as `0x00 ‖ id ‖ datum`.
+    ///
+    /// # Errors
+    /// [`SchemaError::Encode`] when `value` does not fit the schema.
+    pub fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, SchemaError> {
+        let mut out = Vec::with_capacity(256);
+        out.push(MAGIC);
+        out.extend_from_slice(&self.id.to_be_bytes());
+        self.writer
+            .write_ser(&mut out, value)
+            .map_err(|e| SchemaError::Encode {
+                subject: self.subject.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(out)
+    }
+}
+
+/// Why a record value could not be decoded: bad input, never a crash.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not in the Confluent wire format.
+    #[error("not in the Confluent wire format (magic byte or length)")]
+    NotWireFormat,
+    /// The schema id is unknown to the registry, or the registry failed.
+    #[error("schema id {id}: {message}")]
+    Schema {
+        /// The id in the record.
+        id: u32,
+        /// Why.
+        message: String,
+    },
+    /// The datum does not match its writer schema or the reader type.
+    #[error("malformed Avro datum: {0}")]
+    Datum(String),
+}
+
+struct WriterSchema {
+    schema: &'static Schema,
+    resolved: ResolvedSchema<'static>,
+}
+
+/// Decodes wire-format values, fetching writer schemas by id on first sight.
+#[derive(Clone)]
+pub struct AvroDecoder {
+    registry: SrSettings,
+    schemas: Arc<RwLock<HashMap<u32, Arc<WriterSchema>>>>,
+}
+
+impl AvroDecoder {
+    /// A decoder backed by `registry`.
+    pub fn new(registry: SrSettings) -> Self {
+        Self {
+            registry,
+            schemas: Arc::default(),
+        }
+    }
+
+    /// Splits the wire header off a value.
+    ///
+    /// # Errors
+    /// [`DecodeError::NotWireFormat`].
+    pub fn schema_id(bytes: &[u8]) -> Result<u32, DecodeError> {
+        match bytes {
+            [MAGIC, a, b, c, d, ..] => Ok(u32::from_be_bytes([*a, *b, *c, *d])),
+            _ => Err(DecodeError::NotWireFormat),
+        }
+    }
+
+    async fn writer_schema(&self, id: u32) -> Result<Arc<WriterSchema>, DecodeError> {
+        if let Some(found) = self.read_cache(id) {
+            return Ok(found);
+        }
+        let registered = get_schema_by_id(id, &self.registry)
+            .await
+            .map_err(|e| DecodeError::Schema {
+                id,
+                message: e.to_string(),
+            })?;
+        let schema = Schema::parse_str(&registered.schema).map_err(|e| DecodeError::Schema {
+            id,
+            message: e.to_string(),
+        })?;
+        let schema: &'static Schema = Box::leak(Box::new(schema));
+        let resolved = ResolvedSchema::try_from(schema).map_err(|e| DecodeError::Schema {
+            id,
+            message: e.to_string(),
+        })?;
+        let entry = Arc::new(WriterSchema { schema, resolved });
+        if let Ok(mut cache) = self.schemas.write() {
+            cache.insert(id, entry.clone());
+        }
+        Ok(entry)
+    }
+
+    fn read_cache(&self, id: u32) -> Option<Arc<WriterSchema>> {
+        self.schemas.read().ok()?.get(&id).cloned()
+    }
+
+    /// Decodes a value into `T`, whose serde shape must match the writer
+    /// schema's field names (Trellis's record types are generated from the
+    /// same `.avsc` files).
+    ///
+    /// # Errors
+    /// [`DecodeError`] for anything malformed; never panics on input.
+    pub async fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, DecodeError> {
+        let id = Self::schema_id(bytes)?;
+        let writer = self.writer_schema(id).await?;
+        let value = apache_avro::reader::datum::GenericDatumReader::builder(writer.schema)
+            .resolved_writer_schemata(writer.resolved.clone())
+            .build()
+            .and_then(|reader| reader.read_value(&mut &bytes[5..]))
+            .map_err(|e| DecodeError::Datum(e.to_string()))?;
+        apache_avro::from_value(&value).map_err(|e| DecodeError::Datum(e.to_string()))
+    }
+
+    /// Decodes into a generic JSON value (tools, tests, access exports).
+    ///
+    /// # Errors
+    /// As [`AvroDecoder::decode`].
+    pub async fn decode_json(&self, bytes: &[u8]) -> Result<serde_json::Value, DecodeError> {
+        let id = Self::schema_id(bytes)?;
+        let writer = self.writer_schema(id).await?;
+        let value = apache_avro::reader::datum::GenericDatumReader::builder(writer.schema)
+            .resolved_writer_schemata(writer.resolved.clone())
+            .build()
+            .and_then(|reader| reader.read_value(&mut &bytes[5..]))
+            .map_err(|e| DecodeError::Datum(e.to_string()))?;
+        serde_json::Value::try_from(value).map_err(|e| DecodeError::Datum(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_pii_tags_in_nested_optional_records() {
+        let schema = SchemaFile::parse(
+            "t",
+            r#"{"type":"record","name":"E","fields":[
+                {"name":"id","type":"string"},
+                {"name":"actor","type":["null",{"type":"record","name":"A","fields":[
+                    {"name":"email","type":["null","string"],"pii":"pseudonymize"},
+                    {"name":"name","type":["null","string"],"pii":"encrypt"}]}]},
+                {"name":"ip","type":["null","string"],"pii":"ip_hash"}]}"#,
+        )
+        .unwrap();
+        let paths: Vec<_> = schema
+            .pii_fields()
+            .iter()
+            .map(|f| (f.path.as_str(), f.treatment))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("actor.email", PiiTreatment::Plaintext),
+                ("actor.name", PiiTreatment::Plaintext),
+                ("ip", PiiTreatment::Protected)
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_pii_tag() {
+        let err = SchemaFile::parse(
+            "t",
+            r#"{"type":"record","name":"E","fields":[{"name":"x","type":"string","pii":"maybe"}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown pii tag"), "{err}");
+    }
+
+    #[test]
+    fn encodes_wire_format_header() {
+        #[derive(Serialize)]
+        struct E {
+            id: String,
+        }
+        let schema =
+            Schema::parse_str(r#"{"type":"record","name":"E","fields":[{"name":"id","type":"string"}]}"#)
+                .unwrap();
+        let encoder = AvroEncoder::with_id("t-value".into(), 7, schema).unwrap();
+        let bytes = encoder.encode(&E { id: "ab".into() }).unwrap();
+        assert_eq!(bytes, [0, 0, 0, 0, 7, 4, b'a', b'b']);
+        assert_eq!(AvroDecoder::schema_id(&bytes).unwrap(), 7);
+        assert!(AvroDecoder::schema_id(&[1, 0]).is_err());
+    }
+}

@@ -1,0 +1,321 @@
+//! The state store: sled, holding a processor's state *and* the input
+//! positions that state includes, written in one atomic batch.
+//!
+//! Keys live in two namespaces of one tree: `0x00` for metadata (input
+//! positions), `0x01` for the processor's data. Because a batch of data
+//! changes and the positions it advanced to are applied with one
+//! `apply_batch`, the store can never include an input's effect without
+//! knowing it did, so a restart replays exactly the inputs the store lacks and
+//! no input is applied twice (DESIGN.md promise 3).
+//!
+//! [`StateStore::digest`] hashes the data namespace in key order; two stores
+//! built from the same log have the same digest (promise 4).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+const META: u8 = 0x00;
+const DATA: u8 = 0x01;
+const POSITION: &[u8] = b"pos/";
+
+/// A topic partition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicPartition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    /// Builds one.
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// Next offset to read, per input partition.
+pub type Positions = BTreeMap<TopicPartition, i64>;
+
+/// The store failed; the processor cannot continue safely.
+#[derive(Debug, thiserror::Error)]
+#[error("state store {path}: {message}")]
+pub struct StateError {
+    path: PathBuf,
+    message: String,
+}
+
+/// SHA-256 over a store's data, hex-encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateDigest(pub String);
+
+impl fmt::Display for StateDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A processor's sled store.
+#[derive(Clone)]
+pub struct StateStore {
+    path: PathBuf,
+    db: sled::Db,
+}
+
+impl StateStore {
+    /// Opens (creating if needed) the store in `dir`.
+    ///
+    /// # Errors
+    /// [`StateError`] if sled cannot open it (e.g. another process holds it).
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|e| StateError {
+                path: dir.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            path: dir.to_path_buf(),
+            db,
+        })
+    }
+
+    fn err(&self, e: impl fmt::Display) -> StateError {
+        StateError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Where the store lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The input positions the state includes.
+    ///
+    /// # Errors
+    /// [`StateError`] on read failure or a corrupt position entry.
+    pub fn positions(&self) -> Result<Positions, StateError> {
+        let mut prefix = vec![META];
+        prefix.extend_from_slice(POSITION);
+        let mut positions = Positions::new();
+        for entry in self.db.scan_prefix(&prefix) {
+            let (key, value) = entry.map_err(|e| self.err(e))?;
+            let rest = &key[prefix.len()..];
+            let (topic, partition) = rest
+                .split_last_chunk::<4>()
+                .ok_or_else(|| self.err("corrupt position key"))?;
+            let offset: [u8; 8] = value
+                .as_ref()
+                .try_into()
+                .map_err(|_| self.err("corrupt position value"))?;
+            positions.insert(
+                TopicPartition::new(String::from_utf8_lossy(topic), i32::from_be_bytes(*partition)),
+                i64::from_be_bytes(offset),
+            );
+        }
+        Ok(positions)
+    }
+
+    fn position_key(tp: &TopicPartition) -> Vec<u8> {
+        let mut key = Vec::with_capacity(1 + POSITION.len() + tp.topic.len() + 4);
+        key.push(META);
+        key.extend_from_slice(POSITION);
+        key.extend_from_slice(tp.topic.as_bytes());
+        key.extend_from_slice(&tp.partition.to_be_bytes());
+        key
+    }
+
+    fn data_key(key: &[u8]) -> Vec<u8> {
+        let mut full = Vec::with_capacity(key.len() + 1);
+        full.push(DATA);
+        full.extend_from_slice(key);
+        full
+    }
+
+    /// Reads a committed data value.
+    ///
+    /// # Errors
+    /// [`StateError`] on read failure.
+    pub fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StateError> {
+        self.db.get(Self::data_key(key)).map_err(|e| self.err(e))
+    }
+
+    /// Committed data entries whose key starts with `prefix`, in key order,
+    /// with the namespace byte stripped.
+    pub fn scan_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, sled::IVec), StateError>> + '_ {
+        self.db.scan_prefix(Self::data_key(prefix)).map(move |entry| {
+            entry
+                .map(|(k, v)| (k[1..].to_vec(), v))
+                .map_err(|e| self.err(e))
+        })
+    }
+
+    /// Starts a set of changes that reads through to this store.
+    pub fn begin(&self) -> StateTxn<'_> {
+        StateTxn {
+            store: self,
+            changes: BTreeMap::new(),
+        }
+    }
+
+    /// Applies `txn`'s changes and the positions they include in one atomic batch.
+    ///
+    /// # Errors
+    /// [`StateError`]; nothing is applied then.
+    pub fn commit(&self, txn: StateTxn<'_>, positions: &Positions) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        for (key, change) in txn.changes {
+            let key = Self::data_key(&key);
+            match change {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        for (tp, offset) in positions {
+            batch.insert(Self::position_key(tp), &offset.to_be_bytes());
+        }
+        self.db.apply_batch(batch).map_err(|e| self.err(e))
+    }
+
+    /// Forces written batches to disk (sled also does this every 500 ms).
+    ///
+    /// # Errors
+    /// [`StateError`] on I/O failure.
+    pub fn flush(&self) -> Result<(), StateError> {
+        self.db.flush().map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    /// SHA-256 over every data entry (length-prefixed key and value) in key
+    /// order. Positions are excluded: two stores with the same content agree
+    /// whatever batch boundaries built them.
+    ///
+    /// # Errors
+    /// [`StateError`] on read failure.
+    pub fn digest(&self) -> Result<StateDigest, StateError> {
+        let mut hasher = Sha256::new();
+        for entry in self.db.scan_prefix([DATA]) {
+            let (key, value) = entry.map_err(|e| self.err(e))?;
+            hasher.update((key.len() as u64).to_be_bytes());
+            hasher.update(&key);
+            hasher.update((value.len() as u64).to_be_bytes());
+            hasher.update(&value);
+        }
+        Ok(StateDigest(hex::encode(hasher.finalize())))
+    }
+
+    /// Number of data entries.
+    pub fn len(&self) -> usize {
+        self.db.scan_prefix([DATA]).count()
+    }
+
+    /// True when the store holds no data.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Uncommitted changes over a [`StateStore`]; reads see them first.
+pub struct StateTxn<'s> {
+    store: &'s StateStore,
+    changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl StateTxn<'_> {
+    /// Reads `key`, seeing this transaction's own writes.
+    ///
+    /// # Errors
+    /// [`StateError`] on read failure.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Cow<'_, [u8]>>, StateError> {
+        match self.changes.get(key) {
+            Some(Some(value)) => Ok(Some(Cow::Borrowed(value))),
+            Some(None) => Ok(None),
+            None => Ok(self.store.get(key)?.map(|v| Cow::Owned(v.to_vec()))),
+        }
+    }
+
+    /// Writes `key`.
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.changes.insert(key, Some(value));
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.changes.insert(key, None);
+    }
+
+    /// Number of pending changes.
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// True when nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_and_data_commit_together_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let tp = TopicPartition::new("ingest.events", 3);
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            let mut txn = store.begin();
+            txn.put(b"a".to_vec(), b"1".to_vec());
+            assert_eq!(txn.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+            assert_eq!(store.get(b"a").unwrap(), None, "uncommitted write visible");
+            store.commit(txn, &Positions::from([(tp.clone(), 42)])).unwrap();
+            store.flush().unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.positions().unwrap(), Positions::from([(tp, 42)]));
+        assert_eq!(store.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn digest_depends_on_content_not_batching_or_positions() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let one = StateStore::open(a.path()).unwrap();
+        let mut txn = one.begin();
+        txn.put(b"x".to_vec(), b"1".to_vec());
+        txn.put(b"y".to_vec(), b"2".to_vec());
+        one.commit(txn, &Positions::new()).unwrap();
+
+        let two = StateStore::open(b.path()).unwrap();
+        for (k, v, off) in [(b"y", b"2", 1), (b"x", b"1", 2)] {
+            let mut txn = two.begin();
+            txn.put(k.to_vec(), v.to_vec());
+            two.commit(txn, &Positions::from([(TopicPartition::new("t", 0), off)]))
+                .unwrap();
+        }
+        assert_eq!(one.digest().unwrap(), two.digest().unwrap());
+
+        let mut txn = two.begin();
+        txn.delete(b"x".to_vec());
+        two.commit(txn, &Positions::new()).unwrap();
+        assert_ne!(one.digest().unwrap(), two.digest().unwrap());
+    }
+}
