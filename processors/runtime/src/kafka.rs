@@ -178,4 +178,3 @@ pub async fn apply_topology(
     }
     Ok(outcomes)
 }
-

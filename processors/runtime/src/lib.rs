@@ -13,13 +13,11 @@
 //! - [`schema`]: Avro schemas, personal-data tags, the Confluent wire format.
 //! - [`state`]: the sled store that keeps state and input positions together.
 //! - [`pipeline`]: the consume → process → produce loop and restore by replay.
-//! - [`dlq`]: the dead-letter record.
 //! - [`kafka`]: client configs, topic checks, topology provisioning.
 //! - [`metrics`]: Prometheus families and the `/metrics` endpoint.
 //! - [`lifecycle`]: tracing, signals, exit statuses.
 
 pub mod config;
-pub mod dlq;
 pub mod kafka;
 pub mod lifecycle;
 pub mod metrics;

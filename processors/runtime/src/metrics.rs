@@ -62,14 +62,21 @@ impl Metrics {
             &["topic"],
         )?;
         let records_out = IntCounterVec::new(
-            opts("trellis_records_out_total", "Output records durably produced."),
+            opts(
+                "trellis_records_out_total",
+                "Output records durably produced.",
+            ),
             &["topic"],
         )?;
         let dlq_records = IntCounterVec::new(
-            opts("trellis_dlq_records_total", "Records dead-lettered, by reason code."),
+            opts(
+                "trellis_dlq_records_total",
+                "Records dead-lettered, by reason code.",
+            ),
             &["reason"],
         )?;
-        let errors = IntCounterVec::new(opts("trellis_errors_total", "Errors by code."), &["code"])?;
+        let errors =
+            IntCounterVec::new(opts("trellis_errors_total", "Errors by code."), &["code"])?;
         let duplicates_dropped = IntCounter::with_opts(opts(
             "trellis_duplicates_dropped_total",
             "Input records dropped as duplicates by id.",
@@ -136,7 +143,10 @@ impl Metrics {
     ///
     /// # Errors
     /// [`MetricsError`] on a duplicate name.
-    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) -> Result<(), MetricsError> {
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), MetricsError> {
         Ok(self.registry.register(collector)?)
     }
 
@@ -205,7 +215,10 @@ mod tests {
         m.dlq_records.with_label_values(&["MALFORMED_JSON"]).inc();
         let text = m.render();
         assert_eq!(
-            sample(&text, r#"trellis_records_in_total{processor="collector",topic="ingest.events"}"#),
+            sample(
+                &text,
+                r#"trellis_records_in_total{processor="collector",topic="ingest.events"}"#
+            ),
             Some(3.0)
         );
         assert_eq!(sample(&text, "trellis_records_in_total"), Some(4.0));

@@ -46,7 +46,6 @@ use rdkafka::{Message, Offset, Timestamp, TopicPartitionList};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 
 use crate::config::{BatchConfig, Config, KafkaConfig};
-use crate::dlq::{DLQ_TOPIC, DeadLetter, OriginalHeader};
 use crate::kafka::{
     ADMIN_TIMEOUT, ID_HEADER, KafkaError, REQUEST_ID_HEADER, TENANT_HEADER, consumer_config,
     producer_config, topic_partitions,
@@ -55,6 +54,7 @@ use crate::metrics::Metrics;
 use crate::schema::{AvroDecoder, AvroEncoder, SchemaError, SchemaFile, registry_settings};
 use crate::state::{Positions, StateError, StateStore, StateTxn, TopicPartition};
 use crate::topology::{ProcessorSpec, Topology, TopologyError};
+use trellis_records::{DLQ_TOPIC, DeadLetter, OriginalHeader};
 
 /// A processor's logic. The runtime owns offsets, batching and checkpoints;
 /// the processor only turns records into state changes and outputs, and must
@@ -385,7 +385,9 @@ impl Runtime {
             .map_err(StartError::Misconfigured)?
             .clone();
         let group = spec.group.clone().ok_or_else(|| {
-            StartError::Misconfigured(format!("processor `{name}` has no consumer group in topology.yaml"))
+            StartError::Misconfigured(format!(
+                "processor `{name}` has no consumer group in topology.yaml"
+            ))
         })?;
 
         let partitions = topic_partitions(&config.kafka)?;
@@ -466,9 +468,14 @@ impl Runtime {
                 self.name
             )));
         }
-        let spec = self.topology.topic(topic).map_err(StartError::Misconfigured)?;
+        let spec = self
+            .topology
+            .topic(topic)
+            .map_err(StartError::Misconfigured)?;
         let file = spec.schema.as_deref().ok_or_else(|| {
-            StartError::Misconfigured(format!("topic `{topic}` has no Avro schema in topology.yaml"))
+            StartError::Misconfigured(format!(
+                "topic `{topic}` has no Avro schema in topology.yaml"
+            ))
         })?;
         let schema = SchemaFile::load(&self.topology.schema_path(file))?;
         Ok(AvroEncoder::register(&self.registry, topic, &schema).await?)
@@ -505,7 +512,9 @@ impl Runtime {
                 if p as u32 % self.kafka.instances != self.kafka.instance {
                     continue;
                 }
-                let stored = positions.get(&TopicPartition::new(topic.as_str(), p)).copied();
+                let stored = positions
+                    .get(&TopicPartition::new(topic.as_str(), p))
+                    .copied();
                 let durable = match committed.find_partition(topic, p).map(|e| e.offset()) {
                     Some(Offset::Offset(o)) => o,
                     _ => 0,
@@ -523,7 +532,9 @@ impl Runtime {
             }
             inputs.push(input);
         }
-        self.consumer.assign(&assignment).map_err(KafkaError::from)?;
+        self.consumer
+            .assign(&assignment)
+            .map_err(KafkaError::from)?;
         Ok(inputs)
     }
 
@@ -570,7 +581,10 @@ impl Runtime {
                 let message = match received {
                     Err(_elapsed) => break,
                     Ok(Err(e)) => {
-                        self.metrics.errors.with_label_values(&["kafka_consume"]).inc();
+                        self.metrics
+                            .errors
+                            .with_label_values(&["kafka_consume"])
+                            .inc();
                         tracing::warn!(error = %e, "consume error; retrying");
                         continue;
                     }
@@ -600,7 +614,10 @@ impl Runtime {
                         Ok(result) => result?,
                         Err(_) => {
                             processor.abandoned();
-                            tracing::warn!(?deadline, "shutdown deadline passed before the last batch committed; it will be replayed");
+                            tracing::warn!(
+                                ?deadline,
+                                "shutdown deadline passed before the last batch committed; it will be replayed"
+                            );
                             return Ok(Exit::ForcedShutdown);
                         }
                     }
@@ -657,7 +674,8 @@ impl Runtime {
         }
         let request_id = record.header(REQUEST_ID_HEADER);
         for output in emitter.records.drain(..) {
-            self.send(batch, output, record.timestamp_ms, request_id).await?;
+            self.send(batch, output, record.timestamp_ms, request_id)
+                .await?;
         }
         for dead in emitter.dead.drain(..) {
             let Some(dlq) = &self.dlq else {
@@ -679,7 +697,8 @@ impl Runtime {
                 id: dead.id.clone(),
                 tenant: dead.tenant_id.clone(),
             };
-            self.send(batch, output, record.timestamp_ms, request_id).await?;
+            self.send(batch, output, record.timestamp_ms, request_id)
+                .await?;
         }
         Ok(())
     }
@@ -728,9 +747,12 @@ impl Runtime {
                     batch.deliveries.push((output.topic.clone(), delivery));
                     return Ok(());
                 }
-                Err((rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ), returned)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    returned,
+                )) => {
                     record = returned;
                     // The local queue is full: wait for the oldest delivery.
                     if batch.deliveries.is_empty() {
@@ -740,7 +762,9 @@ impl Runtime {
                         await_delivery(&topic, oldest).await?;
                     }
                 }
-                Err((e, _)) => return Err(KafkaError(format!("producing to {}: {e}", output.topic)).into()),
+                Err((e, _)) => {
+                    return Err(KafkaError(format!("producing to {}: {e}", output.topic)).into());
+                }
             }
         }
     }
@@ -779,10 +803,9 @@ impl Runtime {
         }
 
         if in_transaction {
-            let group = self
-                .consumer
-                .group_metadata()
-                .ok_or_else(|| KafkaError("no consumer group metadata for the transaction".into()))?;
+            let group = self.consumer.group_metadata().ok_or_else(|| {
+                KafkaError("no consumer group metadata for the transaction".into())
+            })?;
             let producer = &self.producer;
             tokio::task::block_in_place(|| {
                 producer
@@ -799,7 +822,10 @@ impl Runtime {
             // Marks how far outputs are durable; a failure only means a later
             // restore replays (state-only) a little less. Never fatal.
             if let Err(e) = self.consumer.commit(&offsets, CommitMode::Async) {
-                self.metrics.errors.with_label_values(&["offset_commit"]).inc();
+                self.metrics
+                    .errors
+                    .with_label_values(&["offset_commit"])
+                    .inc();
                 tracing::warn!(error = %e, "committing group offsets failed; continuing");
             }
         }
@@ -914,7 +940,10 @@ impl ReplayProgress {
                 bar.finish_and_clear();
             }
             let secs = self.started.elapsed().as_secs_f64();
-            let digest = store.digest().map(|d| d.0).unwrap_or_else(|e| e.to_string());
+            let digest = store
+                .digest()
+                .map(|d| d.0)
+                .unwrap_or_else(|e| e.to_string());
             tracing::info!(
                 processor = self.processor,
                 records = self.done,

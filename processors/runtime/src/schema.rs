@@ -170,7 +170,11 @@ impl SchemaFile {
 }
 
 /// Walks records (also inside unions, arrays and maps) for `"pii"` tags.
-fn collect_pii(node: &serde_json::Value, prefix: &str, out: &mut Vec<PiiField>) -> Result<(), String> {
+fn collect_pii(
+    node: &serde_json::Value,
+    prefix: &str,
+    out: &mut Vec<PiiField>,
+) -> Result<(), String> {
     use serde_json::Value;
     match node {
         Value::Array(branches) => {
@@ -353,12 +357,13 @@ impl AvroDecoder {
         if let Some(found) = self.read_cache(id) {
             return Ok(found);
         }
-        let registered = get_schema_by_id(id, &self.registry)
-            .await
-            .map_err(|e| DecodeError::Schema {
-                id,
-                message: e.to_string(),
-            })?;
+        let registered =
+            get_schema_by_id(id, &self.registry)
+                .await
+                .map_err(|e| DecodeError::Schema {
+                    id,
+                    message: e.to_string(),
+                })?;
         let schema = Schema::parse_str(&registered.schema).map_err(|e| DecodeError::Schema {
             id,
             message: e.to_string(),
@@ -459,9 +464,10 @@ mod tests {
         struct E {
             id: String,
         }
-        let schema =
-            Schema::parse_str(r#"{"type":"record","name":"E","fields":[{"name":"id","type":"string"}]}"#)
-                .unwrap();
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"E","fields":[{"name":"id","type":"string"}]}"#,
+        )
+        .unwrap();
         let encoder = AvroEncoder::with_id("t-value".into(), 7, schema).unwrap();
         let bytes = encoder.encode(&E { id: "ab".into() }).unwrap();
         assert_eq!(bytes, [0, 0, 0, 0, 7, 4, b'a', b'b']);

@@ -182,8 +182,14 @@ mod tests {
         })
         .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("missing secret T_PEPPER (hashing API keys)"), "{text}");
-        assert!(text.contains("malformed secret T_SALT (IP hashing)"), "{text}");
+        assert!(
+            text.contains("missing secret T_PEPPER (hashing API keys)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("malformed secret T_SALT (IP hashing)"),
+            "{text}"
+        );
         assert!(!text.contains("secretish"), "value leaked: {text}");
     }
 
@@ -198,6 +204,9 @@ mod tests {
         })
         .unwrap();
         assert_eq!(secrets.get("T_PEPPER").expose(), &[0xab; 32]);
-        assert_eq!(format!("{secrets:?}"), r#"Secrets({"T_PEPPER": Secret(<redacted>)})"#);
+        assert_eq!(
+            format!("{secrets:?}"),
+            r#"Secrets({"T_PEPPER": Secret(<redacted>)})"#
+        );
     }
 }

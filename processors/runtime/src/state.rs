@@ -125,7 +125,10 @@ impl StateStore {
                 .try_into()
                 .map_err(|_| self.err("corrupt position value"))?;
             positions.insert(
-                TopicPartition::new(String::from_utf8_lossy(topic), i32::from_be_bytes(*partition)),
+                TopicPartition::new(
+                    String::from_utf8_lossy(topic),
+                    i32::from_be_bytes(*partition),
+                ),
                 i64::from_be_bytes(offset),
             );
         }
@@ -162,11 +165,13 @@ impl StateStore {
         &self,
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<(Vec<u8>, sled::IVec), StateError>> + '_ {
-        self.db.scan_prefix(Self::data_key(prefix)).map(move |entry| {
-            entry
-                .map(|(k, v)| (k[1..].to_vec(), v))
-                .map_err(|e| self.err(e))
-        })
+        self.db
+            .scan_prefix(Self::data_key(prefix))
+            .map(move |entry| {
+                entry
+                    .map(|(k, v)| (k[1..].to_vec(), v))
+                    .map_err(|e| self.err(e))
+            })
     }
 
     /// Starts a set of changes that reads through to this store.
@@ -287,7 +292,9 @@ mod tests {
             txn.put(b"a".to_vec(), b"1".to_vec());
             assert_eq!(txn.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
             assert_eq!(store.get(b"a").unwrap(), None, "uncommitted write visible");
-            store.commit(txn, &Positions::from([(tp.clone(), 42)])).unwrap();
+            store
+                .commit(txn, &Positions::from([(tp.clone(), 42)]))
+                .unwrap();
             store.flush().unwrap();
         }
         let store = StateStore::open(dir.path()).unwrap();
