@@ -28,5 +28,7 @@ pub mod state;
 pub mod topology;
 
 pub use config::Config;
-pub use pipeline::{Emitter, InputRecord, OutputRecord, ProcessError, Processor, Runtime};
+pub use pipeline::{
+    Emitter, Exit, Failure, InputRecord, OutputRecord, ProcessError, Processor, Runtime,
+};
 pub use state::{StateStore, StateTxn};

@@ -50,6 +50,7 @@ use crate::kafka::{
     ADMIN_TIMEOUT, ID_HEADER, KafkaError, REQUEST_ID_HEADER, TENANT_HEADER, consumer_config,
     producer_config, topic_partitions,
 };
+use crate::lifecycle::ExitStatus;
 use crate::metrics::Metrics;
 use crate::schema::{AvroDecoder, AvroEncoder, SchemaError, SchemaFile, registry_settings};
 use crate::state::{Positions, StateError, StateStore, StateTxn, TopicPartition};
@@ -219,6 +220,7 @@ pub struct OutputRecord {
 pub struct Emitter {
     records: Vec<OutputRecord>,
     dead: Vec<DeadLetter>,
+    duplicates: u64,
 }
 
 impl Emitter {
@@ -252,6 +254,16 @@ impl Emitter {
         });
     }
 
+    /// Notes that the record was dropped as a duplicate by id.
+    pub fn dropped_duplicate(&mut self) {
+        self.duplicates += 1;
+    }
+
+    /// Duplicates dropped (tests).
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
     /// What was emitted (tests).
     pub fn records(&self) -> &[OutputRecord] {
         &self.records
@@ -266,6 +278,7 @@ impl Emitter {
     pub fn clear(&mut self) {
         self.records.clear();
         self.dead.clear();
+        self.duplicates = 0;
     }
 }
 
@@ -315,6 +328,30 @@ pub enum RunError {
     /// Encoding a record failed (a schema/type mismatch: a bug).
     #[error(transparent)]
     Schema(#[from] SchemaError),
+}
+
+/// Why a processor stopped with a failure: at start or while running.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// It could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// It stopped while running.
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+impl Failure {
+    /// The exit status this failure maps to.
+    pub fn status(&self) -> ExitStatus {
+        match self {
+            Failure::Start(StartError::Kafka(_) | StartError::Schema(SchemaError::Registry(_))) => {
+                ExitStatus::Unavailable
+            }
+            Failure::Start(_) => ExitStatus::Misconfigured,
+            Failure::Run(_) => ExitStatus::Failure,
+        }
+    }
 }
 
 /// How a run ended.
@@ -672,6 +709,7 @@ impl Runtime {
             replay.record();
             return Ok(());
         }
+        self.metrics.duplicates_dropped.inc_by(emitter.duplicates);
         let request_id = record.header(REQUEST_ID_HEADER);
         for output in emitter.records.drain(..) {
             self.send(batch, output, record.timestamp_ms, request_id)

@@ -1,0 +1,656 @@
+//! Validation and normalisation: raw ingest bytes → [`CollectedEvent`], or a
+//! [`Rejection`] with a reason code.
+//!
+//! Two formats arrive. `ingest.xapi` carries xAPI statements (one per record,
+//! tenant in the `tenant` header). `ingest.events` carries Trellis JSON events
+//! (Moodle-style log events and app events; tenant in the header and/or the
+//! body, and they must agree). Details in rejections name fields and rules,
+//! never the values, because dead letters are read by operators.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use trellis_records::{Actor, CollectedEvent, StatementResult};
+use uuid::Uuid;
+
+/// Why an input was rejected: the `reason` of its dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Larger than `max_event_bytes`.
+    TooLarge,
+    /// No value, or an empty one.
+    EmptyValue,
+    /// Not UTF-8 JSON.
+    MalformedJson,
+    /// JSON, but not an object.
+    NotAnObject,
+    /// A required field is absent.
+    MissingField,
+    /// A field has the wrong type or format.
+    InvalidField,
+    /// No tenant in header or body.
+    MissingTenant,
+    /// Tenant id not of the form `[a-z0-9][a-z0-9-]{1,62}`.
+    InvalidTenant,
+    /// Header tenant and body tenant differ.
+    TenantMismatch,
+    /// Event id is not a UUID.
+    InvalidEventId,
+    /// Timestamp in the future beyond the allowed skew, or too old.
+    TimestampOutOfRange,
+    /// `kind` is not one Trellis knows.
+    UnknownKind,
+    /// xAPI actor without exactly one inverse functional identifier, or a malformed one.
+    XapiInvalidActor,
+    /// xAPI verb without an IRI id.
+    XapiInvalidVerb,
+    /// xAPI object missing or malformed.
+    XapiInvalidObject,
+    /// xAPI result outside the specification's bounds.
+    XapiInvalidResult,
+}
+
+impl Reason {
+    /// The reason code written to dead letters and metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::TooLarge => "TOO_LARGE",
+            Self::EmptyValue => "EMPTY_VALUE",
+            Self::MalformedJson => "MALFORMED_JSON",
+            Self::NotAnObject => "NOT_AN_OBJECT",
+            Self::MissingField => "MISSING_FIELD",
+            Self::InvalidField => "INVALID_FIELD",
+            Self::MissingTenant => "MISSING_TENANT",
+            Self::InvalidTenant => "INVALID_TENANT",
+            Self::TenantMismatch => "TENANT_MISMATCH",
+            Self::InvalidEventId => "INVALID_EVENT_ID",
+            Self::TimestampOutOfRange => "TIMESTAMP_OUT_OF_RANGE",
+            Self::UnknownKind => "UNKNOWN_KIND",
+            Self::XapiInvalidActor => "XAPI_INVALID_ACTOR",
+            Self::XapiInvalidVerb => "XAPI_INVALID_VERB",
+            Self::XapiInvalidObject => "XAPI_INVALID_OBJECT",
+            Self::XapiInvalidResult => "XAPI_INVALID_RESULT",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A rejected input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Reason code.
+    pub reason: Reason,
+    /// What was wrong, without values.
+    pub detail: String,
+    /// Tenant, when it was established before the failure.
+    pub tenant: Option<String>,
+}
+
+pub(crate) fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        detail: detail.into(),
+        tenant: None,
+    }
+}
+
+/// Limits that bound what is accepted.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted record value.
+    pub max_event_bytes: usize,
+    /// How far `occurred_at` may be ahead of the ingest record's timestamp.
+    pub max_clock_skew_ms: i64,
+    /// How far `occurred_at` may be behind it.
+    pub max_event_age_ms: i64,
+}
+
+/// The wire format of an ingest topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestFormat {
+    /// xAPI statements.
+    Xapi,
+    /// Trellis JSON events.
+    Events,
+}
+
+/// The kinds of Trellis JSON events.
+pub const EVENT_KINDS: &[&str] = &["moodle.log", "app.event"];
+
+/// The xAPI verb that voids an earlier statement.
+pub const VOIDED_VERB: &str = "http://adlnet.gov/expapi/verbs/voided";
+
+/// What the collector knows about an ingest record besides its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    /// The `tenant` header.
+    pub tenant_header: Option<&'a str>,
+    /// The `x-request-id` header.
+    pub request_id: Option<&'a str>,
+    /// Record timestamp: the receive time.
+    pub received_at: i64,
+}
+
+/// True for ids of the form `[a-z0-9][a-z0-9-]{1,62}`.
+pub fn valid_tenant(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    (2..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase() | bytes[0].is_ascii_digit()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// Validates and normalises one ingest record.
+///
+/// # Errors
+/// A [`Rejection`] naming the first rule broken.
+pub fn validate(
+    format: IngestFormat,
+    value: Option<&[u8]>,
+    envelope: Envelope<'_>,
+    limits: &Limits,
+) -> Result<CollectedEvent, Rejection> {
+    let bytes = match value {
+        None | Some([]) => return Err(reject(Reason::EmptyValue, "record has no value")),
+        Some(b) => b,
+    };
+    if bytes.len() > limits.max_event_bytes {
+        return Err(reject(
+            Reason::TooLarge,
+            format!(
+                "value is {} bytes; the limit is {}",
+                bytes.len(),
+                limits.max_event_bytes
+            ),
+        ));
+    }
+    let json: Value = serde_json::from_slice(bytes).map_err(|e| {
+        reject(
+            Reason::MalformedJson,
+            format!("not valid JSON: {}", e.classify_detail()),
+        )
+    })?;
+    let Value::Object(object) = json else {
+        return Err(reject(
+            Reason::NotAnObject,
+            "the event must be a JSON object",
+        ));
+    };
+    let tenant = tenant(&object, envelope.tenant_header, format)?;
+    let result = match format {
+        IngestFormat::Xapi => crate::xapi::statement(&object, &tenant, envelope),
+        IngestFormat::Events => event(&object, &tenant, envelope),
+    };
+    let event = result.map_err(|mut r| {
+        r.tenant = Some(tenant.clone());
+        r
+    })?;
+    check_time(event.occurred_at, envelope.received_at, limits).map_err(|mut r| {
+        r.tenant = Some(tenant.clone());
+        r
+    })?;
+    Ok(event)
+}
+
+trait ClassifyDetail {
+    fn classify_detail(&self) -> String;
+}
+
+impl ClassifyDetail for serde_json::Error {
+    /// serde_json's messages can quote input; keep only category and position.
+    fn classify_detail(&self) -> String {
+        format!(
+            "{:?} error at line {} column {}",
+            self.classify(),
+            self.line(),
+            self.column()
+        )
+    }
+}
+
+fn tenant(
+    object: &Map<String, Value>,
+    header: Option<&str>,
+    format: IngestFormat,
+) -> Result<String, Rejection> {
+    let body = match (format, object.get("tenant_id")) {
+        (IngestFormat::Events, Some(Value::String(t))) => Some(t.as_str()),
+        (IngestFormat::Events, Some(_)) => {
+            return Err(reject(
+                Reason::InvalidTenant,
+                "field `tenant_id` must be a string",
+            ));
+        }
+        _ => None,
+    };
+    let tenant = match (header, body) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(reject(
+                Reason::TenantMismatch,
+                "the `tenant` header and field `tenant_id` name different tenants",
+            ));
+        }
+        (Some(t), _) | (None, Some(t)) => t,
+        (None, None) => {
+            return Err(reject(
+                Reason::MissingTenant,
+                "no tenant: set the `tenant` header (or `tenant_id` in JSON events)",
+            ));
+        }
+    };
+    if !valid_tenant(tenant) {
+        return Err(reject(
+            Reason::InvalidTenant,
+            "tenant id must be 2-63 characters of a-z, 0-9 and '-', starting with a letter or digit",
+        ));
+    }
+    Ok(tenant.to_string())
+}
+
+fn check_time(occurred_at: i64, received_at: i64, limits: &Limits) -> Result<(), Rejection> {
+    if occurred_at > received_at + limits.max_clock_skew_ms {
+        return Err(reject(
+            Reason::TimestampOutOfRange,
+            format!(
+                "occurred_at is more than {} s after the event was received",
+                limits.max_clock_skew_ms / 1000
+            ),
+        ));
+    }
+    if occurred_at < received_at - limits.max_event_age_ms {
+        return Err(reject(
+            Reason::TimestampOutOfRange,
+            format!(
+                "occurred_at is more than {} days before the event was received",
+                limits.max_event_age_ms / 86_400_000
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a field as an optional string.
+pub(crate) fn opt_str(
+    object: &Map<String, Value>,
+    field: &str,
+    path: &str,
+) -> Result<Option<String>, Rejection> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(reject(
+            Reason::InvalidField,
+            format!("field `{path}` must be a string"),
+        )),
+    }
+}
+
+/// Reads a required string field.
+pub(crate) fn req_str(
+    object: &Map<String, Value>,
+    field: &str,
+    path: &str,
+) -> Result<String, Rejection> {
+    opt_str(object, field, path)?
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| reject(Reason::MissingField, format!("field `{path}` is required")))
+}
+
+/// Parses an RFC 3339 / ISO 8601 timestamp into ms since the epoch.
+pub(crate) fn parse_time(text: &str, path: &str) -> Result<i64, Rejection> {
+    let t = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
+        reject(
+            Reason::InvalidField,
+            format!("field `{path}` must be an RFC 3339 timestamp"),
+        )
+    })?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| {
+        reject(
+            Reason::TimestampOutOfRange,
+            format!("field `{path}` is out of range"),
+        )
+    })
+}
+
+/// Parses a UUID, returning its canonical hyphenated lower-case form.
+pub(crate) fn parse_uuid(text: &str, path: &str, reason: Reason) -> Result<String, Rejection> {
+    Uuid::parse_str(text)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| reject(reason, format!("field `{path}` must be a UUID")))
+}
+
+/// True when `text` looks like an absolute IRI (`scheme:rest`).
+pub(crate) fn is_iri(text: &str) -> bool {
+    match text.split_once(':') {
+        Some((scheme, rest)) => {
+            !rest.is_empty()
+                && scheme
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+                && !text.chars().any(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+/// Deterministic, key-sorted JSON of the original event, so the same event
+/// always yields the same payload bytes (whatever map type serde_json was
+/// built with).
+pub(crate) fn canonical(object: &Map<String, Value>) -> String {
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                Value::Object(
+                    entries
+                        .into_iter()
+                        .map(|(k, v)| (k.clone(), sorted(v)))
+                        .collect(),
+                )
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    sorted(&Value::Object(object.clone())).to_string()
+}
+
+/// A Trellis JSON event (Moodle-style log or app event).
+fn event(
+    object: &Map<String, Value>,
+    tenant: &str,
+    envelope: Envelope<'_>,
+) -> Result<CollectedEvent, Rejection> {
+    let event_id = parse_uuid(
+        &req_str(object, "event_id", "event_id")?,
+        "event_id",
+        Reason::InvalidEventId,
+    )?;
+    let kind = req_str(object, "kind", "kind")?;
+    if !EVENT_KINDS.contains(&kind.as_str()) {
+        return Err(reject(
+            Reason::UnknownKind,
+            format!("field `kind` must be one of: {}", EVENT_KINDS.join(", ")),
+        ));
+    }
+    let source = req_str(object, "source", "source")?;
+    let occurred_at = match object.get("occurred_at") {
+        Some(Value::String(s)) => parse_time(s, "occurred_at")?,
+        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| {
+            reject(
+                Reason::InvalidField,
+                "field `occurred_at` must be ms since the epoch or RFC 3339",
+            )
+        })?,
+        None | Some(Value::Null) => {
+            return Err(reject(
+                Reason::MissingField,
+                "field `occurred_at` is required",
+            ));
+        }
+        Some(_) => {
+            return Err(reject(
+                Reason::InvalidField,
+                "field `occurred_at` must be ms since the epoch or RFC 3339",
+            ));
+        }
+    };
+    let actor = match object.get("actor") {
+        Some(Value::Object(a)) => a,
+        None | Some(Value::Null) => {
+            return Err(reject(Reason::MissingField, "field `actor` is required"));
+        }
+        Some(_) => {
+            return Err(reject(
+                Reason::InvalidField,
+                "field `actor` must be an object",
+            ));
+        }
+    };
+    let user_id = match actor.get("user_id") {
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => opt_str(actor, "user_id", "actor.user_id")?,
+    };
+    let email = opt_str(actor, "email", "actor.email")?;
+    if let Some(email) = &email
+        && !valid_email(email)
+    {
+        return Err(reject(
+            Reason::InvalidField,
+            "field `actor.email` is not an email address",
+        ));
+    }
+    let (id_kind, id) = match (&user_id, &email) {
+        (Some(u), _) if !u.is_empty() => ("user_id", u.clone()),
+        (_, Some(e)) => ("mbox", format!("mailto:{e}")),
+        _ => {
+            return Err(reject(
+                Reason::MissingField,
+                "field `actor.user_id` or `actor.email` is required",
+            ));
+        }
+    };
+    let result = match object.get("result") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(r)) => Some(crate::xapi::result(r)?),
+        Some(_) => {
+            return Err(reject(
+                Reason::InvalidField,
+                "field `result` must be an object",
+            ));
+        }
+    };
+    let ip = opt_str(object, "ip", "ip")?;
+    if let Some(ip) = &ip
+        && ip.parse::<std::net::IpAddr>().is_err()
+    {
+        return Err(reject(
+            Reason::InvalidField,
+            "field `ip` is not an IP address",
+        ));
+    }
+    Ok(CollectedEvent {
+        event_id,
+        tenant_id: tenant.to_string(),
+        source,
+        kind,
+        occurred_at,
+        received_at: envelope.received_at,
+        request_id: envelope.request_id.map(str::to_string),
+        actor: Actor {
+            id_kind: id_kind.to_string(),
+            id,
+            name: opt_str(actor, "name", "actor.name")?,
+            email,
+        },
+        ip,
+        verb: opt_str(object, "verb", "verb")?,
+        object_id: opt_str(object, "object_id", "object_id")?,
+        object_type: opt_str(object, "object_type", "object_type")?,
+        course_id: opt_str(object, "course_id", "course_id")?,
+        registration: None,
+        result,
+        voided_event_id: None,
+        payload: canonical(object),
+    })
+}
+
+/// A plausible address: one `@`, non-empty local part, a dotted domain.
+pub(crate) fn valid_email(text: &str) -> bool {
+    match text.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains('@')
+                && !text.chars().any(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+/// Result fields shared by xAPI and JSON events.
+pub(crate) fn scores(result: &StatementResult) -> Result<(), Rejection> {
+    if let Some(scaled) = result.score_scaled
+        && !(-1.0..=1.0).contains(&scaled)
+    {
+        return Err(reject(
+            Reason::XapiInvalidResult,
+            "`result.score.scaled` must be between -1 and 1",
+        ));
+    }
+    if let (Some(min), Some(max)) = (result.score_min, result.score_max)
+        && min >= max
+    {
+        return Err(reject(
+            Reason::XapiInvalidResult,
+            "`result.score.min` must be below `result.score.max`",
+        ));
+    }
+    if let Some(raw) = result.score_raw
+        && (result.score_min.is_some_and(|min| raw < min)
+            || result.score_max.is_some_and(|max| raw > max))
+    {
+        return Err(reject(
+            Reason::XapiInvalidResult,
+            "`result.score.raw` must lie between min and max",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_763_800_000_000;
+
+    fn limits() -> Limits {
+        Limits {
+            max_event_bytes: 4096,
+            max_clock_skew_ms: 300_000,
+            max_event_age_ms: 365 * 86_400_000,
+        }
+    }
+
+    fn env(tenant: Option<&str>) -> Envelope<'_> {
+        Envelope {
+            tenant_header: tenant,
+            request_id: None,
+            received_at: NOW,
+        }
+    }
+
+    fn moodle(extra: &str) -> Vec<u8> {
+        format!(
+            r#"{{"event_id":"8c0b3c2e-5f5e-4a57-9e8e-0c1d2b3a4f50","kind":"moodle.log","source":"moodle","occurred_at":{},"actor":{{"user_id":42,"email":"ann@example.org","name":"Ann"}},"verb":"\\mod_quiz\\event\\attempt_submitted","ip":"203.0.113.9"{extra}}}"#,
+            NOW - 1000
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn accepts_and_normalises_a_moodle_event() {
+        let e = validate(
+            IngestFormat::Events,
+            Some(&moodle("")),
+            env(Some("acme")),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(e.tenant_id, "acme");
+        assert_eq!(e.actor.subject_ref(), "user_id:42");
+        assert_eq!(e.actor.email.as_deref(), Some("ann@example.org"));
+        assert_eq!(e.occurred_at, NOW - 1000);
+        assert_eq!(e.received_at, NOW);
+    }
+
+    #[test]
+    fn each_rule_has_its_reason_and_never_quotes_values() {
+        let cases: &[(&[u8], Option<&str>, Reason)] = &[
+            (b"", Some("acme"), Reason::EmptyValue),
+            (b"{not json", Some("acme"), Reason::MalformedJson),
+            (b"[1,2]", Some("acme"), Reason::NotAnObject),
+            (&moodle(""), None, Reason::MissingTenant),
+            (&moodle(""), Some("Acme Corp"), Reason::InvalidTenant),
+            (
+                &moodle(r#","tenant_id":"other""#),
+                Some("acme"),
+                Reason::TenantMismatch,
+            ),
+            (
+                &moodle(r#","ip":"not-an-ip""#),
+                Some("acme"),
+                Reason::InvalidField,
+            ),
+            (
+                &moodle(r#","result":{"score":{"scaled":7}}"#),
+                Some("acme"),
+                Reason::XapiInvalidResult,
+            ),
+            (
+                &moodle(r#","kind":"mystery""#),
+                Some("acme"),
+                Reason::UnknownKind,
+            ),
+            (&[b'x'; 5000], Some("acme"), Reason::TooLarge),
+        ];
+        for (bytes, tenant, reason) in cases {
+            let err =
+                validate(IngestFormat::Events, Some(bytes), env(*tenant), &limits()).unwrap_err();
+            assert_eq!(err.reason, *reason, "{err:?}");
+            for secret in ["ann@example.org", "203.0.113.9", "not-an-ip", "Ann"] {
+                assert!(!err.detail.contains(secret), "{err:?} quotes a value");
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_future_and_ancient_timestamps() {
+        for ts in [NOW + 301_000, NOW - 366 * 86_400_000] {
+            let body = String::from_utf8(moodle(""))
+                .unwrap()
+                .replace(&format!("{}", NOW - 1000), &ts.to_string());
+            let err = validate(
+                IngestFormat::Events,
+                Some(body.as_bytes()),
+                env(Some("acme")),
+                &limits(),
+            )
+            .unwrap_err();
+            assert_eq!(err.reason, Reason::TimestampOutOfRange);
+            assert_eq!(err.tenant.as_deref(), Some("acme"));
+        }
+    }
+
+    #[test]
+    fn tenant_ids_are_dns_label_like() {
+        assert!(valid_tenant("acme"));
+        assert!(valid_tenant("uni-42"));
+        for bad in [
+            "",
+            "a",
+            "-acme",
+            "ACME",
+            "acme_corp",
+            "a b",
+            &"a".repeat(64),
+        ] {
+            assert!(!valid_tenant(bad), "{bad}");
+        }
+    }
+}
