@@ -98,6 +98,20 @@ const fn one() -> u32 {
     1
 }
 
+impl KafkaConfig {
+    /// Plain settings for `bootstrap_servers` (tools, tests): one instance,
+    /// no transactions, no extra properties.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            transactions: false,
+            instance: 0,
+            instances: 1,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
 /// Schema registry location.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

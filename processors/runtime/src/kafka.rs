@@ -178,3 +178,51 @@ pub async fn apply_topology(
     }
     Ok(outcomes)
 }
+
+/// Reads every partition of `topic` from the beginning, calling `visit` for
+/// each record, until no record has arrived for `idle` (tansu's high
+/// watermarks cannot tell where a partition ends) or `done` says so.
+///
+/// # Errors
+/// [`KafkaError`] if the topic is unknown or the broker unreachable.
+pub fn scan_topic(
+    kafka: &KafkaConfig,
+    topic: &str,
+    idle: Duration,
+    mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+    mut done: impl FnMut() -> bool,
+) -> Result<u64, KafkaError> {
+    use rdkafka::{Offset, TopicPartitionList};
+    let mut config = client_config(kafka);
+    config
+        .set("group.id", "trellis-scan")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    let consumer: BaseConsumer = config.create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), ADMIN_TIMEOUT)?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().len())
+        .ok_or_else(|| KafkaError(format!("topic `{topic}` does not exist")))?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut last = std::time::Instant::now();
+    let mut seen = 0;
+    while last.elapsed() < idle && !done() {
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(message)) => {
+                visit(&message);
+                seen += 1;
+                last = std::time::Instant::now();
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+    }
+    Ok(seen)
+}

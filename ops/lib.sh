@@ -1,0 +1,65 @@
+# Shared by the ops/ scripts. Everything they start listens on 127.0.0.1 and
+# is recorded under .trellis/run so stack-down stops exactly that.
+set -euo pipefail
+
+TRELLIS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TRELLIS_HOME="${TRELLIS_HOME:-$TRELLIS_ROOT/.trellis}"
+cd "$TRELLIS_ROOT"
+RUN_DIR="$TRELLIS_HOME/run"
+LOG_DIR="$TRELLIS_HOME/logs"
+BROKER_PORT="${TRELLIS_BROKER_PORT:-9092}"
+REGISTRY_PORT="${TRELLIS_REGISTRY_PORT:-8081}"
+export TRELLIS_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT"
+export TRELLIS_REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT"
+export TRELLIS_TOPOLOGY="$TRELLIS_ROOT/topology.yaml"
+# Processor configs in ops/config name the default ports; these win.
+export TRELLIS__KAFKA__BOOTSTRAP_SERVERS="$TRELLIS_BOOTSTRAP_SERVERS"
+export TRELLIS__REGISTRY__URL="$TRELLIS_REGISTRY_URL"
+PROFILE="${TRELLIS_PROFILE:-release}"
+BIN_DIR="$TRELLIS_ROOT/target/$PROFILE"
+TANSU="${TRELLIS_TANSU:-$TRELLIS_HOME/bin/tansu}"
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# wait_port PORT SECONDS: until something accepts connections on 127.0.0.1:PORT.
+wait_port() {
+  local port=$1 deadline=$((SECONDS + ${2:-30}))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.1
+  done
+}
+
+# start NAME CMD...: run CMD in the background, logging to $LOG_DIR/NAME.log.
+start() {
+  local name=$1; shift
+  mkdir -p "$RUN_DIR" "$LOG_DIR"
+  "$@" >"$LOG_DIR/$name.log" 2>&1 &
+  echo $! >"$RUN_DIR/$name.pid"
+}
+
+# stop NAME: SIGTERM, then SIGKILL after 15 s.
+stop() {
+  local pidfile="$RUN_DIR/$1.pid" pid
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
+# dev_secret NAME: a random 32-byte hex secret kept under .trellis/secrets,
+# exported as NAME_FILE (never printed).
+dev_secret() {
+  local name=$1 file="$TRELLIS_HOME/secrets/$1"
+  mkdir -p "$TRELLIS_HOME/secrets"
+  chmod 700 "$TRELLIS_HOME/secrets"
+  if [ ! -s "$file" ]; then
+    (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$file")
+  fi
+  export "${name}_FILE=$file"
+}

@@ -1,0 +1,798 @@
+//! The demo data set: realistic learning events from several tenants, with a
+//! known share of malformed and duplicated records, and a [`Manifest`] of
+//! what the topology must make of them.
+//!
+//! Learners follow plausible journeys per activity (launched → attempted →
+//! answered … → passed/failed → completed for quizzes; experienced and
+//! completed for videos and pages), as xAPI statements from an LRS forwarder
+//! and Moodle-style log events from a Moodle plugin; some statements are
+//! later voided. Learners carry names, emails, user ids and IP addresses, so
+//! later stages can be checked for leaks of exactly these values.
+//!
+//! Generation is deterministic for a seed; delivery reports give each record
+//! its partition and offset, from which the manifest derives the expected
+//! dead-letter ids and the end of every ingest partition.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use trellis_runtime::kafka::TENANT_HEADER;
+use uuid::Uuid;
+
+/// Topic of xAPI statements.
+pub const XAPI_TOPIC: &str = "ingest.xapi";
+/// Topic of JSON events.
+pub const EVENTS_TOPIC: &str = "ingest.events";
+
+const FIRST: &[&str] = &[
+    "Ann", "Bilal", "Chen", "Dana", "Emeka", "Farah", "Goran", "Hana", "Ines", "Jonas", "Kemal",
+    "Lena", "Mateo", "Nora", "Oskar", "Priya", "Quentin", "Rosa", "Sami", "Tara", "Uma", "Viktor",
+    "Wen", "Ximena", "Yusuf", "Zoe",
+];
+const LAST: &[&str] = &[
+    "Lee", "Okafor", "Novak", "Silva", "Haddad", "Kowalski", "Moreau", "Tanaka", "Berg", "Costa",
+    "Adeyemi", "Fischer", "Ivanova", "Jensen", "Khan", "Larsen", "Martins", "Nakamura",
+];
+const ANSWERS: &[&str] = &[
+    "Photosynthesis converts light energy into chemical energy",
+    "The derivative of x squared is two x",
+    "I think the treaty ended the war in 1648",
+    "Because the sample size was too small to generalise",
+    "Mitochondria produce most of the cell's ATP",
+];
+
+/// What the demo produces and what the topology must make of it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Records sent, duplicates and malformed included.
+    pub sent: usize,
+    /// Valid events: `tenant/event_id`, each expected exactly once in `collected`.
+    pub valid: BTreeSet<String>,
+    /// Malformed records: dead-letter id → expected reason code.
+    pub rejected: BTreeMap<String, String>,
+    /// Valid records sent a second time.
+    pub duplicates: usize,
+    /// Per ingest partition (`topic/partition`): offset after the last record.
+    pub end_offsets: BTreeMap<String, i64>,
+    /// Every personal value the learners carry (emails, names, user ids, IPs).
+    pub identifiers: BTreeSet<String>,
+    /// Valid events per tenant.
+    pub per_tenant: BTreeMap<String, usize>,
+}
+
+/// Demo parameters.
+#[derive(Debug, Clone)]
+pub struct DemoSpec {
+    /// Records to send (malformed and duplicates included).
+    pub events: usize,
+    /// Tenants.
+    pub tenants: usize,
+    /// Learners per tenant.
+    pub learners: usize,
+    /// Courses per tenant.
+    pub courses: usize,
+    /// Share of malformed records.
+    pub malformed: f64,
+    /// Share of records that re-send an earlier valid one.
+    pub duplicates: f64,
+    /// Records per second; `None` sends as fast as the broker takes them.
+    pub rate: Option<u32>,
+    /// RNG seed.
+    pub seed: u64,
+}
+
+impl Default for DemoSpec {
+    fn default() -> Self {
+        Self {
+            events: 10_000,
+            tenants: 3,
+            learners: 60,
+            courses: 4,
+            malformed: 0.02,
+            duplicates: 0.01,
+            rate: None,
+            seed: 7,
+        }
+    }
+}
+
+const TENANT_NAMES: &[&str] = &[
+    "northwind-uni",
+    "riverside-college",
+    "acme-learning",
+    "harbor-school",
+    "summit-academy",
+];
+
+/// A learner of one tenant.
+#[derive(Debug, Clone)]
+pub struct Learner {
+    /// LMS user id.
+    pub user_id: String,
+    /// Full name.
+    pub name: String,
+    /// Email.
+    pub email: String,
+    /// Usual IP address.
+    pub ip: String,
+}
+
+#[derive(Debug, Clone)]
+struct Activity {
+    iri: String,
+    kind: ActivityKind,
+    cmid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ActivityKind {
+    Quiz,
+    Video,
+    Page,
+}
+
+struct Tenant {
+    id: String,
+    lms: String,
+    learners: Vec<Learner>,
+    courses: Vec<(String, Vec<Activity>)>,
+    /// Statement ids sent so far, for voiding.
+    statements: Vec<String>,
+}
+
+/// Where a learner is in an activity.
+#[derive(Default, Clone, Copy)]
+struct Journey {
+    step: u8,
+    answers: u8,
+}
+
+/// One record to produce.
+pub struct Outgoing {
+    /// Topic.
+    pub topic: &'static str,
+    /// Key.
+    pub key: Vec<u8>,
+    /// Value.
+    pub value: Vec<u8>,
+    /// `tenant` header, if any.
+    pub tenant_header: Option<String>,
+    /// Record timestamp (ms).
+    pub timestamp: i64,
+    /// `Some(id)` for a valid, new event; `None` otherwise.
+    pub valid_id: Option<String>,
+    /// Expected reason code for a malformed record.
+    pub expected_reason: Option<&'static str>,
+    /// True when this re-sends an earlier valid record.
+    pub duplicate: bool,
+}
+
+impl Clone for Outgoing {
+    fn clone(&self) -> Self {
+        Self {
+            topic: self.topic,
+            key: self.key.clone(),
+            value: self.value.clone(),
+            tenant_header: self.tenant_header.clone(),
+            timestamp: self.timestamp,
+            valid_id: self.valid_id.clone(),
+            expected_reason: self.expected_reason,
+            duplicate: self.duplicate,
+        }
+    }
+}
+
+/// Deterministic generator of demo records.
+pub struct Generator {
+    spec: DemoSpec,
+    rng: StdRng,
+    tenants: Vec<Tenant>,
+    journeys: BTreeMap<(usize, usize, usize, usize), Journey>,
+    recent: Vec<Outgoing>,
+    /// Every personal value generated.
+    pub identifiers: BTreeSet<String>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+impl Generator {
+    /// Builds tenants, courses and learners for `spec`.
+    pub fn new(spec: DemoSpec) -> Self {
+        let mut rng = StdRng::seed_from_u64(spec.seed);
+        let mut identifiers = BTreeSet::new();
+        let tenants = (0..spec.tenants)
+            .map(|t| {
+                let id = TENANT_NAMES
+                    .get(t)
+                    .map_or_else(|| format!("tenant-{t}"), |n| (*n).to_string());
+                let lms = format!("https://moodle.{id}.example");
+                let learners = (0..spec.learners)
+                    .map(|i| {
+                        let first = FIRST[rng.random_range(0..FIRST.len())];
+                        let last = LAST[rng.random_range(0..LAST.len())];
+                        let learner = Learner {
+                            user_id: format!("{}", 1000 + i * 7 + t * 100_000),
+                            name: format!("{first} {last}"),
+                            email: format!(
+                                "{}.{}{}@{id}.example",
+                                first.to_lowercase(),
+                                last.to_lowercase(),
+                                i
+                            ),
+                            ip: format!(
+                                "{}.{}.{}.{}",
+                                [203, 198, 192][t % 3],
+                                [0, 51, 0][t % 3],
+                                [113, 100, 2][t % 3],
+                                1 + i % 250
+                            ),
+                        };
+                        identifiers.insert(learner.user_id.clone());
+                        identifiers.insert(learner.name.clone());
+                        identifiers.insert(learner.email.clone());
+                        identifiers.insert(learner.ip.clone());
+                        learner
+                    })
+                    .collect();
+                // Course and activity ids deliberately repeat across tenants
+                // (same LMS layout), to catch cross-tenant mixing downstream.
+                let courses = (0..spec.courses)
+                    .map(|c| {
+                        let course = format!("https://lms.example/course/{}", 100 + c);
+                        let activities = (0..6)
+                            .map(|a| {
+                                let kind =
+                                    [ActivityKind::Quiz, ActivityKind::Video, ActivityKind::Page]
+                                        [a % 3];
+                                let cmid = (100 + c * 10 + a) as u32;
+                                let path = match kind {
+                                    ActivityKind::Quiz => "mod/quiz",
+                                    ActivityKind::Video => "mod/h5pactivity",
+                                    ActivityKind::Page => "mod/page",
+                                };
+                                Activity {
+                                    iri: format!("https://lms.example/{path}/view.php?id={cmid}"),
+                                    kind,
+                                    cmid,
+                                }
+                            })
+                            .collect();
+                        (course, activities)
+                    })
+                    .collect();
+                Tenant {
+                    id,
+                    lms,
+                    learners,
+                    courses,
+                    statements: Vec::new(),
+                }
+            })
+            .collect();
+        Self {
+            spec,
+            rng,
+            tenants,
+            journeys: BTreeMap::new(),
+            recent: Vec::new(),
+            identifiers,
+        }
+    }
+
+    /// The learners of tenant `index` (tests look them up).
+    pub fn learners(&self, index: usize) -> (&str, &[Learner]) {
+        (&self.tenants[index].id, &self.tenants[index].learners)
+    }
+
+    /// The next record, stamped `now` (ms).
+    pub fn next_record(&mut self, now: i64) -> Outgoing {
+        let roll: f64 = self.rng.random();
+        if roll < self.spec.duplicates && !self.recent.is_empty() {
+            let pick = self.rng.random_range(0..self.recent.len());
+            let mut dup = self.recent[pick].clone();
+            dup.valid_id = None;
+            dup.duplicate = true;
+            dup.timestamp = now;
+            return dup;
+        }
+        if roll < self.spec.duplicates + self.spec.malformed {
+            return self.malformed(now);
+        }
+        let record = self.valid(now);
+        if self.recent.len() < 2000 {
+            self.recent.push(record.clone());
+        } else {
+            let slot = self.rng.random_range(0..self.recent.len());
+            self.recent[slot] = record.clone();
+        }
+        record
+    }
+
+    fn valid(&mut self, now: i64) -> Outgoing {
+        let t = self.rng.random_range(0..self.tenants.len());
+        let l = self.rng.random_range(0..self.tenants[t].learners.len());
+        let c = self.rng.random_range(0..self.tenants[t].courses.len());
+        let a = self.rng.random_range(0..self.tenants[t].courses[c].1.len());
+        let occurred = now - self.rng.random_range(0..600_000);
+        let use_moodle = self.rng.random_bool(0.35);
+        let void =
+            !use_moodle && self.rng.random_bool(0.005) && !self.tenants[t].statements.is_empty();
+        let (topic, value, event_id) = if void {
+            self.voiding(t, l, occurred)
+        } else if use_moodle {
+            self.moodle(t, l, c, a, occurred)
+        } else {
+            self.statement(t, l, c, a, occurred)
+        };
+        let tenant = &self.tenants[t];
+        Outgoing {
+            topic,
+            key: format!("{}|{}", tenant.id, tenant.learners[l].user_id).into_bytes(),
+            value: value.to_string().into_bytes(),
+            tenant_header: Some(tenant.id.clone()),
+            timestamp: now,
+            valid_id: Some(format!("{}/{event_id}", tenant.id)),
+            expected_reason: None,
+            duplicate: false,
+        }
+    }
+
+    fn xapi_actor(&mut self, t: usize, l: usize) -> Value {
+        let tenant = &self.tenants[t];
+        let learner = &tenant.learners[l];
+        // Two thirds identify by email, one third by LMS account.
+        if l % 3 == 2 {
+            json!({"objectType": "Agent", "name": learner.name,
+                   "account": {"homePage": tenant.lms, "name": learner.user_id}})
+        } else {
+            json!({"objectType": "Agent", "name": learner.name, "mbox": format!("mailto:{}", learner.email)})
+        }
+    }
+
+    fn statement(
+        &mut self,
+        t: usize,
+        l: usize,
+        c: usize,
+        a: usize,
+        occurred: i64,
+    ) -> (&'static str, Value, String) {
+        let activity = self.tenants[t].courses[c].1[a].clone();
+        let course = self.tenants[t].courses[c].0.clone();
+        let journey = self.journeys.entry((t, l, c, a)).or_default();
+        let (verb, result) = match activity.kind {
+            ActivityKind::Quiz => {
+                let step = journey.step;
+                match step {
+                    0 => {
+                        journey.step = 1;
+                        ("launched", None)
+                    }
+                    1 => {
+                        journey.step = 2;
+                        ("attempted", None)
+                    }
+                    2 if journey.answers < 3 => {
+                        journey.answers += 1;
+                        let answer = ANSWERS[self.rng.random_range(0..ANSWERS.len())];
+                        (
+                            "answered",
+                            Some(json!({"response": answer, "success": self.rng.random_bool(0.7)})),
+                        )
+                    }
+                    2 => {
+                        let scaled = (self.rng.random_range(30..100) as f64) / 100.0;
+                        let passed = scaled >= 0.6;
+                        journey.step = if passed { 3 } else { 1 };
+                        journey.answers = 0;
+                        let raw = (scaled * 20.0).round();
+                        (
+                            if passed { "passed" } else { "failed" },
+                            Some(
+                                json!({"success": passed, "score": {"scaled": scaled, "raw": raw, "min": 0, "max": 20},
+                                        "duration": format!("PT{}M{}S", self.rng.random_range(2..40), self.rng.random_range(0..60))}),
+                            ),
+                        )
+                    }
+                    _ => {
+                        journey.step = 0;
+                        ("completed", Some(json!({"completion": true})))
+                    }
+                }
+            }
+            ActivityKind::Video | ActivityKind::Page => {
+                if journey.step == 0 {
+                    journey.step = 1;
+                    ("experienced", None)
+                } else {
+                    journey.step = 0;
+                    (
+                        "completed",
+                        Some(json!({"completion": true, "duration": "PT5M"})),
+                    )
+                }
+            }
+        };
+        let id = Uuid::from_u128(self.rng.random()).hyphenated().to_string();
+        let mut statement = json!({
+            "id": id,
+            "actor": self.xapi_actor(t, l),
+            "verb": {"id": format!("http://adlnet.gov/expapi/verbs/{verb}"), "display": {"en-US": verb}},
+            "object": {"objectType": "Activity", "id": activity.iri, "definition": {
+                "type": match activity.kind {
+                    ActivityKind::Quiz => "http://adlnet.gov/expapi/activities/assessment",
+                    ActivityKind::Video => "https://w3id.org/xapi/video/activity-type/video",
+                    ActivityKind::Page => "http://adlnet.gov/expapi/activities/lesson",
+                }}},
+            "context": {"platform": "Moodle", "contextActivities": {"parent": [{"id": course}]}},
+            "timestamp": rfc3339(occurred),
+        });
+        if let Some(result) = result {
+            statement["result"] = result;
+        }
+        self.tenants[t].statements.push(id.clone());
+        (XAPI_TOPIC, statement, id)
+    }
+
+    fn voiding(&mut self, t: usize, l: usize, occurred: i64) -> (&'static str, Value, String) {
+        let target = {
+            let statements = &self.tenants[t].statements;
+            statements[self.rng.random_range(0..statements.len())].clone()
+        };
+        let id = Uuid::from_u128(self.rng.random()).hyphenated().to_string();
+        let statement = json!({
+            "id": id,
+            "actor": {"objectType": "Agent", "name": "LMS administrator",
+                      "account": {"homePage": self.tenants[t].lms, "name": "admin"}},
+            "verb": {"id": "http://adlnet.gov/expapi/verbs/voided", "display": {"en-US": "voided"}},
+            "object": {"objectType": "StatementRef", "id": target},
+            "timestamp": rfc3339(occurred),
+        });
+        let _ = l;
+        (XAPI_TOPIC, statement, id)
+    }
+
+    fn moodle(
+        &mut self,
+        t: usize,
+        l: usize,
+        c: usize,
+        a: usize,
+        occurred: i64,
+    ) -> (&'static str, Value, String) {
+        let tenant = &self.tenants[t];
+        let learner = &tenant.learners[l];
+        let (course, activities) = &tenant.courses[c];
+        let activity = &activities[a];
+        let app = self.rng.random_bool(0.2);
+        let (kind, source, verb, data) = if app {
+            (
+                "app.event",
+                "mobile-app",
+                "app.lesson_opened".to_string(),
+                json!({"screen": "lesson", "app_version": "4.3.1", "offline": self.rng.random_bool(0.1)}),
+            )
+        } else {
+            let (eventname, component, action, target, crud) = match activity.kind {
+                ActivityKind::Quiz if self.rng.random_bool(0.5) => (
+                    "\\mod_quiz\\event\\attempt_submitted",
+                    "mod_quiz",
+                    "submitted",
+                    "attempt",
+                    "u",
+                ),
+                ActivityKind::Quiz => (
+                    "\\mod_quiz\\event\\attempt_started",
+                    "mod_quiz",
+                    "started",
+                    "attempt",
+                    "c",
+                ),
+                ActivityKind::Video => (
+                    "\\mod_h5pactivity\\event\\course_module_viewed",
+                    "mod_h5pactivity",
+                    "viewed",
+                    "course_module",
+                    "r",
+                ),
+                ActivityKind::Page => (
+                    "\\mod_page\\event\\course_module_viewed",
+                    "mod_page",
+                    "viewed",
+                    "course_module",
+                    "r",
+                ),
+            };
+            (
+                "moodle.log",
+                "moodle",
+                eventname.to_string(),
+                json!({"component": component, "action": action, "target": target, "crud": crud,
+                       "edulevel": 2, "contextinstanceid": activity.cmid, "origin": "web"}),
+            )
+        };
+        let id = Uuid::from_u128(self.rng.random()).hyphenated().to_string();
+        let event = json!({
+            "event_id": id,
+            "tenant_id": tenant.id,
+            "source": source,
+            "kind": kind,
+            "occurred_at": occurred,
+            "actor": {"user_id": learner.user_id, "email": learner.email, "name": learner.name},
+            "ip": learner.ip,
+            "verb": verb,
+            "object_id": activity.iri,
+            "course_id": course,
+            "data": data,
+        });
+        (EVENTS_TOPIC, event, id)
+    }
+
+    fn malformed(&mut self, now: i64) -> Outgoing {
+        let t = self.rng.random_range(0..self.tenants.len());
+        let l = self.rng.random_range(0..self.tenants[t].learners.len());
+        let mut record = self.valid(now);
+        record.valid_id = None;
+        let tenant = self.tenants[t].id.clone();
+        let body: Value = serde_json::from_slice(&record.value).unwrap_or(Value::Null);
+        let variant = self.rng.random_range(0..12u8);
+        let edit = |f: &dyn Fn(&mut Value)| {
+            let mut b = body.clone();
+            f(&mut b);
+            b.to_string().into_bytes()
+        };
+        let is_xapi = record.topic == XAPI_TOPIC;
+        let (value, reason): (Vec<u8>, &'static str) = match variant {
+            0 => (
+                record.value[..record.value.len() / 2].to_vec(),
+                "MALFORMED_JSON",
+            ),
+            1 => (b"[\"not\", \"an\", \"event\"]".to_vec(), "NOT_AN_OBJECT"),
+            2 => (Vec::new(), "EMPTY_VALUE"),
+            3 => {
+                record.tenant_header = Some("Bad Tenant!".into());
+                (
+                    edit(&|b| _ = b.as_object_mut().map(|o| o.remove("tenant_id"))),
+                    "INVALID_TENANT",
+                )
+            }
+            4 if is_xapi => (
+                edit(&|b| {
+                    b["actor"] = json!({"objectType": "Agent", "name": "Nobody"});
+                }),
+                "XAPI_INVALID_ACTOR",
+            ),
+            5 if is_xapi => (
+                edit(&|b| b["verb"]["id"] = json!("passed")),
+                "XAPI_INVALID_VERB",
+            ),
+            6 if is_xapi => (
+                edit(&|b| b["result"] = json!({"score": {"scaled": 1.7}})),
+                "XAPI_INVALID_RESULT",
+            ),
+            7 if is_xapi => (
+                edit(&|b| b["id"] = json!("statement-42")),
+                "INVALID_EVENT_ID",
+            ),
+            8 if is_xapi => (
+                edit(&|b| b["timestamp"] = json!(rfc3339(now + 2 * 86_400_000))),
+                "TIMESTAMP_OUT_OF_RANGE",
+            ),
+            9 if is_xapi => (
+                edit(&|b| b["object"] = json!({"objectType": "Activity", "id": "quiz 3"})),
+                "XAPI_INVALID_OBJECT",
+            ),
+            4 => {
+                record.tenant_header = None;
+                (
+                    edit(&|b| _ = b.as_object_mut().map(|o| o.remove("tenant_id"))),
+                    "MISSING_TENANT",
+                )
+            }
+            5 => (
+                edit(&|b| b["tenant_id"] = json!("someone-else")),
+                "TENANT_MISMATCH",
+            ),
+            6 => (
+                edit(&|b| b["occurred_at"] = json!(now + 2 * 86_400_000)),
+                "TIMESTAMP_OUT_OF_RANGE",
+            ),
+            7 => (
+                edit(&|b| b["event_id"] = json!("evt-123")),
+                "INVALID_EVENT_ID",
+            ),
+            8 => (
+                edit(&|b| b["kind"] = json!("mystery.event")),
+                "UNKNOWN_KIND",
+            ),
+            _ => (
+                edit(&|b| b["actor"] = json!({"name": "No identifier"})),
+                if is_xapi {
+                    "XAPI_INVALID_ACTOR"
+                } else {
+                    "MISSING_FIELD"
+                },
+            ),
+        };
+        let _ = (tenant, l);
+        record.value = value;
+        record.expected_reason = Some(reason);
+        record
+    }
+}
+
+/// Sends `spec.events` records and returns the manifest.
+///
+/// # Errors
+/// A delivery failure, as text.
+pub async fn produce(producer: &FutureProducer, spec: DemoSpec) -> Result<Manifest, String> {
+    let rate = spec.rate;
+    let total = spec.events;
+    let mut generator = Generator::new(spec);
+    let mut manifest = Manifest {
+        identifiers: generator.identifiers.clone(),
+        ..Manifest::default()
+    };
+    let started = std::time::Instant::now();
+    let mut pending: Vec<(Outgoing, DeliveryFuture)> = Vec::with_capacity(10_000);
+    for n in 0..total {
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64(n as f64 / f64::from(rate.max(1)));
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let record = generator.next_record(now_ms());
+        let mut headers = OwnedHeaders::new();
+        if let Some(tenant) = &record.tenant_header {
+            headers = headers.insert(Header {
+                key: TENANT_HEADER,
+                value: Some(tenant.as_bytes()),
+            });
+        }
+        let future = loop {
+            let kafka_record = FutureRecord::to(record.topic)
+                .key(&record.key)
+                .payload(&record.value)
+                .headers(headers.clone())
+                .timestamp(record.timestamp);
+            match producer.send_result(kafka_record) {
+                Ok(future) => break future,
+                Err((e, _)) => {
+                    if pending.is_empty() {
+                        return Err(format!("producing demo data: {e}"));
+                    }
+                    settle(&mut pending, &mut manifest).await?;
+                }
+            }
+        };
+        pending.push((record, future));
+        if pending.len() >= 10_000 {
+            settle(&mut pending, &mut manifest).await?;
+        }
+    }
+    settle(&mut pending, &mut manifest).await?;
+    Ok(manifest)
+}
+
+async fn settle(
+    pending: &mut Vec<(Outgoing, DeliveryFuture)>,
+    manifest: &mut Manifest,
+) -> Result<(), String> {
+    for (record, future) in pending.drain(..) {
+        let delivery = match future.await {
+            Ok(Ok(delivery)) => delivery,
+            Ok(Err((e, _))) => return Err(format!("delivery failed: {e}")),
+            Err(_) => return Err("delivery cancelled".into()),
+        };
+        manifest.sent += 1;
+        let coordinates = format!("{}/{}", record.topic, delivery.partition);
+        let end = manifest.end_offsets.entry(coordinates).or_insert(0);
+        *end = (*end).max(delivery.offset + 1);
+        if record.duplicate {
+            manifest.duplicates += 1;
+        }
+        if let Some(reason) = record.expected_reason {
+            manifest.rejected.insert(
+                format!(
+                    "{}/{}/{}",
+                    record.topic, delivery.partition, delivery.offset
+                ),
+                reason.to_string(),
+            );
+        }
+        if let Some(id) = record.valid_id {
+            let tenant = id.split('/').next().unwrap_or_default().to_string();
+            *manifest.per_tenant.entry(tenant).or_default() += 1;
+            manifest.valid.insert(id);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_collector::validate::{Envelope, IngestFormat, Limits, validate};
+
+    /// The generator's own labels agree with the collector's verdicts: a
+    /// record it calls valid validates, a malformed one fails with the reason
+    /// it expects. This keeps the broker tests' expectations honest.
+    #[test]
+    fn generator_labels_match_collector_verdicts() {
+        let mut generator = Generator::new(DemoSpec {
+            malformed: 0.3,
+            duplicates: 0.05,
+            ..DemoSpec::default()
+        });
+        let limits = Limits {
+            max_event_bytes: 65_536,
+            max_clock_skew_ms: 300_000,
+            max_event_age_ms: 365 * 86_400_000,
+        };
+        let now = now_ms();
+        let (mut valid, mut malformed, mut dups) = (0, 0, 0);
+        for _ in 0..5_000 {
+            let record = generator.next_record(now);
+            let format = if record.topic == XAPI_TOPIC {
+                IngestFormat::Xapi
+            } else {
+                IngestFormat::Events
+            };
+            let verdict = validate(
+                format,
+                Some(&record.value),
+                Envelope {
+                    tenant_header: record.tenant_header.as_deref(),
+                    request_id: None,
+                    received_at: record.timestamp,
+                },
+                &limits,
+            );
+            match (record.expected_reason, verdict) {
+                (Some(reason), Err(rejection)) => {
+                    assert_eq!(rejection.reason.code(), reason);
+                    malformed += 1;
+                }
+                (None, Ok(event)) => {
+                    if record.duplicate {
+                        dups += 1;
+                    } else {
+                        assert_eq!(
+                            record.valid_id.as_deref(),
+                            Some(format!("{}/{}", event.tenant_id, event.event_id).as_str())
+                        );
+                        valid += 1;
+                    }
+                }
+                (expected, verdict) => panic!(
+                    "expected {expected:?}, collector said {verdict:?} for {}",
+                    String::from_utf8_lossy(&record.value)
+                ),
+            }
+        }
+        assert!(
+            valid > 3000 && malformed > 1000 && dups > 100,
+            "{valid} {malformed} {dups}"
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! The `trellis` command-line tool, as a library so tests drive the same code.
+//!
+//! # Layout
+//! - [`provision`]: `topology apply`: topics through the admin API, schemas
+//!   into the registry with BACKWARD compatibility.
+//! - [`demo`]: the demo data set and its manifest.
+//! - [`inspect`]: what the topics hold: counts, distinct ids, tenants, DLQ reasons.
+
+pub mod demo;
+pub mod inspect;
+pub mod provision;

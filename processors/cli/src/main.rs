@@ -1,0 +1,380 @@
+//! `trellis`: operate a Trellis topology. See `trellis --help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use rdkafka::producer::FutureProducer;
+use trellis_cli::demo::{DemoSpec, Manifest};
+use trellis_cli::{demo, inspect, provision};
+use trellis_runtime::config::KafkaConfig;
+use trellis_runtime::kafka::producer_config;
+use trellis_runtime::lifecycle::{ExitStatus, init_tracing, shutdown_signal};
+use trellis_runtime::metrics::sample;
+use trellis_runtime::state::StateStore;
+use trellis_runtime::topology::Topology;
+
+/// Operate a Trellis topology: validate and provision it, serve the local
+/// schema registry, generate demo data, inspect topics and state.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate or provision topology.yaml.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
+    /// The local Confluent-compatible schema registry.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+    /// Demo data: produce it, wait for the topology to take it in.
+    #[command(subcommand)]
+    Demo(DemoCommand),
+    /// Summarise what every declared topic holds.
+    Inspect(InspectArgs),
+    /// Inspect a processor's state store (stop the processor first).
+    #[command(subcommand)]
+    State(StateCommand),
+}
+
+#[derive(Args)]
+struct TopologyFile {
+    /// Path of topology.yaml.
+    #[arg(long, default_value = "topology.yaml", env = "TRELLIS_TOPOLOGY")]
+    topology: PathBuf,
+}
+
+#[derive(Args)]
+struct Broker {
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9092",
+        env = "TRELLIS_BOOTSTRAP_SERVERS"
+    )]
+    bootstrap_servers: String,
+}
+
+#[derive(Args)]
+struct RegistryUrl {
+    /// Schema registry base URL.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8081",
+        env = "TRELLIS_REGISTRY_URL"
+    )]
+    registry_url: String,
+}
+
+#[derive(Subcommand)]
+enum TopologyCommand {
+    /// Print every problem in topology.yaml and its schemas; exit 1 if any.
+    Check(TopologyFile),
+    /// Create missing topics and register schemas (BACKWARD). Idempotent.
+    Apply {
+        #[command(flatten)]
+        file: TopologyFile,
+        #[command(flatten)]
+        broker: Broker,
+        #[command(flatten)]
+        registry: RegistryUrl,
+        /// Replication factor for new topics.
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Serve the registry until SIGTERM/SIGINT.
+    Serve {
+        /// Where schemas and ids persist.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Listen address (loopback by default).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        addr: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Produce the demo data set and write its manifest.
+    Produce {
+        #[command(flatten)]
+        broker: Broker,
+        /// Records to send (malformed and duplicates included).
+        #[arg(long, default_value_t = 10_000)]
+        events: usize,
+        /// Records per second (default: as fast as the broker takes them).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Tenants (up to 5 have names; more are numbered).
+        #[arg(long, default_value_t = 3)]
+        tenants: usize,
+        /// Learners per tenant.
+        #[arg(long, default_value_t = 60)]
+        learners: usize,
+        /// Share of malformed records.
+        #[arg(long, default_value_t = 0.02)]
+        malformed: f64,
+        /// Share of re-sent (duplicate) records.
+        #[arg(long, default_value_t = 0.01)]
+        duplicates: f64,
+        /// Random seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Where to write the manifest (JSON).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// Wait until a processor has consumed every record of a manifest.
+    Wait {
+        /// Manifest written by `demo produce`.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The processor's metrics URL, e.g. http://127.0.0.1:9101/metrics.
+        #[arg(long)]
+        metrics: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    #[command(flatten)]
+    file: TopologyFile,
+    #[command(flatten)]
+    broker: Broker,
+    #[command(flatten)]
+    registry: RegistryUrl,
+    /// A topic is read until no record arrives for this long.
+    #[arg(long, default_value_t = 1500)]
+    idle_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Print a state store's digest, entry count and input positions.
+    Digest {
+        /// The processor's state_dir.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(trellis_runtime::config::LogFormat::Text);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitStatus::Failure.into();
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(status) => status.into(),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitStatus::Failure.into()
+        }
+    }
+}
+
+async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
+    match command {
+        Command::Topology(TopologyCommand::Check(file)) => {
+            let topology = Topology::load(&file.topology)?;
+            match topology.check() {
+                Ok(()) => {
+                    println!(
+                        "{}: {} topics, {} processors, no problems",
+                        file.topology.display(),
+                        topology.topics.len(),
+                        topology.processors.len()
+                    );
+                    Ok(ExitStatus::Success)
+                }
+                Err(problems) => {
+                    println!("{}: {} problem(s)", file.topology.display(), problems.len());
+                    for problem in problems {
+                        println!("  - {problem}");
+                    }
+                    Ok(ExitStatus::Failure)
+                }
+            }
+        }
+        Command::Topology(TopologyCommand::Apply {
+            file,
+            broker,
+            registry,
+            replication,
+        }) => {
+            let topology = Topology::load_checked(&file.topology)?;
+            let kafka = KafkaConfig::new(broker.bootstrap_servers);
+            let applied = provision::apply(&kafka, &registry.registry_url, &topology, replication)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            for (topic, outcome) in &applied.topics {
+                println!("topic   {topic:<40} {outcome:?}");
+            }
+            for (subject, id) in &applied.schemas {
+                println!("schema  {subject:<40} id {id}");
+            }
+            let drifted = applied
+                .topics
+                .values()
+                .any(|o| matches!(o, trellis_runtime::kafka::TopicOutcome::Drifted { .. }));
+            Ok(if drifted {
+                ExitStatus::Failure
+            } else {
+                ExitStatus::Success
+            })
+        }
+        Command::Registry(RegistryCommand::Serve { data_dir, addr }) => {
+            trellis_registry::serve(
+                &data_dir,
+                addr,
+                |bound| tracing::info!(%bound, "schema registry listening"),
+                shutdown_signal(),
+            )
+            .await
+            .with_context(|| format!("serving the registry from {}", data_dir.display()))?;
+            Ok(ExitStatus::Success)
+        }
+        Command::Demo(DemoCommand::Produce {
+            broker,
+            events,
+            rate,
+            tenants,
+            learners,
+            malformed,
+            duplicates,
+            seed,
+            manifest,
+        }) => {
+            let kafka = KafkaConfig::new(broker.bootstrap_servers);
+            let producer: FutureProducer = producer_config(&kafka, None).create()?;
+            let started = Instant::now();
+            let spec = DemoSpec {
+                events,
+                tenants,
+                learners,
+                courses: 4,
+                malformed,
+                duplicates,
+                rate,
+                seed,
+            };
+            let result = demo::produce(&producer, spec)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "produced {} records in {secs:.1}s ({:.0}/s): {} valid events, {} malformed, {} duplicates",
+                result.sent,
+                result.sent as f64 / secs.max(1e-9),
+                result.valid.len(),
+                result.rejected.len(),
+                result.duplicates
+            );
+            if let Some(path) = manifest {
+                std::fs::write(&path, serde_json::to_vec_pretty(&result)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(ExitStatus::Success)
+        }
+        Command::Demo(DemoCommand::Wait {
+            manifest,
+            metrics,
+            timeout_secs,
+        }) => {
+            let manifest: Manifest = serde_json::from_slice(
+                &std::fs::read(&manifest)
+                    .with_context(|| format!("reading {}", manifest.display()))?,
+            )?;
+            wait_for_positions(&manifest, &metrics, Duration::from_secs(timeout_secs)).await
+        }
+        Command::Inspect(args) => {
+            let topology = Topology::load(&args.file.topology)?;
+            let kafka = KafkaConfig::new(args.broker.bootstrap_servers);
+            let reports = inspect::inspect(
+                &kafka,
+                &args.registry.registry_url,
+                &topology,
+                Duration::from_millis(args.idle_ms),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            print!("{}", inspect::render(&reports));
+            Ok(ExitStatus::Success)
+        }
+        Command::State(StateCommand::Digest { dir }) => {
+            if !dir.exists() {
+                bail!("no state store at {}", dir.display());
+            }
+            let store = StateStore::open(&dir)?;
+            println!("digest    {}", store.digest()?);
+            println!("entries   {}", store.len());
+            for (tp, offset) in store.positions()? {
+                println!("position  {tp} {offset}");
+            }
+            Ok(ExitStatus::Success)
+        }
+    }
+}
+
+/// Polls `metrics` until `trellis_consumer_position` reaches every end
+/// offset in `manifest`.
+async fn wait_for_positions(
+    manifest: &Manifest,
+    metrics: &str,
+    timeout: Duration,
+) -> anyhow::Result<ExitStatus> {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let text = match client.get(metrics).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let behind: Vec<String> = manifest
+            .end_offsets
+            .iter()
+            .filter_map(|(coordinates, end)| {
+                let (topic, partition) = coordinates.rsplit_once('/')?;
+                let position = text
+                    .lines()
+                    .find(|l| {
+                        l.starts_with("trellis_consumer_position{")
+                            && l.contains(&format!("topic=\"{topic}\""))
+                            && l.contains(&format!("partition=\"{partition}\""))
+                    })
+                    .and_then(|l| sample(l, l.rsplit_once(' ')?.0))
+                    .unwrap_or(0.0) as i64;
+                (position < *end).then(|| format!("{coordinates} at {position}/{end}"))
+            })
+            .collect();
+        if behind.is_empty() {
+            println!("caught up after {:.1}s", started.elapsed().as_secs_f64());
+            return Ok(ExitStatus::Success);
+        }
+        if started.elapsed() > timeout {
+            bail!("still behind after {timeout:?}: {}", behind.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
