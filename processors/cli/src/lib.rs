@@ -5,7 +5,9 @@
 //!   into the registry with BACKWARD compatibility.
 //! - [`demo`]: the demo data set and its manifest.
 //! - [`inspect`]: what the topics hold: counts, distinct ids, tenants, DLQ reasons.
+//! - [`bench`]: throughput against a raw rdkafka passthrough.
 
+pub mod bench;
 pub mod demo;
 pub mod inspect;
 pub mod provision;

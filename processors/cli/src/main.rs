@@ -39,6 +39,9 @@ enum Command {
     Demo(DemoCommand),
     /// Summarise what every declared topic holds.
     Inspect(InspectArgs),
+    /// Measure a processor against a raw rdkafka passthrough on the same broker.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Inspect a processor's state store (stop the processor first).
     #[command(subcommand)]
     State(StateCommand),
@@ -160,6 +163,25 @@ struct InspectArgs {
     /// A topic is read until no record arrives for this long.
     #[arg(long, default_value_t = 1500)]
     idle_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The collector vs a passthrough of the same ingest records.
+    Collector {
+        #[command(flatten)]
+        file: TopologyFile,
+        #[command(flatten)]
+        broker: Broker,
+        #[command(flatten)]
+        registry: RegistryUrl,
+        /// Demo records to produce first (the input of both runs).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Alternating passthrough/collector rounds; the best of each is reported.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -322,6 +344,13 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
             print!("{}", inspect::render(&reports));
             Ok(ExitStatus::Success)
         }
+        Command::Bench(BenchCommand::Collector {
+            file,
+            broker,
+            registry,
+            events,
+            rounds,
+        }) => bench_collector(file, broker, registry, events, rounds).await,
         Command::State(StateCommand::Digest { dir }) => {
             if !dir.exists() {
                 bail!("no state store at {}", dir.display());
@@ -377,4 +406,87 @@ async fn wait_for_positions(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+async fn bench_collector(
+    file: TopologyFile,
+    broker: Broker,
+    registry: RegistryUrl,
+    events: usize,
+    rounds: usize,
+) -> anyhow::Result<ExitStatus> {
+    use trellis_cli::bench;
+    let kafka = KafkaConfig::new(broker.bootstrap_servers);
+    let producer: FutureProducer = producer_config(&kafka, None).create()?;
+    println!("producing {events} demo records (2% malformed, 1% duplicates)");
+    let manifest = demo::produce(
+        &producer,
+        DemoSpec {
+            events,
+            ..DemoSpec::default()
+        },
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let mut best_pass: Option<bench::Timing> = None;
+    let mut best_coll: Option<bench::Timing> = None;
+    for round in 1..=rounds.max(1) {
+        let output = format!("bench.passthrough.{round}.{}", std::process::id());
+        create_scratch_topic(&kafka, &output).await?;
+        let pass = bench::passthrough(
+            &kafka,
+            &[demo::EVENTS_TOPIC, demo::XAPI_TOPIC],
+            &manifest.end_offsets,
+            &output,
+            5_000,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        println!(
+            "round {round}: passthrough {:>9.0} records/s ({} in {:.2}s)",
+            pass.rate(),
+            pass.records,
+            pass.elapsed.as_secs_f64()
+        );
+        let coll = bench::collector(
+            &kafka,
+            &registry.registry_url,
+            &file.topology,
+            &manifest.end_offsets,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        println!(
+            "round {round}: collector   {:>9.0} records/s ({} in {:.2}s)",
+            coll.rate(),
+            coll.records,
+            coll.elapsed.as_secs_f64()
+        );
+        if best_pass.is_none_or(|b| pass.rate() > b.rate()) {
+            best_pass = Some(pass);
+        }
+        if best_coll.is_none_or(|b| coll.rate() > b.rate()) {
+            best_coll = Some(coll);
+        }
+    }
+    if let (Some(pass), Some(coll)) = (best_pass, best_coll) {
+        println!(
+            "best: passthrough {:.0}/s, collector {:.0}/s, ratio {:.2}",
+            pass.rate(),
+            coll.rate(),
+            coll.rate() / pass.rate()
+        );
+    }
+    Ok(ExitStatus::Success)
+}
+
+async fn create_scratch_topic(kafka: &KafkaConfig, name: &str) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        trellis_runtime::kafka::client_config(kafka).create()?;
+    let topic = NewTopic::new(name, 6, TopicReplication::Fixed(1)).set("retention.ms", "3600000");
+    for result in admin.create_topics(&[topic], &AdminOptions::new()).await? {
+        result.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    Ok(())
 }

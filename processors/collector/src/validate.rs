@@ -172,6 +172,9 @@ pub fn validate(
             ),
         ));
     }
+    // Valid JSON is valid UTF-8, so once parsed the bytes are the payload:
+    // kept verbatim, they are what the producer sent and identical on every
+    // reprocessing.
     let json: Value = serde_json::from_slice(bytes).map_err(|e| {
         reject(
             Reason::MalformedJson,
@@ -185,9 +188,10 @@ pub fn validate(
         ));
     };
     let tenant = tenant(&object, envelope.tenant_header, format)?;
+    let payload = String::from_utf8_lossy(bytes).into_owned();
     let result = match format {
-        IngestFormat::Xapi => crate::xapi::statement(&object, &tenant, envelope),
-        IngestFormat::Events => event(&object, &tenant, envelope),
+        IngestFormat::Xapi => crate::xapi::statement(&object, payload, &tenant, envelope),
+        IngestFormat::Events => event(&object, payload, &tenant, envelope),
     };
     let event = result.map_err(|mut r| {
         r.tenant = Some(tenant.clone());
@@ -345,32 +349,10 @@ pub(crate) fn is_iri(text: &str) -> bool {
     }
 }
 
-/// Deterministic, key-sorted JSON of the original event, so the same event
-/// always yields the same payload bytes (whatever map type serde_json was
-/// built with).
-pub(crate) fn canonical(object: &Map<String, Value>) -> String {
-    fn sorted(value: &Value) -> Value {
-        match value {
-            Value::Object(map) => {
-                let mut entries: Vec<_> = map.iter().collect();
-                entries.sort_by(|a, b| a.0.cmp(b.0));
-                Value::Object(
-                    entries
-                        .into_iter()
-                        .map(|(k, v)| (k.clone(), sorted(v)))
-                        .collect(),
-                )
-            }
-            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
-            other => other.clone(),
-        }
-    }
-    sorted(&Value::Object(object.clone())).to_string()
-}
-
 /// A Trellis JSON event (Moodle-style log or app event).
 fn event(
     object: &Map<String, Value>,
+    payload: String,
     tenant: &str,
     envelope: Envelope<'_>,
 ) -> Result<CollectedEvent, Rejection> {
@@ -484,7 +466,7 @@ fn event(
         registration: None,
         result,
         voided_event_id: None,
-        payload: canonical(object),
+        payload,
     })
 }
 

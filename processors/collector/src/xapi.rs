@@ -8,12 +8,13 @@ use trellis_records::{Actor, CollectedEvent, StatementResult};
 use uuid::Uuid;
 
 use crate::validate::{
-    Envelope, Reason, Rejection, VOIDED_VERB, canonical, is_iri, opt_str, parse_time, parse_uuid,
-    reject, scores, valid_email,
+    Envelope, Reason, Rejection, VOIDED_VERB, is_iri, opt_str, parse_time, parse_uuid, reject,
+    scores, valid_email,
 };
 
 /// Namespace for ids of statements sent without one: the id is then derived
-/// from tenant and content, so a re-sent statement gets the same id.
+/// from tenant and the statement's bytes, so a statement re-sent as it was
+/// gets the same id (and is dropped as a duplicate).
 const STATEMENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5c1e_7a11_7e11_4b5e_9a3e_7d1f_0c2b_8e64);
 
 fn object_field<'a>(
@@ -31,10 +32,10 @@ fn object_field<'a>(
 /// Validates a statement and maps it onto the envelope.
 pub(crate) fn statement(
     object: &Map<String, Value>,
+    payload: String,
     tenant: &str,
     envelope: Envelope<'_>,
 ) -> Result<CollectedEvent, Rejection> {
-    let payload = canonical(object);
     let event_id = match opt_str(object, "id", "id")? {
         Some(id) => parse_uuid(&id, "id", Reason::InvalidEventId)?,
         None => Uuid::new_v5(

@@ -177,6 +177,12 @@ impl<S: DeserializeOwned> Config<S> {
     /// # Errors
     /// [`ConfigError`] naming the offending key.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, "TRELLIS__")
+    }
+
+    /// [`Config::load`] with another environment prefix, so tests do not see
+    /// the ambient `TRELLIS__*` variables of the shell that runs them.
+    fn load_with_env(path: Option<&Path>, env_prefix: &str) -> Result<Self, ConfigError> {
         let mut figment = Figment::new();
         if let Some(path) = path {
             if !path.exists() {
@@ -188,7 +194,7 @@ impl<S: DeserializeOwned> Config<S> {
             figment = figment.merge(Yaml::file(path));
         }
         let config: Self = figment
-            .merge(Env::prefixed("TRELLIS__").split("__"))
+            .merge(Env::prefixed(env_prefix).split("__"))
             .extract()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.check()?;
@@ -236,6 +242,10 @@ mod tests {
         window_secs: u64,
     }
 
+    fn load(path: &Path) -> Result<Config<Settings>, ConfigError> {
+        Config::load_with_env(Some(path), "TRELLIS_CONFIG_TEST_NOTHING__")
+    }
+
     fn write(dir: &Path, text: &str) -> PathBuf {
         let path = dir.join("c.yaml");
         std::fs::write(&path, text).unwrap();
@@ -247,7 +257,7 @@ mod tests {
     #[test]
     fn loads_with_defaults() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config::<Settings>::load(Some(&write(dir.path(), BASE))).unwrap();
+        let config = load(&write(dir.path(), BASE)).unwrap();
         assert_eq!(config.settings.window_secs, 5);
         assert_eq!(config.batch.max_records, 5_000);
         assert!(config.metrics_addr.ip().is_loopback());
@@ -258,7 +268,7 @@ mod tests {
     fn rejects_unknown_keys_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!("{BASE}bach: {{max_records: 3}}\n");
-        let err = Config::<Settings>::load(Some(&write(dir.path(), &text))).unwrap_err();
+        let err = load(&write(dir.path(), &text)).unwrap_err();
         assert!(err.to_string().contains("bach"), "{err}");
     }
 
@@ -269,7 +279,7 @@ mod tests {
             "bootstrap_servers: '127.0.0.1:9092'",
             "bootstrap_servers: '', instance: 2, instances: 2",
         );
-        let err = Config::<Settings>::load(Some(&write(dir.path(), &text))).unwrap_err();
+        let err = load(&write(dir.path(), &text)).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("kafka.instance is 2"), "{text}");
         assert!(text.contains("bootstrap_servers is empty"), "{text}");

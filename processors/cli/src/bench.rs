@@ -1,0 +1,212 @@
+//! `trellis bench`: a processor's throughput as a ratio of a raw rdkafka
+//! passthrough over the same records on the same broker, run back to back.
+//!
+//! The passthrough is what any at-least-once Kafka copier does: consume,
+//! produce the same key, value and headers, wait for the batch's deliveries,
+//! commit. The processor under test reads the same input from offset 0 into
+//! a fresh state store. Both are timed from their first record to the
+//! moment every input record is consumed and its outputs acknowledged.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use trellis_runtime::config::KafkaConfig;
+use trellis_runtime::kafka::{consumer_config, producer_config, topic_partitions};
+
+/// A timed run.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Records consumed.
+    pub records: u64,
+    /// From first record to the last delivery.
+    pub elapsed: Duration,
+}
+
+impl Timing {
+    /// Records per second.
+    pub fn rate(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Copies every record of `inputs` (from offset 0 up to `ends`) into
+/// `output`, at-least-once, in batches of `batch` records.
+///
+/// # Errors
+/// Broker failures, as text.
+pub async fn passthrough(
+    kafka: &KafkaConfig,
+    inputs: &[&str],
+    ends: &BTreeMap<String, i64>,
+    output: &str,
+    batch: usize,
+) -> Result<Timing, String> {
+    let group = format!("trellis-bench-passthrough-{}", std::process::id());
+    let consumer: StreamConsumer = consumer_config(kafka, &group)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let producer: FutureProducer = producer_config(kafka, None)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let partitions = topic_partitions(kafka).map_err(|e| e.to_string())?;
+    let mut assignment = TopicPartitionList::new();
+    for topic in inputs {
+        for p in 0..partitions.get(*topic).copied().unwrap_or(0) {
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    consumer.assign(&assignment).map_err(|e| e.to_string())?;
+    let total: i64 = ends.values().sum();
+    let mut remaining = ends.clone();
+    let mut records = 0u64;
+    let mut started = None;
+    let mut pending = Vec::with_capacity(batch);
+    let mut offsets = TopicPartitionList::new();
+    while remaining.values().any(|end| *end > 0) {
+        let message = consumer.recv().await.map_err(|e| e.to_string())?;
+        started.get_or_insert_with(Instant::now);
+        let mut record =
+            FutureRecord::to(output).timestamp(message.timestamp().to_millis().unwrap_or(0));
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        if let Some(headers) = message.headers() {
+            record = record.headers(headers.detach());
+        }
+        let delivery = producer
+            .send_result(record)
+            .map_err(|(e, _)| e.to_string())?;
+        pending.push(delivery);
+        records += 1;
+        let coordinates = format!("{}/{}", message.topic(), message.partition());
+        if let Some(left) = remaining.get_mut(&coordinates)
+            && message.offset() + 1 >= ends[&coordinates]
+        {
+            *left = 0;
+        }
+        offsets
+            .add_partition_offset(
+                message.topic(),
+                message.partition(),
+                Offset::Offset(message.offset() + 1),
+            )
+            .map_err(|e| e.to_string())?;
+        if pending.len() >= batch || records as i64 >= total {
+            for delivery in pending.drain(..) {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(e.to_string()),
+                    Err(_) => return Err("delivery cancelled".into()),
+                }
+            }
+            consumer
+                .commit(&offsets, CommitMode::Async)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    for delivery in pending.drain(..) {
+        delivery
+            .await
+            .map_err(|_| "delivery cancelled".to_string())?
+            .map_err(|(e, _)| e.to_string())?;
+    }
+    Ok(Timing {
+        records,
+        elapsed: started.map_or(Duration::ZERO, |s| s.elapsed()),
+    })
+}
+
+/// Runs the collector in-process over the ingest topics into a fresh state
+/// store, timed from its first consumed record until its positions reach `ends`.
+///
+/// # Errors
+/// Start-up or run failures, as text.
+pub async fn collector(
+    kafka: &KafkaConfig,
+    registry_url: &str,
+    topology: &std::path::Path,
+    ends: &BTreeMap<String, i64>,
+) -> Result<Timing, String> {
+    use trellis_runtime::Config;
+    use trellis_runtime::config::{BatchConfig, LogFormat, RegistryConfig};
+    use trellis_runtime::metrics::sample;
+    use trellis_runtime::secret::load_secrets_with;
+
+    let state = tempfile_dir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let config = Config {
+        topology: topology.to_path_buf(),
+        kafka: kafka.clone(),
+        registry: RegistryConfig {
+            url: registry_url.to_string(),
+        },
+        state_dir: state.clone(),
+        metrics_addr: ([127, 0, 0, 1], port).into(),
+        batch: BatchConfig::default(),
+        shutdown_deadline_ms: 10_000,
+        log_format: LogFormat::Text,
+        rebuild: false,
+        settings: trellis_collector::Settings::default(),
+    };
+    // A throwaway key: the bench exercises the topic path only.
+    let key = "00".repeat(32);
+    let secrets = load_secrets_with(trellis_collector::SECRETS, |_| Some(key.clone()))
+        .map_err(|e| e.to_string())?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(trellis_collector::run(config, secrets, async {
+        let _ = stopped.await;
+    }));
+
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let client = reqwest::Client::new();
+    let total: i64 = ends.values().sum();
+    let mut started = None;
+    let elapsed = loop {
+        if task.is_finished() {
+            return Err("collector stopped early".into());
+        }
+        let text = match client.get(&url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if started.is_none() && sample(&text, "trellis_records_in_total").unwrap_or(0.0) > 0.0 {
+            started = Some(Instant::now());
+        }
+        let position = sample(&text, "trellis_consumer_position").unwrap_or(0.0) as i64;
+        if position >= total {
+            break started.map_or(Duration::ZERO, |s| s.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let _ = stop.send(());
+    task.await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&state);
+    Ok(Timing {
+        records: total as u64,
+        elapsed,
+    })
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "trellis-bench-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    Ok(dir)
+}

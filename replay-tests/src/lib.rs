@@ -1,0 +1,442 @@
+//! Harness for end-to-end tests on a real broker.
+//!
+//! Each test gets its own [`Stack`]: a tansu broker on a free loopback port
+//! (the binary `ops/install-tansu` installs; `TRELLIS_TANSU` overrides), the
+//! schema registry in-process, and the topology applied. Processors run as
+//! real binaries ([`Process`]) so tests can SIGKILL them; build them first
+//! with `cargo build --bins` (ops/test does).
+//!
+//! # Layout
+//! - [`Stack`]: broker + registry + topology.
+//! - [`Process`]: a processor binary under test.
+//! - [`TopicContents`]: a topic read back, with ids counted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::message::Headers;
+use rdkafka::producer::FutureProducer;
+use trellis_runtime::config::KafkaConfig;
+use trellis_runtime::kafka::{ID_HEADER, producer_config, scan_topic};
+use trellis_runtime::metrics::sample;
+use trellis_runtime::topology::Topology;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A workspace binary built by `cargo build --bins`.
+///
+/// # Panics
+/// If it is missing, with the command that builds it.
+pub fn binary(name: &str) -> PathBuf {
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let path = target.join(profile).join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (ops/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+fn tansu_path() -> PathBuf {
+    let path = std::env::var_os("TRELLIS_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".trellis/bin/tansu"));
+    assert!(
+        path.exists(),
+        "tansu not found at {}: run ops/install-tansu (or set TRELLIS_TANSU)",
+        path.display()
+    );
+    path
+}
+
+/// A tansu broker on a free loopback port; killed on drop.
+pub struct Broker {
+    child: Child,
+    /// `127.0.0.1:port`.
+    pub bootstrap: String,
+}
+
+impl Broker {
+    /// Starts a broker with memory storage and waits until it answers.
+    pub fn start() -> Self {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_path())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start tansu");
+        let broker = Self {
+            child,
+            bootstrap: format!("127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&broker.bootstrap).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start on {}",
+                broker.bootstrap
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        broker
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Broker, registry and topology for one test.
+pub struct Stack {
+    /// The broker.
+    pub broker: Broker,
+    /// Registry base URL.
+    pub registry_url: String,
+    /// Client settings for the broker.
+    pub kafka: KafkaConfig,
+    /// The repository's topology.
+    pub topology: Topology,
+    /// Scratch space (state stores, configs, logs).
+    pub dir: tempfile::TempDir,
+    _registry: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Stack {
+    /// Starts broker and registry; applies the topology when `apply` is set.
+    pub async fn start_with(apply: bool) -> Self {
+        let broker = Broker::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel::<SocketAddr>();
+        let registry_dir = dir.path().join("registry");
+        tokio::spawn(async move {
+            trellis_registry::serve(
+                &registry_dir,
+                "127.0.0.1:0".parse().expect("addr"),
+                |addr| {
+                    let _ = bound_tx.send(addr);
+                },
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+            .expect("registry");
+        });
+        let registry_url = format!("http://{}", bound_rx.await.expect("registry address"));
+        let kafka = KafkaConfig::new(broker.bootstrap.clone());
+        let topology =
+            Topology::load_checked(&repo_root().join("topology.yaml")).expect("topology");
+        if apply {
+            trellis_cli::provision::apply(&kafka, &registry_url, &topology, 1)
+                .await
+                .expect("topology apply");
+        }
+        Self {
+            broker,
+            registry_url,
+            kafka,
+            topology,
+            dir,
+            _registry: stop,
+        }
+    }
+
+    /// Starts everything and applies the topology.
+    pub async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    /// A producer on this broker.
+    pub fn producer(&self) -> FutureProducer {
+        producer_config(&self.kafka, None)
+            .create()
+            .expect("producer")
+    }
+
+    /// Writes a config for `processor` and returns its path. `settings` is
+    /// the YAML of the processor's own section.
+    pub fn config(&self, processor: &str, metrics_port: u16, settings: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{processor}.yaml"));
+        let text = format!(
+            "topology: {topology}\nkafka:\n  bootstrap_servers: '{bootstrap}'\nregistry:\n  url: '{registry}'\nstate_dir: {state}\nmetrics_addr: 127.0.0.1:{metrics_port}\nbatch:\n  max_records: 1000\n  max_wait_ms: 50\nsettings: {settings}\n",
+            topology = repo_root().join("topology.yaml").display(),
+            bootstrap = self.broker.bootstrap,
+            registry = self.registry_url,
+            state = self.state_dir(processor).display(),
+        );
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// Where `processor` keeps its state in this stack.
+    pub fn state_dir(&self, processor: &str) -> PathBuf {
+        self.dir.path().join("state").join(processor)
+    }
+
+    /// Starts `trellis-<processor>` with a fresh config and the given secrets.
+    pub fn spawn(&self, processor: &str, settings: &str, secrets: &[(&str, String)]) -> Process {
+        let port = free_port();
+        let config = self.config(processor, port, settings);
+        Process::spawn(processor, &config, port, secrets, self.dir.path(), &[])
+    }
+
+    /// Reads a whole topic back.
+    pub fn read(&self, topic: &str) -> TopicContents {
+        TopicContents::read(&self.kafka, topic)
+    }
+}
+
+/// A processor binary under test.
+pub struct Process {
+    child: Child,
+    /// Processor name.
+    pub name: String,
+    /// Its `/metrics` URL.
+    pub metrics_url: String,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+/// A dev secret for tests: 32 bytes of hex, derived from `label`.
+pub fn test_secret(label: &str) -> String {
+    let mut hex = String::new();
+    for (i, b) in label.bytes().cycle().take(32).enumerate() {
+        hex.push_str(&format!("{:02x}", b.wrapping_add(i as u8)));
+    }
+    hex
+}
+
+impl Process {
+    /// Spawns `trellis-<name> --config <config> [extra args]` with only the
+    /// given `TRELLIS_*` secrets in its environment.
+    pub fn spawn(
+        name: &str,
+        config: &Path,
+        metrics_port: u16,
+        secrets: &[(&str, String)],
+        log_dir: &Path,
+        args: &[&str],
+    ) -> Self {
+        let log = log_dir.join(format!("{name}-{}.log", free_port()));
+        let mut command = Command::new(binary(&format!("trellis-{name}")));
+        command.arg("--config").arg(config).args(args);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("TRELLIS") {
+                command.env_remove(key);
+            }
+        }
+        for (key, value) in secrets {
+            command.env(key, value);
+        }
+        let child = command
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn processor");
+        Self {
+            child,
+            name: name.to_string(),
+            metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
+            log,
+        }
+    }
+
+    /// SIGKILL: no chance to flush or commit anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} ignored SIGTERM for 30 s",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The current `/metrics` text (empty if not yet serving).
+    pub async fn metrics(&self) -> String {
+        match reqwest::get(&self.metrics_url).await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Sum of `trellis_consumer_position` over partitions of `topics`.
+    pub async fn position(&self, topics: &[&str]) -> i64 {
+        positions(&self.metrics().await)
+            .into_iter()
+            .filter(|((t, _), _)| topics.contains(&t.as_str()))
+            .map(|(_, p)| p)
+            .sum()
+    }
+
+    /// Waits until the positions reach `ends` (`topic/partition` → end offset).
+    pub async fn wait_caught_up(&mut self, ends: &BTreeMap<String, i64>, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let at = positions(&self.metrics().await);
+            let behind: Vec<String> = ends
+                .iter()
+                .filter_map(|(coordinates, end)| {
+                    let (topic, partition) = coordinates.rsplit_once('/')?;
+                    let key = (topic.to_string(), partition.parse().ok()?);
+                    let position = at.get(&key).copied().unwrap_or(0);
+                    (position < *end).then(|| format!("{coordinates}: {position}/{end}"))
+                })
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) while catching up:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still behind after {timeout:?}: {}\n{}",
+                self.name,
+                behind.join(", "),
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// One sample of its metrics (see [`sample`]).
+    pub async fn metric(&self, selector: &str) -> f64 {
+        sample(&self.metrics().await, selector).unwrap_or(0.0)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `trellis_consumer_position` by (topic, partition).
+pub fn positions(metrics: &str) -> HashMap<(String, i32), i64> {
+    let label = |line: &str, name: &str| -> Option<String> {
+        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        let end = start + line[start..].find('"')?;
+        Some(line[start..end].to_string())
+    };
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("trellis_consumer_position{"))
+        .filter_map(|l| {
+            let topic = label(l, "topic")?;
+            let partition = label(l, "partition")?.parse().ok()?;
+            let value = l.rsplit_once(' ')?.1.parse::<f64>().ok()? as i64;
+            Some(((topic, partition), value))
+        })
+        .collect()
+}
+
+/// A topic read back from offset 0.
+pub struct TopicContents {
+    /// Every record's value, with its `trellis.id` header.
+    pub records: Vec<(Option<String>, Option<Vec<u8>>)>,
+}
+
+impl TopicContents {
+    /// Reads `topic` until it has been idle for two seconds.
+    pub fn read(kafka: &KafkaConfig, topic: &str) -> Self {
+        let mut records = Vec::new();
+        scan_topic(
+            kafka,
+            topic,
+            Duration::from_secs(2),
+            |m| {
+                let id = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == ID_HEADER))
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                records.push((id, m.payload().map(<[u8]>::to_vec)));
+            },
+            || false,
+        )
+        .expect("scan topic");
+        Self { records }
+    }
+
+    /// How many times each id occurs.
+    pub fn id_counts(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for (id, _) in &self.records {
+            *counts.entry(id.clone().unwrap_or_default()).or_insert(0) += 1;
+        }
+        counts
+    }
+}
