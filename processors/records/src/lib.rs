@@ -6,8 +6,8 @@
 //! decode it back, so a drift between a type and its schema fails CI.
 //!
 //! # Layout
-//! - [`dead_letter`]: `dlq`.
-//! - [`collected`]: `collected`, the canonical envelope.
+//! - [`dead_letter`] is the `dlq` topic.
+//! - [`collected`] is the `collected` topic, the canonical envelope.
 
 pub mod collected;
 pub mod dead_letter;
