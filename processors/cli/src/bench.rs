@@ -67,7 +67,8 @@ pub async fn passthrough(
     let mut records = 0u64;
     let mut started = None;
     let mut pending = Vec::with_capacity(batch);
-    let mut offsets = TopicPartitionList::new();
+    // Next offset per partition; a TopicPartitionList appends on every add.
+    let mut next: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     while remaining.values().any(|end| *end > 0) {
         let message = consumer.recv().await.map_err(|e| e.to_string())?;
         started.get_or_insert_with(Instant::now);
@@ -93,19 +94,31 @@ pub async fn passthrough(
         {
             *left = 0;
         }
-        offsets
-            .add_partition_offset(
-                message.topic(),
-                message.partition(),
-                Offset::Offset(message.offset() + 1),
-            )
-            .map_err(|e| e.to_string())?;
+        match next.get_mut(message.topic()) {
+            Some(partitions) => {
+                partitions.insert(message.partition(), message.offset() + 1);
+            }
+            None => {
+                next.insert(
+                    message.topic().to_string(),
+                    BTreeMap::from([(message.partition(), message.offset() + 1)]),
+                );
+            }
+        }
         if pending.len() >= batch || records as i64 >= total {
             for delivery in pending.drain(..) {
                 match delivery.await {
                     Ok(Ok(_)) => {}
                     Ok(Err((e, _))) => return Err(e.to_string()),
                     Err(_) => return Err("delivery cancelled".into()),
+                }
+            }
+            let mut offsets = TopicPartitionList::new();
+            for (topic, partitions) in &next {
+                for (partition, offset) in partitions {
+                    offsets
+                        .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                        .map_err(|e| e.to_string())?;
                 }
             }
             consumer
@@ -146,9 +159,15 @@ pub async fn collector(
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
         .port();
+    let mut kafka = kafka.clone();
+    // A group of its own: a fresh collector, not a restart of the last round.
+    kafka.group = Some(format!(
+        "trellis-bench-collector-{}",
+        state.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    ));
     let config = Config {
         topology: topology.to_path_buf(),
-        kafka: kafka.clone(),
+        kafka,
         registry: RegistryConfig {
             url: registry_url.to_string(),
         },
@@ -175,7 +194,12 @@ pub async fn collector(
     let mut started = None;
     let elapsed = loop {
         if task.is_finished() {
-            return Err("collector stopped early".into());
+            let why = match task.await {
+                Ok(Ok(exit)) => format!("{exit:?}"),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            return Err(format!("collector stopped early: {why}"));
         }
         let text = match client.get(&url).send().await {
             Ok(r) => r.text().await.unwrap_or_default(),
@@ -201,11 +225,16 @@ pub async fn collector(
     })
 }
 
+/// A fresh directory per run: a unique name also names the run's consumer group.
 fn tempfile_dir() -> Result<std::path::PathBuf, String> {
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let dir = std::env::temp_dir().join(format!(
-        "trellis-bench-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
+        "trellis-bench-{}-{run}-{nanos}",
+        std::process::id()
     ));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     Ok(dir)

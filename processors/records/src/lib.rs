@@ -8,12 +8,21 @@
 //! # Layout
 //! - [`dead_letter`] is the `dlq` topic.
 //! - [`collected`] is the `collected` topic, the canonical envelope.
+//! - [`protected`] is the `protected` topic.
+//! - [`gdpr`] holds the saga's commands and acknowledgements.
+//! - [`audit`] is the `audit.events` topic.
 
+pub mod audit;
 pub mod collected;
 pub mod dead_letter;
+pub mod gdpr;
+pub mod protected;
 
 pub use collected::{Actor, CollectedEvent, StatementResult};
+pub use audit::{AUDIT_EVENTS_TOPIC, AuditEvent};
 pub use dead_letter::{DLQ_TOPIC, DeadLetter, OriginalHeader};
+pub use gdpr::{ParticipantAck, ShredRequest};
+pub use protected::{IpHash, ProtectedEvent, ProtectedResult, Sealed};
 
 /// Text of every schema file, by file name, compiled in so tools and tests
 /// need no path to the repository.
@@ -58,10 +67,6 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     (
         "shred_request.avsc",
         include_str!("../../../schemas/shred_request.avsc"),
-    ),
-    (
-        "subject_key.avsc",
-        include_str!("../../../schemas/subject_key.avsc"),
     ),
     (
         "subject_request.avsc",
@@ -148,6 +153,102 @@ mod tests {
                     key: "tenant".into(),
                     value: b"acme".to_vec(),
                 }],
+            },
+        );
+    }
+
+    fn sealed(tag: u8) -> Sealed {
+        Sealed {
+            key_id: "k1".into(),
+            nonce: vec![tag; 12],
+            ciphertext: vec![tag; 40],
+        }
+    }
+
+    #[test]
+    fn protected_event_matches_its_schema() {
+        round_trip(
+            "protected.avsc",
+            &ProtectedEvent {
+                event_id: "e".into(),
+                tenant_id: "acme".into(),
+                source: "lrs".into(),
+                kind: "xapi.statement".into(),
+                occurred_at: 1,
+                received_at: 2,
+                request_id: Some("r".into()),
+                learner: "p".into(),
+                subject_key_id: "k1".into(),
+                actor_name: Some(sealed(1)),
+                actor_email: None,
+                ip_hash: Some(IpHash {
+                    salt_id: "s1".into(),
+                    hash: "ab".into(),
+                }),
+                verb: Some("http://adlnet.gov/expapi/verbs/passed".into()),
+                object_id: Some("https://x/a".into()),
+                object_type: None,
+                course_id: None,
+                registration: None,
+                result: Some(ProtectedResult {
+                    success: Some(true),
+                    completion: None,
+                    score_scaled: Some(0.5),
+                    score_raw: None,
+                    score_min: None,
+                    score_max: None,
+                    duration_ms: Some(3),
+                    response: Some(sealed(2)),
+                }),
+                voided_event_id: None,
+                payload: sealed(3),
+            },
+        );
+    }
+
+    #[test]
+    fn gdpr_and_audit_records_match_their_schemas() {
+        round_trip(
+            "shred_request.avsc",
+            &ShredRequest {
+                command_id: "c".into(),
+                request_id: "r".into(),
+                tenant_id: "acme".into(),
+                kind: "erasure".into(),
+                subject_id_kind: "user_id".into(),
+                subject_id: "42".into(),
+                attempt: 1,
+                issued_at: 5,
+            },
+        );
+        round_trip(
+            "participant_ack.avsc",
+            &ParticipantAck {
+                command_id: "c".into(),
+                request_id: "r".into(),
+                tenant_id: "acme".into(),
+                participant: "privacy".into(),
+                outcome: "done".into(),
+                detail: "".into(),
+                learner: Some("p".into()),
+                shredded_key_ids: vec!["k1".into()],
+                records_affected: 1,
+                export: None,
+                acked_at: 6,
+            },
+        );
+        round_trip(
+            "audit_event.avsc",
+            &AuditEvent {
+                event_id: "a".into(),
+                tenant_id: Some("acme".into()),
+                actor: "privacy".into(),
+                action: "key.shredded".into(),
+                subject: Some("p".into()),
+                field: None,
+                reason: None,
+                occurred_at: 7,
+                details: [("key_id".to_string(), "k1".to_string())].into(),
             },
         );
     }

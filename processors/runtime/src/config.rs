@@ -89,6 +89,10 @@ pub struct KafkaConfig {
     /// How many instances of the processor share the input partitions.
     #[serde(default = "one")]
     pub instances: u32,
+    /// Consumer group instead of the one topology.yaml declares: a second,
+    /// independent copy of the processor (benchmarks, blue/green rebuilds).
+    #[serde(default)]
+    pub group: Option<String>,
     /// Extra librdkafka properties (security, tuning), passed through verbatim.
     #[serde(default)]
     pub client: BTreeMap<String, String>,
@@ -107,6 +111,7 @@ impl KafkaConfig {
             transactions: false,
             instance: 0,
             instances: 1,
+            group: None,
             client: BTreeMap::new(),
         }
     }

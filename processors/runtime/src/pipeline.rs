@@ -421,7 +421,7 @@ impl Runtime {
             .processor(name)
             .map_err(StartError::Misconfigured)?
             .clone();
-        let group = spec.group.clone().ok_or_else(|| {
+        let group = config.kafka.group.clone().or_else(|| spec.group.clone()).ok_or_else(|| {
             StartError::Misconfigured(format!(
                 "processor `{name}` has no consumer group in topology.yaml"
             ))

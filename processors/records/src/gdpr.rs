@@ -1,0 +1,52 @@
+//! The GDPR saga's records: commands to participants and their answers
+//! (schemas/shred_request.avsc, schemas/participant_ack.avsc).
+
+use serde::{Deserialize, Serialize};
+
+/// The saga's command to the privacy processor (`gdpr.shred_requests`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShredRequest {
+    /// Unique per command; a re-sent command keeps its id.
+    pub command_id: String,
+    /// The subject request it serves.
+    pub request_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// `erasure` or `access`.
+    pub kind: String,
+    /// `user_id`, `mbox`, `account`, … as in the collected envelope.
+    pub subject_id_kind: String,
+    /// The identifier as the source system knows it.
+    pub subject_id: String,
+    /// Retry count, from 1.
+    pub attempt: i32,
+    /// When the saga issued it, ms since the epoch.
+    pub issued_at: i64,
+}
+
+/// A participant's answer to a saga command (`gdpr.participant_acks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantAck {
+    /// The command answered.
+    pub command_id: String,
+    /// The subject request.
+    pub request_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Who answers: `privacy`, `progress`, …
+    pub participant: String,
+    /// `done`, `not_found` or `failed`.
+    pub outcome: String,
+    /// Human detail.
+    pub detail: String,
+    /// The subject's pseudonym, when known.
+    pub learner: Option<String>,
+    /// Key ids destroyed (never key material).
+    pub shredded_key_ids: Vec<String>,
+    /// Records or rows affected.
+    pub records_affected: i64,
+    /// Access requests: where this participant's export part was written.
+    pub export: Option<String>,
+    /// When answered, ms since the epoch.
+    pub acked_at: i64,
+}
