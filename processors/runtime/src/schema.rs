@@ -289,7 +289,9 @@ impl AvroEncoder {
     /// # Errors
     /// [`SchemaError::Encode`] when `value` does not fit the schema.
     pub fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, SchemaError> {
-        let mut out = Vec::with_capacity(256);
+        // Most records carry their original payload: start big enough that
+        // the datum rarely has to grow the buffer.
+        let mut out = Vec::with_capacity(1024);
         out.push(MAGIC);
         out.extend_from_slice(&self.id.to_be_bytes());
         self.writer
