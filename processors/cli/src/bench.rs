@@ -163,7 +163,9 @@ pub async fn collector(
     // A group of its own: a fresh collector, not a restart of the last round.
     kafka.group = Some(format!(
         "trellis-bench-collector-{}",
-        state.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        state
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
     ));
     let config = Config {
         topology: topology.to_path_buf(),

@@ -18,8 +18,8 @@ pub mod dead_letter;
 pub mod gdpr;
 pub mod protected;
 
-pub use collected::{Actor, CollectedEvent, StatementResult};
 pub use audit::{AUDIT_EVENTS_TOPIC, AuditEvent};
+pub use collected::{Actor, CollectedEvent, StatementResult};
 pub use dead_letter::{DLQ_TOPIC, DeadLetter, OriginalHeader};
 pub use gdpr::{ParticipantAck, ShredRequest};
 pub use protected::{IpHash, ProtectedEvent, ProtectedResult, Sealed};

@@ -421,11 +421,16 @@ impl Runtime {
             .processor(name)
             .map_err(StartError::Misconfigured)?
             .clone();
-        let group = config.kafka.group.clone().or_else(|| spec.group.clone()).ok_or_else(|| {
-            StartError::Misconfigured(format!(
-                "processor `{name}` has no consumer group in topology.yaml"
-            ))
-        })?;
+        let group = config
+            .kafka
+            .group
+            .clone()
+            .or_else(|| spec.group.clone())
+            .ok_or_else(|| {
+                StartError::Misconfigured(format!(
+                    "processor `{name}` has no consumer group in topology.yaml"
+                ))
+            })?;
 
         let partitions = topic_partitions(&config.kafka)?;
         let missing: Vec<String> = topology

@@ -395,6 +395,53 @@ impl AvroDecoder {
     pub async fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, DecodeError> {
         let id = Self::schema_id(bytes)?;
         let writer = self.writer_schema(id).await?;
+        Self::read_with(&writer, bytes)
+    }
+
+    /// Decodes from synchronous code (a [`crate::Processor`]): writer schemas
+    /// come from the cache, and a schema id seen for the first time is fetched
+    /// by blocking this worker thread (once per id for the process's life).
+    ///
+    /// # Errors
+    /// As [`AvroDecoder::decode`]; outside a multi-threaded Tokio runtime an
+    /// uncached id is a [`DecodeError::Schema`].
+    pub fn decode_blocking<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, DecodeError> {
+        let id = Self::schema_id(bytes)?;
+        let writer = match self.read_cache(id) {
+            Some(writer) => writer,
+            None => {
+                let handle =
+                    tokio::runtime::Handle::try_current().map_err(|_| DecodeError::Schema {
+                        id,
+                        message: "schema not cached and no runtime to fetch it".into(),
+                    })?;
+                tokio::task::block_in_place(|| handle.block_on(self.writer_schema(id)))?
+            }
+        };
+        Self::read_with(&writer, bytes)
+    }
+
+    /// Caches `schema` under `id` without asking the registry (tests, tools
+    /// that read a topic whose schema they ship).
+    ///
+    /// # Errors
+    /// [`DecodeError::Schema`] if the schema cannot be resolved.
+    pub fn insert(&self, id: u32, schema: Schema) -> Result<(), DecodeError> {
+        let schema: &'static Schema = Box::leak(Box::new(schema));
+        let resolved = ResolvedSchema::try_from(schema).map_err(|e| DecodeError::Schema {
+            id,
+            message: e.to_string(),
+        })?;
+        if let Ok(mut cache) = self.schemas.write() {
+            cache.insert(id, Arc::new(WriterSchema { schema, resolved }));
+        }
+        Ok(())
+    }
+
+    fn read_with<T: DeserializeOwned>(
+        writer: &WriterSchema,
+        bytes: &[u8],
+    ) -> Result<T, DecodeError> {
         let value = apache_avro::reader::datum::GenericDatumReader::builder(writer.schema)
             .resolved_writer_schemata(writer.resolved.clone())
             .build()

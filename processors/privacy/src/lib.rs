@@ -1,0 +1,537 @@
+//! The privacy processor: no plaintext personal data past collection.
+//!
+//! It reads `collected` (restricted, short retention) and writes `protected`
+//! (kept for good), where every personal-data field of the envelope is
+//! transformed as its schema's `pii` tag says:
+//!
+//! - `pseudonymize` (the actor's identifier) → a per-tenant pseudonym drawn
+//!   from the subject's random secret material ([`crypto`]);
+//! - `encrypt` (name, email, free-text answers, the original payload) →
+//!   AES-256-GCM under the subject's data key, AAD binding tenant, field,
+//!   event id and key id;
+//! - `hash_ip` → salted SHA-256 with the salt's id, or nothing at all for
+//!   tenants configured `no_ip`.
+//!
+//! It also owns the key [`vault`] and answers the GDPR saga's commands on
+//! `gdpr.shred_requests`: an erasure shreds the subject's material (and
+//! rotates the tenant's KEK, so no surviving copy opens); an access request
+//! reports the subject's pseudonym and key id. Every key creation, rotation
+//! and shred is an event on `audit.events`.
+//!
+//! # Delivery semantics
+//! Outputs are a function of the input and the vault: the same record gives
+//! byte-identical output (deterministic nonces), and new key material is
+//! durable before any output refers to it. Commands keep a receipt of what
+//! they produced, so a re-run answers identically. Input duplicates by id
+//! were dropped by the collector; a re-run of a batch after a crash emits the
+//! same ids, which consumers drop (promise 3). Events of an erased subject
+//! received before the erasure are dropped on replay, never re-protected.
+
+pub mod crypto;
+pub mod vault;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use prometheus::IntCounter;
+use serde::{Deserialize, Serialize};
+use trellis_records::{
+    AUDIT_EVENTS_TOPIC, AuditEvent, CollectedEvent, IpHash, ParticipantAck, ProtectedEvent,
+    ProtectedResult, ShredRequest,
+};
+use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
+use trellis_runtime::schema::{AvroDecoder, AvroEncoder};
+use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
+use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};
+
+use crate::crypto::{IpHasher, KEY_LEN, SubjectKeys};
+use crate::vault::{Vault, VaultError};
+
+/// The processor's name in topology.yaml, metrics and logs.
+pub const NAME: &str = "privacy";
+/// Input: validated events with plaintext personal data.
+pub const COLLECTED_TOPIC: &str = "collected";
+/// Input: the saga's commands.
+pub const SHRED_TOPIC: &str = "gdpr.shred_requests";
+/// Output: protected events.
+pub const PROTECTED_TOPIC: &str = "protected";
+/// Output: answers to the saga.
+pub const ACKS_TOPIC: &str = "gdpr.participant_acks";
+
+/// Secret: seals the vault's KEK file.
+pub const MASTER_KEY: &str = "TRELLIS_VAULT_MASTER_KEY";
+/// Secret: keys the vault's subject lookup.
+pub const INDEX_KEY: &str = "TRELLIS_SUBJECT_INDEX_KEY";
+/// Secret: the IP salt (rotate by changing it; the salt id changes with it).
+pub const IP_SALT: &str = "TRELLIS_IP_SALT";
+
+/// Secrets the privacy processor refuses to start without.
+pub const SECRETS: &[SecretSpec] = &[
+    SecretSpec {
+        env: MASTER_KEY,
+        format: SecretFormat::Hex32,
+        purpose: "seals the key vault's key-encryption keys",
+    },
+    SecretSpec {
+        env: INDEX_KEY,
+        format: SecretFormat::Hex32,
+        purpose: "keys the vault's subject lookup index",
+    },
+    SecretSpec {
+        env: IP_SALT,
+        format: SecretFormat::Hex32,
+        purpose: "salt for hashing client IP addresses",
+    },
+];
+
+/// The privacy processor's `settings` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The key vault's directory. Not state from the log: it holds the only
+    /// copies of subject key material (see [`vault`]). Back it up only as it
+    /// is (everything in it is sealed) and never restore it over a newer one.
+    pub vault_dir: PathBuf,
+    /// Tenants whose IP addresses are dropped rather than hashed.
+    #[serde(default)]
+    pub no_ip_tenants: Vec<String>,
+}
+
+/// The privacy processor's logic.
+pub struct Privacy {
+    vault: Vault,
+    ip: IpHasher,
+    no_ip: BTreeSet<String>,
+    decoder: AvroDecoder,
+    protected: AvroEncoder,
+    acks: AvroEncoder,
+    audit: AvroEncoder,
+    topics: Topics,
+    erased_dropped: IntCounter,
+}
+
+struct Topics {
+    protected: Arc<str>,
+    acks: Arc<str>,
+    audit: Arc<str>,
+}
+
+/// What a command produced, stored so a re-run emits exactly the same.
+#[derive(Serialize, Deserialize)]
+struct Receipt {
+    ack: ParticipantAck,
+    audit: Vec<AuditEvent>,
+}
+
+fn secret_array(secrets: &Secrets, name: &str) -> [u8; KEY_LEN] {
+    let mut out = [0u8; KEY_LEN];
+    // SecretFormat::Hex32 guarantees the length.
+    out.copy_from_slice(secrets.get(name).expose());
+    out
+}
+
+fn fatal(e: VaultError) -> ProcessError {
+    ProcessError::Fatal(e.to_string())
+}
+
+/// Encoders the processor writes with.
+pub struct Encoders {
+    /// `protected`.
+    pub protected: AvroEncoder,
+    /// `gdpr.participant_acks`.
+    pub acks: AvroEncoder,
+    /// `audit.events`.
+    pub audit: AvroEncoder,
+}
+
+impl Privacy {
+    /// A privacy processor over `vault`.
+    pub fn new(
+        settings: &Settings,
+        vault: Vault,
+        ip_salt: [u8; KEY_LEN],
+        decoder: AvroDecoder,
+        encoders: Encoders,
+        erased_dropped: IntCounter,
+    ) -> Self {
+        Self {
+            vault,
+            ip: IpHasher::new(ip_salt),
+            no_ip: settings.no_ip_tenants.iter().cloned().collect(),
+            decoder,
+            protected: encoders.protected,
+            acks: encoders.acks,
+            audit: encoders.audit,
+            topics: Topics {
+                protected: Arc::from(PROTECTED_TOPIC),
+                acks: Arc::from(ACKS_TOPIC),
+                audit: Arc::from(AUDIT_EVENTS_TOPIC),
+            },
+            erased_dropped,
+        }
+    }
+
+    /// The vault (tests).
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    fn emit_audit(&self, out: &mut Emitter, event: &AuditEvent) -> Result<(), ProcessError> {
+        out.emit(OutputRecord {
+            topic: self.topics.audit.clone(),
+            key: event.tenant_id.clone().unwrap_or_default().into_bytes(),
+            value: Some(self.encode(&self.audit, event)?),
+            id: event.event_id.clone(),
+            tenant: event.tenant_id.clone(),
+        });
+        Ok(())
+    }
+
+    fn encode<T: Serialize>(
+        &self,
+        encoder: &AvroEncoder,
+        value: &T,
+    ) -> Result<Vec<u8>, ProcessError> {
+        encoder
+            .encode(value)
+            .map_err(|e| ProcessError::Fatal(e.to_string()))
+    }
+
+    fn protect(
+        &mut self,
+        record: &InputRecord<'_>,
+        value: &[u8],
+        at: i64,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let event: CollectedEvent = match self.decoder.decode_blocking(value) {
+            Ok(event) => event,
+            Err(e) => {
+                out.dead_letter(record, NAME, "UNDECODABLE", e.to_string(), None);
+                return Ok(());
+            }
+        };
+        let tenant = event.tenant_id.as_str();
+        let (kind, id) = (event.actor.id_kind.as_str(), event.actor.id.as_str());
+        if let Some(erased_at) = self.vault.erased_at(tenant, kind, id).map_err(fatal)?
+            && event.received_at <= erased_at
+        {
+            self.erased_dropped.inc();
+            return Ok(());
+        }
+        let coordinate = format!("{}/{}/{}", record.topic, record.partition, record.offset);
+        let lookup = self
+            .vault
+            .subject(tenant, kind, id, &coordinate)
+            .map_err(fatal)?;
+        let keys = &lookup.keys;
+        if let Some(version) = lookup.kek_created {
+            let event = self.key_event(
+                tenant,
+                "kek.created",
+                None,
+                at,
+                [("version", version.to_string())],
+            );
+            self.emit_audit(out, &event)?;
+        }
+        if lookup.subject_created {
+            let event = self.key_event(
+                tenant,
+                "key.created",
+                Some(keys.pseudonym()),
+                at,
+                [("key_id", keys.key_id().to_string())],
+            );
+            self.emit_audit(out, &event)?;
+        }
+        let protected = self.protected_event(&event, keys);
+        out.emit(OutputRecord {
+            topic: self.topics.protected.clone(),
+            key: format!("{tenant}|{}", keys.pseudonym()).into_bytes(),
+            value: Some(self.encode(&self.protected, &protected)?),
+            id: format!("{tenant}/{}", event.event_id),
+            tenant: Some(event.tenant_id.clone()),
+        });
+        Ok(())
+    }
+
+    /// The protected form of `event`: every `pii` field of collected.avsc
+    /// pseudonymised, sealed or hashed.
+    pub fn protected_event(&self, event: &CollectedEvent, keys: &SubjectKeys) -> ProtectedEvent {
+        let tenant = event.tenant_id.as_str();
+        let seal =
+            |field: &str, text: &str| keys.seal(tenant, field, &event.event_id, text.as_bytes());
+        ProtectedEvent {
+            event_id: event.event_id.clone(),
+            tenant_id: event.tenant_id.clone(),
+            source: event.source.clone(),
+            kind: event.kind.clone(),
+            occurred_at: event.occurred_at,
+            received_at: event.received_at,
+            request_id: event.request_id.clone(),
+            learner: keys.pseudonym().to_string(),
+            subject_key_id: keys.key_id().to_string(),
+            actor_name: event.actor.name.as_deref().map(|n| seal("actor.name", n)),
+            actor_email: event.actor.email.as_deref().map(|e| seal("actor.email", e)),
+            ip_hash: match &event.ip {
+                Some(ip) if !self.no_ip.contains(tenant) => Some(IpHash {
+                    salt_id: self.ip.salt_id().to_string(),
+                    hash: self.ip.hash(tenant, ip),
+                }),
+                _ => None,
+            },
+            verb: event.verb.clone(),
+            object_id: event.object_id.clone(),
+            object_type: event.object_type.clone(),
+            course_id: event.course_id.clone(),
+            registration: event.registration.clone(),
+            result: event.result.as_ref().map(|r| ProtectedResult {
+                success: r.success,
+                completion: r.completion,
+                score_scaled: r.score_scaled,
+                score_raw: r.score_raw,
+                score_min: r.score_min,
+                score_max: r.score_max,
+                duration_ms: r.duration_ms,
+                response: r.response.as_deref().map(|t| seal("result.response", t)),
+            }),
+            voided_event_id: event.voided_event_id.clone(),
+            payload: seal("payload", &event.payload),
+        }
+    }
+
+    fn key_event<const N: usize>(
+        &self,
+        tenant: &str,
+        action: &str,
+        subject: Option<&str>,
+        at: i64,
+        details: [(&str, String); N],
+    ) -> AuditEvent {
+        let details: BTreeMap<String, String> = details
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let particular = details.values().cloned().collect::<Vec<_>>().join("/");
+        AuditEvent {
+            event_id: format!("{NAME}/{action}/{tenant}/{particular}"),
+            tenant_id: Some(tenant.to_string()),
+            actor: NAME.to_string(),
+            action: action.to_string(),
+            subject: subject.map(str::to_string),
+            field: None,
+            reason: None,
+            occurred_at: at,
+            details,
+        }
+    }
+
+    fn command(
+        &mut self,
+        record: &InputRecord<'_>,
+        value: &[u8],
+        at: i64,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let request: ShredRequest = match self.decoder.decode_blocking(value) {
+            Ok(request) => request,
+            Err(e) => {
+                out.dead_letter(record, NAME, "UNDECODABLE", e.to_string(), None);
+                return Ok(());
+            }
+        };
+        if request.kind != "erasure" && request.kind != "access" {
+            out.dead_letter(
+                record,
+                NAME,
+                "INVALID_COMMAND",
+                format!("unknown command kind `{}`", request.kind),
+                Some(request.tenant_id),
+            );
+            return Ok(());
+        }
+        let receipt = match self.vault.receipt(&request.command_id).map_err(fatal)? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| ProcessError::Fatal(format!("unreadable command receipt: {e}")))?,
+            None => {
+                let receipt = self.execute(&request, at)?;
+                let bytes =
+                    serde_json::to_vec(&receipt).map_err(|e| ProcessError::Fatal(e.to_string()))?;
+                self.vault
+                    .put_receipt(&request.command_id, &bytes)
+                    .map_err(fatal)?;
+                receipt
+            }
+        };
+        for event in &receipt.audit {
+            self.emit_audit(out, event)?;
+        }
+        out.emit(OutputRecord {
+            topic: self.topics.acks.clone(),
+            key: request.request_id.clone().into_bytes(),
+            value: Some(self.encode(&self.acks, &receipt.ack)?),
+            id: format!("{NAME}/{}", request.command_id),
+            tenant: Some(request.tenant_id.clone()),
+        });
+        Ok(())
+    }
+
+    fn execute(&mut self, request: &ShredRequest, at: i64) -> Result<Receipt, ProcessError> {
+        let tenant = request.tenant_id.as_str();
+        let (kind, id) = (
+            request.subject_id_kind.as_str(),
+            request.subject_id.as_str(),
+        );
+        let mut ack = ParticipantAck {
+            command_id: request.command_id.clone(),
+            request_id: request.request_id.clone(),
+            tenant_id: request.tenant_id.clone(),
+            participant: NAME.to_string(),
+            outcome: "not_found".to_string(),
+            detail: "the vault holds no key material for this subject".to_string(),
+            learner: None,
+            shredded_key_ids: Vec::new(),
+            records_affected: 0,
+            export: None,
+            acked_at: at,
+        };
+        let mut audit = Vec::new();
+        if request.kind == "access" {
+            if let Some(keys) = self.vault.existing(tenant, kind, id).map_err(fatal)? {
+                ack.outcome = "done".into();
+                ack.detail = format!(
+                    "subject known; its fields are sealed under key {}",
+                    keys.key_id()
+                );
+                ack.learner = Some(keys.pseudonym().to_string());
+            }
+            return Ok(Receipt { ack, audit });
+        }
+        match self.vault.shred(tenant, kind, id, at).map_err(fatal)? {
+            Some(shredded) => {
+                ack.outcome = "done".into();
+                ack.detail = format!(
+                    "subject key material destroyed; tenant KEK rotated to v{} ({} subjects re-wrapped)",
+                    shredded.kek_current, shredded.rewrapped
+                );
+                ack.learner = Some(shredded.pseudonym.clone());
+                ack.shredded_key_ids = vec![shredded.key_id.clone()];
+                ack.records_affected = 1;
+                let mut shred_event = self.key_event(
+                    tenant,
+                    "key.shredded",
+                    Some(&shredded.pseudonym),
+                    at,
+                    [("key_id", shredded.key_id.clone())],
+                );
+                shred_event
+                    .details
+                    .insert("request_id".into(), request.request_id.clone());
+                audit.push(shred_event);
+                let retired = shredded
+                    .kek_retired
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                audit.push(self.key_event(
+                    tenant,
+                    "kek.rotated",
+                    None,
+                    at,
+                    [
+                        ("current", shredded.kek_current.to_string()),
+                        ("retired", retired),
+                    ],
+                ));
+            }
+            None => {
+                if self
+                    .vault
+                    .erased_at(tenant, kind, id)
+                    .map_err(fatal)?
+                    .is_some()
+                {
+                    ack.outcome = "done".into();
+                    ack.detail = "subject was already erased".into();
+                }
+            }
+        }
+        Ok(Receipt { ack, audit })
+    }
+}
+
+impl Processor for Privacy {
+    fn process(
+        &mut self,
+        record: &InputRecord<'_>,
+        _txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let Some(value) = record.value else {
+            out.dead_letter(
+                record,
+                NAME,
+                "MISSING_VALUE",
+                "record has no value".into(),
+                None,
+            );
+            return Ok(());
+        };
+        // The record's timestamp is the processing clock: a replay sees the
+        // same time as the live run.
+        let at = record.timestamp_ms.unwrap_or_default();
+        if record.topic == SHRED_TOPIC {
+            self.command(record, value, at, out)
+        } else {
+            self.protect(record, value, at, out)
+        }
+    }
+}
+
+/// Starts the privacy processor and runs it until `shutdown` resolves.
+///
+/// # Errors
+/// [`Failure`] when it cannot start or must stop; the message names the cause.
+pub async fn run(
+    config: Config<Settings>,
+    secrets: Secrets,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Exit, Failure> {
+    let runtime = Runtime::start(NAME, &config).await?;
+    let vault = Vault::open(
+        &config.settings.vault_dir,
+        secrets.get(MASTER_KEY).expose(),
+        secrets.get(INDEX_KEY).expose(),
+    )
+    .map_err(|e| StartError::Misconfigured(e.to_string()))?;
+    let encoders = Encoders {
+        protected: runtime.encoder(PROTECTED_TOPIC).await?,
+        acks: runtime.encoder(ACKS_TOPIC).await?,
+        audit: runtime.encoder(AUDIT_EVENTS_TOPIC).await?,
+    };
+    let erased_dropped = IntCounter::with_opts(
+        prometheus::Opts::new(
+            "trellis_erased_subject_records_dropped_total",
+            "Records of erased subjects, from before their erasure, dropped on replay.",
+        )
+        .const_label("processor", NAME),
+    )
+    .map_err(|e| StartError::Misconfigured(e.to_string()))?;
+    runtime
+        .metrics
+        .register(Box::new(erased_dropped.clone()))
+        .map_err(|e| StartError::Misconfigured(e.to_string()))?;
+    let privacy = Privacy::new(
+        &config.settings,
+        vault,
+        secret_array(&secrets, IP_SALT),
+        runtime.decoder.clone(),
+        encoders,
+        erased_dropped,
+    );
+    Ok(runtime.run(privacy, shutdown).await?)
+}
