@@ -21,6 +21,7 @@ use rdkafka::Message;
 use rdkafka::message::Headers;
 use rdkafka::producer::FutureProducer;
 use trellis_runtime::config::KafkaConfig;
+pub use trellis_runtime::kafka::end_offsets;
 use trellis_runtime::kafka::{ID_HEADER, producer_config, scan_topic};
 use trellis_runtime::metrics::sample;
 use trellis_runtime::topology::Topology;
@@ -407,12 +408,15 @@ pub fn positions(metrics: &str) -> HashMap<(String, i32), i64> {
 pub struct TopicContents {
     /// Every record's value, with its `trellis.id` header.
     pub records: Vec<(Option<String>, Option<Vec<u8>>)>,
+    /// Every record's key and header bytes, in the same order.
+    pub keys_and_headers: Vec<Vec<u8>>,
 }
 
 impl TopicContents {
     /// Reads `topic` until it has been idle for two seconds.
     pub fn read(kafka: &KafkaConfig, topic: &str) -> Self {
         let mut records = Vec::new();
+        let mut keys_and_headers = Vec::new();
         scan_topic(
             kafka,
             topic,
@@ -424,11 +428,20 @@ impl TopicContents {
                     .and_then(|h| h.value)
                     .map(|v| String::from_utf8_lossy(v).into_owned());
                 records.push((id, m.payload().map(<[u8]>::to_vec)));
+                let mut extra = m.key().map(<[u8]>::to_vec).unwrap_or_default();
+                for header in m.headers().into_iter().flat_map(|h| h.iter()) {
+                    extra.extend_from_slice(header.key.as_bytes());
+                    extra.extend_from_slice(header.value.unwrap_or_default());
+                }
+                keys_and_headers.push(extra);
             },
             || false,
         )
         .expect("scan topic");
-        Self { records }
+        Self {
+            records,
+            keys_and_headers,
+        }
     }
 
     /// How many times each id occurs.

@@ -1,5 +1,6 @@
 //! `trellis`: operate a Trellis topology. See `trellis --help`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -140,9 +141,16 @@ enum DemoCommand {
     },
     /// Wait until a processor has consumed every record of a manifest.
     Wait {
-        /// Manifest written by `demo produce`.
+        /// Manifest written by `demo produce`: wait until the processor has
+        /// read every ingest record it lists.
+        #[arg(long, required_unless_present = "topic", conflicts_with = "topic")]
+        manifest: Option<PathBuf>,
+        /// Or: wait until the processor has read everything `topic` holds now
+        /// (repeatable), e.g. `collected` for the privacy processor.
         #[arg(long)]
-        manifest: PathBuf,
+        topic: Vec<String>,
+        #[command(flatten)]
+        broker: Broker,
         /// The processor's metrics URL, e.g. http://127.0.0.1:9101/metrics.
         #[arg(long)]
         metrics: String,
@@ -326,14 +334,29 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
         }
         Command::Demo(DemoCommand::Wait {
             manifest,
+            topic,
+            broker,
             metrics,
             timeout_secs,
         }) => {
-            let manifest: Manifest = serde_json::from_slice(
-                &std::fs::read(&manifest)
-                    .with_context(|| format!("reading {}", manifest.display()))?,
-            )?;
-            wait_for_positions(&manifest, &metrics, Duration::from_secs(timeout_secs)).await
+            let ends = match manifest {
+                Some(manifest) => {
+                    let manifest: Manifest = serde_json::from_slice(
+                        &std::fs::read(&manifest)
+                            .with_context(|| format!("reading {}", manifest.display()))?,
+                    )?;
+                    manifest.end_offsets
+                }
+                None => {
+                    let kafka = KafkaConfig::new(broker.bootstrap_servers);
+                    let mut ends = BTreeMap::new();
+                    for topic in &topic {
+                        ends.extend(trellis_runtime::kafka::end_offsets(&kafka, topic)?);
+                    }
+                    ends
+                }
+            };
+            wait_for_positions(&ends, &metrics, Duration::from_secs(timeout_secs)).await
         }
         Command::Inspect(args) => {
             let topology = Topology::load(&args.file.topology)?;
@@ -374,7 +397,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
 /// Polls `metrics` until `trellis_consumer_position` reaches every end
 /// offset in `manifest`.
 async fn wait_for_positions(
-    manifest: &Manifest,
+    ends: &BTreeMap<String, i64>,
     metrics: &str,
     timeout: Duration,
 ) -> anyhow::Result<ExitStatus> {
@@ -385,8 +408,7 @@ async fn wait_for_positions(
             Ok(response) => response.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         };
-        let behind: Vec<String> = manifest
-            .end_offsets
+        let behind: Vec<String> = ends
             .iter()
             .filter_map(|(coordinates, end)| {
                 let (topic, partition) = coordinates.rsplit_once('/')?;

@@ -119,6 +119,9 @@ pub struct SubjectLookup {
     pub subject_created: bool,
 }
 
+/// A stored entry as (lookup key, wrapped value).
+pub type RawEntry = (Vec<u8>, Vec<u8>);
+
 /// What a shred destroyed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shredded {
@@ -608,7 +611,7 @@ impl Vault {
         tenant: &str,
         id_kind: &str,
         id: &str,
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, VaultError> {
+    ) -> Result<Option<RawEntry>, VaultError> {
         let key = self.lookup_key(tenant, id_kind, id);
         Ok(self
             .subjects

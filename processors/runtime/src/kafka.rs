@@ -226,3 +226,19 @@ pub fn scan_topic(
     }
     Ok(seen)
 }
+
+/// Per partition of `topic` (`topic/partition`): the offset after its last
+/// record (the high watermark), in the form progress waits compare against.
+///
+/// # Errors
+/// [`KafkaError`] if the broker cannot be asked.
+pub fn end_offsets(kafka: &KafkaConfig, topic: &str) -> Result<BTreeMap<String, i64>, KafkaError> {
+    let consumer: BaseConsumer = client_config(kafka).create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), ADMIN_TIMEOUT)?;
+    let mut ends = BTreeMap::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (_, high) = consumer.fetch_watermarks(topic, partition.id(), ADMIN_TIMEOUT)?;
+        ends.insert(format!("{topic}/{}", partition.id()), high);
+    }
+    Ok(ends)
+}

@@ -1,0 +1,489 @@
+//! The privacy processor on a real broker, behind the collector: no plaintext
+//! personal data past collection, pseudonyms that behave, nothing lost or
+//! doubled across SIGKILLs, and a shred that makes erasure real.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use trellis_cli::demo::{self, DemoSpec};
+use trellis_privacy::vault::Vault;
+use trellis_records::{CollectedEvent, ParticipantAck, ProtectedEvent, ShredRequest};
+use trellis_replay_tests::{Process, Stack, end_offsets, free_port, repo_root, test_secret};
+use trellis_runtime::kafka::TENANT_HEADER;
+use trellis_runtime::schema::{AvroDecoder, AvroEncoder, SchemaFile, registry_settings};
+
+const COLLECTED: &[&str] = &["collected"];
+
+fn privacy_secrets() -> Vec<(&'static str, String)> {
+    vec![
+        (trellis_privacy::MASTER_KEY, test_secret("master")),
+        (trellis_privacy::INDEX_KEY, test_secret("index")),
+        (trellis_privacy::IP_SALT, test_secret("ip-salt")),
+    ]
+}
+
+fn vault_dir(stack: &Stack) -> PathBuf {
+    stack.dir.path().join("vault")
+}
+
+fn settings(stack: &Stack) -> String {
+    format!("{{vault_dir: '{}'}}", vault_dir(stack).display())
+}
+
+fn spawn_privacy(stack: &Stack, args: &[&str]) -> Process {
+    let port = free_port();
+    let config = stack.config("privacy", port, &settings(stack));
+    Process::spawn(
+        "privacy",
+        &config,
+        port,
+        &privacy_secrets(),
+        stack.dir.path(),
+        args,
+    )
+}
+
+fn open_vault(stack: &Stack) -> Vault {
+    let hex = |label: &str| {
+        (0..32)
+            .map(|i| u8::from_str_radix(&test_secret(label)[2 * i..2 * i + 2], 16).unwrap())
+            .collect::<Vec<u8>>()
+    };
+    Vault::open(&vault_dir(stack), &hex("master"), &hex("index")).unwrap()
+}
+
+/// Two tenants that know the same person by the same user id and email.
+async fn produce_shared_person(stack: &Stack) {
+    let producer = stack.producer();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for (i, tenant) in ["twin-a", "twin-b"].iter().enumerate() {
+        let event = serde_json::json!({
+            "event_id": format!("6f1c1a9e-8d3b-4a57-9e8e-0c1d2b3a4f5{i}"),
+            "tenant_id": tenant,
+            "source": "moodle",
+            "kind": "moodle.log",
+            "occurred_at": now - 1000,
+            "actor": {"user_id": "424242", "email": "same.person@twins.example", "name": "Sam Twin"},
+            "ip": "198.51.100.77",
+            "verb": "\\mod_page\\event\\course_module_viewed",
+            "object_id": "https://lms.example/mod/page/view.php?id=1",
+            "course_id": "https://lms.example/course/1",
+            "data": {},
+        });
+        let value = event.to_string();
+        producer
+            .send(
+                FutureRecord::to("ingest.events")
+                    .key(*tenant)
+                    .payload(&value)
+                    .timestamp(now)
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: TENANT_HEADER,
+                        value: Some(tenant.as_bytes()),
+                    })),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+    }
+}
+
+type Subject = (String, String, String);
+
+struct Collected {
+    /// id → event.
+    events: BTreeMap<String, CollectedEvent>,
+}
+
+async fn read_collected(stack: &Stack, decoder: &AvroDecoder) -> Collected {
+    let mut events = BTreeMap::new();
+    for (id, value) in stack.read("collected").records {
+        let event: CollectedEvent = decoder.decode(value.as_deref().unwrap()).await.unwrap();
+        events.insert(id.unwrap(), event);
+    }
+    Collected { events }
+}
+
+fn subject_of(event: &CollectedEvent) -> Subject {
+    (
+        event.tenant_id.clone(),
+        event.actor.id_kind.clone(),
+        event.actor.id.clone(),
+    )
+}
+
+/// Finds identifiers in `haystack`: emails, names and IPs as substrings,
+/// user ids as whole alphanumeric tokens (a bare number can occur inside a
+/// hex digest by chance).
+fn leaks(haystack: &[u8], long: &BTreeSet<String>, user_ids: &BTreeSet<String>) -> Vec<String> {
+    let text = String::from_utf8_lossy(haystack);
+    let mut found: Vec<String> = long
+        .iter()
+        .filter(|needle| text.contains(needle.as_str()))
+        .cloned()
+        .collect();
+    // A 4-digit user id can also be a segment of a UUID: skip UUIDs whole.
+    found.extend(
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|chunk| uuid::Uuid::parse_str(chunk).is_err())
+            .flat_map(|chunk| chunk.split('-'))
+            .filter(|token| user_ids.contains(*token))
+            .map(str::to_string),
+    );
+    found
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_plaintext_past_collection_and_shred_makes_erasure_real() {
+    let stack = Stack::start().await;
+    let decoder = AvroDecoder::new(registry_settings(&stack.registry_url).unwrap());
+    let mut collector = stack.spawn(
+        "collector",
+        "{}",
+        &[("TRELLIS_INGEST_SIGNING_KEY", test_secret("signing"))],
+    );
+    produce_shared_person(&stack).await;
+
+    // Live traffic while the privacy processor is killed three times.
+    let producer = stack.producer();
+    let production = tokio::spawn(async move {
+        demo::produce(
+            &producer,
+            DemoSpec {
+                events: 30_000,
+                rate: Some(5_000),
+                ..DemoSpec::default()
+            },
+        )
+        .await
+    });
+    let mut privacy = spawn_privacy(&stack, &[]);
+    for threshold in [5_000, 12_000, 20_000] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while privacy.position(COLLECTED).await < threshold {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "privacy stalled:\n{}",
+                privacy.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        privacy.kill9();
+        assert!(!production.is_finished(), "the kill must land mid-stream");
+        privacy = spawn_privacy(&stack, &[]);
+    }
+    let manifest = production.await.unwrap().unwrap();
+    collector
+        .wait_caught_up(&manifest.end_offsets, Duration::from_secs(180))
+        .await;
+    assert!(collector.terminate().success());
+    let collected_ends = end_offsets(&stack.kafka, "collected").unwrap();
+    privacy
+        .wait_caught_up(&collected_ends, Duration::from_secs(180))
+        .await;
+    assert!(privacy.terminate().success(), "graceful shutdown exits 0");
+
+    // Nothing lost, nothing double after dedup by id; ids carry over.
+    let collected = read_collected(&stack, &decoder).await;
+    let protected_topic = stack.read("protected");
+    let mut protected: BTreeMap<String, ProtectedEvent> = BTreeMap::new();
+    for (id, value) in &protected_topic.records {
+        let event: ProtectedEvent = decoder.decode(value.as_deref().unwrap()).await.unwrap();
+        let id = id.clone().unwrap();
+        if let Some(earlier) = protected.get(&id) {
+            assert_eq!(earlier, &event, "a re-emitted record is identical");
+        }
+        protected.insert(id, event);
+    }
+    let collected_ids: BTreeSet<&String> = collected.events.keys().collect();
+    let protected_ids: BTreeSet<&String> = protected.keys().collect();
+    assert_eq!(
+        collected_ids, protected_ids,
+        "every collected event protected once"
+    );
+    eprintln!(
+        "{} events; raw re-emissions after kills: {}",
+        protected.len(),
+        protected_topic.records.len() - protected.len()
+    );
+
+    // Pseudonyms: one per subject, distinct across subjects and tenants.
+    let mut by_subject: BTreeMap<Subject, BTreeSet<String>> = BTreeMap::new();
+    for (id, event) in &collected.events {
+        by_subject
+            .entry(subject_of(event))
+            .or_default()
+            .insert(protected[id].learner.clone());
+    }
+    let mut owners: HashMap<String, Subject> = HashMap::new();
+    for (subject, pseudonyms) in &by_subject {
+        assert_eq!(
+            pseudonyms.len(),
+            1,
+            "{subject:?} has one pseudonym across kills"
+        );
+        let pseudonym = pseudonyms.iter().next().unwrap().clone();
+        if let Some(other) = owners.insert(pseudonym, subject.clone()) {
+            panic!("{subject:?} and {other:?} share a pseudonym");
+        }
+    }
+    let twin = |tenant: &str| {
+        by_subject[&(
+            tenant.to_string(),
+            "user_id".to_string(),
+            "424242".to_string(),
+        )]
+            .clone()
+    };
+    assert_ne!(twin("twin-a"), twin("twin-b"), "same person, two tenants");
+
+    // No plaintext personal data downstream of the collector: topics, the
+    // processor's stores and its logs.
+    let mut long = manifest.identifiers.clone();
+    long.extend(["same.person@twins.example", "Sam Twin", "198.51.100.77"].map(String::from));
+    let user_ids: BTreeSet<String> = collected
+        .events
+        .values()
+        .filter(|e| e.actor.id_kind == "user_id")
+        .map(|e| e.actor.id.clone())
+        .collect();
+    long.retain(|s| !user_ids.contains(s));
+    for topic in ["protected", "audit.events", "gdpr.participant_acks"] {
+        let contents = stack.read(topic);
+        for ((_, value), extra) in contents.records.iter().zip(&contents.keys_and_headers) {
+            let mut bytes = value.clone().unwrap_or_default();
+            bytes.extend_from_slice(extra);
+            let found = leaks(&bytes, &long, &BTreeSet::new());
+            assert!(found.is_empty(), "{topic} leaks {found:?}");
+        }
+    }
+    // User ids are bare numbers: look for them in string fields only (a
+    // duration or a score may be the same number).
+    fn strings(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+            serde_json::Value::Object(fields) => fields.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    for event in protected.values() {
+        let mut texts = Vec::new();
+        strings(&serde_json::to_value(event).unwrap(), &mut texts);
+        let found = leaks(texts.join("\n").as_bytes(), &long, &user_ids);
+        assert!(found.is_empty(), "protected event leaks {found:?}");
+    }
+    for file in files_under(&vault_dir(&stack))
+        .into_iter()
+        .chain(files_under(&stack.state_dir("privacy")))
+    {
+        let bytes = std::fs::read(&file).unwrap();
+        let found = leaks(&bytes, &long, &BTreeSet::new());
+        assert!(found.is_empty(), "{} leaks {found:?}", file.display());
+    }
+    for file in files_under(stack.dir.path()) {
+        if file
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("privacy-"))
+        {
+            let text = std::fs::read(&file).unwrap();
+            let found = leaks(&text, &long, &user_ids);
+            assert!(found.is_empty(), "log {} leaks {found:?}", file.display());
+        }
+    }
+
+    // The vault opens what it sealed, in place only.
+    let target = collected
+        .events
+        .values()
+        .find(|e| e.actor.id_kind == "mbox" && e.tenant_id != "twin-a")
+        .unwrap()
+        .clone();
+    let target_subject = subject_of(&target);
+    let (captured_key, captured_entry, target_pseudonym, target_key_id) = {
+        let vault = open_vault(&stack);
+        for (id, event) in collected.events.iter().take(500) {
+            let (tenant, kind, actor) = subject_of(event);
+            let keys = vault
+                .existing(&tenant, kind.as_str(), &actor)
+                .unwrap()
+                .unwrap();
+            let sealed = &protected[id];
+            if let (Some(email), Some(sealed_email)) = (&event.actor.email, &sealed.actor_email) {
+                let opened = keys
+                    .open(&tenant, "actor.email", &event.event_id, sealed_email)
+                    .unwrap();
+                assert_eq!(&opened, email.as_bytes());
+                assert!(
+                    keys.open(&tenant, "actor.name", &event.event_id, sealed_email)
+                        .is_err()
+                );
+                assert!(
+                    keys.open(&tenant, "actor.email", "another-event", sealed_email)
+                        .is_err()
+                );
+            }
+            let payload = keys
+                .open(&tenant, "payload", &event.event_id, &sealed.payload)
+                .unwrap();
+            assert_eq!(payload, event.payload.as_bytes());
+        }
+        let (t, k, a) = &target_subject;
+        let keys = vault.existing(t, k, a).unwrap().unwrap();
+        let (key, entry) = vault.raw_entry(t, k, a).unwrap().unwrap();
+        (
+            key,
+            entry,
+            keys.pseudonym().to_string(),
+            keys.key_id().to_string(),
+        )
+    };
+
+    // Shred through the saga's command topic; a re-sent command gets the
+    // identical answer.
+    let registry = registry_settings(&stack.registry_url).unwrap();
+    let schema = SchemaFile::load(&repo_root().join("schemas/shred_request.avsc")).unwrap();
+    let encoder = AvroEncoder::register(&registry, "gdpr.shred_requests", &schema)
+        .await
+        .unwrap();
+    let command = ShredRequest {
+        command_id: "cmd-1".into(),
+        request_id: "req-1".into(),
+        tenant_id: target_subject.0.clone(),
+        kind: "erasure".into(),
+        subject_id_kind: target_subject.1.clone(),
+        subject_id: target_subject.2.clone(),
+        attempt: 1,
+        issued_at: 1,
+    };
+    let producer = stack.producer();
+    for _ in 0..2 {
+        producer
+            .send(
+                FutureRecord::to("gdpr.shred_requests")
+                    .key("req-1")
+                    .payload(&encoder.encode(&command).unwrap()),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce command");
+    }
+    let mut privacy = spawn_privacy(&stack, &[]);
+    privacy
+        .wait_caught_up(
+            &end_offsets(&stack.kafka, "gdpr.shred_requests").unwrap(),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(privacy.terminate().success());
+    let acks = stack.read("gdpr.participant_acks").records;
+    assert_eq!(acks.len(), 2);
+    assert_eq!(
+        acks[0].1, acks[1].1,
+        "a re-sent command is answered identically"
+    );
+    let ack: ParticipantAck = decoder.decode(acks[0].1.as_deref().unwrap()).await.unwrap();
+    assert_eq!(ack.outcome, "done", "{}", ack.detail);
+    assert_eq!(ack.learner.as_deref(), Some(target_pseudonym.as_str()));
+    assert_eq!(ack.shredded_key_ids, vec![target_key_id.clone()]);
+
+    // Every secret that still exists in hand: the subject's fields do not
+    // open, its pseudonym is not recomputable, others are untouched.
+    {
+        let vault = open_vault(&stack);
+        let (t, k, a) = &target_subject;
+        assert!(vault.existing(t, k, a).unwrap().is_none());
+        assert!(!vault.opens_with_any_kek(t, &captured_key, &captured_entry));
+        let mut others = 0;
+        for (subject, _) in by_subject.iter().filter(|(s, _)| s.0 == *t) {
+            if subject == &target_subject {
+                continue;
+            }
+            let keys = vault
+                .existing(&subject.0, &subject.1, &subject.2)
+                .unwrap()
+                .unwrap();
+            assert_ne!(keys.pseudonym(), target_pseudonym);
+            for (id, event) in &collected.events {
+                if subject_of(event) == target_subject {
+                    let sealed = &protected[id].payload;
+                    assert!(keys.open(t, "payload", &event.event_id, sealed).is_err());
+                } else if subject_of(event) == *subject && others < 200 {
+                    let opened = keys
+                        .open(t, "payload", &event.event_id, &protected[id].payload)
+                        .unwrap();
+                    assert_eq!(opened, event.payload.as_bytes());
+                    others += 1;
+                }
+            }
+        }
+        assert!(others > 0, "other subjects still decrypt");
+    }
+
+    // Rebuilding by replay neither re-emits anything nor resurrects the
+    // erased subject from its events still in `collected`.
+    let mut rebuilt = spawn_privacy(&stack, &["--rebuild"]);
+    rebuilt
+        .wait_caught_up(&collected_ends, Duration::from_secs(180))
+        .await;
+    let emitted = rebuilt.metric("trellis_records_out_total").await;
+    let dropped = rebuilt
+        .metric("trellis_erased_subject_records_dropped_total")
+        .await;
+    assert!(rebuilt.terminate().success());
+    assert_eq!(emitted, 0.0, "a rebuild re-emits nothing");
+    assert!(
+        dropped > 0.0,
+        "the erased subject's old events were dropped"
+    );
+    let vault = open_vault(&stack);
+    let (t, k, a) = &target_subject;
+    assert!(vault.existing(t, k, a).unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_to_start_without_its_secrets() {
+    let stack = Stack::start().await;
+    let port = free_port();
+    let config = stack.config("privacy", port, &settings(&stack));
+    let secrets = vec![(trellis_privacy::MASTER_KEY, test_secret("master"))];
+    let mut process = Process::spawn("privacy", &config, port, &secrets, stack.dir.path(), &[]);
+    let status = process.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    let log = process.log_text();
+    assert!(log.contains(trellis_privacy::INDEX_KEY), "{log}");
+    assert!(log.contains(trellis_privacy::IP_SALT), "{log}");
+    assert!(!log.contains(&test_secret("master")), "{log}");
+
+    // A wrong master key for an existing vault is named, not shown.
+    open_vault(&stack)
+        .subject("acme", "user_id", "1", "test")
+        .unwrap();
+    let mut secrets = privacy_secrets();
+    secrets[0].1 = test_secret("not-the-master");
+    let mut process = Process::spawn("privacy", &config, port, &secrets, stack.dir.path(), &[]);
+    let status = process.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    let log = process.log_text();
+    assert!(log.contains(trellis_privacy::MASTER_KEY), "{log}");
+    assert!(!log.contains(&secrets[0].1), "{log}");
+}
