@@ -285,3 +285,125 @@ async fn refuses_to_start_when_its_topics_are_missing() {
         "{log}"
     );
 }
+
+/// The HTTP front door end to end: a key made with the CLI, an event posted
+/// with a request id that reaches `collected` carrying it, a revocation that
+/// takes effect on the next request without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_ingest_reaches_collected_and_revocation_is_immediate() {
+    let stack = Stack::start().await;
+    let http_port = trellis_replay_tests::free_port();
+    let metrics_port = trellis_replay_tests::free_port();
+    let settings = format!(
+        "{{http: {{addr: '127.0.0.1:{http_port}', api_keys: '{}'}}}}",
+        stack.dir.path().join("api-keys.json").display()
+    );
+    let config = stack.config("collector", metrics_port, &settings);
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(trellis_replay_tests::binary("trellis-collector"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("TRELLIS__KAFKA__BOOTSTRAP_SERVERS")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let created = cli(&["api-key", "create", "--tenant", "acme-learning"]);
+    let key = created
+        .split_whitespace()
+        .find(|w| w.starts_with("trl_"))
+        .unwrap()
+        .to_string();
+    let id = created
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(cli(&["api-key", "list"]).contains(&id));
+    assert!(
+        !cli(&["api-key", "list"]).contains(&key),
+        "lists never show keys"
+    );
+
+    let mut collector = Process::spawn(
+        "collector",
+        &config,
+        metrics_port,
+        &secrets(),
+        stack.dir.path(),
+        &[],
+    );
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{http_port}/v1/events");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let batch = serde_json::json!([{
+        "event_id": "0b8e2f4c-5d6a-4b7c-8d9e-0f1a2b3c4d5e",
+        "tenant_id": "acme-learning",
+        "source": "app",
+        "kind": "app.event",
+        "occurred_at": now - 500,
+        "actor": {"user_id": "77"},
+        "verb": "app.lesson_opened",
+        "data": {},
+    }]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let response = loop {
+        match client
+            .post(&url)
+            .header("x-api-key", &key)
+            .header("x-request-id", "req-e2e-1")
+            .json(&batch)
+            .send()
+            .await
+        {
+            Ok(response) => break response,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no HTTP ingest: {e}\n{}",
+                    collector.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["x-request-id"], "req-e2e-1");
+
+    let decoder = AvroDecoder::new(registry_settings(&stack.registry_url).unwrap());
+    let ends = trellis_replay_tests::end_offsets(&stack.kafka, "ingest.events").unwrap();
+    collector
+        .wait_caught_up(&ends, Duration::from_secs(60))
+        .await;
+    let collected = stack.read("collected");
+    assert_eq!(collected.records.len(), 1);
+    let event: CollectedEvent = decoder
+        .decode(collected.records[0].1.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(event.tenant_id, "acme-learning");
+    assert_eq!(event.request_id.as_deref(), Some("req-e2e-1"));
+    assert!(
+        collector.log_text().contains("req-e2e-1"),
+        "the request id is in the logs"
+    );
+
+    cli(&["api-key", "revoke", "--id", &id]);
+    let response = client
+        .post(&url)
+        .header("x-api-key", &key)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(collector.terminate().success());
+}

@@ -21,7 +21,9 @@
 //! - [`xapi`]: xAPI statement rules.
 //! - [`dedup`]: the duplicate window.
 
+pub mod apikeys;
 pub mod dedup;
+pub mod http;
 pub mod validate;
 pub mod xapi;
 
@@ -29,7 +31,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use trellis_runtime::pipeline::{Exit, Failure, ProcessError};
+use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
 use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
 use trellis_runtime::state::{StateError, StateStore};
@@ -69,6 +71,9 @@ pub struct Settings {
     /// Input topics carrying xAPI statements; other inputs carry JSON events.
     #[serde(default = "default_xapi_topics")]
     pub xapi_topics: Vec<String>,
+    /// HTTP ingestion ([`http`]); off when absent.
+    #[serde(default)]
+    pub http: Option<http::HttpSettings>,
 }
 
 /// One day: LMS plugins and LRS forwarders retry within hours, not days.
@@ -105,6 +110,7 @@ impl Default for Settings {
             max_clock_skew_secs: default_max_clock_skew_secs(),
             max_event_age_days: default_max_event_age_days(),
             xapi_topics: default_xapi_topics(),
+            http: None,
         }
     }
 }
@@ -225,11 +231,35 @@ impl Processor for Collector {
 /// [`Failure`] when it cannot start or must stop; the message names the cause.
 pub async fn run(
     config: Config<Settings>,
-    _secrets: Secrets,
+    secrets: Secrets,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Exit, Failure> {
     let runtime = Runtime::start(NAME, &config).await?;
     let encoder = runtime.encoder(COLLECTED_TOPIC).await?;
     let collector = Collector::new(&config.settings, encoder);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(settings) = config.settings.http.clone() {
+        let producer = trellis_runtime::kafka::producer_config(&config.kafka, None)
+            .create()
+            .map_err(|e| StartError::Misconfigured(format!("HTTP ingest producer: {e}")))?;
+        let ingest = http::Ingest::new(
+            settings,
+            Arc::new(http::KafkaSink::new(producer)),
+            config.settings.limits(),
+            Some(secrets.get(SECRETS[0].env).expose().to_vec()),
+        );
+        let listener = ingest
+            .listen()
+            .await
+            .map_err(|e| StartError::Misconfigured(format!("HTTP ingest cannot listen: {e}")))?;
+        tracing::info!(addr = %listener.local_addr().map_err(|e| StartError::Misconfigured(e.to_string()))?, "HTTP ingest listening");
+        tokio::spawn(ingest.serve(listener, async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }));
+    }
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
     Ok(runtime.run(collector, shutdown).await?)
 }
