@@ -149,10 +149,76 @@ pub async fn collector(
     topology: &std::path::Path,
     ends: &BTreeMap<String, i64>,
 ) -> Result<Timing, String> {
+    // A throwaway key: the bench exercises the topic path only.
+    let secrets = throwaway_secrets(trellis_collector::SECRETS)?;
+    timed(
+        "collector",
+        kafka,
+        registry_url,
+        topology,
+        ends,
+        |_| trellis_collector::Settings::default(),
+        |config, stop| trellis_collector::run(config, secrets, stop),
+    )
+    .await
+}
+
+/// Runs the privacy processor in-process over `collected` with a fresh
+/// state store and a fresh vault, timed like [`collector`].
+///
+/// # Errors
+/// Start-up or run failures, as text.
+pub async fn privacy(
+    kafka: &KafkaConfig,
+    registry_url: &str,
+    topology: &std::path::Path,
+    ends: &BTreeMap<String, i64>,
+) -> Result<Timing, String> {
+    let secrets = throwaway_secrets(trellis_privacy::SECRETS)?;
+    timed(
+        "privacy",
+        kafka,
+        registry_url,
+        topology,
+        ends,
+        |state| trellis_privacy::Settings {
+            vault_dir: state.join("vault"),
+            no_ip_tenants: Vec::new(),
+        },
+        |config, stop| trellis_privacy::run(config, secrets, stop),
+    )
+    .await
+}
+
+fn throwaway_secrets(
+    specs: &[trellis_runtime::secret::SecretSpec],
+) -> Result<trellis_runtime::secret::Secrets, String> {
+    let key = "00".repeat(32);
+    trellis_runtime::secret::load_secrets_with(specs, |_| Some(key.clone()))
+        .map_err(|e| e.to_string())
+}
+
+/// Runs a processor in-process with a fresh state directory and consumer
+/// group, timed from its first consumed record until its positions reach `ends`.
+async fn timed<S, F>(
+    name: &str,
+    kafka: &KafkaConfig,
+    registry_url: &str,
+    topology: &std::path::Path,
+    ends: &BTreeMap<String, i64>,
+    settings: impl FnOnce(&std::path::Path) -> S,
+    run: impl FnOnce(trellis_runtime::Config<S>, futures::future::BoxFuture<'static, ()>) -> F,
+) -> Result<Timing, String>
+where
+    F: std::future::Future<
+            Output = Result<trellis_runtime::Exit, trellis_runtime::Failure>,
+        > + Send
+        + 'static,
+{
+    use futures::FutureExt;
     use trellis_runtime::Config;
     use trellis_runtime::config::{BatchConfig, LogFormat, RegistryConfig};
     use trellis_runtime::metrics::sample;
-    use trellis_runtime::secret::load_secrets_with;
 
     let state = tempfile_dir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -160,9 +226,9 @@ pub async fn collector(
         .map_err(|e| e.to_string())?
         .port();
     let mut kafka = kafka.clone();
-    // A group of its own: a fresh collector, not a restart of the last round.
+    // A group of its own: a fresh processor, not a restart of the last round.
     kafka.group = Some(format!(
-        "trellis-bench-collector-{}",
+        "trellis-bench-{name}-{}",
         state
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
@@ -173,22 +239,22 @@ pub async fn collector(
         registry: RegistryConfig {
             url: registry_url.to_string(),
         },
-        state_dir: state.clone(),
+        state_dir: state.join("state"),
         metrics_addr: ([127, 0, 0, 1], port).into(),
         batch: BatchConfig::default(),
         shutdown_deadline_ms: 10_000,
         log_format: LogFormat::Text,
         rebuild: false,
-        settings: trellis_collector::Settings::default(),
+        settings: settings(&state),
     };
-    // A throwaway key: the bench exercises the topic path only.
-    let key = "00".repeat(32);
-    let secrets = load_secrets_with(trellis_collector::SECRETS, |_| Some(key.clone()))
-        .map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(trellis_collector::run(config, secrets, async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(run(
+        config,
+        async {
+            let _ = stopped.await;
+        }
+        .boxed(),
+    ));
 
     let url = format!("http://127.0.0.1:{port}/metrics");
     let client = reqwest::Client::new();
@@ -201,7 +267,7 @@ pub async fn collector(
                 Ok(Err(e)) => e.to_string(),
                 Err(e) => e.to_string(),
             };
-            return Err(format!("collector stopped early: {why}"));
+            return Err(format!("{name} stopped early: {why}"));
         }
         let text = match client.get(&url).send().await {
             Ok(r) => r.text().await.unwrap_or_default(),

@@ -176,20 +176,26 @@ struct InspectArgs {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// The collector vs a passthrough of the same ingest records.
-    Collector {
-        #[command(flatten)]
-        file: TopologyFile,
-        #[command(flatten)]
-        broker: Broker,
-        #[command(flatten)]
-        registry: RegistryUrl,
-        /// Demo records to produce first (the input of both runs).
-        #[arg(long, default_value_t = 1_000_000)]
-        events: usize,
-        /// Alternating passthrough/collector rounds; the best of each is reported.
-        #[arg(long, default_value_t = 2)]
-        rounds: usize,
-    },
+    Collector(BenchArgs),
+    /// The privacy processor vs a passthrough of the same `collected`
+    /// records (the collector fills `collected` first, untimed).
+    Privacy(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    file: TopologyFile,
+    #[command(flatten)]
+    broker: Broker,
+    #[command(flatten)]
+    registry: RegistryUrl,
+    /// Demo records to produce first (the input of both runs).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Alternating passthrough/processor rounds; the best of each is reported.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
 }
 
 #[derive(Subcommand)]
@@ -372,13 +378,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
             print!("{}", inspect::render(&reports));
             Ok(ExitStatus::Success)
         }
-        Command::Bench(BenchCommand::Collector {
-            file,
-            broker,
-            registry,
-            events,
-            rounds,
-        }) => bench_collector(file, broker, registry, events, rounds).await,
+        Command::Bench(BenchCommand::Collector(args)) => bench(args, false).await,
+        Command::Bench(BenchCommand::Privacy(args)) => bench(args, true).await,
         Command::State(StateCommand::Digest { dir }) => {
             if !dir.exists() {
                 bail!("no state store at {}", dir.display());
@@ -435,14 +436,15 @@ async fn wait_for_positions(
     }
 }
 
-async fn bench_collector(
-    file: TopologyFile,
-    broker: Broker,
-    registry: RegistryUrl,
-    events: usize,
-    rounds: usize,
-) -> anyhow::Result<ExitStatus> {
+async fn bench(args: BenchArgs, privacy: bool) -> anyhow::Result<ExitStatus> {
     use trellis_cli::bench;
+    let BenchArgs {
+        file,
+        broker,
+        registry,
+        events,
+        rounds,
+    } = args;
     let kafka = KafkaConfig::new(broker.bootstrap_servers);
     let producer: FutureProducer = producer_config(&kafka, None).create()?;
     println!("producing {events} demo records (2% malformed, 1% duplicates)");
@@ -455,53 +457,60 @@ async fn bench_collector(
     )
     .await
     .map_err(anyhow::Error::msg)?;
+    let registry_url = registry.registry_url;
+    let (name, inputs, ends) = if privacy {
+        println!("filling `collected` with the collector (untimed)");
+        bench::collector(&kafka, &registry_url, &file.topology, &manifest.end_offsets)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let ends = trellis_runtime::kafka::end_offsets(&kafka, "collected")?;
+        ("privacy", vec!["collected"], ends)
+    } else {
+        (
+            "collector",
+            vec![demo::EVENTS_TOPIC, demo::XAPI_TOPIC],
+            manifest.end_offsets,
+        )
+    };
     let mut best_pass: Option<bench::Timing> = None;
-    let mut best_coll: Option<bench::Timing> = None;
+    let mut best_proc: Option<bench::Timing> = None;
     for round in 1..=rounds.max(1) {
         let output = format!("bench.passthrough.{round}.{}", std::process::id());
         create_scratch_topic(&kafka, &output).await?;
-        let pass = bench::passthrough(
-            &kafka,
-            &[demo::EVENTS_TOPIC, demo::XAPI_TOPIC],
-            &manifest.end_offsets,
-            &output,
-            5_000,
-        )
-        .await
-        .map_err(anyhow::Error::msg)?;
+        let pass = bench::passthrough(&kafka, &inputs, &ends, &output, 5_000)
+            .await
+            .map_err(anyhow::Error::msg)?;
         println!(
             "round {round}: passthrough {:>9.0} records/s ({} in {:.2}s)",
             pass.rate(),
             pass.records,
             pass.elapsed.as_secs_f64()
         );
-        let coll = bench::collector(
-            &kafka,
-            &registry.registry_url,
-            &file.topology,
-            &manifest.end_offsets,
-        )
-        .await
+        let timing = if privacy {
+            bench::privacy(&kafka, &registry_url, &file.topology, &ends).await
+        } else {
+            bench::collector(&kafka, &registry_url, &file.topology, &ends).await
+        }
         .map_err(anyhow::Error::msg)?;
         println!(
-            "round {round}: collector   {:>9.0} records/s ({} in {:.2}s)",
-            coll.rate(),
-            coll.records,
-            coll.elapsed.as_secs_f64()
+            "round {round}: {name:<11} {:>9.0} records/s ({} in {:.2}s)",
+            timing.rate(),
+            timing.records,
+            timing.elapsed.as_secs_f64()
         );
         if best_pass.is_none_or(|b| pass.rate() > b.rate()) {
             best_pass = Some(pass);
         }
-        if best_coll.is_none_or(|b| coll.rate() > b.rate()) {
-            best_coll = Some(coll);
+        if best_proc.is_none_or(|b| timing.rate() > b.rate()) {
+            best_proc = Some(timing);
         }
     }
-    if let (Some(pass), Some(coll)) = (best_pass, best_coll) {
+    if let (Some(pass), Some(timing)) = (best_pass, best_proc) {
         println!(
-            "best: passthrough {:.0}/s, collector {:.0}/s, ratio {:.2}",
+            "best: passthrough {:.0}/s, {name} {:.0}/s, ratio {:.2}",
             pass.rate(),
-            coll.rate(),
-            coll.rate() / pass.rate()
+            timing.rate(),
+            timing.rate() / pass.rate()
         );
     }
     Ok(ExitStatus::Success)
