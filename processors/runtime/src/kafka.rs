@@ -228,17 +228,26 @@ pub fn scan_topic(
 }
 
 /// Per partition of `topic` (`topic/partition`): the offset after its last
-/// record (the high watermark), in the form progress waits compare against.
+/// record, in the form progress waits compare against. Found by reading the
+/// topic until it is idle for a second, not from high watermarks: tansu's
+/// are wrong on memory storage (INFRA.md).
 ///
 /// # Errors
-/// [`KafkaError`] if the broker cannot be asked.
+/// [`KafkaError`] if the topic is unknown or the broker unreachable.
 pub fn end_offsets(kafka: &KafkaConfig, topic: &str) -> Result<BTreeMap<String, i64>, KafkaError> {
-    let consumer: BaseConsumer = client_config(kafka).create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), ADMIN_TIMEOUT)?;
+    use rdkafka::Message;
     let mut ends = BTreeMap::new();
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (_, high) = consumer.fetch_watermarks(topic, partition.id(), ADMIN_TIMEOUT)?;
-        ends.insert(format!("{topic}/{}", partition.id()), high);
-    }
+    scan_topic(
+        kafka,
+        topic,
+        Duration::from_secs(1),
+        |m| {
+            let end = ends
+                .entry(format!("{topic}/{}", m.partition()))
+                .or_insert(0);
+            *end = (*end).max(m.offset() + 1);
+        },
+        || false,
+    )?;
     Ok(ends)
 }
