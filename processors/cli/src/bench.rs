@@ -184,6 +184,7 @@ pub async fn privacy(
         |state| trellis_privacy::Settings {
             vault_dir: state.join("vault"),
             no_ip_tenants: Vec::new(),
+            reveal: None,
         },
         |config, stop| trellis_privacy::run(config, secrets, stop),
     )
@@ -210,9 +211,8 @@ async fn timed<S, F>(
     run: impl FnOnce(trellis_runtime::Config<S>, futures::future::BoxFuture<'static, ()>) -> F,
 ) -> Result<Timing, String>
 where
-    F: std::future::Future<
-            Output = Result<trellis_runtime::Exit, trellis_runtime::Failure>,
-        > + Send
+    F: std::future::Future<Output = Result<trellis_runtime::Exit, trellis_runtime::Failure>>
+        + Send
         + 'static,
 {
     use futures::FutureExt;

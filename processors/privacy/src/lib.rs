@@ -28,12 +28,13 @@
 //! received before the erasure are dropped on replay, never re-protected.
 
 pub mod crypto;
+pub mod reveal;
 pub mod vault;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
@@ -97,11 +98,14 @@ pub struct Settings {
     /// Tenants whose IP addresses are dropped rather than hashed.
     #[serde(default)]
     pub no_ip_tenants: Vec<String>,
+    /// The operators' decrypt gate ([`reveal`]); off when absent.
+    #[serde(default)]
+    pub reveal: Option<reveal::RevealSettings>,
 }
 
 /// The privacy processor's logic.
 pub struct Privacy {
-    vault: Vault,
+    vault: Arc<Mutex<Vault>>,
     ip: IpHasher,
     no_ip: BTreeSet<String>,
     decoder: AvroDecoder,
@@ -150,7 +154,7 @@ impl Privacy {
     /// A privacy processor over `vault`.
     pub fn new(
         settings: &Settings,
-        vault: Vault,
+        vault: Arc<Mutex<Vault>>,
         ip_salt: [u8; KEY_LEN],
         decoder: AvroDecoder,
         encoders: Encoders,
@@ -173,9 +177,10 @@ impl Privacy {
         }
     }
 
-    /// The vault (tests).
-    pub fn vault(&self) -> &Vault {
-        &self.vault
+    /// The vault, shared with the decrypt gate. A poisoned lock is taken
+    /// over: vault operations leave it consistent on disk at every step.
+    fn vault(&self) -> MutexGuard<'_, Vault> {
+        self.vault.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn emit_audit(&self, out: &mut Emitter, event: &AuditEvent) -> Result<(), ProcessError> {
@@ -215,7 +220,10 @@ impl Privacy {
         };
         let tenant = event.tenant_id.as_str();
         let (kind, id) = (event.actor.id_kind.as_str(), event.actor.id.as_str());
-        if let Some(erased_at) = self.vault.erased_at(tenant, kind, id).map_err(fatal)?
+        // Each vault call takes the lock for that call only (the decrypt gate
+        // shares the vault); never hold a guard across another call.
+        let erased = self.vault().erased_at(tenant, kind, id).map_err(fatal)?;
+        if let Some(erased_at) = erased
             && event.received_at <= erased_at
         {
             self.erased_dropped.inc();
@@ -223,7 +231,7 @@ impl Privacy {
         }
         let coordinate = format!("{}/{}/{}", record.topic, record.partition, record.offset);
         let lookup = self
-            .vault
+            .vault()
             .subject(tenant, kind, id, &coordinate)
             .map_err(fatal)?;
         let keys = &lookup.keys;
@@ -353,14 +361,15 @@ impl Privacy {
             );
             return Ok(());
         }
-        let receipt = match self.vault.receipt(&request.command_id).map_err(fatal)? {
+        let stored = self.vault().receipt(&request.command_id).map_err(fatal)?;
+        let receipt = match stored {
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| ProcessError::Fatal(format!("unreadable command receipt: {e}")))?,
             None => {
                 let receipt = self.execute(&request, at)?;
                 let bytes =
                     serde_json::to_vec(&receipt).map_err(|e| ProcessError::Fatal(e.to_string()))?;
-                self.vault
+                self.vault()
                     .put_receipt(&request.command_id, &bytes)
                     .map_err(fatal)?;
                 receipt
@@ -400,7 +409,8 @@ impl Privacy {
         };
         let mut audit = Vec::new();
         if request.kind == "access" {
-            if let Some(keys) = self.vault.existing(tenant, kind, id).map_err(fatal)? {
+            let existing = self.vault().existing(tenant, kind, id).map_err(fatal)?;
+            if let Some(keys) = existing {
                 ack.outcome = "done".into();
                 ack.detail = format!(
                     "subject known; its fields are sealed under key {}",
@@ -410,7 +420,8 @@ impl Privacy {
             }
             return Ok(Receipt { ack, audit });
         }
-        match self.vault.shred(tenant, kind, id, at).map_err(fatal)? {
+        let shredded = self.vault().shred(tenant, kind, id, at).map_err(fatal)?;
+        match shredded {
             Some(shredded) => {
                 ack.outcome = "done".into();
                 ack.detail = format!(
@@ -450,7 +461,7 @@ impl Privacy {
             }
             None => {
                 if self
-                    .vault
+                    .vault()
                     .erased_at(tenant, kind, id)
                     .map_err(fatal)?
                     .is_some()
@@ -502,12 +513,50 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Exit, Failure> {
     let runtime = Runtime::start(NAME, &config).await?;
-    let vault = Vault::open(
-        &config.settings.vault_dir,
-        secrets.get(MASTER_KEY).expose(),
-        secrets.get(INDEX_KEY).expose(),
-    )
-    .map_err(|e| StartError::Misconfigured(e.to_string()))?;
+    let vault = Arc::new(Mutex::new(
+        Vault::open(
+            &config.settings.vault_dir,
+            secrets.get(MASTER_KEY).expose(),
+            secrets.get(INDEX_KEY).expose(),
+        )
+        .map_err(|e| StartError::Misconfigured(e.to_string()))?,
+    ));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(settings) = config.settings.reveal.clone() {
+        let misconfigured =
+            |e: &dyn std::fmt::Display| StartError::Misconfigured(format!("decrypt gate: {e}"));
+        let producer = trellis_runtime::kafka::producer_config(&config.kafka, None)
+            .create()
+            .map_err(|e| misconfigured(&e))?;
+        let audit =
+            reveal::KafkaAuditSink::new(producer, runtime.encoder(AUDIT_EVENTS_TOPIC).await?);
+        let listener = tokio::net::TcpListener::bind(settings.addr)
+            .await
+            .map_err(|e| misconfigured(&e))?;
+        let addr = listener.local_addr().map_err(|e| misconfigured(&e))?;
+        let gate = reveal::RevealGate::new(
+            settings,
+            vault.clone(),
+            runtime.decoder.clone(),
+            Arc::new(reveal::KafkaRecordSource::new(config.kafka.clone())),
+            Arc::new(audit),
+        );
+        tracing::info!(%addr, "decrypt gate listening");
+        tokio::spawn(async move {
+            let served = axum::serve(listener, gate.router())
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "decrypt gate stopped");
+            }
+        });
+    }
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
     let encoders = Encoders {
         protected: runtime.encoder(PROTECTED_TOPIC).await?,
         acks: runtime.encoder(ACKS_TOPIC).await?,

@@ -147,6 +147,8 @@ pub struct Vault {
     subjects: sled::Tree,
     erased: sled::Tree,
     receipts: sled::Tree,
+    key_ids: sled::Tree,
+    reveals: sled::Tree,
 }
 
 impl std::fmt::Debug for Vault {
@@ -185,6 +187,8 @@ impl Vault {
             subjects: db.open_tree("subjects").map_err(|e| io(&e))?,
             erased: db.open_tree("erased").map_err(|e| io(&e))?,
             receipts: db.open_tree("receipts").map_err(|e| io(&e))?,
+            key_ids: db.open_tree("key_ids").map_err(|e| io(&e))?,
+            reveals: db.open_tree("reveals").map_err(|e| io(&e))?,
             db,
         };
         vault.keks = vault.read_keks()?;
@@ -405,14 +409,21 @@ impl Vault {
             });
         }
         let material = Zeroizing::new(rand::random::<[u8; KEY_LEN]>());
+        let keys = SubjectKeys::derive(tenant, &material);
         let mut value = self.wrap(tenant, &entry_key, &material)?;
         value.extend_from_slice(created_by.as_bytes());
+        // The key-id index first: an index entry without a subject is
+        // harmless (lookups find nothing), a subject without one is not
+        // revealable.
+        self.key_ids
+            .insert(keys.key_id(), entry_key.as_slice())
+            .map_err(|e| self.io(e))?;
         self.subjects
             .insert(entry_key, value)
             .map_err(|e| self.io(e))?;
         self.db.flush().map_err(|e| self.io(e))?;
         Ok(SubjectLookup {
-            keys: SubjectKeys::derive(tenant, &material),
+            keys,
             kek_created,
             subject_created: true,
         })
@@ -479,6 +490,8 @@ impl Vault {
         drop(material);
         let (retired, current, rewrapped) =
             self.rotate(tenant, &format!("shred:{at_ms}"), Some((&entry_key, at_ms)))?;
+        self.key_ids.remove(keys.key_id()).map_err(|e| self.io(e))?;
+        self.db.flush().map_err(|e| self.io(e))?;
         Ok(Some(Shredded {
             pseudonym: keys.pseudonym().to_string(),
             key_id: keys.key_id().to_string(),
@@ -631,6 +644,70 @@ impl Vault {
             relabelled[..4].copy_from_slice(&version.to_be_bytes());
             self.unwrap(tenant, key, &relabelled).is_ok()
         })
+    }
+
+    /// The keys behind a key id, if the subject still exists in `tenant`.
+    ///
+    /// # Errors
+    /// [`VaultError`] on storage failure.
+    pub fn keys_by_id(
+        &self,
+        tenant: &str,
+        key_id: &str,
+    ) -> Result<Option<SubjectKeys>, VaultError> {
+        let Some(entry_key) = self.key_ids.get(key_id).map_err(|e| self.io(e))? else {
+            return Ok(None);
+        };
+        if !entry_key.starts_with(tenant.as_bytes()) || entry_key.get(tenant.len()) != Some(&0) {
+            return Ok(None);
+        }
+        match self.subjects.get(&entry_key).map_err(|e| self.io(e))? {
+            None => Ok(None),
+            Some(value) => {
+                let material = self.unwrap(tenant, &entry_key, &value)?;
+                let keys = SubjectKeys::derive(tenant, &material);
+                Ok((keys.key_id() == key_id).then_some(keys))
+            }
+        }
+    }
+
+    /// Times (ms) of `operator`'s reveals at or after `since_ms`, oldest first.
+    ///
+    /// # Errors
+    /// [`VaultError`] on storage failure.
+    pub fn reveals_since(&self, operator: &str, since_ms: i64) -> Result<Vec<i64>, VaultError> {
+        let mut prefix = operator.as_bytes().to_vec();
+        prefix.push(0);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&since_ms.max(0).to_be_bytes());
+        let mut times = Vec::new();
+        for item in self.reveals.range(start..) {
+            let (key, _) = item.map_err(|e| self.io(e))?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if let Some(Ok(bytes)) = key
+                .get(prefix.len()..prefix.len() + 8)
+                .map(<[u8; 8]>::try_from)
+            {
+                times.push(i64::from_be_bytes(bytes));
+            }
+        }
+        Ok(times)
+    }
+
+    /// Records a reveal by `operator` at `at_ms` (durably: the rate limit
+    /// survives restarts).
+    ///
+    /// # Errors
+    /// [`VaultError`] on storage failure.
+    pub fn record_reveal(&self, operator: &str, at_ms: i64) -> Result<(), VaultError> {
+        let mut key = operator.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(&at_ms.max(0).to_be_bytes());
+        key.extend_from_slice(&rand::random::<[u8; 8]>());
+        self.reveals.insert(key, &[]).map_err(|e| self.io(e))?;
+        self.db.flush().map_err(|e| self.io(e)).map(|_| ())
     }
 
     /// Number of subjects held, per tenant.
