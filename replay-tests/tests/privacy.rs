@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
+use sha2::{Digest, Sha256};
 use trellis_cli::demo::{self, DemoSpec};
 use trellis_privacy::vault::Vault;
 use trellis_records::{CollectedEvent, ParticipantAck, ProtectedEvent, ShredRequest};
@@ -375,6 +376,91 @@ async fn no_plaintext_past_collection_and_shred_makes_erasure_real() {
         attempt: 1,
         issued_at: 1,
     };
+    // The decrypt gate on the live processor: a reveal is answered and
+    // audited; after the shred the same field is gone (410).
+    let token = "operator-token-for-tests";
+    let gate_port = free_port();
+    let gate_settings = format!(
+        "{{vault_dir: '{}', reveal: {{addr: '127.0.0.1:{gate_port}', operators: [{{name: ops-ann, token_sha256: '{}', tenants: ['*'], permissions: ['fields:reveal']}}]}}}}",
+        vault_dir(&stack).display(),
+        hex::encode(Sha256::digest(token.as_bytes()))
+    );
+    let metrics_port = free_port();
+    let gate_config = stack.config("privacy", metrics_port, &gate_settings);
+    let mut privacy = Process::spawn(
+        "privacy",
+        &gate_config,
+        metrics_port,
+        &privacy_secrets(),
+        stack.dir.path(),
+        &[],
+    );
+    let (partition, offset, sealed_event) = {
+        let mut found = None;
+        trellis_runtime::kafka::scan_topic(
+            &stack.kafka,
+            "protected",
+            Duration::from_secs(1),
+            |m| {
+                use rdkafka::Message;
+                if found.is_none() {
+                    let event: ProtectedEvent =
+                        decoder.decode_blocking(m.payload().unwrap()).unwrap();
+                    if event.learner == target_pseudonym {
+                        found = Some((m.partition(), m.offset(), m.payload().unwrap().to_vec()));
+                    }
+                }
+            },
+            || false,
+        )
+        .unwrap();
+        let (p, o, bytes) = found.unwrap();
+        let event: ProtectedEvent = decoder.decode(&bytes).await.unwrap();
+        (p, o, event)
+    };
+    let plain = &collected.events[&format!("{}/{}", sealed_event.tenant_id, sealed_event.event_id)];
+    let reveal = |reason: &str| {
+        let body = serde_json::json!({
+            "tenant": sealed_event.tenant_id, "partition": partition, "offset": offset,
+            "field": "payload", "reason": reason,
+        });
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{gate_port}/v1/reveal"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        match reveal("support ticket 77: learner disputes a grade").await {
+            Ok(answer) => break answer,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no gate: {e}\n{}",
+                    privacy.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(answer.status(), 200);
+    let answer: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(answer["value"].as_str(), Some(plain.payload.as_str()));
+    let audit_id = answer["audit_event_id"].as_str().unwrap().to_string();
+    let audited = stack.read("audit.events");
+    assert!(
+        audited
+            .records
+            .iter()
+            .any(|(id, _)| id.as_deref() == Some(audit_id.as_str())),
+        "the reveal is on audit.events"
+    );
+    assert!(
+        !privacy.log_text().contains(plain.payload.as_str()),
+        "revealed values are not logged"
+    );
+
     let producer = stack.producer();
     for _ in 0..2 {
         producer
@@ -387,13 +473,17 @@ async fn no_plaintext_past_collection_and_shred_makes_erasure_real() {
             .await
             .expect("produce command");
     }
-    let mut privacy = spawn_privacy(&stack, &[]);
     privacy
         .wait_caught_up(
             &end_offsets(&stack.kafka, "gdpr.shred_requests").unwrap(),
             Duration::from_secs(60),
         )
         .await;
+    assert_eq!(subject_of(plain), target_subject);
+    let gone = reveal("support ticket 78: after the erasure")
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 410, "a shredded subject's fields are gone");
     assert!(privacy.terminate().success());
     let acks = stack.read("gdpr.participant_acks").records;
     assert_eq!(acks.len(), 2);
