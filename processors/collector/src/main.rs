@@ -8,7 +8,9 @@ use trellis_collector::apikeys::{KeyStore, SCOPE_EVENTS_WRITE, signing_secret};
 use trellis_collector::validate::valid_tenant;
 use trellis_collector::{SECRETS, Settings, run};
 use trellis_runtime::Config;
-use trellis_runtime::lifecycle::{ExitStatus, init_tracing, report, shutdown_signal};
+use trellis_runtime::lifecycle::{
+    ExitStatus, block_on_processor, init_tracing, report, shutdown_signal,
+};
 use trellis_runtime::secret::load_secrets;
 
 /// Validates, normalises and deduplicates learning events from the ingest
@@ -160,18 +162,5 @@ fn main() -> ExitCode {
         Ok(secrets) => secrets,
         Err(e) => return report(&e, ExitStatus::Misconfigured),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => return report(&e, ExitStatus::Failure),
-    };
-    match runtime.block_on(run(config, secrets, shutdown_signal())) {
-        Ok(exit) => ExitStatus::from(exit).into(),
-        Err(e) => {
-            let status = e.status();
-            report(&e, status)
-        }
-    }
+    block_on_processor(run(config, secrets, shutdown_signal()))
 }

@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 use trellis_privacy::vault::Vault;
 use trellis_privacy::{INDEX_KEY, MASTER_KEY, SECRETS, Settings, run};
 use trellis_runtime::Config;
-use trellis_runtime::lifecycle::{ExitStatus, init_tracing, report, shutdown_signal};
+use trellis_runtime::lifecycle::{
+    ExitStatus, block_on_processor, init_tracing, report, shutdown_signal,
+};
 use trellis_runtime::secret::load_secrets;
 
 /// Pseudonymises, hashes and encrypts personal data from `collected` into
@@ -99,18 +101,5 @@ fn main() -> ExitCode {
             }
         };
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => return report(&e, ExitStatus::Failure),
-    };
-    match runtime.block_on(run(config, secrets, shutdown_signal())) {
-        Ok(exit) => ExitStatus::from(exit).into(),
-        Err(e) => {
-            let status = e.status();
-            report(&e, status)
-        }
-    }
+    block_on_processor(run(config, secrets, shutdown_signal()))
 }

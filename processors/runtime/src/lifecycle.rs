@@ -87,3 +87,25 @@ pub fn report(error: &dyn std::fmt::Display, status: ExitStatus) -> ExitCode {
     eprintln!("error: {error}");
     status.into()
 }
+
+/// Runs a processor's `run` future on a multi-threaded Tokio runtime and
+/// turns its outcome into the process exit code (the tail of every
+/// processor's `main`).
+pub fn block_on_processor(
+    run: impl std::future::Future<Output = Result<Exit, crate::pipeline::Failure>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return report(&e, ExitStatus::Failure),
+    };
+    match runtime.block_on(run) {
+        Ok(exit) => ExitStatus::from(exit).into(),
+        Err(e) => {
+            let status = e.status();
+            report(&e, status)
+        }
+    }
+}
