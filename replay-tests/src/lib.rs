@@ -266,7 +266,12 @@ impl Process {
             command.env(key, value);
         }
         let child = command
-            .env("RUST_LOG", "info,rdkafka=warn")
+            // Pipeline debug lines carry request ids: tests follow one
+            // HTTP request through every processor.
+            .env(
+                "RUST_LOG",
+                "info,rdkafka=warn,trellis_runtime::pipeline=debug",
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

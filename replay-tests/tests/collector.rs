@@ -400,6 +400,44 @@ async fn http_ingest_reaches_collected_and_revocation_is_immediate() {
         collector.log_text().contains("req-e2e-1"),
         "the request id is in the logs"
     );
+    // ... and in the logs of the next processor the event passes through.
+    let privacy_port = trellis_replay_tests::free_port();
+    let privacy_config = stack.config(
+        "privacy",
+        privacy_port,
+        &format!(
+            "{{vault_dir: '{}'}}",
+            stack.dir.path().join("vault").display()
+        ),
+    );
+    let privacy_secrets: Vec<(&str, String)> = [
+        "TRELLIS_VAULT_MASTER_KEY",
+        "TRELLIS_SUBJECT_INDEX_KEY",
+        "TRELLIS_IP_SALT",
+    ]
+    .into_iter()
+    .map(|name| (name, test_secret(name)))
+    .collect();
+    let mut privacy = Process::spawn(
+        "privacy",
+        &privacy_config,
+        privacy_port,
+        &privacy_secrets,
+        stack.dir.path(),
+        &[],
+    );
+    privacy
+        .wait_caught_up(
+            &trellis_replay_tests::end_offsets(&stack.kafka, "collected").unwrap(),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(
+        privacy.log_text().contains("req-e2e-1"),
+        "{}",
+        privacy.log_text()
+    );
+    assert!(privacy.terminate().success());
 
     cli(&["api-key", "revoke", "--id", &id]);
     let response = client

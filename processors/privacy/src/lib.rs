@@ -43,7 +43,7 @@ use trellis_records::{
     ProtectedResult, ShredRequest,
 };
 use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
-use trellis_runtime::schema::{AvroDecoder, AvroEncoder};
+use trellis_runtime::schema::{AvroDecoder, AvroEncoder, PiiTag, SchemaFile};
 use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
 use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};
 
@@ -86,6 +86,52 @@ pub const SECRETS: &[SecretSpec] = &[
         purpose: "salt for hashing client IP addresses",
     },
 ];
+
+/// Every `pii`-tagged field of `collected` and what this processor does with
+/// it. The schema declares what is personal data; this table is checked
+/// against it at start-up, so a field tagged in the schema that the processor
+/// does not handle stops it instead of leaking.
+pub const HANDLED_FIELDS: &[(&str, PiiTag)] = &[
+    ("actor.id", PiiTag::Pseudonymize),
+    ("actor.name", PiiTag::Encrypt),
+    ("actor.email", PiiTag::Encrypt),
+    ("ip", PiiTag::HashIp),
+    ("result.response", PiiTag::Encrypt),
+    ("payload", PiiTag::Encrypt),
+];
+
+/// Checks that the processor handles exactly the personal-data fields the
+/// `collected` schema declares, with the declared treatment.
+///
+/// # Errors
+/// A message naming each field that differs.
+pub fn check_schema(schema: &SchemaFile) -> Result<(), String> {
+    let declared: BTreeSet<(String, PiiTag)> = schema
+        .pii_fields()
+        .iter()
+        .map(|f| (f.path.clone(), f.tag))
+        .collect();
+    let handled: BTreeSet<(String, PiiTag)> = HANDLED_FIELDS
+        .iter()
+        .map(|(path, tag)| ((*path).to_string(), *tag))
+        .collect();
+    let unhandled: Vec<String> = declared
+        .difference(&handled)
+        .map(|(p, t)| format!("{p} ({t:?})"))
+        .collect();
+    let stale: Vec<String> = handled
+        .difference(&declared)
+        .map(|(p, t)| format!("{p} ({t:?})"))
+        .collect();
+    if unhandled.is_empty() && stale.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the `collected` schema and the privacy processor disagree on personal data: tagged but not handled: [{}]; handled but not tagged: [{}]",
+        unhandled.join(", "),
+        stale.join(", ")
+    ))
+}
 
 /// The privacy processor's `settings` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -513,6 +559,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Exit, Failure> {
     let runtime = Runtime::start(NAME, &config).await?;
+    let collected_schema = runtime
+        .topology
+        .topic(COLLECTED_TOPIC)
+        .ok()
+        .and_then(|t| t.schema.clone())
+        .ok_or_else(|| StartError::Misconfigured("topic `collected` has no schema".into()))?;
+    let collected_schema = SchemaFile::load(&runtime.topology.schema_path(&collected_schema))
+        .map_err(|e| StartError::Misconfigured(e.to_string()))?;
+    check_schema(&collected_schema).map_err(StartError::Misconfigured)?;
     let vault = Arc::new(Mutex::new(
         Vault::open(
             &config.settings.vault_dir,
@@ -583,4 +638,32 @@ pub async fn run(
         erased_dropped,
     );
     Ok(runtime.run(privacy, shutdown).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collected_schema() -> SchemaFile {
+        SchemaFile::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/collected.avsc"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn handles_exactly_the_fields_the_schema_tags() {
+        check_schema(&collected_schema()).unwrap();
+    }
+
+    #[test]
+    fn a_newly_tagged_field_stops_the_processor() {
+        let text = collected_schema().text.replace(
+            r#"{"name": "registration", "type": ["null", "string"], "default": null}"#,
+            r#"{"name": "registration", "type": ["null", "string"], "default": null, "pii": "encrypt"}"#,
+        );
+        let schema = SchemaFile::parse("collected.avsc", &text).unwrap();
+        let err = check_schema(&schema).unwrap_err();
+        assert!(err.contains("registration"), "{err}");
+    }
 }

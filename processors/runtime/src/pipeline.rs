@@ -704,6 +704,22 @@ impl Runtime {
         let record = InputRecord::from_kafka(message);
         emitter.clear();
         processor.process(&record, &mut batch.txn, emitter)?;
+        // Follow one HTTP request through every processor with
+        // RUST_LOG=trellis=debug (or the processor's log filter at debug).
+        if tracing::enabled!(tracing::Level::DEBUG)
+            && let Some(request_id) = record.header_str(REQUEST_ID_HEADER)
+        {
+            tracing::debug!(
+                processor = self.name,
+                request_id,
+                topic = record.topic,
+                partition,
+                offset,
+                outputs = emitter.records.len(),
+                dead_letters = emitter.dead.len(),
+                "record processed"
+            );
+        }
         input.next[partition] = Some(offset + 1);
         if !batch.touched.contains(&(index, partition)) {
             batch.touched.push((index, partition));

@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 const MAGIC: u8 = 0;
 
 /// The `"pii"` property of a schema field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PiiTag {
     /// Plaintext identifier that the privacy processor replaces by a pseudonym.
     Pseudonymize,
