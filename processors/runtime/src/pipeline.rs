@@ -562,6 +562,12 @@ impl Runtime {
                     _ => 0,
                 };
                 let start = stored.unwrap_or(0);
+                // Reported from the start, not from the first checkpoint: a
+                // partition with nothing left to read is caught up too.
+                self.metrics
+                    .position
+                    .with_label_values(&[topic.as_str(), &p.to_string()])
+                    .set(start);
                 input.next[p as usize] = Some(start);
                 input.replay_until[p as usize] = durable.max(start);
                 assignment
