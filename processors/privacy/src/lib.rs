@@ -250,6 +250,22 @@ impl Privacy {
             .map_err(|e| ProcessError::Fatal(e.to_string()))
     }
 
+    /// Decodes an input value, or dead-letters the record and says `None`.
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        record: &InputRecord<'_>,
+        value: &[u8],
+        out: &mut Emitter,
+    ) -> Option<T> {
+        match self.decoder.decode_blocking(value) {
+            Ok(decoded) => Some(decoded),
+            Err(e) => {
+                out.dead_letter(record, NAME, "UNDECODABLE", e.to_string(), None);
+                None
+            }
+        }
+    }
+
     fn protect(
         &mut self,
         record: &InputRecord<'_>,
@@ -257,12 +273,8 @@ impl Privacy {
         at: i64,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        let event: CollectedEvent = match self.decoder.decode_blocking(value) {
-            Ok(event) => event,
-            Err(e) => {
-                out.dead_letter(record, NAME, "UNDECODABLE", e.to_string(), None);
-                return Ok(());
-            }
+        let Some(event) = self.decode::<CollectedEvent>(record, value, out) else {
+            return Ok(());
         };
         let tenant = event.tenant_id.as_str();
         let (kind, id) = (event.actor.id_kind.as_str(), event.actor.id.as_str());
@@ -390,12 +402,8 @@ impl Privacy {
         at: i64,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        let request: ShredRequest = match self.decoder.decode_blocking(value) {
-            Ok(request) => request,
-            Err(e) => {
-                out.dead_letter(record, NAME, "UNDECODABLE", e.to_string(), None);
-                return Ok(());
-            }
+        let Some(request) = self.decode::<ShredRequest>(record, value, out) else {
+            return Ok(());
         };
         if request.kind != "erasure" && request.kind != "access" {
             out.dead_letter(
