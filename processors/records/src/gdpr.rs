@@ -1,5 +1,6 @@
 //! The GDPR saga's records: commands to participants and their answers
-//! (schemas/shred_request.avsc, schemas/participant_ack.avsc).
+//! (schemas/shred_request.avsc, schemas/erase_command.avsc,
+//! schemas/participant_ack.avsc).
 
 use serde::{Deserialize, Serialize};
 
@@ -50,3 +51,30 @@ pub struct ParticipantAck {
     /// When answered, ms since the epoch.
     pub acked_at: i64,
 }
+
+/// The saga's command to a participant that knows learners by pseudonym
+/// only (`gdpr.erase_commands`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EraseCommand {
+    /// Unique per command; a re-sent command keeps its id.
+    pub command_id: String,
+    /// The subject request it serves.
+    pub request_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// The participant addressed: `progress`, `analytics`, …
+    pub participant: String,
+    /// `erasure` or `access`.
+    pub kind: String,
+    /// The subject's pseudonym (absent when the subject was never seen).
+    pub learner: Option<String>,
+    /// Retry count, from 1.
+    pub attempt: i32,
+    /// When the saga issued it, ms since the epoch.
+    pub issued_at: i64,
+}
+
+/// Where the saga's commands to pseudonym-keyed participants go.
+pub const ERASE_COMMANDS_TOPIC: &str = "gdpr.erase_commands";
+/// Where participants answer.
+pub const PARTICIPANT_ACKS_TOPIC: &str = "gdpr.participant_acks";

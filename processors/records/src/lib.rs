@@ -11,17 +11,25 @@
 //! - [`protected`] is the `protected` topic.
 //! - [`gdpr`] holds the saga's commands and acknowledgements.
 //! - [`audit`] is the `audit.events` topic.
+//! - [`progress`] is `progress` and `completions`.
+//! - [`aggregate`] is the analytics aggregates.
 
+pub mod aggregate;
 pub mod audit;
 pub mod collected;
 pub mod dead_letter;
 pub mod gdpr;
+pub mod progress;
 pub mod protected;
 
+pub use aggregate::{AGGREGATES_TOPIC, Aggregate, tenant_aggregates_topic};
 pub use audit::{AUDIT_EVENTS_TOPIC, AuditEvent};
 pub use collected::{Actor, CollectedEvent, StatementResult};
 pub use dead_letter::{DLQ_TOPIC, DeadLetter, OriginalHeader};
-pub use gdpr::{ParticipantAck, ShredRequest};
+pub use gdpr::{
+    ERASE_COMMANDS_TOPIC, EraseCommand, PARTICIPANT_ACKS_TOPIC, ParticipantAck, ShredRequest,
+};
+pub use progress::{COMPLETIONS_TOPIC, Completion, Evidence, LearnerProgress, PROGRESS_TOPIC};
 pub use protected::{IpHash, ProtectedEvent, ProtectedResult, Sealed};
 
 /// Text of every schema file, by file name, compiled in so tools and tests
@@ -238,6 +246,19 @@ mod tests {
             },
         );
         round_trip(
+            "erase_command.avsc",
+            &EraseCommand {
+                command_id: "c".into(),
+                request_id: "r".into(),
+                tenant_id: "acme".into(),
+                participant: "progress".into(),
+                kind: "erasure".into(),
+                learner: Some("p_1".into()),
+                attempt: 2,
+                issued_at: 5,
+            },
+        );
+        round_trip(
             "audit_event.avsc",
             &AuditEvent {
                 event_id: "a".into(),
@@ -249,6 +270,63 @@ mod tests {
                 reason: None,
                 occurred_at: 7,
                 details: [("key_id".to_string(), "k1".to_string())].into(),
+            },
+        );
+    }
+
+    #[test]
+    fn progress_records_match_their_schemas() {
+        round_trip(
+            "progress.avsc",
+            &LearnerProgress {
+                tenant_id: "acme".into(),
+                learner: "p_1".into(),
+                activity_id: "https://x/a".into(),
+                course_id: Some("https://x/c".into()),
+                attempts: 2,
+                best_score_scaled: Some(0.9),
+                last_score_scaled: Some(0.4),
+                success: Some(false),
+                completion: "completed".into(),
+                first_activity_at: 1,
+                last_activity_at: 9,
+                evidence: vec![Evidence {
+                    status: "passed".into(),
+                    event_id: "e1".into(),
+                    at: 5,
+                }],
+            },
+        );
+        round_trip(
+            "completion.avsc",
+            &Completion {
+                completion_id: "c1".into(),
+                tenant_id: "acme".into(),
+                learner: "p_1".into(),
+                activity_id: "https://x/a".into(),
+                course_id: None,
+                kind: "passed".into(),
+                score_scaled: Some(0.9),
+                at: 5,
+                evidence_event_ids: vec!["e1".into()],
+            },
+        );
+        round_trip(
+            "aggregate.avsc",
+            &Aggregate {
+                tenant_id: "acme".into(),
+                window_start: 3_600_000,
+                window: "hour".into(),
+                dimension: "verb".into(),
+                dimension_value: "passed".into(),
+                events: 12,
+                distinct_learners: 6,
+                completions: 0,
+                passes: 5,
+                fails: 7,
+                avg_score_scaled: Some(0.61),
+                suppressed: false,
+                revision: 1,
             },
         );
     }

@@ -58,6 +58,16 @@ pub struct StateError {
     message: String,
 }
 
+impl StateError {
+    /// A data entry the processor cannot decode.
+    pub fn corrupt(what: impl fmt::Display) -> Self {
+        Self {
+            path: PathBuf::from("(processor data)"),
+            message: format!("corrupt entry: {what}"),
+        }
+    }
+}
+
 /// SHA-256 over a store's data, hex-encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateDigest(pub String);
@@ -238,6 +248,9 @@ impl StateStore {
     }
 }
 
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// Uncommitted changes over a [`StateStore`]; reads see them first.
 pub struct StateTxn<'s> {
     store: &'s StateStore,
@@ -265,6 +278,33 @@ impl StateTxn<'_> {
     /// Deletes `key`.
     pub fn delete(&mut self, key: Vec<u8>) {
         self.changes.insert(key, None);
+    }
+
+    /// Entries whose key starts with `prefix`, in key order, seeing this
+    /// transaction's own writes and deletes.
+    ///
+    /// # Errors
+    /// [`StateError`] on read failure.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<Entry>, StateError> {
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for entry in self.store.scan_prefix(prefix) {
+            let (key, value) = entry?;
+            merged.insert(key, value.to_vec());
+        }
+        for (key, change) in self
+            .changes
+            .range::<[u8], _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            match change {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().collect())
     }
 
     /// Number of pending changes.
@@ -300,6 +340,29 @@ mod tests {
         let store = StateStore::open(dir.path()).unwrap();
         assert_eq!(store.positions().unwrap(), Positions::from([(tp, 42)]));
         assert_eq!(store.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn txn_scan_sees_its_own_writes_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut txn = store.begin();
+        for key in [&b"a/1"[..], b"a/2", b"b/1"] {
+            txn.put(key.to_vec(), b"old".to_vec());
+        }
+        store.commit(txn, &Positions::new()).unwrap();
+        let mut txn = store.begin();
+        txn.delete(b"a/1".to_vec());
+        txn.put(b"a/3".to_vec(), b"new".to_vec());
+        txn.put(b"a/2".to_vec(), b"new".to_vec());
+        let keys: Vec<(Vec<u8>, Vec<u8>)> = txn.scan_prefix(b"a/").unwrap();
+        assert_eq!(
+            keys,
+            [
+                (b"a/2".to_vec(), b"new".to_vec()),
+                (b"a/3".to_vec(), b"new".to_vec())
+            ]
+        );
     }
 
     #[test]

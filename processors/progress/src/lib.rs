@@ -1,0 +1,801 @@
+//! The progress projector: `protected` → `progress` (compacted) + `completions`.
+//!
+//! Per tenant × learner pseudonym × activity it keeps the statements that
+//! are evidence for progress and derives, server-side, attempts, best and
+//! last scaled score, success, completion status, first/last activity time
+//! and the statement ids behind each status change ([`rules`]). Every input
+//! that touches a row emits the row's new value on `progress`, keyed
+//! `tenant|learner|activity` (a tombstone when nothing is left, e.g. after
+//! a void or an erasure), and every derived pass or completion — or its
+//! revocation by a void — is one record on `completions` with its evidence.
+//! Transcripts (a learner's completed activities and courses) are read from
+//! the same rows ([`transcript`]).
+//!
+//! # State is a function of the log
+//! Rows hold the *set* of a learner's statements per activity, so the row is
+//! the same whatever order statements arrive in. Voids name a statement by
+//! id and usually come from another actor (an LMS administrator), so in
+//! another partition: a per-statement index finds the row a void undoes, and
+//! a void that arrives before its target is remembered so the target is
+//! ignored when it comes. Both indexes hold statement ids only. Rebuilding
+//! the store by replay therefore reaches the live run's digest, whatever the
+//! partitions' interleaving (promise 4).
+//!
+//! # Exactly-once effects
+//! Output ids derive from the input: `tenant/event/activity` for upserts,
+//! a hash of tenant, learner, activity, kind and evidence for completions.
+//! The statement index doubles as the duplicate filter: a statement id seen
+//! before changes nothing (promise 3).
+//!
+//! # Erasure
+//! An erase command (`gdpr.erase_commands`, participant `progress`) deletes
+//! the learner's rows and index entries, tombstones their `progress` keys
+//! and marks the pseudonym erased, so a replay of `protected` cannot bring
+//! the rows back. The answer goes to `gdpr.participant_acks`; a re-sent
+//! command gets the same answer.
+
+pub mod rules;
+pub mod transcript;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+
+use prometheus::{IntCounter, IntCounterVec};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use trellis_records::{
+    COMPLETIONS_TOPIC, Completion, ERASE_COMMANDS_TOPIC, EraseCommand, LearnerProgress,
+    PARTICIPANT_ACKS_TOPIC, PROGRESS_TOPIC, ParticipantAck, ProtectedEvent,
+};
+use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
+use trellis_runtime::schema::{AvroDecoder, AvroEncoder};
+use trellis_runtime::state::StateError;
+use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};
+
+use crate::rules::{
+    Derived, Fact, Proof, Rule, VOIDED_VERB, VerbClass, derive, derive_course, insert_fact,
+};
+
+/// The processor's name in topology.yaml, metrics and logs.
+pub const NAME: &str = "progress";
+/// Input: protected learning events.
+pub const PROTECTED_TOPIC: &str = "protected";
+
+/// The progress projector's `settings` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Per activity IRI: its completion rule.
+    #[serde(default)]
+    pub activities: BTreeMap<String, ActivitySettings>,
+    /// Per course IRI: the activities that complete it.
+    #[serde(default)]
+    pub courses: BTreeMap<String, CourseSettings>,
+    /// The transcript read path (HTTP); off when absent.
+    #[serde(default)]
+    pub transcripts: Option<transcript::TranscriptSettings>,
+}
+
+/// One activity's rule.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivitySettings {
+    /// Scaled score (−1…1) a pass must reach; completion then needs a pass.
+    pub mastery: Option<f64>,
+}
+
+/// One course's rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CourseSettings {
+    /// Activity IRIs that must all be completed.
+    pub requires: Vec<String>,
+}
+
+impl Settings {
+    /// Every problem with the rules, at once.
+    ///
+    /// # Errors
+    /// One line per problem.
+    pub fn check(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for (activity, rule) in &self.activities {
+            if let Some(m) = rule.mastery
+                && !(-1.0..=1.0).contains(&m)
+            {
+                problems.push(format!(
+                    "activity {activity}: mastery {m} is not a scaled score in [-1, 1]"
+                ));
+            }
+        }
+        for (course, rule) in &self.courses {
+            if rule.requires.is_empty() {
+                problems.push(format!("course {course}: `requires` is empty"));
+            }
+            for required in &rule.requires {
+                if self.courses.contains_key(required) {
+                    problems.push(format!(
+                        "course {course}: requires {required}, which is a course (nesting is not supported)"
+                    ));
+                }
+            }
+        }
+        if let Some(transcripts) = &self.transcripts
+            && let Err(e) = transcript::TranscriptApi::check(transcripts)
+        {
+            problems.push(e);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+}
+
+/// What the store keeps per learner × activity.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RowState {
+    /// Parent course: the smallest course id a statement named.
+    pub course_id: Option<String>,
+    /// Non-voided statements, sorted by (time, id).
+    pub facts: Vec<Fact>,
+    /// The completion currently published, if any.
+    pub completed: Option<Issued>,
+    /// The pass currently published, if any.
+    pub passed: Option<Issued>,
+}
+
+/// A completion or pass published on `completions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Issued {
+    /// Its `completion_id`.
+    pub id: String,
+    /// Its evidence.
+    pub proof: Proof,
+}
+
+/// State key namespaces.
+mod keys {
+    /// Rows: `row ‖ tenant ‖ learner ‖ activity`.
+    pub const ROW: u8 = b'a';
+    /// Statement index: `event ‖ tenant ‖ statement id` → `learner ‖ activity`.
+    pub const EVENT: u8 = b'e';
+    /// Voids seen: `void ‖ tenant ‖ voided statement id` → voiding id.
+    pub const VOID: u8 = b'v';
+    /// Erased pseudonyms: `erased ‖ tenant ‖ learner` → command time.
+    pub const ERASED: u8 = b'x';
+    /// Answers given: `receipt ‖ command id` → the ack.
+    pub const RECEIPT: u8 = b'r';
+
+    /// `kind ‖ parts joined by 0x00`, with a trailing separator if `open`.
+    pub fn key(kind: u8, parts: &[&str], open: bool) -> Vec<u8> {
+        let mut key = vec![kind];
+        for part in parts {
+            key.push(0);
+            key.extend_from_slice(part.as_bytes());
+        }
+        if open {
+            key.push(0);
+        }
+        key
+    }
+}
+
+pub(crate) fn row_key(tenant: &str, learner: &str, activity: &str) -> Vec<u8> {
+    keys::key(keys::ROW, &[tenant, learner, activity], false)
+}
+
+pub(crate) fn learner_prefix(tenant: &str, learner: &str) -> Vec<u8> {
+    keys::key(keys::ROW, &[tenant, learner], true)
+}
+
+fn encode_state<T: Serialize>(value: &T) -> Result<Vec<u8>, ProcessError> {
+    postcard::to_stdvec(value).map_err(|e| ProcessError::Fatal(format!("encoding state: {e}")))
+}
+
+pub(crate) fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StateError> {
+    postcard::from_bytes(bytes).map_err(|e| StateError::corrupt(format!("progress row: {e}")))
+}
+
+fn short_hash(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..16])
+}
+
+/// Encoders for the outputs.
+pub struct Encoders {
+    /// `progress`.
+    pub progress: AvroEncoder,
+    /// `completions`.
+    pub completions: AvroEncoder,
+    /// `gdpr.participant_acks`.
+    pub acks: AvroEncoder,
+}
+
+/// Counters beyond the runtime's.
+#[derive(Clone)]
+pub struct Counters {
+    /// Events of erased learners dropped.
+    pub erased_dropped: IntCounter,
+    /// Voids by outcome: `applied` (target known) or `pending` (target not seen yet).
+    pub voids: IntCounterVec,
+}
+
+impl Counters {
+    /// Unregistered counters (tests, tools).
+    ///
+    /// # Panics
+    /// Never: the options are constants.
+    pub fn detached() -> Self {
+        Self {
+            erased_dropped: IntCounter::new(
+                "trellis_erased_learner_records_dropped_total",
+                "Records of erased learners dropped.",
+            )
+            .expect("valid counter"),
+            voids: IntCounterVec::new(
+                prometheus::Opts::new("trellis_voids_total", "Voiding statements by outcome."),
+                &["outcome"],
+            )
+            .expect("valid counter"),
+        }
+    }
+}
+
+/// The projector's logic.
+pub struct Progress {
+    decoder: AvroDecoder,
+    encoders: Encoders,
+    topics: Topics,
+    rules: HashMap<String, Rule>,
+    courses: HashMap<String, Vec<String>>,
+    /// Activity → the declared courses that require it.
+    course_of: HashMap<String, Vec<String>>,
+    counters: Counters,
+}
+
+struct Topics {
+    progress: Arc<str>,
+    completions: Arc<str>,
+    acks: Arc<str>,
+}
+
+impl Progress {
+    /// A projector with `settings`' rules.
+    pub fn new(
+        settings: &Settings,
+        decoder: AvroDecoder,
+        encoders: Encoders,
+        counters: Counters,
+    ) -> Self {
+        let rules = settings
+            .activities
+            .iter()
+            .map(|(a, s)| (a.clone(), Rule { mastery: s.mastery }))
+            .collect();
+        let courses: HashMap<String, Vec<String>> = settings
+            .courses
+            .iter()
+            .map(|(c, s)| (c.clone(), s.requires.clone()))
+            .collect();
+        let mut course_of: HashMap<String, Vec<String>> = HashMap::new();
+        for (course, requires) in &settings.courses {
+            for activity in &requires.requires {
+                course_of
+                    .entry(activity.clone())
+                    .or_default()
+                    .push(course.clone());
+            }
+        }
+        Self {
+            decoder,
+            encoders,
+            topics: Topics {
+                progress: Arc::from(PROGRESS_TOPIC),
+                completions: Arc::from(COMPLETIONS_TOPIC),
+                acks: Arc::from(PARTICIPANT_ACKS_TOPIC),
+            },
+            rules,
+            courses,
+            course_of,
+            counters,
+        }
+    }
+
+    fn rule(&self, activity: &str) -> Rule {
+        self.rules.get(activity).copied().unwrap_or_default()
+    }
+
+    fn encode<T: Serialize>(encoder: &AvroEncoder, value: &T) -> Result<Vec<u8>, ProcessError> {
+        encoder
+            .encode(value)
+            .map_err(|e| ProcessError::Fatal(e.to_string()))
+    }
+
+    fn load(txn: &StateTxn<'_>, key: &[u8]) -> Result<RowState, ProcessError> {
+        Ok(match txn.get(key)? {
+            Some(bytes) => decode_state(&bytes)?,
+            None => RowState::default(),
+        })
+    }
+
+    fn on_event(
+        &mut self,
+        event: ProtectedEvent,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let tenant = event.tenant_id.as_str();
+        let learner = event.learner.as_str();
+        if txn
+            .get(&keys::key(keys::ERASED, &[tenant, learner], false))?
+            .is_some()
+        {
+            self.counters.erased_dropped.inc();
+            return Ok(());
+        }
+        if event.verb.as_deref() == Some(VOIDED_VERB) {
+            if let Some(target) = &event.voided_event_id {
+                self.void(tenant, target, &event.event_id, txn, out)?;
+            }
+            return Ok(());
+        }
+        let Some(activity) = event.object_id.as_deref() else {
+            return Ok(());
+        };
+        let id = event.event_id.as_str();
+        if txn
+            .get(&keys::key(keys::VOID, &[tenant, id], false))?
+            .is_some()
+        {
+            // Voided before it arrived: it never counts.
+            return Ok(());
+        }
+        let index = keys::key(keys::EVENT, &[tenant, id], false);
+        if txn.get(&index)?.is_some() {
+            out.dropped_duplicate();
+            return Ok(());
+        }
+        txn.put(index, [learner, activity].join("\0").into_bytes());
+        let key = row_key(tenant, learner, activity);
+        let mut row = Self::load(txn, &key)?;
+        // The smallest course id any statement named: arrival order must
+        // not matter (an activity sits in one course in practice).
+        if let Some(course) = &event.course_id
+            && row.course_id.as_ref().is_none_or(|c| course < c)
+        {
+            row.course_id = Some(course.clone());
+        }
+        let result = event.result.as_ref();
+        insert_fact(
+            &mut row.facts,
+            Fact {
+                event_id: event.event_id.clone(),
+                at: event.occurred_at,
+                verb: VerbClass::of(event.verb.as_deref()),
+                success: result.and_then(|r| r.success),
+                completion: result.and_then(|r| r.completion),
+                score: result.and_then(|r| r.score_scaled),
+            },
+        );
+        self.update(tenant, learner, activity, row, id, txn, out)
+    }
+
+    /// Undoes the statement `target` of `tenant`, if and when it is known.
+    fn void(
+        &mut self,
+        tenant: &str,
+        target: &str,
+        cause: &str,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let mark = keys::key(keys::VOID, &[tenant, target], false);
+        if txn.get(&mark)?.is_some() {
+            out.dropped_duplicate();
+            return Ok(());
+        }
+        txn.put(mark, cause.as_bytes().to_vec());
+        let index = keys::key(keys::EVENT, &[tenant, target], false);
+        let Some(location) = txn.get(&index)?.map(|l| l.into_owned()) else {
+            self.counters.voids.with_label_values(&["pending"]).inc();
+            return Ok(());
+        };
+        txn.delete(index);
+        self.counters.voids.with_label_values(&["applied"]).inc();
+        let location = String::from_utf8_lossy(&location).into_owned();
+        let Some((learner, activity)) = location.split_once('\0') else {
+            return Err(StateError::corrupt("statement index entry").into());
+        };
+        let key = row_key(tenant, learner, activity);
+        let mut row = Self::load(txn, &key)?;
+        row.facts.retain(|f| f.event_id != target);
+        self.update(tenant, learner, activity, row, cause, txn, out)
+    }
+
+    /// Re-derives `activity` (and the declared courses requiring it) after
+    /// its statements changed, stores it and publishes the change.
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &mut self,
+        tenant: &str,
+        learner: &str,
+        activity: &str,
+        row: RowState,
+        cause: &str,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let derived = if self.courses.contains_key(activity) {
+            self.derive_course(tenant, learner, activity, &row, txn)?
+        } else {
+            derive(&row.facts, self.rule(activity))
+        };
+        self.publish(tenant, learner, activity, row, derived, cause, txn, out)?;
+        let courses = self.course_of.get(activity).cloned().unwrap_or_default();
+        for course in courses {
+            let row = Self::load(txn, &row_key(tenant, learner, &course))?;
+            let derived = self.derive_course(tenant, learner, &course, &row, txn)?;
+            self.publish(tenant, learner, &course, row, derived, cause, txn, out)?;
+        }
+        Ok(())
+    }
+
+    fn derive_course(
+        &self,
+        tenant: &str,
+        learner: &str,
+        course: &str,
+        row: &RowState,
+        txn: &StateTxn<'_>,
+    ) -> Result<Option<Derived>, ProcessError> {
+        let mut required = Vec::new();
+        for activity in self
+            .courses
+            .get(course)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let state = Self::load(txn, &row_key(tenant, learner, activity))?;
+            required.push(derive(&state.facts, self.rule(activity)));
+        }
+        Ok(derive_course(&row.facts, &required))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &mut self,
+        tenant: &str,
+        learner: &str,
+        activity: &str,
+        mut row: RowState,
+        derived: Option<Derived>,
+        cause: &str,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let key = row_key(tenant, learner, activity);
+        let record_key = format!("{tenant}|{learner}|{activity}").into_bytes();
+        let course_id = row.course_id.clone();
+        let value = match &derived {
+            Some(d) => Some(Self::encode(
+                &self.encoders.progress,
+                &LearnerProgress {
+                    tenant_id: tenant.to_string(),
+                    learner: learner.to_string(),
+                    activity_id: activity.to_string(),
+                    course_id: course_id.clone(),
+                    attempts: d.attempts,
+                    best_score_scaled: d.best_score,
+                    last_score_scaled: d.last_score,
+                    success: d.success,
+                    completion: d.status.as_str().to_string(),
+                    first_activity_at: d.first_at,
+                    last_activity_at: d.last_at,
+                    evidence: d.evidence.clone(),
+                },
+            )?),
+            None => None,
+        };
+        out.emit(OutputRecord {
+            topic: self.topics.progress.clone(),
+            key: record_key,
+            value,
+            id: format!("{tenant}/{cause}/{activity}"),
+            tenant: Some(tenant.to_string()),
+        });
+        let gone = derived.is_none();
+        let (completed, passed) = derived.map(|d| (d.completed, d.passed)).unwrap_or_default();
+        for (kind, slot, proof) in [
+            ("completed", &mut row.completed, completed),
+            ("passed", &mut row.passed, passed),
+        ] {
+            let id = proof
+                .as_ref()
+                .map(|p| short_hash(&[tenant, learner, activity, kind, &p.event_ids.join("\0")]));
+            if slot.as_ref().map(|i| &i.id) == id.as_ref() {
+                continue;
+            }
+            if let Some(old) = slot.take() {
+                let mut evidence = old.proof.event_ids.clone();
+                evidence.push(cause.to_string());
+                self.completion(
+                    tenant,
+                    learner,
+                    activity,
+                    &course_id,
+                    "revoked",
+                    short_hash(&["revoked", &old.id, cause]),
+                    &old.proof,
+                    evidence,
+                    out,
+                )?;
+            }
+            if let (Some(id), Some(proof)) = (id, proof) {
+                self.completion(
+                    tenant,
+                    learner,
+                    activity,
+                    &course_id,
+                    kind,
+                    id.clone(),
+                    &proof,
+                    proof.event_ids.clone(),
+                    out,
+                )?;
+                *slot = Some(Issued { id, proof });
+            }
+        }
+        if gone {
+            txn.delete(key);
+        } else {
+            txn.put(key, encode_state(&row)?);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn completion(
+        &self,
+        tenant: &str,
+        learner: &str,
+        activity: &str,
+        course_id: &Option<String>,
+        kind: &str,
+        id: String,
+        proof: &Proof,
+        evidence: Vec<String>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let record = Completion {
+            completion_id: id.clone(),
+            tenant_id: tenant.to_string(),
+            learner: learner.to_string(),
+            activity_id: activity.to_string(),
+            course_id: course_id.clone(),
+            kind: kind.to_string(),
+            score_scaled: proof.score,
+            at: proof.at,
+            evidence_event_ids: evidence,
+        };
+        out.emit(OutputRecord {
+            topic: self.topics.completions.clone(),
+            key: format!("{tenant}|{learner}|{activity}").into_bytes(),
+            value: Some(Self::encode(&self.encoders.completions, &record)?),
+            id,
+            tenant: Some(tenant.to_string()),
+        });
+        Ok(())
+    }
+
+    fn on_command(
+        &mut self,
+        command: EraseCommand,
+        at: i64,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        if command.participant != NAME {
+            return Ok(());
+        }
+        let receipt = keys::key(keys::RECEIPT, &[&command.command_id], false);
+        let ack = match txn.get(&receipt)? {
+            Some(bytes) => decode_state::<ParticipantAck>(&bytes)?,
+            None => {
+                let ack = self.execute(&command, at, txn, out)?;
+                txn.put(receipt, encode_state(&ack)?);
+                ack
+            }
+        };
+        out.emit(OutputRecord {
+            topic: self.topics.acks.clone(),
+            key: ack.tenant_id.clone().into_bytes(),
+            value: Some(Self::encode(&self.encoders.acks, &ack)?),
+            id: format!("{}/{NAME}", ack.command_id),
+            tenant: Some(ack.tenant_id.clone()),
+        });
+        Ok(())
+    }
+
+    fn execute(
+        &mut self,
+        command: &EraseCommand,
+        at: i64,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<ParticipantAck, ProcessError> {
+        let tenant = command.tenant_id.as_str();
+        let mut ack = ParticipantAck {
+            command_id: command.command_id.clone(),
+            request_id: command.request_id.clone(),
+            tenant_id: command.tenant_id.clone(),
+            participant: NAME.to_string(),
+            outcome: "done".into(),
+            detail: String::new(),
+            learner: command.learner.clone(),
+            shredded_key_ids: Vec::new(),
+            records_affected: 0,
+            export: None,
+            acked_at: at,
+        };
+        let Some(learner) = command.learner.as_deref() else {
+            ack.outcome = "not_found".into();
+            ack.detail = "no pseudonym: the subject was never seen".into();
+            return Ok(ack);
+        };
+        let prefix = learner_prefix(tenant, learner);
+        let rows = txn.scan_prefix(&prefix)?;
+        ack.records_affected = rows.len() as i64;
+        match command.kind.as_str() {
+            "erasure" => {
+                for (key, value) in rows {
+                    let row: RowState = decode_state(&value)?;
+                    for fact in &row.facts {
+                        txn.delete(keys::key(keys::EVENT, &[tenant, &fact.event_id], false));
+                    }
+                    txn.delete(key.clone());
+                    let activity = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                    out.emit(OutputRecord {
+                        topic: self.topics.progress.clone(),
+                        key: format!("{tenant}|{learner}|{activity}").into_bytes(),
+                        value: None,
+                        id: format!("{tenant}/{}/{activity}", command.command_id),
+                        tenant: Some(tenant.to_string()),
+                    });
+                }
+                txn.put(
+                    keys::key(keys::ERASED, &[tenant, learner], false),
+                    command.issued_at.to_be_bytes().to_vec(),
+                );
+                ack.detail = format!(
+                    "erased {} progress rows; keys tombstoned",
+                    ack.records_affected
+                );
+            }
+            "access" => {
+                ack.detail = format!("{} progress rows held", ack.records_affected);
+            }
+            other => {
+                ack.outcome = "failed".into();
+                ack.detail = format!("unknown command kind `{other}`");
+            }
+        }
+        Ok(ack)
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        record: &InputRecord<'_>,
+        out: &mut Emitter,
+    ) -> Option<T> {
+        let Some(value) = record.value else {
+            out.dead_letter(
+                record,
+                NAME,
+                "MISSING_VALUE",
+                "record has no value".into(),
+                None,
+            );
+            return None;
+        };
+        match self.decoder.decode_blocking(value) {
+            Ok(decoded) => Some(decoded),
+            Err(e) => {
+                out.dead_letter(record, NAME, "UNDECODABLE", e.to_string(), None);
+                None
+            }
+        }
+    }
+}
+
+impl Processor for Progress {
+    fn process(
+        &mut self,
+        record: &InputRecord<'_>,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        if record.topic == ERASE_COMMANDS_TOPIC {
+            let Some(command) = self.decode::<EraseCommand>(record, out) else {
+                return Ok(());
+            };
+            self.on_command(command, record.timestamp_ms.unwrap_or_default(), txn, out)
+        } else {
+            let Some(event) = self.decode::<ProtectedEvent>(record, out) else {
+                return Ok(());
+            };
+            self.on_event(event, txn, out)
+        }
+    }
+}
+
+/// Starts the projector and runs it until `shutdown` resolves.
+///
+/// # Errors
+/// [`Failure`] when it cannot start or must stop; the message names the cause.
+pub async fn run(
+    config: Config<Settings>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Exit, Failure> {
+    config.settings.check().map_err(StartError::Misconfigured)?;
+    let runtime = Runtime::start(NAME, &config).await?;
+    let counters = Counters::detached();
+    for collector in [
+        Box::new(counters.erased_dropped.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(counters.voids.clone()),
+    ] {
+        runtime
+            .metrics
+            .register(collector)
+            .map_err(|e| StartError::Misconfigured(e.to_string()))?;
+    }
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(settings) = config.settings.transcripts.clone() {
+        let listener = tokio::net::TcpListener::bind(settings.addr)
+            .await
+            .map_err(|e| {
+                StartError::Misconfigured(format!(
+                    "transcripts: cannot listen on {}: {e}",
+                    settings.addr
+                ))
+            })?;
+        let router = transcript::TranscriptApi::new(settings, runtime.store.clone()).router();
+        tracing::info!(addr = %listener.local_addr().map_err(|e| StartError::Misconfigured(e.to_string()))?, "transcripts listening");
+        tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "transcript endpoint stopped");
+            }
+        });
+    }
+    let encoders = Encoders {
+        progress: runtime.encoder(PROGRESS_TOPIC).await?,
+        completions: runtime.encoder(COMPLETIONS_TOPIC).await?,
+        acks: runtime.encoder(PARTICIPANT_ACKS_TOPIC).await?,
+    };
+    let progress = Progress::new(
+        &config.settings,
+        runtime.decoder.clone(),
+        encoders,
+        counters,
+    );
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    Ok(runtime.run(progress, shutdown).await?)
+}
+
+#[cfg(test)]
+mod tests;
