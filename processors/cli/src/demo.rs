@@ -87,6 +87,10 @@ pub struct DemoSpec {
     pub rate: Option<u32>,
     /// RNG seed.
     pub seed: u64,
+    /// Spread event times over this many hours before now, in order with a
+    /// little jitter and a few stragglers (a backfill, so hour windows close
+    /// during the run). 0: every event within the last 10 minutes.
+    pub span_hours: u32,
 }
 
 impl Default for DemoSpec {
@@ -100,6 +104,7 @@ impl Default for DemoSpec {
             duplicates: 0.01,
             rate: None,
             seed: 7,
+            span_hours: 0,
         }
     }
 }
@@ -197,6 +202,8 @@ pub struct Generator {
     tenants: Vec<Tenant>,
     journeys: BTreeMap<(usize, usize, usize, usize), Journey>,
     recent: Vec<Outgoing>,
+    /// Valid events generated so far.
+    generated: usize,
     /// Every personal value generated.
     pub identifiers: BTreeSet<String>,
 }
@@ -293,6 +300,7 @@ impl Generator {
             rng,
             tenants,
             journeys: BTreeMap::new(),
+            generated: 0,
             recent: Vec::new(),
             identifiers,
         }
@@ -327,12 +335,30 @@ impl Generator {
         record
     }
 
+    /// When the next valid event happened.
+    fn occurred(&mut self, now: i64) -> i64 {
+        self.generated += 1;
+        if self.spec.span_hours == 0 {
+            return now - self.rng.random_range(0..600_000);
+        }
+        let span = i64::from(self.spec.span_hours) * 3_600_000;
+        let progress = self.generated as f64 / self.spec.events.max(1) as f64;
+        let on_time = now - span + (span as f64 * progress.min(1.0)) as i64;
+        // Most events arrive within two minutes; a few are hours late.
+        let delay = if self.rng.random_bool(0.003) {
+            3 * 3_600_000
+        } else {
+            self.rng.random_range(0..120_000)
+        };
+        on_time - delay
+    }
+
     fn valid(&mut self, now: i64) -> Outgoing {
         let t = self.rng.random_range(0..self.tenants.len());
         let l = self.rng.random_range(0..self.tenants[t].learners.len());
         let c = self.rng.random_range(0..self.tenants[t].courses.len());
         let a = self.rng.random_range(0..self.tenants[t].courses[c].1.len());
-        let occurred = now - self.rng.random_range(0..600_000);
+        let occurred = self.occurred(now);
         let use_moodle = self.rng.random_bool(0.35);
         let void =
             !use_moodle && self.rng.random_bool(0.005) && !self.tenants[t].statements.is_empty();

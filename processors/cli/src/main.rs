@@ -135,6 +135,10 @@ enum DemoCommand {
         /// Random seed.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Spread event times over this many hours before now (a backfill,
+        /// so analytics windows close during the run); 0: the last 10 minutes.
+        #[arg(long, default_value_t = 0)]
+        span_hours: u32,
         /// Where to write the manifest (JSON).
         #[arg(long)]
         manifest: Option<PathBuf>,
@@ -305,6 +309,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
             malformed,
             duplicates,
             seed,
+            span_hours,
             manifest,
         }) => {
             let kafka = KafkaConfig::new(broker.bootstrap_servers);
@@ -319,6 +324,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
                 duplicates,
                 rate,
                 seed,
+                span_hours,
             };
             let result = demo::produce(&producer, spec)
                 .await

@@ -801,6 +801,13 @@ impl Runtime {
                         .await?;
                 }
                 replay.tick(&inputs, &self.store);
+                if !replay.holding && !replay.paused.is_empty() {
+                    let mut resumed = TopicPartitionList::new();
+                    for (topic, partition) in replay.paused.drain(..) {
+                        resumed.add_partition(&topic, partition);
+                    }
+                    self.consumer.resume(&resumed).map_err(KafkaError::from)?;
+                }
             }
             if stopping {
                 self.store.flush()?;
@@ -832,8 +839,27 @@ impl Runtime {
             // Already applied (a fetch from before a seek): never apply twice.
             return Ok(());
         }
-        input.records_in.inc();
         let replaying = offset < input.replay_until[partition];
+        if !replaying && replay.holding {
+            // Hold new input until every partition has replayed: a live
+            // record must see the state of *everything* already emitted for,
+            // or its outputs could contradict outputs of records whose replay
+            // (from another partition) has not happened yet.
+            let mut held = TopicPartitionList::new();
+            held.add_partition(&input.name, partition as i32);
+            self.consumer.pause(&held).map_err(KafkaError::from)?;
+            self.consumer
+                .seek(
+                    &input.name,
+                    partition as i32,
+                    Offset::Offset(offset),
+                    ADMIN_TIMEOUT,
+                )
+                .map_err(KafkaError::from)?;
+            replay.paused.push((input.name.clone(), partition as i32));
+            return Ok(());
+        }
+        input.records_in.inc();
         let record = InputRecord::from_kafka(message);
         emitter.clear();
         processor.process(&record, &mut batch.txn, emitter)?;
@@ -1068,6 +1094,10 @@ struct ReplayProgress {
     last_log: Instant,
     bar: Option<indicatif::ProgressBar>,
     finished: bool,
+    /// True while some partition is still replaying: new input waits.
+    holding: bool,
+    /// Partitions paused while holding.
+    paused: Vec<(Arc<str>, i32)>,
 }
 
 impl ReplayProgress {
@@ -1105,6 +1135,8 @@ impl ReplayProgress {
             last_log: Instant::now(),
             bar,
             finished: total == 0,
+            holding: total > 0,
+            paused: Vec::new(),
         }
     }
 
@@ -1128,6 +1160,7 @@ impl ReplayProgress {
         });
         if caught_up {
             self.finished = true;
+            self.holding = false;
             if let Some(bar) = self.bar.take() {
                 bar.finish_and_clear();
             }
