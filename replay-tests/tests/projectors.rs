@@ -365,7 +365,15 @@ fn clean_run<P: Processor>(
 ) -> (String, Vec<OutputRecord>) {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
+    let started = std::time::Instant::now();
     let run = run_offline(&mut processor, &store, records, 1_000).unwrap();
+    // Rebuild speed from an already-fetched log, one thread (see the note).
+    eprintln!(
+        "offline run: {} records in {:.2}s ({:.0} records/s)",
+        records.len(),
+        started.elapsed().as_secs_f64(),
+        records.len() as f64 / started.elapsed().as_secs_f64()
+    );
     assert!(run.dead_letters.is_empty());
     (store.digest().unwrap().0, run.outputs)
 }
@@ -418,6 +426,13 @@ async fn rebuild(
     let mut process = spawn(stack, name, settings, &[]);
     process.wait_caught_up(ends, Duration::from_secs(300)).await;
     let emitted = process.metric("trellis_records_out_total").await;
+    if let Some(line) = process
+        .log_text()
+        .lines()
+        .find(|l| l.contains("state restored by replay"))
+    {
+        eprintln!("{name} rebuild on the broker: {line}");
+    }
     let replayed = process.metric("trellis_replayed_records_total").await;
     assert!(process.terminate().success());
     assert_eq!(emitted, 0.0, "{name}: a rebuild re-emits nothing");

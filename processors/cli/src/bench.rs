@@ -191,6 +191,144 @@ pub async fn privacy(
     .await
 }
 
+/// Runs the progress projector in-process over `protected`, timed like
+/// [`collector`].
+///
+/// # Errors
+/// Start-up or run failures, as text.
+pub async fn progress(
+    kafka: &KafkaConfig,
+    registry_url: &str,
+    topology: &std::path::Path,
+    ends: &BTreeMap<String, i64>,
+) -> Result<Timing, String> {
+    timed(
+        "progress",
+        kafka,
+        registry_url,
+        topology,
+        ends,
+        |_| trellis_progress::Settings::default(),
+        trellis_progress::run,
+    )
+    .await
+}
+
+/// Runs the analytics aggregator in-process over `protected`, timed like
+/// [`collector`].
+///
+/// # Errors
+/// Start-up or run failures, as text.
+pub async fn analytics(
+    kafka: &KafkaConfig,
+    registry_url: &str,
+    topology: &std::path::Path,
+    ends: &BTreeMap<String, i64>,
+) -> Result<Timing, String> {
+    timed(
+        "analytics",
+        kafka,
+        registry_url,
+        topology,
+        ends,
+        |_| trellis_analytics::Settings::default(),
+        trellis_analytics::run,
+    )
+    .await
+}
+
+/// Reads all of `protected` into memory, then times `name` (`progress` or
+/// `analytics`) rebuilding a fresh store from it on this thread: the
+/// rebuild speed per core, broker excluded.
+///
+/// # Errors
+/// Broker, registry or processing failures, as text.
+pub async fn rebuild(
+    kafka: &KafkaConfig,
+    registry_url: &str,
+    topology: &std::path::Path,
+    name: &str,
+) -> Result<Timing, String> {
+    use trellis_runtime::pipeline::{OwnedRecord, Processor, run_offline};
+    use trellis_runtime::schema::{AvroDecoder, AvroEncoder, SchemaFile, registry_settings};
+    use trellis_runtime::state::StateStore;
+
+    let topology =
+        trellis_runtime::topology::Topology::load_checked(topology).map_err(|e| e.to_string())?;
+    let registry = registry_settings(registry_url).map_err(|e| e.to_string())?;
+    let encoder = async |topic: &str| -> Result<AvroEncoder, String> {
+        let file = topology.topic(topic)?.schema.clone().ok_or("no schema")?;
+        let schema = SchemaFile::load(&topology.schema_path(&file)).map_err(|e| e.to_string())?;
+        AvroEncoder::register(&registry, topic, &schema)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let mut records = Vec::new();
+    trellis_runtime::kafka::scan_topic(
+        kafka,
+        "protected",
+        Duration::from_secs(2),
+        |m| records.push(OwnedRecord::from_message(m)),
+        || false,
+    )
+    .map_err(|e| e.to_string())?;
+    let decoder = AvroDecoder::new(registry.clone());
+    // Warm the decoder's schema cache outside the timed part.
+    if let Some(value) = records.first().and_then(|r| r.value.as_deref()) {
+        decoder
+            .decode_json(value)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let dir = tempfile_dir()?;
+    let store = StateStore::open(&dir).map_err(|e| e.to_string())?;
+    fn time<P: Processor>(
+        mut processor: P,
+        store: &StateStore,
+        records: &[OwnedRecord],
+    ) -> Result<Timing, String> {
+        let started = Instant::now();
+        run_offline(&mut processor, store, records, 5_000).map_err(|e| e.to_string())?;
+        Ok(Timing {
+            records: records.len() as u64,
+            elapsed: started.elapsed(),
+        })
+    }
+    let timing = if name == "progress" {
+        let progress = trellis_progress::Progress::new(
+            &trellis_progress::Settings::default(),
+            decoder,
+            trellis_progress::Encoders {
+                progress: encoder("progress").await?,
+                completions: encoder("completions").await?,
+                acks: encoder("gdpr.participant_acks").await?,
+            },
+            trellis_progress::Counters::detached(),
+        );
+        time(progress, &store, &records)
+    } else {
+        let mut analytics = trellis_analytics::Analytics::new(
+            &trellis_analytics::Settings::default(),
+            decoder,
+            trellis_analytics::Encoders {
+                aggregates: encoder("analytics.aggregates").await?,
+                tenants: std::collections::HashMap::new(),
+                acks: encoder("gdpr.participant_acks").await?,
+            },
+            trellis_analytics::Counters::detached(),
+        );
+        let partitions = topic_partitions(kafka).map_err(|e| e.to_string())?;
+        let assigned = BTreeMap::from([(
+            "protected".to_string(),
+            (0..partitions.get("protected").copied().unwrap_or(0)).collect(),
+        )]);
+        analytics.assigned(&assigned).map_err(|e| e.to_string())?;
+        time(analytics, &store, &records)
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    timing
+}
+
 fn throwaway_secrets(
     specs: &[trellis_runtime::secret::SecretSpec],
 ) -> Result<trellis_runtime::secret::Secrets, String> {

@@ -184,6 +184,21 @@ enum BenchCommand {
     /// The privacy processor vs a passthrough of the same `collected`
     /// records (the collector fills `collected` first, untimed).
     Privacy(BenchArgs),
+    /// The progress projector vs a passthrough of the same `protected`
+    /// records (collector and privacy fill it first, untimed), then its
+    /// rebuild speed from the already-fetched log on one thread.
+    Progress(BenchArgs),
+    /// The analytics aggregator, measured like `progress`.
+    Analytics(BenchArgs),
+}
+
+/// Which processor a bench measures.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Collector,
+    Privacy,
+    Progress,
+    Analytics,
 }
 
 #[derive(Args)]
@@ -384,8 +399,10 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
             print!("{}", inspect::render(&reports));
             Ok(ExitStatus::Success)
         }
-        Command::Bench(BenchCommand::Collector(args)) => bench(args, false).await,
-        Command::Bench(BenchCommand::Privacy(args)) => bench(args, true).await,
+        Command::Bench(BenchCommand::Collector(args)) => bench(args, Stage::Collector).await,
+        Command::Bench(BenchCommand::Privacy(args)) => bench(args, Stage::Privacy).await,
+        Command::Bench(BenchCommand::Progress(args)) => bench(args, Stage::Progress).await,
+        Command::Bench(BenchCommand::Analytics(args)) => bench(args, Stage::Analytics).await,
         Command::State(StateCommand::Digest { dir }) => {
             if !dir.exists() {
                 bail!("no state store at {}", dir.display());
@@ -442,7 +459,7 @@ async fn wait_for_positions(
     }
 }
 
-async fn bench(args: BenchArgs, privacy: bool) -> anyhow::Result<ExitStatus> {
+async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
     use trellis_cli::bench;
     let BenchArgs {
         file,
@@ -458,25 +475,46 @@ async fn bench(args: BenchArgs, privacy: bool) -> anyhow::Result<ExitStatus> {
         &producer,
         DemoSpec {
             events,
+            span_hours: 48,
             ..DemoSpec::default()
         },
     )
     .await
     .map_err(anyhow::Error::msg)?;
     let registry_url = registry.registry_url;
-    let (name, inputs, ends) = if privacy {
+    if stage != Stage::Collector {
         println!("filling `collected` with the collector (untimed)");
         bench::collector(&kafka, &registry_url, &file.topology, &manifest.end_offsets)
             .await
             .map_err(anyhow::Error::msg)?;
+    }
+    if matches!(stage, Stage::Progress | Stage::Analytics) {
+        println!("filling `protected` with the privacy processor (untimed)");
         let ends = trellis_runtime::kafka::end_offsets(&kafka, "collected")?;
-        ("privacy", vec!["collected"], ends)
-    } else {
-        (
+        bench::privacy(&kafka, &registry_url, &file.topology, &ends)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    let (name, inputs, ends) = match stage {
+        Stage::Collector => (
             "collector",
             vec![demo::EVENTS_TOPIC, demo::XAPI_TOPIC],
             manifest.end_offsets,
-        )
+        ),
+        Stage::Privacy => (
+            "privacy",
+            vec!["collected"],
+            trellis_runtime::kafka::end_offsets(&kafka, "collected")?,
+        ),
+        Stage::Progress | Stage::Analytics => (
+            if stage == Stage::Progress {
+                "progress"
+            } else {
+                "analytics"
+            },
+            vec!["protected"],
+            trellis_runtime::kafka::end_offsets(&kafka, "protected")?,
+        ),
     };
     let mut best_pass: Option<bench::Timing> = None;
     let mut best_proc: Option<bench::Timing> = None;
@@ -492,10 +530,15 @@ async fn bench(args: BenchArgs, privacy: bool) -> anyhow::Result<ExitStatus> {
             pass.records,
             pass.elapsed.as_secs_f64()
         );
-        let timing = if privacy {
-            bench::privacy(&kafka, &registry_url, &file.topology, &ends).await
-        } else {
-            bench::collector(&kafka, &registry_url, &file.topology, &ends).await
+        let timing = match stage {
+            Stage::Collector => {
+                bench::collector(&kafka, &registry_url, &file.topology, &ends).await
+            }
+            Stage::Privacy => bench::privacy(&kafka, &registry_url, &file.topology, &ends).await,
+            Stage::Progress => bench::progress(&kafka, &registry_url, &file.topology, &ends).await,
+            Stage::Analytics => {
+                bench::analytics(&kafka, &registry_url, &file.topology, &ends).await
+            }
         }
         .map_err(anyhow::Error::msg)?;
         println!(
@@ -517,6 +560,17 @@ async fn bench(args: BenchArgs, privacy: bool) -> anyhow::Result<ExitStatus> {
             pass.rate(),
             timing.rate(),
             timing.rate() / pass.rate()
+        );
+    }
+    if matches!(stage, Stage::Progress | Stage::Analytics) {
+        let rebuild = bench::rebuild(&kafka, &registry_url, &file.topology, name)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        println!(
+            "rebuild from the fetched log, one thread: {name} {:.0} records/s ({} in {:.2}s)",
+            rebuild.rate(),
+            rebuild.records,
+            rebuild.elapsed.as_secs_f64()
         );
     }
     Ok(ExitStatus::Success)
