@@ -250,30 +250,14 @@ impl Privacy {
             .map_err(|e| ProcessError::Fatal(e.to_string()))
     }
 
-    /// Decodes an input value, or dead-letters the record and says `None`.
-    fn decode<T: serde::de::DeserializeOwned>(
-        &self,
-        record: &InputRecord<'_>,
-        value: &[u8],
-        out: &mut Emitter,
-    ) -> Option<T> {
-        match self.decoder.decode_blocking(value) {
-            Ok(decoded) => Some(decoded),
-            Err(e) => {
-                out.dead_letter(record, NAME, "UNDECODABLE", e.to_string(), None);
-                None
-            }
-        }
-    }
-
     fn protect(
         &mut self,
         record: &InputRecord<'_>,
-        value: &[u8],
         at: i64,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        let Some(event) = self.decode::<CollectedEvent>(record, value, out) else {
+        let Some(event) = out.decode_or_dead_letter::<CollectedEvent>(&self.decoder, record, NAME)
+        else {
             return Ok(());
         };
         let tenant = event.tenant_id.as_str();
@@ -398,11 +382,11 @@ impl Privacy {
     fn command(
         &mut self,
         record: &InputRecord<'_>,
-        value: &[u8],
         at: i64,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        let Some(request) = self.decode::<ShredRequest>(record, value, out) else {
+        let Some(request) = out.decode_or_dead_letter::<ShredRequest>(&self.decoder, record, NAME)
+        else {
             return Ok(());
         };
         if request.kind != "erasure" && request.kind != "access" {
@@ -536,23 +520,13 @@ impl Processor for Privacy {
         _txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        let Some(value) = record.value else {
-            out.dead_letter(
-                record,
-                NAME,
-                "MISSING_VALUE",
-                "record has no value".into(),
-                None,
-            );
-            return Ok(());
-        };
         // The record's timestamp is the processing clock: a replay sees the
         // same time as the live run.
         let at = record.timestamp_ms.unwrap_or_default();
         if record.topic == SHRED_TOPIC {
-            self.command(record, value, at, out)
+            self.command(record, at, out)
         } else {
-            self.protect(record, value, at, out)
+            self.protect(record, at, out)
         }
     }
 }

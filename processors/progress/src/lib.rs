@@ -689,30 +689,6 @@ impl Progress {
         }
         Ok(ack)
     }
-
-    fn decode<T: DeserializeOwned>(
-        &self,
-        record: &InputRecord<'_>,
-        out: &mut Emitter,
-    ) -> Option<T> {
-        let Some(value) = record.value else {
-            out.dead_letter(
-                record,
-                NAME,
-                "MISSING_VALUE",
-                "record has no value".into(),
-                None,
-            );
-            return None;
-        };
-        match self.decoder.decode_blocking(value) {
-            Ok(decoded) => Some(decoded),
-            Err(e) => {
-                out.dead_letter(record, NAME, "UNDECODABLE", e.to_string(), None);
-                None
-            }
-        }
-    }
 }
 
 impl Processor for Progress {
@@ -723,12 +699,16 @@ impl Processor for Progress {
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
         if record.topic == ERASE_COMMANDS_TOPIC {
-            let Some(command) = self.decode::<EraseCommand>(record, out) else {
+            let Some(command) =
+                out.decode_or_dead_letter::<EraseCommand>(&self.decoder, record, NAME)
+            else {
                 return Ok(());
             };
             self.on_command(command, record.timestamp_ms.unwrap_or_default(), txn, out)
         } else {
-            let Some(event) = self.decode::<ProtectedEvent>(record, out) else {
+            let Some(event) =
+                out.decode_or_dead_letter::<ProtectedEvent>(&self.decoder, record, NAME)
+            else {
                 return Ok(());
             };
             self.on_event(event, txn, out)

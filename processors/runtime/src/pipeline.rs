@@ -371,6 +371,34 @@ impl Emitter {
         });
     }
 
+    /// Decodes `record`'s Avro value, or dead-letters the record
+    /// (`MISSING_VALUE`, `UNDECODABLE`) and says `None`: bad input never
+    /// stops a processor.
+    pub fn decode_or_dead_letter<T: serde::de::DeserializeOwned>(
+        &mut self,
+        decoder: &AvroDecoder,
+        record: &InputRecord<'_>,
+        processor: &str,
+    ) -> Option<T> {
+        let Some(value) = record.value else {
+            self.dead_letter(
+                record,
+                processor,
+                "MISSING_VALUE",
+                "record has no value".into(),
+                None,
+            );
+            return None;
+        };
+        match decoder.decode_blocking(value) {
+            Ok(decoded) => Some(decoded),
+            Err(e) => {
+                self.dead_letter(record, processor, "UNDECODABLE", e.to_string(), None);
+                None
+            }
+        }
+    }
+
     /// Notes that the record was dropped as a duplicate by id.
     pub fn dropped_duplicate(&mut self) {
         self.duplicates += 1;
