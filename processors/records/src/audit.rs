@@ -29,3 +29,44 @@ pub struct AuditEvent {
     /// Key ids and other non-secret particulars.
     pub details: BTreeMap<String, String>,
 }
+
+/// The topic anchors go to.
+pub const ANCHORS_TOPIC: &str = "audit.anchors";
+
+/// A signed Merkle root over one audited partition (schemas/anchor.avsc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// Position in the anchor chain, from 0.
+    pub sequence: i64,
+    /// Audited topic.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// First offset this anchor adds to the partition's tree.
+    pub first_offset: i64,
+    /// Last offset covered.
+    pub last_offset: i64,
+    /// Leaves in the partition's tree (from its first audited record).
+    pub tree_size: i64,
+    /// Hex RFC 6962 root of that tree.
+    pub root: String,
+    /// Hex hash of the previous anchor; 64 zeros for the first.
+    pub previous_hash: String,
+    /// Subject requests with an `audit.events` record in this range.
+    pub request_ids: Vec<String>,
+    /// When, ms since the epoch (the triggering record's timestamp).
+    pub anchored_at: i64,
+    /// Signing key id.
+    pub key_id: String,
+    /// Hex HMAC-SHA256 over the canonical bytes.
+    pub signature: String,
+}
+
+/// A processor's clock record (schemas/tick.avsc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tick {
+    /// The processor that ticks.
+    pub processor: String,
+    /// Wall-clock time it was written, ms since the epoch.
+    pub at: i64,
+}

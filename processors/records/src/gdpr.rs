@@ -78,3 +78,67 @@ pub struct EraseCommand {
 pub const ERASE_COMMANDS_TOPIC: &str = "gdpr.erase_commands";
 /// Where participants answer.
 pub const PARTICIPANT_ACKS_TOPIC: &str = "gdpr.participant_acks";
+
+/// Where source systems file data-subject requests.
+pub const SUBJECT_REQUESTS_TOPIC: &str = "gdpr.subject_request.received.v1";
+/// Where the saga answers them.
+pub const SUBJECT_ACKS_TOPIC: &str = "gdpr.subject_request.acknowledged.v1";
+/// Where the saga's commands to the privacy processor go.
+pub const SHRED_REQUESTS_TOPIC: &str = "gdpr.shred_requests";
+
+/// A data-subject request (schemas/subject_request.avsc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectRequest {
+    /// The source system's id for the request; re-filing keeps it.
+    pub request_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// `erasure` or `access`.
+    pub kind: String,
+    /// `user_id`, `mbox` or `account`.
+    pub subject_id_kind: String,
+    /// The identifier as the source system knows it.
+    pub subject_id: String,
+    /// When filed, ms since the epoch.
+    pub requested_at: i64,
+}
+
+/// One participant's part of an acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantResult {
+    /// `privacy`, `progress`, …
+    pub participant: String,
+    /// `done`, `not_found` or `failed`.
+    pub outcome: String,
+    /// Human detail.
+    pub detail: String,
+    /// Key ids destroyed.
+    pub shredded_key_ids: Vec<String>,
+    /// Records or rows affected.
+    pub records_affected: i64,
+}
+
+/// The saga's answer (schemas/subject_request_ack.avsc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectRequestAck {
+    /// The request answered.
+    pub request_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// `erasure` or `access`.
+    pub kind: String,
+    /// `completed`, `rejected` or `deferred`.
+    pub status: String,
+    /// Why, when rejected or deferred.
+    pub reason: Option<String>,
+    /// What each participant did.
+    pub participants: Vec<ParticipantResult>,
+    /// Hex hash of the audit anchor covering the request's audit events.
+    pub audit_anchor: Option<String>,
+    /// Access requests: where the export was written.
+    pub export: Option<String>,
+    /// When the request was filed.
+    pub requested_at: i64,
+    /// When answered.
+    pub acknowledged_at: i64,
+}

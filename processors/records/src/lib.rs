@@ -23,11 +23,13 @@ pub mod progress;
 pub mod protected;
 
 pub use aggregate::{AGGREGATES_TOPIC, Aggregate, tenant_aggregates_topic};
-pub use audit::{AUDIT_EVENTS_TOPIC, AuditEvent};
+pub use audit::{ANCHORS_TOPIC, AUDIT_EVENTS_TOPIC, Anchor, AuditEvent, Tick};
 pub use collected::{Actor, CollectedEvent, StatementResult};
 pub use dead_letter::{DLQ_TOPIC, DeadLetter, OriginalHeader};
 pub use gdpr::{
-    ERASE_COMMANDS_TOPIC, EraseCommand, PARTICIPANT_ACKS_TOPIC, ParticipantAck, ShredRequest,
+    ERASE_COMMANDS_TOPIC, EraseCommand, PARTICIPANT_ACKS_TOPIC, ParticipantAck, ParticipantResult,
+    SHRED_REQUESTS_TOPIC, SUBJECT_ACKS_TOPIC, SUBJECT_REQUESTS_TOPIC, ShredRequest, SubjectRequest,
+    SubjectRequestAck,
 };
 pub use progress::{COMPLETIONS_TOPIC, Completion, Evidence, LearnerProgress, PROGRESS_TOPIC};
 pub use protected::{IpHash, ProtectedEvent, ProtectedResult, Sealed};
@@ -84,6 +86,7 @@ pub const SCHEMAS: &[(&str, &str)] = &[
         "subject_request_ack.avsc",
         include_str!("../../../schemas/subject_request_ack.avsc"),
     ),
+    ("tick.avsc", include_str!("../../../schemas/tick.avsc")),
 ];
 
 /// The text of schema file `name`.
@@ -327,6 +330,66 @@ mod tests {
                 avg_score_scaled: Some(0.61),
                 suppressed: false,
                 revision: 1,
+            },
+        );
+    }
+
+    #[test]
+    fn saga_and_audit_records_match_their_schemas() {
+        round_trip(
+            "anchor.avsc",
+            &Anchor {
+                sequence: 3,
+                topic: "protected".into(),
+                partition: 2,
+                first_offset: 10,
+                last_offset: 19,
+                tree_size: 20,
+                root: "ab".repeat(32),
+                previous_hash: "00".repeat(32),
+                request_ids: vec!["r1".into()],
+                anchored_at: 7,
+                key_id: "k1".into(),
+                signature: "cd".repeat(32),
+            },
+        );
+        round_trip(
+            "tick.avsc",
+            &Tick {
+                processor: "audit".into(),
+                at: 5,
+            },
+        );
+        round_trip(
+            "subject_request.avsc",
+            &SubjectRequest {
+                request_id: "r1".into(),
+                tenant_id: "acme".into(),
+                kind: "erasure".into(),
+                subject_id_kind: "user_id".into(),
+                subject_id: "42".into(),
+                requested_at: 1,
+            },
+        );
+        round_trip(
+            "subject_request_ack.avsc",
+            &SubjectRequestAck {
+                request_id: "r1".into(),
+                tenant_id: "acme".into(),
+                kind: "erasure".into(),
+                status: "completed".into(),
+                reason: None,
+                participants: vec![ParticipantResult {
+                    participant: "privacy".into(),
+                    outcome: "done".into(),
+                    detail: "shredded".into(),
+                    shredded_key_ids: vec!["k".into()],
+                    records_affected: 1,
+                }],
+                audit_anchor: Some("ef".repeat(32)),
+                export: None,
+                requested_at: 1,
+                acknowledged_at: 2,
             },
         );
     }

@@ -16,6 +16,7 @@
 //! - [`kafka`]: client configs, topic checks, topology provisioning.
 //! - [`metrics`]: Prometheus families and the `/metrics` endpoint.
 //! - [`lifecycle`]: tracing, signals, exit statuses.
+//! - [`ticker`]: timed decisions as records in the log.
 
 pub mod config;
 pub mod kafka;
@@ -25,6 +26,7 @@ pub mod pipeline;
 pub mod schema;
 pub mod secret;
 pub mod state;
+pub mod ticker;
 pub mod topology;
 
 pub use config::Config;

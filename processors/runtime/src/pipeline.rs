@@ -54,6 +54,7 @@ use crate::lifecycle::ExitStatus;
 use crate::metrics::Metrics;
 use crate::schema::{AvroDecoder, AvroEncoder, SchemaError, SchemaFile, registry_settings};
 use crate::state::{Positions, StateError, StateStore, StateTxn, TopicPartition};
+use crate::ticker::Ticker;
 use crate::topology::{ProcessorSpec, Topology, TopologyError};
 use trellis_records::{DLQ_TOPIC, DeadLetter, OriginalHeader};
 
@@ -180,6 +181,24 @@ impl<'a> InputRecord<'a> {
                 .find(|h| h.key == name)
                 .and_then(|h| h.value),
             HeaderView::Slice(headers) => headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v),
+        }
+    }
+
+    /// Calls `visit` with every header in order (a header without a value
+    /// is seen as empty).
+    pub fn visit_headers(&self, mut visit: impl FnMut(&str, &[u8])) {
+        match self.headers {
+            HeaderView::Kafka(None) => {}
+            HeaderView::Kafka(Some(headers)) => {
+                for h in headers.iter() {
+                    visit(h.key, h.value.unwrap_or_default());
+                }
+            }
+            HeaderView::Slice(headers) => {
+                for (k, v) in headers {
+                    visit(k, v);
+                }
+            }
         }
     }
 
@@ -666,6 +685,25 @@ impl Runtime {
         })?;
         let schema = SchemaFile::load(&self.topology.schema_path(file))?;
         Ok(AvroEncoder::register(&self.registry, topic, &schema).await?)
+    }
+
+    /// A [`Ticker`] writing to `topic`, which must be both an input and an
+    /// output of this processor (see [`crate::ticker`]).
+    ///
+    /// # Errors
+    /// [`StartError`] if the topic is not both.
+    pub fn ticker(&self, topic: &str) -> Result<Ticker, StartError> {
+        let declared = |list: &[String]| list.iter().any(|t| t == topic);
+        if !declared(&self.spec.inputs) || !declared(&self.spec.outputs) {
+            return Err(StartError::Misconfigured(format!(
+                "processor `{}` ticks on `{topic}`, which topology.yaml must list among both its inputs and its outputs",
+                self.name
+            )));
+        }
+        Ok(Ticker {
+            topic: topic.to_string(),
+            producer: self.producer.clone(),
+        })
     }
 
     /// Assigns this instance's partitions of every input, starting from the

@@ -1,0 +1,384 @@
+//! The audit processor: tamper evidence for every topic marked `audited`
+//! (DESIGN.md promise 6).
+//!
+//! For each audited partition it keeps an RFC 6962 Merkle tree over the
+//! partition's records ([`merkle`], leaf = canonical record bytes from
+//! [`canonical`]) and, every `anchor_every` records or once a record is
+//! `anchor_interval_ms` younger than the first unanchored one, writes a
+//! signed [`Anchor`] to `audit.anchors` and to its store: the range covered,
+//! the tree size and root, and the hash of the partition's previous anchor.
+//!
+//! # One chain per partition
+//! Anchor chains are per partition, not one global chain: a partition's
+//! anchors are then a function of that partition's log alone, so replay,
+//! a re-run after `kill -9` and a second run over the same input cut the
+//! same anchors with the same roots. One global chain would order anchors
+//! by how fetches from different partitions happened to interleave.
+//!
+//! # Keeping `audit.events` anchored
+//! A quiet partition's last records wait for the next record (or the
+//! `anchor_every`-th). `audit.events` cannot wait: the GDPR saga cites the
+//! anchor that covers an erasure. While it has unanchored records the
+//! processor's [`Ticker`](trellis_runtime::ticker::Ticker) writes an
+//! `audit.heartbeat` event to it, and a heartbeat closes its range.
+//!
+//! [`verify`] re-reads the logs and checks them against the anchors;
+//! `trellis audit` is its command line.
+
+pub mod canonical;
+pub mod merkle;
+pub mod verify;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use trellis_records::{ANCHORS_TOPIC, AUDIT_EVENTS_TOPIC, Anchor, AuditEvent};
+use trellis_runtime::pipeline::{Exit, Failure, StartError};
+use trellis_runtime::schema::{AvroDecoder, AvroEncoder};
+use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
+use trellis_runtime::state::StateError;
+use trellis_runtime::ticker::{Pending, TickRecord};
+use trellis_runtime::{
+    Config, Emitter, InputRecord, OutputRecord, ProcessError, Processor, Runtime, StateStore,
+    StateTxn,
+};
+
+use crate::canonical::{GENESIS, Signer, anchor_hash, record_bytes};
+use crate::merkle::{Frontier, leaf_hash};
+
+/// Processor name (topology.yaml).
+pub const NAME: &str = "audit";
+/// The anchor signing key.
+pub const SIGNING_KEY: &str = "TRELLIS_AUDIT_SIGNING_KEY";
+/// What the processor refuses to start without.
+pub const SECRETS: &[SecretSpec] = &[SecretSpec {
+    env: SIGNING_KEY,
+    format: SecretFormat::Hex32,
+    purpose: "signs audit anchors (HMAC-SHA256)",
+}];
+/// The action of the events that close `audit.events` ranges.
+pub const HEARTBEAT: &str = "audit.heartbeat";
+
+/// `settings:` of the audit processor's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Id of the signing key, written into every anchor.
+    pub key_id: String,
+    /// Anchor a partition after this many new records.
+    #[serde(default = "default_every")]
+    pub anchor_every: u64,
+    /// …or once a record is this much younger than the first unanchored one.
+    #[serde(default = "default_interval")]
+    pub anchor_interval_ms: i64,
+}
+
+fn default_every() -> u64 {
+    1000
+}
+
+fn default_interval() -> i64 {
+    1000
+}
+
+impl Settings {
+    /// Every problem, at once.
+    ///
+    /// # Errors
+    /// A message naming each bad setting.
+    pub fn check(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.key_id.trim().is_empty() {
+            problems.push("settings.key_id is empty".to_string());
+        }
+        if self.anchor_every == 0 {
+            problems.push("settings.anchor_every must be at least 1".to_string());
+        }
+        if self.anchor_interval_ms <= 0 {
+            problems.push("settings.anchor_interval_ms must be positive".to_string());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+/// Store keys.
+mod keys {
+    /// Per partition: its [`super::PartitionState`].
+    pub const PARTITION: u8 = b'p';
+    /// Per partition and sequence: the anchor.
+    pub const ANCHOR: u8 = b'a';
+
+    pub fn partition(topic: &str, partition: i32) -> Vec<u8> {
+        let mut key = vec![PARTITION];
+        key.extend_from_slice(topic.as_bytes());
+        key.push(0);
+        key.extend_from_slice(&partition.to_be_bytes());
+        key
+    }
+
+    pub fn anchor(topic: &str, partition: i32, sequence: i64) -> Vec<u8> {
+        let mut key = vec![ANCHOR];
+        key.extend_from_slice(topic.as_bytes());
+        key.push(0);
+        key.extend_from_slice(&partition.to_be_bytes());
+        key.extend_from_slice(&sequence.to_be_bytes());
+        key
+    }
+}
+
+/// What the processor keeps per audited partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// The tree so far.
+    pub frontier: Frontier,
+    /// Records since the last anchor.
+    pub pending: u64,
+    /// First unanchored offset and its timestamp.
+    pub first_offset: i64,
+    first_timestamp: i64,
+    /// Next anchor's sequence.
+    pub sequence: i64,
+    /// Hex hash of the last anchor (or [`GENESIS`]).
+    pub last_hash: String,
+    request_ids: Vec<String>,
+}
+
+/// The processor.
+pub struct Audit {
+    settings: Settings,
+    signer: Signer,
+    decoder: AvroDecoder,
+    anchors: AvroEncoder,
+    anchors_topic: Arc<str>,
+    pending: Pending,
+    buf: Vec<u8>,
+}
+
+impl Audit {
+    /// An audit processor.
+    pub fn new(
+        settings: Settings,
+        signer: Signer,
+        decoder: AvroDecoder,
+        anchors: AvroEncoder,
+        pending: Pending,
+    ) -> Self {
+        Self {
+            settings,
+            signer,
+            decoder,
+            anchors,
+            anchors_topic: Arc::from(ANCHORS_TOPIC),
+            pending,
+            buf: Vec::with_capacity(2048),
+        }
+    }
+
+    fn state(txn: &StateTxn<'_>, key: &[u8]) -> Result<PartitionState, ProcessError> {
+        Ok(match txn.get(key)? {
+            Some(bytes) => postcard::from_bytes(&bytes)
+                .map_err(|e| StateError::corrupt(format!("audit partition state: {e}")))?,
+            None => PartitionState {
+                last_hash: GENESIS.to_string(),
+                ..PartitionState::default()
+            },
+        })
+    }
+
+    fn anchor(
+        &self,
+        record: &InputRecord<'_>,
+        state: &mut PartitionState,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let mut anchor = Anchor {
+            sequence: state.sequence,
+            topic: record.topic.to_string(),
+            partition: record.partition,
+            first_offset: state.first_offset,
+            last_offset: record.offset,
+            tree_size: state.frontier.size() as i64,
+            root: hex::encode(state.frontier.root()),
+            previous_hash: std::mem::take(&mut state.last_hash),
+            request_ids: std::mem::take(&mut state.request_ids),
+            anchored_at: record.timestamp_ms.unwrap_or_default(),
+            key_id: String::new(),
+            signature: String::new(),
+        };
+        self.signer.sign(&mut anchor);
+        state.last_hash = hex::encode(anchor_hash(&anchor));
+        state.sequence += 1;
+        state.pending = 0;
+        txn.put(
+            keys::anchor(record.topic, record.partition, anchor.sequence),
+            postcard::to_allocvec(&anchor).map_err(|e| ProcessError::Fatal(e.to_string()))?,
+        );
+        out.emit(OutputRecord {
+            topic: self.anchors_topic.clone(),
+            key: format!("{}/{}", anchor.topic, anchor.partition).into_bytes(),
+            value: Some(
+                self.anchors
+                    .encode(&anchor)
+                    .map_err(|e| ProcessError::Fatal(e.to_string()))?,
+            ),
+            id: format!(
+                "anchor/{}/{}/{}",
+                anchor.topic, anchor.partition, anchor.sequence
+            ),
+            tenant: None,
+        });
+        Ok(())
+    }
+}
+
+impl Processor for Audit {
+    fn restore(&mut self, store: &StateStore) -> Result<(), StateError> {
+        // A heartbeat may be owed for records committed before a restart.
+        let key = keys::partition(AUDIT_EVENTS_TOPIC, 0);
+        if let Some(bytes) = store.get(&key)? {
+            let state: PartitionState = postcard::from_bytes(&bytes)
+                .map_err(|e| StateError::corrupt(format!("audit partition state: {e}")))?;
+            self.pending.set(state.pending > 0);
+        }
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        record: &InputRecord<'_>,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let key = keys::partition(record.topic, record.partition);
+        let mut state = Self::state(txn, &key)?;
+        record_bytes(
+            &mut self.buf,
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp_ms,
+            record.key,
+            record.value,
+            |sink| record.visit_headers(sink),
+        );
+        state.frontier.push(leaf_hash(&self.buf));
+        let at = record.timestamp_ms.unwrap_or_default();
+        if state.pending == 0 {
+            state.first_offset = record.offset;
+            state.first_timestamp = at;
+        }
+        state.pending += 1;
+
+        let mut heartbeat = false;
+        let events = record.topic == AUDIT_EVENTS_TOPIC;
+        if events && let Some(value) = record.value {
+            // An undecodable event is still hashed: the tree covers bytes,
+            // whatever they are.
+            if let Ok(event) = self.decoder.decode_blocking::<AuditEvent>(value) {
+                heartbeat = event.action == HEARTBEAT;
+                if let Some(id) = event.details.get("request_id")
+                    && !state.request_ids.contains(id)
+                {
+                    state.request_ids.push(id.clone());
+                }
+            }
+        }
+        if heartbeat
+            || state.pending >= self.settings.anchor_every
+            || at >= state.first_timestamp + self.settings.anchor_interval_ms
+        {
+            self.anchor(record, &mut state, txn, out)?;
+        }
+        if events {
+            self.pending.set(state.pending > 0);
+        }
+        txn.put(
+            key,
+            postcard::to_allocvec(&state).map_err(|e| ProcessError::Fatal(e.to_string()))?,
+        );
+        Ok(())
+    }
+}
+
+/// The anchors in `store`, per partition in sequence order (tests, tools).
+///
+/// # Errors
+/// [`StateError`] if the store cannot be read.
+pub fn stored_anchors(store: &StateStore) -> Result<Vec<Anchor>, StateError> {
+    store
+        .scan_prefix(&[keys::ANCHOR])
+        .map(|entry| {
+            let (_, v) = entry?;
+            postcard::from_bytes(&v).map_err(|e| StateError::corrupt(format!("anchor: {e}")))
+        })
+        .collect()
+}
+
+/// A heartbeat event (see the module docs).
+pub fn heartbeat(at: i64) -> AuditEvent {
+    AuditEvent {
+        event_id: format!("audit/heartbeat/{at}"),
+        tenant_id: None,
+        actor: NAME.to_string(),
+        action: HEARTBEAT.to_string(),
+        subject: None,
+        field: None,
+        reason: None,
+        occurred_at: at,
+        details: Default::default(),
+    }
+}
+
+/// Starts the audit processor and runs it until `shutdown` resolves.
+///
+/// # Errors
+/// [`Failure`] when it cannot start or must stop; the message names the cause.
+pub async fn run(
+    config: Config<Settings>,
+    secrets: Secrets,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Exit, Failure> {
+    config.settings.check().map_err(StartError::Misconfigured)?;
+    if config.kafka.instances > 1 {
+        return Err(StartError::Misconfigured(
+            "the audit processor runs as one instance (kafka.instances: 1): each anchor chain has one writer".into(),
+        )
+        .into());
+    }
+    let runtime = Runtime::start(NAME, &config).await?;
+    let signer = Signer::new(
+        config.settings.key_id.clone(),
+        secrets.get(SIGNING_KEY).clone(),
+    );
+    let pending = Pending::default();
+    let events = runtime.encoder(AUDIT_EVENTS_TOPIC).await?;
+    let every = Duration::from_millis(config.settings.anchor_interval_ms as u64);
+    runtime
+        .ticker(AUDIT_EVENTS_TOPIC)?
+        .spawn(every, pending.clone(), move |at| {
+            let event = heartbeat(at);
+            Ok(TickRecord {
+                id: event.event_id.clone(),
+                key: Vec::new(),
+                value: events.encode(&event).map_err(|e| e.to_string())?,
+            })
+        });
+    let audit = Audit::new(
+        config.settings.clone(),
+        signer,
+        runtime.decoder.clone(),
+        runtime.encoder(ANCHORS_TOPIC).await?,
+        pending,
+    );
+    Ok(runtime.run(audit, shutdown).await?)
+}
+
+#[cfg(test)]
+mod tests;

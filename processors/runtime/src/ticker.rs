@@ -1,0 +1,104 @@
+//! A processor's clock, kept in the log.
+//!
+//! Some decisions are timed: the audit processor anchors a partition after
+//! T ms even when fewer than N records arrived, the GDPR saga re-sends a
+//! command nobody answered. A wall-clock timer inside `process` would make
+//! state depend on when the process happened to run, so replay could not
+//! reproduce it (DESIGN.md promise 4). Instead a [`Ticker`] writes a small
+//! [`Tick`] record to the processor's own ticks topic, which the processor
+//! also consumes: the timed decision is taken when the tick is *processed*,
+//! with the tick's timestamp as the clock, and replay takes it again at the
+//! same place. Ticks are written only while the processor says it has timed
+//! work pending, so an idle topology writes none. What a tick record looks
+//! like is the processor's business (the audit processor writes heartbeat
+//! events to `audit.events`, the saga [`trellis_records::Tick`]s).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::kafka::ID_HEADER;
+
+/// Writes ticks for one processor; see the module docs.
+pub struct Ticker {
+    pub(crate) topic: String,
+    pub(crate) producer: FutureProducer,
+}
+
+/// One tick as written: id (the `trellis.id` header), key and value.
+pub struct TickRecord {
+    /// Stable id.
+    pub id: String,
+    /// Key.
+    pub key: Vec<u8>,
+    /// Value in the wire format.
+    pub value: Vec<u8>,
+}
+
+/// Set by a processor while it has timed work pending; the ticker only
+/// writes while it is set.
+#[derive(Clone, Default)]
+pub struct Pending(Arc<AtomicBool>);
+
+impl Pending {
+    /// Timed work is (or is no longer) pending.
+    pub fn set(&self, pending: bool) {
+        self.0.store(pending, Ordering::Relaxed);
+    }
+
+    /// Whether timed work is pending.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Wall-clock now, ms since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Ticker {
+    /// Every `every` while `pending` is set, writes `make(now)` with `now` as
+    /// its timestamp. A failed write is logged and retried next tick: a late
+    /// tick delays a timed decision, it never changes what is decided.
+    pub fn spawn<F>(self, every: Duration, pending: Pending, make: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(i64) -> Result<TickRecord, String> + Send + 'static,
+    {
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                if !pending.get() {
+                    continue;
+                }
+                let at = now_ms();
+                let tick = match make(at) {
+                    Ok(tick) => tick,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot build tick");
+                        continue;
+                    }
+                };
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: ID_HEADER,
+                    value: Some(tick.id.as_bytes()),
+                });
+                let record = FutureRecord::to(&self.topic)
+                    .key(&tick.key)
+                    .payload(&tick.value)
+                    .headers(headers)
+                    .timestamp(at);
+                if let Err((e, _)) = self.producer.send(record, every).await {
+                    tracing::warn!(error = %e, topic = %self.topic, "tick not written; next one will be");
+                }
+            }
+        })
+    }
+}
