@@ -7,7 +7,9 @@
 //! - [`inspect`]: what the topics hold: counts, distinct ids, tenants, DLQ reasons.
 //! - [`bench`]: throughput against a raw rdkafka passthrough.
 
+pub mod audit;
 pub mod bench;
 pub mod demo;
+pub mod gdpr;
 pub mod inspect;
 pub mod provision;

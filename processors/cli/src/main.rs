@@ -46,6 +46,120 @@ enum Command {
     /// Inspect a processor's state store (stop the processor first).
     #[command(subcommand)]
     State(StateCommand),
+    /// Check the audited logs against their signed anchors; make and check
+    /// proofs. Anchors are checked with `TRELLIS_AUDIT_SIGNING_KEY`.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// File data-subject requests (erasure, access) and read the answers.
+    #[command(subcommand)]
+    Gdpr(GdprCommand),
+}
+
+#[derive(Args)]
+struct KeyId {
+    /// Id of the anchor signing key (the audit processor's `key_id`).
+    #[arg(long, default_value = "anchors-local-1", env = "TRELLIS_AUDIT_KEY_ID")]
+    key_id: String,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Re-read every audited topic, recompute every root, check every
+    /// anchor chain; report the first disagreement per partition and exit 1
+    /// if there is any.
+    Verify {
+        #[command(flatten)]
+        file: TopologyFile,
+        #[command(flatten)]
+        broker: Broker,
+        #[command(flatten)]
+        key: KeyId,
+        /// Check a log file written by `export-log` instead of the broker.
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
+    /// Copy every audited topic and the anchors into one log file.
+    ExportLog {
+        #[command(flatten)]
+        file: TopologyFile,
+        #[command(flatten)]
+        broker: Broker,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Prove that a record is covered by an anchor (`--offset`), or that a
+    /// later anchor extends an earlier one (`--from`, `--to`).
+    Prove {
+        #[command(flatten)]
+        broker: Broker,
+        /// Audited topic.
+        #[arg(long)]
+        topic: String,
+        /// Partition.
+        #[arg(long)]
+        partition: i32,
+        /// The record's offset (inclusion proof).
+        #[arg(long, conflicts_with_all = ["from", "to"], required_unless_present = "from")]
+        offset: Option<i64>,
+        /// The anchor to prove against (default: the first covering it).
+        #[arg(long, requires = "offset")]
+        anchor: Option<i64>,
+        /// Earlier anchor's sequence (consistency proof).
+        #[arg(long, requires = "to")]
+        from: Option<i64>,
+        /// Later anchor's sequence.
+        #[arg(long, requires = "from")]
+        to: Option<i64>,
+        /// Write the proof here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a proof using only the proof and the anchors (from the broker
+    /// or a log file); signatures too when the signing key is set.
+    VerifyProof {
+        /// The proof (JSON from `prove`).
+        #[arg(long)]
+        proof: PathBuf,
+        #[command(flatten)]
+        broker: Broker,
+        #[command(flatten)]
+        key: KeyId,
+        /// Read the anchors from a log file instead of the broker.
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GdprCommand {
+    /// File a request and print the saga's answer.
+    Request {
+        #[command(flatten)]
+        file: TopologyFile,
+        #[command(flatten)]
+        broker: Broker,
+        #[command(flatten)]
+        registry: RegistryUrl,
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// `erasure` or `access`.
+        #[arg(long, default_value = "erasure")]
+        kind: String,
+        /// `user_id`, `mbox`, `account`, …
+        #[arg(long, default_value = "user_id")]
+        subject_kind: String,
+        /// The identifier as the source system knows it.
+        #[arg(long)]
+        subject_id: String,
+        /// Request id (default: a new UUID).
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Give up waiting for the answer after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Args)]
@@ -403,6 +517,41 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
         Command::Bench(BenchCommand::Privacy(args)) => bench(args, Stage::Privacy).await,
         Command::Bench(BenchCommand::Progress(args)) => bench(args, Stage::Progress).await,
         Command::Bench(BenchCommand::Analytics(args)) => bench(args, Stage::Analytics).await,
+        Command::Audit(command) => audit(command).await,
+        Command::Gdpr(GdprCommand::Request {
+            file,
+            broker,
+            registry,
+            tenant,
+            kind,
+            subject_kind,
+            subject_id,
+            request_id,
+            timeout_secs,
+        }) => {
+            use trellis_cli::gdpr::{Requests, render};
+            let topology = Topology::load_checked(&file.topology)?;
+            let kafka = KafkaConfig::new(broker.bootstrap_servers);
+            let requests = Requests::connect(&kafka, &registry.registry_url, &topology).await?;
+            let request = trellis_records::SubjectRequest {
+                request_id: request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                tenant_id: tenant,
+                kind,
+                subject_id_kind: subject_kind,
+                subject_id,
+                requested_at: trellis_runtime::ticker::now_ms(),
+            };
+            requests.file(&request).await?;
+            let answer = requests
+                .wait_for(&request.request_id, Duration::from_secs(timeout_secs))
+                .await?;
+            print!("{}", render(&answer));
+            Ok(if answer.status == "completed" {
+                ExitStatus::Success
+            } else {
+                ExitStatus::Failure
+            })
+        }
         Command::State(StateCommand::Digest { dir }) => {
             if !dir.exists() {
                 bail!("no state store at {}", dir.display());
@@ -420,6 +569,91 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
 
 /// Polls `metrics` until `trellis_consumer_position` reaches every end
 /// offset in `manifest`.
+async fn audit(command: AuditCommand) -> anyhow::Result<ExitStatus> {
+    use trellis_cli::audit::{self as a, ProofRequest, Source};
+    // The audit commands read whole logs with blocking clients.
+    tokio::task::spawn_blocking(move || match command {
+        AuditCommand::Verify {
+            file,
+            broker,
+            key,
+            log,
+        } => {
+            let topology = Topology::load_checked(&file.topology)?;
+            let signer = a::require(a::signer(&key.key_id)?)?;
+            let kafka = KafkaConfig::new(broker.bootstrap_servers);
+            let source = match &log {
+                Some(path) => Source::File(path),
+                None => Source::Broker(&kafka),
+            };
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let reports = a::verify(source, &topology, &signer, progress)?;
+            Ok(if reports.iter().any(|r| r.finding.is_some()) {
+                ExitStatus::Failure
+            } else {
+                ExitStatus::Success
+            })
+        }
+        AuditCommand::ExportLog { file, broker, out } => {
+            let topology = Topology::load_checked(&file.topology)?;
+            let kafka = KafkaConfig::new(broker.bootstrap_servers);
+            let n = a::export_log(&kafka, &topology, &out)?;
+            println!("{n} records written to {}", out.display());
+            Ok(ExitStatus::Success)
+        }
+        AuditCommand::Prove {
+            broker,
+            topic,
+            partition,
+            offset,
+            anchor,
+            from,
+            to,
+            out,
+        } => {
+            let kafka = KafkaConfig::new(broker.bootstrap_servers);
+            let request = match (offset, from, to) {
+                (Some(offset), _, _) => ProofRequest::Inclusion { offset, anchor },
+                (None, Some(from), Some(to)) => ProofRequest::Consistency { from, to },
+                _ => bail!("give --offset, or --from and --to"),
+            };
+            let proof = a::prove(&kafka, &topic, partition, request)?;
+            a::write_proof(&proof, out.as_ref())?;
+            Ok(ExitStatus::Success)
+        }
+        AuditCommand::VerifyProof {
+            proof,
+            broker,
+            key,
+            log,
+        } => {
+            let kafka = KafkaConfig::new(broker.bootstrap_servers);
+            let signer = a::signer(&key.key_id)?;
+            let source = match &log {
+                Some(path) => Source::File(path),
+                None => Source::Broker(&kafka),
+            };
+            match a::check_proof(&proof, source, signer.as_ref()) {
+                Ok(message) => {
+                    println!("valid: {message}");
+                    if signer.is_none() {
+                        println!(
+                            "(anchor signatures not checked: {} is not set)",
+                            a::SIGNING_KEY
+                        );
+                    }
+                    Ok(ExitStatus::Success)
+                }
+                Err(e) => {
+                    println!("INVALID: {e:#}");
+                    Ok(ExitStatus::Failure)
+                }
+            }
+        }
+    })
+    .await?
+}
+
 async fn wait_for_positions(
     ends: &BTreeMap<String, i64>,
     metrics: &str,

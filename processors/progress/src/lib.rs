@@ -680,6 +680,19 @@ impl Progress {
                 );
             }
             "access" => {
+                // The rows themselves (pseudonymous, like this topic) for
+                // the saga's export document.
+                let mut held = serde_json::Map::new();
+                for (key, value) in rows {
+                    let row: RowState = decode_state(&value)?;
+                    let activity = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                    held.insert(
+                        activity,
+                        serde_json::to_value(&row)
+                            .map_err(|e| ProcessError::Fatal(e.to_string()))?,
+                    );
+                }
+                ack.export = Some(serde_json::Value::Object(held).to_string());
                 ack.detail = format!("{} progress rows held", ack.records_affected);
             }
             other => {

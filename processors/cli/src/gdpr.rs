@@ -1,0 +1,163 @@
+//! `trellis gdpr …`: file data-subject requests and read the answers.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use trellis_records::{
+    SUBJECT_ACKS_TOPIC, SUBJECT_REQUESTS_TOPIC, SubjectRequest, SubjectRequestAck,
+};
+use trellis_runtime::config::KafkaConfig;
+use trellis_runtime::kafka::{ID_HEADER, TENANT_HEADER, client_config};
+use trellis_runtime::schema::{AvroDecoder, AvroEncoder, SchemaFile, registry_settings};
+use trellis_runtime::topology::Topology;
+
+/// Files requests and waits for their answers.
+pub struct Requests {
+    producer: FutureProducer,
+    encoder: AvroEncoder,
+    decoder: AvroDecoder,
+    answers: StreamConsumer,
+}
+
+impl Requests {
+    /// Connects; answers are read from the end of the acknowledged topic
+    /// as it is now, so only answers to requests filed from here on count.
+    pub async fn connect(
+        kafka: &KafkaConfig,
+        registry: &str,
+        topology: &Topology,
+    ) -> anyhow::Result<Self> {
+        let settings = registry_settings(registry)?;
+        let spec = topology
+            .topic(SUBJECT_REQUESTS_TOPIC)
+            .map_err(anyhow::Error::msg)?;
+        let schema =
+            SchemaFile::load(&topology.schema_path(spec.schema.as_deref().unwrap_or_default()))?;
+        let encoder = AvroEncoder::register(&settings, SUBJECT_REQUESTS_TOPIC, &schema).await?;
+        let mut config = client_config(kafka);
+        config
+            .set(
+                "group.id",
+                format!("trellis-gdpr-cli-{}", uuid::Uuid::new_v4()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "latest");
+        let answers: StreamConsumer = config.create()?;
+        let ends = trellis_runtime::kafka::end_offsets(kafka, SUBJECT_ACKS_TOPIC)?;
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        for (coordinates, end) in ends {
+            let partition: i32 = coordinates
+                .rsplit_once('/')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(0);
+            assignment.add_partition_offset(
+                SUBJECT_ACKS_TOPIC,
+                partition,
+                rdkafka::Offset::Offset(end),
+            )?;
+        }
+        answers.assign(&assignment)?;
+        Ok(Self {
+            producer: trellis_runtime::kafka::producer_config(kafka, None).create()?,
+            encoder,
+            decoder: AvroDecoder::new(settings),
+            answers,
+        })
+    }
+
+    /// Files `request` (keyed by request id, as the saga expects).
+    pub async fn file(&self, request: &SubjectRequest) -> anyhow::Result<()> {
+        let value = self.encoder.encode(request)?;
+        let id = format!("request/{}", request.request_id);
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: ID_HEADER,
+                value: Some(id.as_bytes()),
+            })
+            .insert(Header {
+                key: TENANT_HEADER,
+                value: Some(request.tenant_id.as_bytes()),
+            });
+        self.producer
+            .send(
+                FutureRecord::to(SUBJECT_REQUESTS_TOPIC)
+                    .key(&request.request_id)
+                    .payload(&value)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .context("filing the request")?;
+        Ok(())
+    }
+
+    /// The next answer on the acknowledged topic.
+    pub async fn next_answer(&self, timeout: Duration) -> anyhow::Result<SubjectRequestAck> {
+        let message = tokio::time::timeout(timeout, self.answers.recv())
+            .await
+            .context("no answer in time")??;
+        let value = message.payload().unwrap_or_default();
+        Ok(self.decoder.decode(value).await?)
+    }
+
+    /// Waits for the answer to `request_id`.
+    pub async fn wait_for(
+        &self,
+        request_id: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<SubjectRequestAck> {
+        let started = Instant::now();
+        loop {
+            let left = timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                bail!("no answer to {request_id} within {timeout:?}");
+            }
+            let answer = self.next_answer(left).await?;
+            if answer.request_id == request_id {
+                return Ok(answer);
+            }
+        }
+    }
+}
+
+/// One line per participant, for people.
+pub fn render(ack: &SubjectRequestAck) -> String {
+    let mut text = format!(
+        "{} {} for tenant {}: {}{} after {} ms\n",
+        ack.kind,
+        ack.request_id,
+        ack.tenant_id,
+        ack.status,
+        ack.reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default(),
+        ack.acknowledged_at - ack.requested_at
+    );
+    for p in &ack.participants {
+        text.push_str(&format!(
+            "  {:<10} {:<10} {:>6} records  {}{}\n",
+            p.participant,
+            p.outcome,
+            p.records_affected,
+            p.detail,
+            if p.shredded_key_ids.is_empty() {
+                String::new()
+            } else {
+                format!(" [shredded {}]", p.shredded_key_ids.join(", "))
+            }
+        ));
+    }
+    if let Some(anchor) = &ack.audit_anchor {
+        text.push_str(&format!("  audit anchor {anchor}\n"));
+    }
+    if let Some(export) = &ack.export {
+        text.push_str(&format!("  export written to {export}\n"));
+    }
+    text
+}

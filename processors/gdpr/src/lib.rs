@@ -1,0 +1,879 @@
+//! The GDPR processor: data-subject requests as a saga over the
+//! participants (DESIGN.md promise 5).
+//!
+//! A request on `gdpr.subject_request.received.v1` is checked (known tenant,
+//! well-formed subject; otherwise it is answered `rejected` with a reason)
+//! and checked against legal holds (answered `deferred` with the hold's
+//! reason). Then:
+//!
+//! 1. **privacy** gets a shred request (`gdpr.shred_requests`): it alone
+//!    can turn the identifier into the pseudonym, and for an erasure it
+//!    destroys the subject's key material and rotates the tenant KEK.
+//! 2. With the pseudonym from privacy's answer, every pseudonym-keyed
+//!    participant (`progress`, `analytics`) gets an erase command
+//!    (`gdpr.erase_commands`). A subject privacy never saw stops here.
+//! 3. Once everyone answered, the saga writes `subject_request.executed`
+//!    (or `subject.exported`) to `audit.events`, and waits for the first
+//!    anchor on `audit.anchors` that covers one of the request's audit
+//!    events (the shred, or that one).
+//! 4. It answers on `gdpr.subject_request.acknowledged.v1` with every
+//!    participant's result, the key ids shredded, the anchor's hash and
+//!    the times.
+//!
+//! # State is facts, the saga is derived
+//! The store holds facts — the request, each participant's answer, the
+//! first anchor naming the request — each written the first time it is
+//! seen, whatever the order. After every fact, [`Gdpr::advance`] moves the
+//! saga as far as the facts allow. Timestamps in the answer come from the
+//! facts (answers' and anchor's times), never from whichever record
+//! happened to complete the saga. So a replay that meets the facts in
+//! another order across partitions reaches the same state, and a restart
+//! of the saga or of any participant mid-saga only delays it: commands and
+//! answers are in the log, participants answer a re-sent command with the
+//! same stored answer.
+//!
+//! # Re-sends
+//! Commands still unanswered `retry_after_ms` after they were issued are
+//! re-sent (same command id, a higher `attempt`) when a tick on
+//! `gdpr.ticks` is processed; ticks are written only while sagas are open.
+//!
+//! # What the store keeps
+//! The subject identifier is kept only while the saga is open: it is
+//! needed to re-send privacy's command. It is removed when the saga ends.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use trellis_audit::canonical::anchor_hash;
+use trellis_records::{
+    ANCHORS_TOPIC, AUDIT_EVENTS_TOPIC, Anchor, AuditEvent, ERASE_COMMANDS_TOPIC, EraseCommand,
+    PARTICIPANT_ACKS_TOPIC, ParticipantAck, ParticipantResult, SHRED_REQUESTS_TOPIC,
+    SUBJECT_ACKS_TOPIC, SUBJECT_REQUESTS_TOPIC, ShredRequest, SubjectRequest, SubjectRequestAck,
+    Tick,
+};
+use trellis_runtime::pipeline::{Exit, Failure, StartError};
+use trellis_runtime::schema::{AvroDecoder, AvroEncoder};
+use trellis_runtime::state::StateError;
+use trellis_runtime::ticker::{Pending, TickRecord};
+use trellis_runtime::{
+    Config, Emitter, InputRecord, OutputRecord, ProcessError, Processor, Runtime, StateStore,
+    StateTxn,
+};
+
+/// Processor name (topology.yaml).
+pub const NAME: &str = "gdpr";
+/// The saga's clock.
+pub const TICKS_TOPIC: &str = "gdpr.ticks";
+/// The participant that holds the keys and knows identifiers.
+pub const PRIVACY: &str = "privacy";
+
+/// Identifier kinds the collector produces (`Actor::id_kind`).
+const SUBJECT_KINDS: &[&str] = &["user_id", "mbox", "mbox_sha1sum", "account", "openid"];
+
+/// A legal hold: erasure of matching subjects is deferred.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegalHold {
+    /// Tenant.
+    pub tenant: String,
+    /// With `subject_id`: one subject; without: the whole tenant.
+    #[serde(default)]
+    pub subject_id_kind: Option<String>,
+    /// The subject's identifier.
+    #[serde(default)]
+    pub subject_id: Option<String>,
+    /// Recorded in the acknowledgement.
+    pub reason: String,
+}
+
+impl LegalHold {
+    fn holds(&self, request: &SubjectRequest) -> bool {
+        self.tenant == request.tenant_id
+            && self
+                .subject_id_kind
+                .as_ref()
+                .is_none_or(|k| *k == request.subject_id_kind)
+            && self
+                .subject_id
+                .as_ref()
+                .is_none_or(|id| *id == request.subject_id)
+    }
+}
+
+/// `settings:` of the GDPR processor's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Tenants requests may name.
+    pub tenants: Vec<String>,
+    /// Participants that know learners by pseudonym (after privacy).
+    #[serde(default = "default_participants")]
+    pub participants: Vec<String>,
+    /// Re-send a command nobody answered after this long.
+    #[serde(default = "default_retry")]
+    pub retry_after_ms: i64,
+    /// Tick period while sagas are open.
+    #[serde(default = "default_tick")]
+    pub tick_ms: u64,
+    /// Erasures deferred by legal hold.
+    #[serde(default)]
+    pub legal_holds: Vec<LegalHold>,
+    /// Where access exports are written (a restricted location: the
+    /// directory is created owner-only).
+    pub export_dir: PathBuf,
+}
+
+fn default_participants() -> Vec<String> {
+    vec!["progress".into(), "analytics".into()]
+}
+
+fn default_retry() -> i64 {
+    30_000
+}
+
+fn default_tick() -> u64 {
+    1_000
+}
+
+impl Settings {
+    /// Every problem, at once.
+    ///
+    /// # Errors
+    /// A message naming each bad setting.
+    pub fn check(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.tenants.is_empty() {
+            problems.push("settings.tenants is empty: no request could be accepted".to_string());
+        }
+        if self.retry_after_ms <= 0 || self.tick_ms == 0 {
+            problems.push("settings.retry_after_ms and settings.tick_ms must be positive".into());
+        }
+        for hold in &self.legal_holds {
+            if hold.subject_id.is_some() != hold.subject_id_kind.is_some() {
+                problems.push(format!(
+                    "legal hold for tenant `{}`: give both subject_id_kind and subject_id, or neither",
+                    hold.tenant
+                ));
+            }
+            if hold.reason.trim().is_empty() {
+                problems.push(format!(
+                    "legal hold for tenant `{}` has no reason",
+                    hold.tenant
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+mod keys {
+    pub const REQUEST: u8 = b'r';
+    pub const ANSWER: u8 = b'k';
+    pub const ANCHOR: u8 = b'n';
+    pub const OPEN: u8 = b'o';
+
+    pub fn key(kind: u8, parts: &[&str]) -> Vec<u8> {
+        let mut key = vec![kind];
+        for part in parts {
+            key.extend_from_slice(part.as_bytes());
+            key.push(0);
+        }
+        key
+    }
+}
+
+/// Where a saga is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stage {
+    /// Waiting for privacy.
+    Privacy,
+    /// Waiting for the pseudonym-keyed participants.
+    Participants,
+    /// Waiting for an anchor covering the request.
+    Anchor,
+    /// Answered.
+    Answered(Box<SubjectRequestAck>),
+}
+
+/// A request and what the saga did with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Saga {
+    request: SubjectRequest,
+    /// The request record's timestamp: when privacy's command was issued.
+    received_at: i64,
+    stage: Stage,
+}
+
+/// The first anchor naming a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct AnchorFact {
+    hash: String,
+    anchored_at: i64,
+}
+
+fn state_err(e: impl std::fmt::Display) -> ProcessError {
+    StateError::corrupt(format!("gdpr state: {e}")).into()
+}
+
+fn get<T: for<'de> Deserialize<'de>>(
+    txn: &StateTxn<'_>,
+    key: &[u8],
+) -> Result<Option<T>, ProcessError> {
+    txn.get(key)?
+        .map(|bytes| postcard::from_bytes(&bytes).map_err(state_err))
+        .transpose()
+}
+
+fn put<T: Serialize>(txn: &mut StateTxn<'_>, key: Vec<u8>, value: &T) -> Result<(), ProcessError> {
+    txn.put(key, postcard::to_allocvec(value).map_err(state_err)?);
+    Ok(())
+}
+
+/// Encoders the processor writes with.
+pub struct Encoders {
+    /// `gdpr.shred_requests`.
+    pub shred: AvroEncoder,
+    /// `gdpr.erase_commands`.
+    pub erase: AvroEncoder,
+    /// `gdpr.subject_request.acknowledged.v1`.
+    pub acks: AvroEncoder,
+    /// `audit.events`.
+    pub audit: AvroEncoder,
+}
+
+/// The processor.
+pub struct Gdpr {
+    settings: Settings,
+    decoder: AvroDecoder,
+    encoders: Encoders,
+    pending: Pending,
+    open: usize,
+    topics: BTreeMap<&'static str, Arc<str>>,
+}
+
+fn encode<T: Serialize>(encoder: &AvroEncoder, value: &T) -> Result<Vec<u8>, ProcessError> {
+    encoder
+        .encode(value)
+        .map_err(|e| ProcessError::Fatal(e.to_string()))
+}
+
+impl Gdpr {
+    /// A saga processor.
+    pub fn new(
+        settings: Settings,
+        decoder: AvroDecoder,
+        encoders: Encoders,
+        pending: Pending,
+    ) -> Self {
+        let topics = [
+            SHRED_REQUESTS_TOPIC,
+            ERASE_COMMANDS_TOPIC,
+            SUBJECT_ACKS_TOPIC,
+            AUDIT_EVENTS_TOPIC,
+        ]
+        .into_iter()
+        .map(|t| (t, Arc::from(t)))
+        .collect();
+        Self {
+            settings,
+            decoder,
+            encoders,
+            pending,
+            open: 0,
+            topics,
+        }
+    }
+
+    fn topic(&self, name: &'static str) -> Arc<str> {
+        self.topics[name].clone()
+    }
+
+    /// Why a request cannot be accepted, if it cannot.
+    fn invalid(&self, request: &SubjectRequest) -> Option<String> {
+        if request.request_id.is_empty() || request.request_id.len() > 200 {
+            return Some("request_id must be 1 to 200 characters".into());
+        }
+        if !self.settings.tenants.contains(&request.tenant_id) {
+            return Some(format!("unknown tenant `{}`", request.tenant_id));
+        }
+        if request.kind != "erasure" && request.kind != "access" {
+            return Some(format!(
+                "unknown kind `{}` (erasure or access)",
+                request.kind
+            ));
+        }
+        if !SUBJECT_KINDS.contains(&request.subject_id_kind.as_str()) {
+            return Some(format!(
+                "unknown subject_id_kind `{}` ({})",
+                request.subject_id_kind,
+                SUBJECT_KINDS.join(", ")
+            ));
+        }
+        let id = request.subject_id.trim();
+        if id.is_empty() || id != request.subject_id {
+            return Some("subject_id is empty or has surrounding whitespace".into());
+        }
+        if request.subject_id_kind == "mbox" && !(id.starts_with("mailto:") && id.contains('@')) {
+            return Some("an mbox subject_id must be a mailto: address".into());
+        }
+        None
+    }
+
+    fn on_request(
+        &mut self,
+        record: &InputRecord<'_>,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let Some(request) =
+            out.decode_or_dead_letter::<SubjectRequest>(&self.decoder, record, NAME)
+        else {
+            return Ok(());
+        };
+        let key = keys::key(keys::REQUEST, &[&request.request_id]);
+        if let Some(saga) = get::<Saga>(txn, &key)? {
+            // Re-filed: answer again if answered, otherwise it is under way.
+            if let Stage::Answered(ack) = &saga.stage {
+                self.answer(ack, out)?;
+            }
+            return Ok(());
+        }
+        let received_at = record.timestamp_ms.unwrap_or_default();
+        let refusal = self.invalid(&request).map(|r| ("rejected", r)).or_else(|| {
+            (request.kind == "erasure")
+                .then(|| self.settings.legal_holds.iter().find(|h| h.holds(&request)))
+                .flatten()
+                .map(|h| ("deferred", format!("legal hold: {}", h.reason)))
+        });
+        if let Some((status, reason)) = refusal {
+            let ack = SubjectRequestAck {
+                request_id: request.request_id.clone(),
+                tenant_id: request.tenant_id.clone(),
+                kind: request.kind.clone(),
+                status: status.into(),
+                reason: Some(reason),
+                participants: Vec::new(),
+                audit_anchor: None,
+                export: None,
+                requested_at: request.requested_at,
+                acknowledged_at: received_at,
+            };
+            self.answer(&ack, out)?;
+            let mut request = request;
+            request.subject_id.clear();
+            let saga = Saga {
+                request,
+                received_at,
+                stage: Stage::Answered(Box::new(ack)),
+            };
+            return put(txn, key, &saga);
+        }
+        let saga = Saga {
+            request,
+            received_at,
+            stage: Stage::Privacy,
+        };
+        self.shred_command(&saga.request, 1, out)?;
+        txn.put(
+            keys::key(keys::OPEN, &[&saga.request.request_id]),
+            Vec::new(),
+        );
+        self.open += 1;
+        put(txn, key.clone(), &saga)?;
+        self.advance(&saga.request.request_id.clone(), txn, out)
+    }
+
+    fn shred_command(
+        &self,
+        request: &SubjectRequest,
+        attempt: i32,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let command = ShredRequest {
+            command_id: format!("{}/{PRIVACY}", request.request_id),
+            request_id: request.request_id.clone(),
+            tenant_id: request.tenant_id.clone(),
+            kind: request.kind.clone(),
+            subject_id_kind: request.subject_id_kind.clone(),
+            subject_id: request.subject_id.clone(),
+            attempt,
+            issued_at: request.requested_at,
+        };
+        out.emit(OutputRecord {
+            topic: self.topic(SHRED_REQUESTS_TOPIC),
+            key: request.request_id.clone().into_bytes(),
+            value: Some(encode(&self.encoders.shred, &command)?),
+            id: format!("{NAME}/{}/{attempt}", command.command_id),
+            tenant: Some(request.tenant_id.clone()),
+        });
+        Ok(())
+    }
+
+    fn erase_commands(
+        &self,
+        request: &SubjectRequest,
+        learner: &str,
+        participants: &[&String],
+        attempt: i32,
+        issued_at: i64,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        for participant in participants {
+            let command = EraseCommand {
+                command_id: format!("{}/{participant}", request.request_id),
+                request_id: request.request_id.clone(),
+                tenant_id: request.tenant_id.clone(),
+                participant: (*participant).clone(),
+                kind: request.kind.clone(),
+                learner: Some(learner.to_string()),
+                attempt,
+                issued_at,
+            };
+            out.emit(OutputRecord {
+                topic: self.topic(ERASE_COMMANDS_TOPIC),
+                key: request.request_id.clone().into_bytes(),
+                value: Some(encode(&self.encoders.erase, &command)?),
+                id: format!("{NAME}/{}/{attempt}", command.command_id),
+                tenant: Some(request.tenant_id.clone()),
+            });
+        }
+        Ok(())
+    }
+
+    fn answer(&self, ack: &SubjectRequestAck, out: &mut Emitter) -> Result<(), ProcessError> {
+        out.emit(OutputRecord {
+            topic: self.topic(SUBJECT_ACKS_TOPIC),
+            key: ack.request_id.clone().into_bytes(),
+            value: Some(encode(&self.encoders.acks, ack)?),
+            id: format!("{NAME}/ack/{}", ack.request_id),
+            tenant: Some(ack.tenant_id.clone()),
+        });
+        Ok(())
+    }
+
+    fn answers(
+        &self,
+        request_id: &str,
+        txn: &StateTxn<'_>,
+    ) -> Result<BTreeMap<String, ParticipantAck>, ProcessError> {
+        let mut answers = BTreeMap::new();
+        for participant in
+            std::iter::once(PRIVACY).chain(self.settings.participants.iter().map(String::as_str))
+        {
+            if let Some(ack) =
+                get::<ParticipantAck>(txn, &keys::key(keys::ANSWER, &[request_id, participant]))?
+            {
+                answers.insert(participant.to_string(), ack);
+            }
+        }
+        Ok(answers)
+    }
+
+    /// Moves the saga of `request_id` as far as the stored facts allow.
+    fn advance(
+        &mut self,
+        request_id: &str,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let key = keys::key(keys::REQUEST, &[request_id]);
+        let Some(mut saga) = get::<Saga>(txn, &key)? else {
+            return Ok(());
+        };
+        let answers = self.answers(request_id, txn)?;
+        let stage_before = saga.stage.clone();
+        if saga.stage == Stage::Privacy
+            && let Some(privacy) = answers.get(PRIVACY)
+        {
+            match (&privacy.learner, privacy.outcome.as_str()) {
+                (Some(learner), "done") => {
+                    let participants: Vec<&String> = self.settings.participants.iter().collect();
+                    self.erase_commands(
+                        &saga.request,
+                        learner,
+                        &participants,
+                        1,
+                        privacy.acked_at,
+                        out,
+                    )?;
+                    saga.stage = Stage::Participants;
+                }
+                // Never seen (or nothing left to do): nobody else can hold
+                // anything keyed by a pseudonym that never existed.
+                _ => saga.stage = Stage::Anchor,
+            }
+            if saga.stage == Stage::Anchor {
+                self.executed(&saga, &answers, out)?;
+            }
+        }
+        if saga.stage == Stage::Participants
+            && self
+                .settings
+                .participants
+                .iter()
+                .all(|p| answers.contains_key(p))
+        {
+            saga.stage = Stage::Anchor;
+            self.executed(&saga, &answers, out)?;
+        }
+        if saga.stage == Stage::Anchor
+            && let Some(anchor) = get::<AnchorFact>(txn, &keys::key(keys::ANCHOR, &[request_id]))?
+        {
+            let ack = self.complete(&saga, &answers, anchor)?;
+            self.answer(&ack, out)?;
+            saga.request.subject_id.clear();
+            saga.stage = Stage::Answered(Box::new(ack));
+            txn.delete(keys::key(keys::OPEN, &[request_id]));
+            self.open = self.open.saturating_sub(1);
+        }
+        if saga.stage != stage_before {
+            put(txn, key, &saga)?;
+        }
+        self.pending.set(self.open > 0);
+        Ok(())
+    }
+
+    /// The audit event saying every participant answered.
+    fn executed(
+        &self,
+        saga: &Saga,
+        answers: &BTreeMap<String, ParticipantAck>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let request = &saga.request;
+        let at = answers
+            .values()
+            .map(|a| a.acked_at)
+            .max()
+            .unwrap_or(saga.received_at);
+        let action = if request.kind == "access" {
+            "subject.exported"
+        } else {
+            "subject_request.executed"
+        };
+        let learner = answers.get(PRIVACY).and_then(|a| a.learner.clone());
+        let mut details = BTreeMap::from([
+            ("request_id".to_string(), request.request_id.clone()),
+            ("kind".to_string(), request.kind.clone()),
+        ]);
+        for (participant, answer) in answers {
+            details.insert(format!("outcome.{participant}"), answer.outcome.clone());
+        }
+        let event = AuditEvent {
+            event_id: format!("{NAME}/{}/executed", request.request_id),
+            tenant_id: Some(request.tenant_id.clone()),
+            actor: NAME.to_string(),
+            action: action.to_string(),
+            subject: learner,
+            field: None,
+            reason: None,
+            occurred_at: at,
+            details,
+        };
+        out.emit(OutputRecord {
+            topic: self.topic(AUDIT_EVENTS_TOPIC),
+            key: request.tenant_id.clone().into_bytes(),
+            value: Some(encode(&self.encoders.audit, &event)?),
+            id: event.event_id.clone(),
+            tenant: Some(request.tenant_id.clone()),
+        });
+        Ok(())
+    }
+
+    fn complete(
+        &self,
+        saga: &Saga,
+        answers: &BTreeMap<String, ParticipantAck>,
+        anchor: AnchorFact,
+    ) -> Result<SubjectRequestAck, ProcessError> {
+        let request = &saga.request;
+        let participants: Vec<ParticipantResult> = std::iter::once(PRIVACY)
+            .chain(self.settings.participants.iter().map(String::as_str))
+            .filter_map(|p| answers.get(p))
+            .map(|a| ParticipantResult {
+                participant: a.participant.clone(),
+                outcome: a.outcome.clone(),
+                detail: a.detail.clone(),
+                shredded_key_ids: a.shredded_key_ids.clone(),
+                records_affected: a.records_affected,
+            })
+            .collect();
+        let answered = answers
+            .values()
+            .map(|a| a.acked_at)
+            .max()
+            .unwrap_or(saga.received_at);
+        let export = if request.kind == "access" {
+            Some(self.export(saga, answers)?)
+        } else {
+            None
+        };
+        Ok(SubjectRequestAck {
+            request_id: request.request_id.clone(),
+            tenant_id: request.tenant_id.clone(),
+            kind: request.kind.clone(),
+            status: "completed".into(),
+            reason: None,
+            participants,
+            audit_anchor: Some(anchor.hash),
+            export,
+            requested_at: request.requested_at,
+            acknowledged_at: answered.max(anchor.anchored_at),
+        })
+    }
+
+    /// Writes the access export: one JSON document, owner-only, under
+    /// `export_dir/<tenant>/`. Returns its path. Written again on replay
+    /// with the same content.
+    fn export(
+        &self,
+        saga: &Saga,
+        answers: &BTreeMap<String, ParticipantAck>,
+    ) -> Result<String, ProcessError> {
+        let request = &saga.request;
+        let parts: BTreeMap<&String, serde_json::Value> = answers
+            .iter()
+            .map(|(participant, a)| {
+                let held = a
+                    .export
+                    .as_deref()
+                    .and_then(|e| serde_json::from_str(e).ok())
+                    .unwrap_or(serde_json::Value::Null);
+                (
+                    participant,
+                    serde_json::json!({
+                        "outcome": a.outcome,
+                        "detail": a.detail,
+                        "records": a.records_affected,
+                        "data": held,
+                    }),
+                )
+            })
+            .collect();
+        let document = serde_json::json!({
+            "request_id": request.request_id,
+            "tenant_id": request.tenant_id,
+            "subject": {"id_kind": request.subject_id_kind, "id": request.subject_id},
+            "pseudonym": answers.get(PRIVACY).and_then(|a| a.learner.clone()),
+            "requested_at": request.requested_at,
+            "held_by": parts,
+        });
+        let dir = self.settings.export_dir.join(&request.tenant_id);
+        let path = dir.join(format!(
+            "{}.json",
+            hex::encode(request.request_id.as_bytes())
+        ));
+        write_private(
+            &dir,
+            &path,
+            &serde_json::to_vec_pretty(&document).map_err(state_err)?,
+        )
+        .map_err(|e| ProcessError::Fatal(format!("cannot write export {}: {e}", path.display())))?;
+        Ok(path.display().to_string())
+    }
+
+    fn on_answer(
+        &mut self,
+        record: &InputRecord<'_>,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let Some(ack) = out.decode_or_dead_letter::<ParticipantAck>(&self.decoder, record, NAME)
+        else {
+            return Ok(());
+        };
+        let key = keys::key(keys::ANSWER, &[&ack.request_id, &ack.participant]);
+        if txn.get(&key)?.is_some() {
+            // A re-sent command's answer: the first one stands.
+            out.dropped_duplicate();
+            return Ok(());
+        }
+        put(txn, key, &ack)?;
+        self.advance(&ack.request_id, txn, out)
+    }
+
+    fn on_anchor(
+        &mut self,
+        record: &InputRecord<'_>,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let Some(anchor) = out.decode_or_dead_letter::<Anchor>(&self.decoder, record, NAME) else {
+            return Ok(());
+        };
+        if anchor.request_ids.is_empty() {
+            return Ok(());
+        }
+        let fact = AnchorFact {
+            hash: hex::encode(anchor_hash(&anchor)),
+            anchored_at: anchor.anchored_at,
+        };
+        for request_id in &anchor.request_ids {
+            let key = keys::key(keys::ANCHOR, &[request_id]);
+            if txn.get(&key)?.is_none() {
+                put(txn, key, &fact)?;
+                self.advance(request_id, txn, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_tick(
+        &mut self,
+        record: &InputRecord<'_>,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let Some(tick) = out.decode_or_dead_letter::<Tick>(&self.decoder, record, NAME) else {
+            return Ok(());
+        };
+        let retry = self.settings.retry_after_ms;
+        let attempt = |since: i64| 1 + ((tick.at - since) / retry).clamp(0, 1_000) as i32;
+        for (key, _) in txn.scan_prefix(&[keys::OPEN])? {
+            let request_id = String::from_utf8_lossy(&key[1..key.len() - 1]).into_owned();
+            let Some(saga) = get::<Saga>(txn, &keys::key(keys::REQUEST, &[&request_id]))? else {
+                continue;
+            };
+            let answers = self.answers(&request_id, txn)?;
+            match saga.stage {
+                Stage::Privacy if tick.at - saga.received_at >= retry => {
+                    self.shred_command(&saga.request, attempt(saga.received_at), out)?;
+                }
+                Stage::Participants => {
+                    let privacy = &answers[PRIVACY];
+                    if tick.at - privacy.acked_at < retry {
+                        continue;
+                    }
+                    let silent: Vec<&String> = self
+                        .settings
+                        .participants
+                        .iter()
+                        .filter(|p| !answers.contains_key(*p))
+                        .collect();
+                    if let Some(learner) = &privacy.learner {
+                        self.erase_commands(
+                            &saga.request,
+                            learner,
+                            &silent,
+                            attempt(privacy.acked_at),
+                            privacy.acked_at,
+                            out,
+                        )?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_private(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let partial = path.with_extension("partial");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(partial, path)
+}
+
+impl Processor for Gdpr {
+    fn restore(&mut self, store: &StateStore) -> Result<(), StateError> {
+        self.open = store.scan_prefix(&[keys::OPEN]).count();
+        self.pending.set(self.open > 0);
+        Ok(())
+    }
+
+    fn abandoned(&mut self) {
+        // The open count is only a hint for the ticker; a restart recounts.
+    }
+
+    fn process(
+        &mut self,
+        record: &InputRecord<'_>,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        match record.topic {
+            SUBJECT_REQUESTS_TOPIC => self.on_request(record, txn, out),
+            PARTICIPANT_ACKS_TOPIC => self.on_answer(record, txn, out),
+            ANCHORS_TOPIC => self.on_anchor(record, txn, out),
+            TICKS_TOPIC => self.on_tick(record, txn, out),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Starts the saga processor and runs it until `shutdown` resolves.
+///
+/// # Errors
+/// [`Failure`] when it cannot start or must stop; the message names the cause.
+pub async fn run(
+    config: Config<Settings>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Exit, Failure> {
+    config.settings.check().map_err(StartError::Misconfigured)?;
+    if config.kafka.instances > 1 {
+        return Err(StartError::Misconfigured(
+            "the gdpr processor runs as one instance (kafka.instances: 1): a saga's facts arrive on several topics".into(),
+        )
+        .into());
+    }
+    let runtime = Runtime::start(NAME, &config).await?;
+    let pending = Pending::default();
+    let ticks = runtime.encoder(TICKS_TOPIC).await?;
+    runtime.ticker(TICKS_TOPIC)?.spawn(
+        Duration::from_millis(config.settings.tick_ms),
+        pending.clone(),
+        move |at| {
+            Ok(TickRecord {
+                id: format!("tick/{NAME}/{at}"),
+                key: NAME.as_bytes().to_vec(),
+                value: ticks
+                    .encode(&Tick {
+                        processor: NAME.into(),
+                        at,
+                    })
+                    .map_err(|e| e.to_string())?,
+            })
+        },
+    );
+    let encoders = Encoders {
+        shred: runtime.encoder(SHRED_REQUESTS_TOPIC).await?,
+        erase: runtime.encoder(ERASE_COMMANDS_TOPIC).await?,
+        acks: runtime.encoder(SUBJECT_ACKS_TOPIC).await?,
+        audit: runtime.encoder(AUDIT_EVENTS_TOPIC).await?,
+    };
+    let gdpr = Gdpr::new(
+        config.settings.clone(),
+        runtime.decoder.clone(),
+        encoders,
+        pending,
+    );
+    Ok(runtime.run(gdpr, shutdown).await?)
+}
+
+#[cfg(test)]
+mod tests;

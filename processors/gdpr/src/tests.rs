@@ -1,0 +1,451 @@
+use apache_avro::Schema;
+use trellis_records::schema_text;
+use trellis_runtime::pipeline::{OwnedRecord, run_offline};
+use trellis_runtime::schema::registry_settings;
+
+use super::*;
+
+fn schema(file: &str) -> Schema {
+    Schema::parse_str(schema_text(file).unwrap()).unwrap()
+}
+
+const FILES: [(u32, &str, &str); 8] = [
+    (1, SUBJECT_REQUESTS_TOPIC, "subject_request.avsc"),
+    (2, PARTICIPANT_ACKS_TOPIC, "participant_ack.avsc"),
+    (3, ANCHORS_TOPIC, "anchor.avsc"),
+    (4, TICKS_TOPIC, "tick.avsc"),
+    (5, SHRED_REQUESTS_TOPIC, "shred_request.avsc"),
+    (6, ERASE_COMMANDS_TOPIC, "erase_command.avsc"),
+    (7, SUBJECT_ACKS_TOPIC, "subject_request_ack.avsc"),
+    (8, AUDIT_EVENTS_TOPIC, "audit_event.avsc"),
+];
+
+fn encoder(topic: &str) -> AvroEncoder {
+    let (id, _, file) = FILES.iter().find(|(_, t, _)| *t == topic).unwrap();
+    AvroEncoder::with_id(topic.into(), *id, schema(file)).unwrap()
+}
+
+fn decoder() -> AvroDecoder {
+    let decoder = AvroDecoder::new(registry_settings("http://127.0.0.1:9").unwrap());
+    for (id, _, file) in FILES {
+        decoder.insert(id, schema(file)).unwrap();
+    }
+    decoder
+}
+
+fn settings(export_dir: &std::path::Path) -> Settings {
+    Settings {
+        tenants: vec!["acme".into(), "globex".into()],
+        participants: default_participants(),
+        retry_after_ms: 10_000,
+        tick_ms: 1_000,
+        legal_holds: vec![LegalHold {
+            tenant: "globex".into(),
+            subject_id_kind: Some("user_id".into()),
+            subject_id: Some("held".into()),
+            reason: "litigation 114".into(),
+        }],
+        export_dir: export_dir.to_path_buf(),
+    }
+}
+
+fn gdpr(export_dir: &std::path::Path) -> Gdpr {
+    Gdpr::new(
+        settings(export_dir),
+        decoder(),
+        Encoders {
+            shred: encoder(SHRED_REQUESTS_TOPIC),
+            erase: encoder(ERASE_COMMANDS_TOPIC),
+            acks: encoder(SUBJECT_ACKS_TOPIC),
+            audit: encoder(AUDIT_EVENTS_TOPIC),
+        },
+        Pending::default(),
+    )
+}
+
+fn record<T: Serialize>(topic: &str, offset: i64, at: i64, value: &T) -> OwnedRecord {
+    OwnedRecord {
+        topic: topic.into(),
+        partition: 0,
+        offset,
+        timestamp_ms: Some(at),
+        key: None,
+        value: Some(encoder(topic).encode(value).unwrap()),
+        headers: Vec::new(),
+    }
+}
+
+fn request(id: &str, tenant: &str, kind: &str, subject: &str) -> SubjectRequest {
+    SubjectRequest {
+        request_id: id.into(),
+        tenant_id: tenant.into(),
+        kind: kind.into(),
+        subject_id_kind: "user_id".into(),
+        subject_id: subject.into(),
+        requested_at: 1_000,
+    }
+}
+
+fn answer(request_id: &str, participant: &str, outcome: &str, at: i64) -> ParticipantAck {
+    ParticipantAck {
+        command_id: format!("{request_id}/{participant}"),
+        request_id: request_id.into(),
+        tenant_id: "acme".into(),
+        participant: participant.into(),
+        outcome: outcome.into(),
+        detail: format!("{participant} did it"),
+        learner: (outcome == "done").then(|| "p_ann".to_string()),
+        shredded_key_ids: if participant == PRIVACY {
+            vec!["key-1".into()]
+        } else {
+            Vec::new()
+        },
+        records_affected: 3,
+        export: None,
+        acked_at: at,
+    }
+}
+
+fn anchor(sequence: i64, request_ids: &[&str], at: i64) -> Anchor {
+    Anchor {
+        sequence,
+        topic: AUDIT_EVENTS_TOPIC.into(),
+        partition: 0,
+        first_offset: sequence,
+        last_offset: sequence,
+        tree_size: sequence + 1,
+        root: "ab".repeat(32),
+        previous_hash: "00".repeat(32),
+        request_ids: request_ids.iter().map(|s| s.to_string()).collect(),
+        anchored_at: at,
+        key_id: "k".into(),
+        signature: "cd".repeat(32),
+    }
+}
+
+struct Run {
+    outputs: Vec<OutputRecord>,
+    digest: String,
+    _dir: tempfile::TempDir,
+}
+
+fn run(records: &[OwnedRecord], export_dir: &std::path::Path) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    let outputs = run_offline(&mut gdpr(export_dir), &store, records, 1)
+        .unwrap()
+        .outputs;
+    let digest = store.digest().unwrap().to_string();
+    Run {
+        outputs,
+        digest,
+        _dir: dir,
+    }
+}
+
+fn of<T: for<'de> Deserialize<'de>>(outputs: &[OutputRecord], topic: &str) -> Vec<T> {
+    let decoder = decoder();
+    outputs
+        .iter()
+        .filter(|o| &*o.topic == topic)
+        .map(|o| {
+            decoder
+                .decode_blocking(o.value.as_deref().unwrap())
+                .unwrap()
+        })
+        .collect()
+}
+
+fn erasure_log() -> Vec<OwnedRecord> {
+    vec![
+        record(
+            SUBJECT_REQUESTS_TOPIC,
+            0,
+            1_000,
+            &request("r1", "acme", "erasure", "42"),
+        ),
+        record(
+            PARTICIPANT_ACKS_TOPIC,
+            0,
+            1_100,
+            &answer("r1", PRIVACY, "done", 1_100),
+        ),
+        record(
+            PARTICIPANT_ACKS_TOPIC,
+            1,
+            1_200,
+            &answer("r1", "progress", "done", 1_200),
+        ),
+        record(
+            PARTICIPANT_ACKS_TOPIC,
+            2,
+            1_250,
+            &answer("r1", "analytics", "done", 1_250),
+        ),
+        record(ANCHORS_TOPIC, 0, 1_400, &anchor(0, &["r1"], 1_400)),
+    ]
+}
+
+#[test]
+fn an_erasure_runs_through_every_participant_and_cites_the_anchor() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = erasure_log();
+    let done = run(&log, dir.path());
+    let shreds: Vec<ShredRequest> = of(&done.outputs, SHRED_REQUESTS_TOPIC);
+    assert_eq!(shreds.len(), 1);
+    assert_eq!(
+        (shreds[0].subject_id.as_str(), shreds[0].attempt),
+        ("42", 1)
+    );
+    let erase: Vec<EraseCommand> = of(&done.outputs, ERASE_COMMANDS_TOPIC);
+    assert_eq!(
+        erase
+            .iter()
+            .map(|c| (c.participant.as_str(), c.learner.as_deref()))
+            .collect::<Vec<_>>(),
+        [("progress", Some("p_ann")), ("analytics", Some("p_ann"))]
+    );
+    let events: Vec<AuditEvent> = of(&done.outputs, AUDIT_EVENTS_TOPIC);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].details["request_id"], "r1");
+    let acks: Vec<SubjectRequestAck> = of(&done.outputs, SUBJECT_ACKS_TOPIC);
+    assert_eq!(acks.len(), 1);
+    let ack = &acks[0];
+    assert_eq!(ack.status, "completed");
+    assert_eq!(
+        ack.audit_anchor,
+        Some(hex::encode(anchor_hash(&anchor(0, &["r1"], 1_400))))
+    );
+    assert_eq!(
+        ack.participants
+            .iter()
+            .map(|p| p.participant.as_str())
+            .collect::<Vec<_>>(),
+        ["privacy", "progress", "analytics"]
+    );
+    assert_eq!(ack.participants[0].shredded_key_ids, ["key-1"]);
+    assert_eq!((ack.requested_at, ack.acknowledged_at), (1_000, 1_400));
+
+    // Before the anchor, nobody is answered.
+    let early = run(&log[..4], dir.path());
+    assert!(of::<SubjectRequestAck>(&early.outputs, SUBJECT_ACKS_TOPIC).is_empty());
+}
+
+#[test]
+fn facts_in_any_order_give_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = erasure_log();
+    let reference = run(&log, dir.path()).digest;
+    // Answers and the anchor replayed before the request (another partition
+    // interleaving), and a duplicate answer from a re-sent command.
+    let mut shuffled = log.clone();
+    shuffled.rotate_left(1);
+    shuffled.push(record(
+        PARTICIPANT_ACKS_TOPIC,
+        3,
+        9_000,
+        &answer("r1", "progress", "done", 9_000),
+    ));
+    let again = run(&shuffled, dir.path());
+    assert_eq!(again.digest, reference);
+    let acks: Vec<SubjectRequestAck> = of(&again.outputs, SUBJECT_ACKS_TOPIC);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].acknowledged_at, 1_400);
+}
+
+#[test]
+fn bad_requests_are_rejected_and_held_subjects_deferred_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mbox = request("r4", "acme", "erasure", "ann@example.org");
+    mbox.subject_id_kind = "mbox".into();
+    let log = vec![
+        record(
+            SUBJECT_REQUESTS_TOPIC,
+            0,
+            1,
+            &request("r1", "initech", "erasure", "42"),
+        ),
+        record(
+            SUBJECT_REQUESTS_TOPIC,
+            1,
+            2,
+            &request("r2", "acme", "erasure", ""),
+        ),
+        record(
+            SUBJECT_REQUESTS_TOPIC,
+            2,
+            3,
+            &request("r3", "globex", "erasure", "held"),
+        ),
+        record(SUBJECT_REQUESTS_TOPIC, 3, 4, &mbox),
+        record(
+            SUBJECT_REQUESTS_TOPIC,
+            4,
+            5,
+            &request("r5", "acme", "forget", "42"),
+        ),
+    ];
+    let done = run(&log, dir.path());
+    assert!(of::<ShredRequest>(&done.outputs, SHRED_REQUESTS_TOPIC).is_empty());
+    let acks: Vec<SubjectRequestAck> = of(&done.outputs, SUBJECT_ACKS_TOPIC);
+    let reasons: Vec<(&str, &str)> = acks
+        .iter()
+        .map(|a| (a.status.as_str(), a.reason.as_deref().unwrap()))
+        .collect();
+    assert_eq!(reasons[0], ("rejected", "unknown tenant `initech`"));
+    assert_eq!(reasons[1].0, "rejected");
+    assert_eq!(reasons[2], ("deferred", "legal hold: litigation 114"));
+    assert_eq!(
+        reasons[3],
+        ("rejected", "an mbox subject_id must be a mailto: address")
+    );
+    assert!(reasons[4].1.contains("unknown kind"));
+}
+
+#[test]
+fn a_subject_never_seen_completes_empty_without_other_participants() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = vec![
+        record(
+            SUBJECT_REQUESTS_TOPIC,
+            0,
+            1_000,
+            &request("r9", "acme", "erasure", "nobody"),
+        ),
+        record(
+            PARTICIPANT_ACKS_TOPIC,
+            0,
+            1_100,
+            &answer("r9", PRIVACY, "not_found", 1_100),
+        ),
+        record(ANCHORS_TOPIC, 0, 1_300, &anchor(0, &["r9"], 1_300)),
+    ];
+    let done = run(&log, dir.path());
+    assert!(of::<EraseCommand>(&done.outputs, ERASE_COMMANDS_TOPIC).is_empty());
+    let acks: Vec<SubjectRequestAck> = of(&done.outputs, SUBJECT_ACKS_TOPIC);
+    assert_eq!(acks[0].status, "completed");
+    assert_eq!(acks[0].participants.len(), 1);
+    assert_eq!(acks[0].participants[0].outcome, "not_found");
+}
+
+#[test]
+fn unanswered_commands_are_resent_on_ticks_and_refiling_repeats_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let tick = |offset, at| {
+        record(
+            TICKS_TOPIC,
+            offset,
+            at,
+            &Tick {
+                processor: NAME.into(),
+                at,
+            },
+        )
+    };
+    let mut log = vec![
+        record(
+            SUBJECT_REQUESTS_TOPIC,
+            0,
+            1_000,
+            &request("r1", "acme", "erasure", "42"),
+        ),
+        tick(0, 5_000),  // too early
+        tick(1, 11_000), // privacy silent for 10 s: re-send
+        record(
+            PARTICIPANT_ACKS_TOPIC,
+            0,
+            12_000,
+            &answer("r1", PRIVACY, "done", 12_000),
+        ),
+        record(
+            PARTICIPANT_ACKS_TOPIC,
+            1,
+            12_100,
+            &answer("r1", "progress", "done", 12_100),
+        ),
+        tick(2, 32_500), // analytics silent for 20 s: attempt 3, to it alone
+    ];
+    let done = run(&log, dir.path());
+    let shreds: Vec<ShredRequest> = of(&done.outputs, SHRED_REQUESTS_TOPIC);
+    assert_eq!(shreds.iter().map(|s| s.attempt).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(shreds[0].command_id, shreds[1].command_id);
+    let erase: Vec<EraseCommand> = of(&done.outputs, ERASE_COMMANDS_TOPIC);
+    assert_eq!(
+        erase
+            .iter()
+            .map(|c| (c.participant.as_str(), c.attempt))
+            .collect::<Vec<_>>(),
+        [("progress", 1), ("analytics", 1), ("analytics", 3)]
+    );
+    log.push(record(
+        PARTICIPANT_ACKS_TOPIC,
+        2,
+        33_000,
+        &answer("r1", "analytics", "done", 33_000),
+    ));
+    log.push(record(
+        ANCHORS_TOPIC,
+        0,
+        33_100,
+        &anchor(0, &["r1"], 33_100),
+    ));
+    log.push(record(
+        SUBJECT_REQUESTS_TOPIC,
+        1,
+        40_000,
+        &request("r1", "acme", "erasure", "42"),
+    ));
+    log.push(tick(3, 60_000)); // nothing open: nothing re-sent
+    let done = run(&log, dir.path());
+    let acks: Vec<SubjectRequestAck> = of(&done.outputs, SUBJECT_ACKS_TOPIC);
+    assert_eq!(acks.len(), 2);
+    assert_eq!(acks[0], acks[1]);
+    assert_eq!(
+        of::<ShredRequest>(&done.outputs, SHRED_REQUESTS_TOPIC).len(),
+        2
+    );
+}
+
+#[test]
+fn an_access_request_writes_one_owner_only_export() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut progress = answer("r7", "progress", "done", 1_200);
+    progress.export = Some(r#"[{"activity":"quiz-1","completion":"completed"}]"#.into());
+    let log = vec![
+        record(
+            SUBJECT_REQUESTS_TOPIC,
+            0,
+            1_000,
+            &request("r7", "acme", "access", "42"),
+        ),
+        record(
+            PARTICIPANT_ACKS_TOPIC,
+            0,
+            1_100,
+            &answer("r7", PRIVACY, "done", 1_100),
+        ),
+        record(PARTICIPANT_ACKS_TOPIC, 1, 1_200, &progress),
+        record(
+            PARTICIPANT_ACKS_TOPIC,
+            2,
+            1_250,
+            &answer("r7", "analytics", "done", 1_250),
+        ),
+        record(ANCHORS_TOPIC, 0, 1_400, &anchor(0, &["r7"], 1_400)),
+    ];
+    let done = run(&log, dir.path());
+    let acks: Vec<SubjectRequestAck> = of(&done.outputs, SUBJECT_ACKS_TOPIC);
+    let path = std::path::PathBuf::from(acks[0].export.clone().unwrap());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let document: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(document["pseudonym"], "p_ann");
+    assert_eq!(
+        document["held_by"]["progress"]["data"][0]["activity"],
+        "quiz-1"
+    );
+    let events: Vec<AuditEvent> = of(&done.outputs, AUDIT_EVENTS_TOPIC);
+    assert_eq!(events[0].action, "subject.exported");
+}
