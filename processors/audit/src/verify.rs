@@ -339,15 +339,18 @@ pub fn verify_records<'a>(
     reports
 }
 
-/// Reads every partition of `topic` from its start to its end as of now,
-/// calling `visit` with each record in log order per partition; `progress`
-/// is told the total first, then each record.
+/// Reads every partition of `topic` from its start until no record has
+/// arrived for `idle`, calling `visit` with each record in log order per
+/// partition; `total` is told the broker's estimate of the record count
+/// first (for a progress bar only: tansu's watermarks can be wrong, so they
+/// never decide where the log ends).
 ///
 /// # Errors
 /// [`KafkaError`] if the topic cannot be read.
 pub fn read_partitions(
     kafka: &KafkaConfig,
     topic: &str,
+    idle: Duration,
     mut total: impl FnMut(u64),
     mut visit: impl FnMut(OwnedRecord),
 ) -> Result<(), KafkaError> {
@@ -366,47 +369,24 @@ pub fn read_partitions(
         .filter(|t| t.error().is_none())
         .map(|t| t.partitions().len() as i32)
         .ok_or_else(|| KafkaError(format!("topic `{topic}` does not exist")))?;
-    let mut ends = HashMap::new();
     let mut assignment = TopicPartitionList::new();
-    let mut sum = 0;
+    let mut estimate = 0;
     for p in 0..partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, ADMIN_TIMEOUT)?;
-        if high > low {
-            ends.insert(p, high);
-            sum += (high - low) as u64;
-            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+        if let Ok((low, high)) = consumer.fetch_watermarks(topic, p, ADMIN_TIMEOUT) {
+            estimate += (high - low).max(0) as u64;
         }
+        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
     }
-    total(sum);
-    if ends.is_empty() {
-        return Ok(());
-    }
+    total(estimate);
     consumer.assign(&assignment)?;
-    let mut idle = std::time::Instant::now();
-    while !ends.is_empty() {
-        match consumer.poll(Duration::from_millis(100)) {
+    let mut last = std::time::Instant::now();
+    while last.elapsed() < idle {
+        match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(message)) => {
-                idle = std::time::Instant::now();
-                let record = OwnedRecord::from_message(&message);
-                let partition = record.partition;
-                let offset = record.offset;
-                let Some(end) = ends.get(&partition).copied() else {
-                    continue;
-                };
-                if offset < end {
-                    visit(record);
-                }
-                if offset + 1 >= end {
-                    ends.remove(&partition);
-                }
+                last = std::time::Instant::now();
+                visit(OwnedRecord::from_message(&message));
             }
             Some(Err(e)) => return Err(e.into()),
-            None if idle.elapsed() > Duration::from_secs(30) => {
-                return Err(KafkaError(format!(
-                    "{topic}: no records for 30 s before reaching the end of partitions {:?}",
-                    ends.keys().collect::<Vec<_>>()
-                )));
-            }
             None => {}
         }
     }

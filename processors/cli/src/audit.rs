@@ -77,10 +77,13 @@ fn bar(total: u64) -> ProgressBar {
     bar
 }
 
+/// A topic has been read whole once no record arrived for this long.
+const IDLE: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// Reads `topic` whole from the broker.
 pub fn read_topic(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<OwnedRecord>> {
     let mut records = Vec::new();
-    read_partitions(kafka, topic, |_| {}, |r| records.push(r))?;
+    read_partitions(kafka, topic, IDLE, |_| {}, |r| records.push(r))?;
     Ok(records)
 }
 
@@ -128,6 +131,7 @@ pub fn verify(
                 read_partitions(
                     kafka,
                     topic,
+                    IDLE,
                     |total| {
                         if let Some(b) = &progress_bar {
                             b.set_length(total);

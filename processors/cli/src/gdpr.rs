@@ -47,17 +47,19 @@ impl Requests {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "latest");
         let answers: StreamConsumer = config.create()?;
-        let ends = trellis_runtime::kafka::end_offsets(kafka, SUBJECT_ACKS_TOPIC)?;
+        // Every partition from its current end, resolved now: an answer
+        // written between this and the first fetch must not be skipped.
         let mut assignment = rdkafka::TopicPartitionList::new();
-        for (coordinates, end) in ends {
-            let partition: i32 = coordinates
-                .rsplit_once('/')
-                .and_then(|(_, p)| p.parse().ok())
-                .unwrap_or(0);
+        for partition in 0..spec.partitions {
+            let (_, high) = answers.fetch_watermarks(
+                SUBJECT_ACKS_TOPIC,
+                partition,
+                trellis_runtime::kafka::ADMIN_TIMEOUT,
+            )?;
             assignment.add_partition_offset(
                 SUBJECT_ACKS_TOPIC,
                 partition,
-                rdkafka::Offset::Offset(end),
+                rdkafka::Offset::Offset(high),
             )?;
         }
         answers.assign(&assignment)?;

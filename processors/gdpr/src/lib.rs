@@ -179,6 +179,7 @@ mod keys {
     pub const ANSWER: u8 = b'k';
     pub const ANCHOR: u8 = b'n';
     pub const OPEN: u8 = b'o';
+    pub const TICK: u8 = b't';
 
     pub fn key(kind: u8, parts: &[&str]) -> Vec<u8> {
         let mut key = vec![kind];
@@ -736,7 +737,14 @@ impl Gdpr {
             return Ok(());
         };
         let retry = self.settings.retry_after_ms;
-        let attempt = |since: i64| 1 + ((tick.at - since) / retry).clamp(0, 1_000) as i32;
+        // Ticks are one partition, in order: the previous tick's time is a
+        // fact like any other. A command is re-sent once per period of
+        // silence, on the first tick of that period.
+        let previous: i64 = get(txn, &[keys::TICK])?.unwrap_or(i64::MIN);
+        put(txn, vec![keys::TICK], &tick.at)?;
+        let periods = |at: i64, since: i64| at.saturating_sub(since).max(0) / retry;
+        let due = |since: i64| periods(tick.at, since) > periods(previous, since);
+        let attempt = |since: i64| 1 + periods(tick.at, since).clamp(0, 1_000) as i32;
         for (key, _) in txn.scan_prefix(&[keys::OPEN])? {
             let request_id = String::from_utf8_lossy(&key[1..key.len() - 1]).into_owned();
             let Some(saga) = get::<Saga>(txn, &keys::key(keys::REQUEST, &[&request_id]))? else {
@@ -744,12 +752,12 @@ impl Gdpr {
             };
             let answers = self.answers(&request_id, txn)?;
             match saga.stage {
-                Stage::Privacy if tick.at - saga.received_at >= retry => {
+                Stage::Privacy if due(saga.received_at) => {
                     self.shred_command(&saga.request, attempt(saga.received_at), out)?;
                 }
                 Stage::Participants => {
                     let privacy = &answers[PRIVACY];
-                    if tick.at - privacy.acked_at < retry {
+                    if !due(privacy.acked_at) {
                         continue;
                     }
                     let silent: Vec<&String> = self

@@ -364,6 +364,7 @@ fn unanswered_commands_are_resent_on_ticks_and_refiling_repeats_the_answer() {
             &answer("r1", "progress", "done", 12_100),
         ),
         tick(2, 32_500), // analytics silent for 20 s: attempt 3, to it alone
+        tick(3, 32_700), // same period: nothing more
     ];
     let done = run(&log, dir.path());
     let shreds: Vec<ShredRequest> = of(&done.outputs, SHRED_REQUESTS_TOPIC);
@@ -395,7 +396,7 @@ fn unanswered_commands_are_resent_on_ticks_and_refiling_repeats_the_answer() {
         40_000,
         &request("r1", "acme", "erasure", "42"),
     ));
-    log.push(tick(3, 60_000)); // nothing open: nothing re-sent
+    log.push(tick(4, 60_000)); // nothing open: nothing re-sent
     let done = run(&log, dir.path());
     let acks: Vec<SubjectRequestAck> = of(&done.outputs, SUBJECT_ACKS_TOPIC);
     assert_eq!(acks.len(), 2);
