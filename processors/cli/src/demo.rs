@@ -117,6 +117,23 @@ const TENANT_NAMES: &[&str] = &[
     "summit-academy",
 ];
 
+/// The name of demo tenant `t`.
+pub fn tenant_name(t: usize) -> String {
+    TENANT_NAMES
+        .get(t)
+        .map_or_else(|| format!("tenant-{t}"), |n| (*n).to_string())
+}
+
+/// The names of the first `n` demo tenants.
+pub fn tenant_names(n: usize) -> Vec<String> {
+    (0..n).map(tenant_name).collect()
+}
+
+/// The LMS user id of learner `i` of demo tenant `t`.
+pub fn user_id(t: usize, i: usize) -> String {
+    format!("{}", 1000 + i * 7 + t * 100_000)
+}
+
 /// A learner of one tenant.
 #[derive(Debug, Clone)]
 pub struct Learner {
@@ -228,16 +245,14 @@ impl Generator {
         let mut identifiers = BTreeSet::new();
         let tenants = (0..spec.tenants)
             .map(|t| {
-                let id = TENANT_NAMES
-                    .get(t)
-                    .map_or_else(|| format!("tenant-{t}"), |n| (*n).to_string());
+                let id = tenant_name(t);
                 let lms = format!("https://moodle.{id}.example");
                 let learners = (0..spec.learners)
                     .map(|i| {
                         let first = FIRST[rng.random_range(0..FIRST.len())];
                         let last = LAST[rng.random_range(0..LAST.len())];
                         let learner = Learner {
-                            user_id: format!("{}", 1000 + i * 7 + t * 100_000),
+                            user_id: user_id(t, i),
                             name: format!("{first} {last}"),
                             email: format!(
                                 "{}.{}{}@{id}.example",

@@ -12,4 +12,5 @@ pub mod bench;
 pub mod demo;
 pub mod gdpr;
 pub mod inspect;
+pub mod measure;
 pub mod provision;

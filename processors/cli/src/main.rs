@@ -55,6 +55,29 @@ enum Command {
     Gdpr(GdprCommand),
 }
 
+/// The topology, its broker and its registry.
+#[derive(Args)]
+struct StackArgs {
+    #[command(flatten)]
+    file: TopologyFile,
+    #[command(flatten)]
+    broker: Broker,
+    #[command(flatten)]
+    registry: RegistryUrl,
+}
+
+impl StackArgs {
+    /// A connection for filing requests and reading their answers.
+    async fn requests(self) -> anyhow::Result<(KafkaConfig, trellis_cli::gdpr::Requests)> {
+        let topology = Topology::load_checked(&self.file.topology)?;
+        let kafka = KafkaConfig::new(self.broker.bootstrap_servers);
+        let requests =
+            trellis_cli::gdpr::Requests::connect(&kafka, &self.registry.registry_url, &topology)
+                .await?;
+        Ok((kafka, requests))
+    }
+}
+
 #[derive(Args)]
 struct KeyId {
     /// Id of the anchor signing key (the audit processor's `key_id`).
@@ -136,11 +159,7 @@ enum GdprCommand {
     /// File a request and print the saga's answer.
     Request {
         #[command(flatten)]
-        file: TopologyFile,
-        #[command(flatten)]
-        broker: Broker,
-        #[command(flatten)]
-        registry: RegistryUrl,
+        stack: StackArgs,
         /// Tenant.
         #[arg(long)]
         tenant: String,
@@ -304,6 +323,37 @@ enum BenchCommand {
     Progress(BenchArgs),
     /// The analytics aggregator, measured like `progress`.
     Analytics(BenchArgs),
+    /// Merkle leaves hashed per second per core, and a full verify of a
+    /// generated log (no broker).
+    Audit {
+        /// Records in the verified log.
+        #[arg(long, default_value_t = 10_000_000)]
+        records: u64,
+        /// Partitions they are spread over (verified in parallel).
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Value size, bytes (a demo `protected` record is ~600).
+        #[arg(long, default_value_t = 600)]
+        value_bytes: usize,
+    },
+    /// Erasure latency, request to answer, against a running stack
+    /// (`ops/stack-up`) under live demo traffic.
+    Erasure {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Erasure requests.
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+        /// Requests filed per second.
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        /// Live demo events per second meanwhile.
+        #[arg(long, default_value_t = 1000)]
+        traffic: u32,
+        /// Learners per tenant in the live traffic (requests cycle through them).
+        #[arg(long, default_value_t = 400)]
+        learners: usize,
+    },
 }
 
 /// Which processor a bench measures.
@@ -517,11 +567,75 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
         Command::Bench(BenchCommand::Privacy(args)) => bench(args, Stage::Privacy).await,
         Command::Bench(BenchCommand::Progress(args)) => bench(args, Stage::Progress).await,
         Command::Bench(BenchCommand::Analytics(args)) => bench(args, Stage::Analytics).await,
+        Command::Bench(BenchCommand::Audit {
+            records,
+            partitions,
+            value_bytes,
+        }) => {
+            let figures = tokio::task::spawn_blocking(move || {
+                trellis_cli::measure::audit(records, partitions, value_bytes)
+            })
+            .await?;
+            println!(
+                "merkle leaves: {:.0}/s on one core ({value_bytes}-byte values: canonical bytes + SHA-256 + frontier)",
+                figures.leaves_per_sec_core
+            );
+            println!(
+                "verify: {} records in {} partitions, anchors every 1000, {:.2}s on {} threads ({:.0} records/s)",
+                figures.records,
+                partitions,
+                figures.verify.as_secs_f64(),
+                figures.threads,
+                figures.records as f64 / figures.verify.as_secs_f64()
+            );
+            Ok(ExitStatus::Success)
+        }
+        Command::Bench(BenchCommand::Erasure {
+            stack,
+            requests,
+            rate,
+            traffic,
+            learners,
+        }) => {
+            let (kafka, api) = stack.requests().await?;
+            let producer: FutureProducer = producer_config(&kafka, None).create()?;
+            println!(
+                "live traffic at {traffic} events/s for 10 s, then {requests} erasures at {rate}/s"
+            );
+            let figures = trellis_cli::measure::erasure(
+                producer,
+                api,
+                requests,
+                rate,
+                traffic,
+                3,
+                learners,
+                Duration::from_secs(600),
+            )
+            .await?;
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            println!(
+                "answered {} of {requests}: median {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                figures.latencies.len(),
+                ms(figures.quantile(0.5)),
+                ms(figures.quantile(0.9)),
+                ms(figures.quantile(0.99)),
+                ms(figures.quantile(1.0))
+            );
+            let mut outcomes: Vec<_> = figures.outcomes.iter().collect();
+            outcomes.sort();
+            for (outcome, n) in outcomes {
+                println!("  {n:>5} {outcome}");
+            }
+            Ok(if figures.unanswered == 0 {
+                ExitStatus::Success
+            } else {
+                ExitStatus::Failure
+            })
+        }
         Command::Audit(command) => audit(command).await,
         Command::Gdpr(GdprCommand::Request {
-            file,
-            broker,
-            registry,
+            stack,
             tenant,
             kind,
             subject_kind,
@@ -529,10 +643,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
             request_id,
             timeout_secs,
         }) => {
-            use trellis_cli::gdpr::{Requests, render};
-            let topology = Topology::load_checked(&file.topology)?;
-            let kafka = KafkaConfig::new(broker.bootstrap_servers);
-            let requests = Requests::connect(&kafka, &registry.registry_url, &topology).await?;
+            let (_, requests) = stack.requests().await?;
             let request = trellis_records::SubjectRequest {
                 request_id: request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
                 tenant_id: tenant,
@@ -545,7 +656,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
             let answer = requests
                 .wait_for(&request.request_id, Duration::from_secs(timeout_secs))
                 .await?;
-            print!("{}", render(&answer));
+            print!("{}", trellis_cli::gdpr::render(&answer));
             Ok(if answer.status == "completed" {
                 ExitStatus::Success
             } else {
