@@ -449,4 +449,14 @@ async fn http_ingest_reaches_collected_and_revocation_is_immediate() {
         .unwrap();
     assert_eq!(response.status(), 401);
     assert!(collector.terminate().success());
+    // Both key changes are security events on the audited topic.
+    let audited = stack.read("audit.events").id_counts();
+    for action in ["api_key.created", "api_key.revoked"] {
+        let event_id = format!("api_key/{id}/{action}");
+        assert_eq!(
+            audited.get(&event_id),
+            Some(&1),
+            "{event_id} on audit.events"
+        );
+    }
 }

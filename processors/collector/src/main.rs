@@ -66,6 +66,65 @@ enum ApiKeyCommand {
     },
 }
 
+/// Writes API key changes to `audit.events` before they are reported done.
+struct KeyAudit {
+    runtime: tokio::runtime::Runtime,
+    producer: rdkafka::producer::FutureProducer,
+    encoder: trellis_runtime::schema::AvroEncoder,
+}
+
+impl KeyAudit {
+    fn connect(config: &Config<Settings>) -> Result<Self, String> {
+        use trellis_runtime::schema::{AvroEncoder, SchemaFile, registry_settings};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let producer = trellis_runtime::kafka::producer_config(&config.kafka, None)
+            .create()
+            .map_err(|e| format!("cannot reach the broker for audit events: {e}"))?;
+        let topology = trellis_runtime::topology::Topology::load(&config.topology)
+            .map_err(|e| e.to_string())?;
+        let schema = SchemaFile::load(&topology.schema_path("audit_event.avsc"))
+            .map_err(|e| e.to_string())?;
+        let registry = registry_settings(&config.registry.url).map_err(|e| e.to_string())?;
+        let encoder = runtime
+            .block_on(AvroEncoder::register(
+                &registry,
+                trellis_records::AUDIT_EVENTS_TOPIC,
+                &schema,
+            ))
+            .map_err(|e| format!("cannot register the audit event schema: {e}"))?;
+        Ok(Self {
+            runtime,
+            producer,
+            encoder,
+        })
+    }
+
+    fn record(&self, action: &str, tenant: &str, key_id: &str, label: &str) -> Result<(), String> {
+        let at = trellis_runtime::ticker::now_ms();
+        let event = trellis_records::AuditEvent {
+            event_id: format!("api_key/{key_id}/{action}"),
+            tenant_id: Some(tenant.to_string()),
+            actor: std::env::var("USER").unwrap_or_else(|_| "operator".into()),
+            action: action.to_string(),
+            subject: None,
+            field: None,
+            reason: (!label.is_empty()).then(|| label.to_string()),
+            occurred_at: at,
+            details: [("key_id".to_string(), key_id.to_string())].into(),
+        };
+        self.runtime
+            .block_on(trellis_runtime::kafka::produce_audit_event(
+                &self.producer,
+                &self.encoder,
+                &event,
+            ))
+            .map_err(|e| format!("the audit event could not be written: {e}"))
+    }
+}
+
 fn api_key(config: &Config<Settings>, command: ApiKeyCommand) -> Result<(), String> {
     let http = config
         .settings
@@ -95,9 +154,18 @@ fn api_key(config: &Config<Settings>, command: ApiKeyCommand) -> Result<(), Stri
                     .map_or(0, |d| d.as_millis() as i64);
                 now + i64::from(days) * 86_400_000
             });
+            let audit = KeyAudit::connect(config)?;
             let (key, record) = store
                 .create(&tenant, scopes, expires_at, signed, label)
                 .map_err(|e| e.to_string())?;
+            // A key nobody can see was made must not exist: withdraw it if
+            // its audit event cannot be written.
+            if let Err(e) =
+                audit.record("api_key.created", &record.tenant, &record.id, &record.label)
+            {
+                let _ = store.revoke(&record.id);
+                return Err(format!("key withdrawn: {e}"));
+            }
             println!("id:      {}", record.id);
             println!("tenant:  {}", record.tenant);
             println!("key:     {key}    (shown once; only its hash is stored)");
@@ -127,9 +195,22 @@ fn api_key(config: &Config<Settings>, command: ApiKeyCommand) -> Result<(), Stri
             }
         }
         ApiKeyCommand::Revoke { id } => {
-            if !store.revoke(&id).map_err(|e| e.to_string())? {
+            let Some(record) = store
+                .list()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|k| k.id == id)
+            else {
                 return Err(format!("no API key with id `{id}`"));
-            }
+            };
+            // Revocation protects: it happens even if the audit event fails,
+            // which is then reported.
+            store.revoke(&id).map_err(|e| e.to_string())?;
+            KeyAudit::connect(config)
+                .and_then(|audit| {
+                    audit.record("api_key.revoked", &record.tenant, &id, &record.label)
+                })
+                .map_err(|e| format!("revoked {id}, but {e}"))?;
             println!("revoked {id}");
         }
     }

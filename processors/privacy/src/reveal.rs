@@ -158,31 +158,8 @@ impl AuditSink for KafkaAuditSink {
         &self,
         event: AuditEvent,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
-        use rdkafka::message::{Header, OwnedHeaders};
-        use rdkafka::producer::FutureRecord;
         Box::pin(async move {
-            let value = self.encoder.encode(&event).map_err(|e| e.to_string())?;
-            let tenant = event.tenant_id.clone().unwrap_or_default();
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: trellis_runtime::kafka::ID_HEADER,
-                    value: Some(event.event_id.as_bytes()),
-                })
-                .insert(Header {
-                    key: trellis_runtime::kafka::TENANT_HEADER,
-                    value: Some(tenant.as_bytes()),
-                });
-            self.producer
-                .send(
-                    FutureRecord::to(trellis_records::AUDIT_EVENTS_TOPIC)
-                        .key(&tenant)
-                        .payload(&value)
-                        .headers(headers),
-                    Duration::from_secs(10),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e.to_string())
+            trellis_runtime::kafka::produce_audit_event(&self.producer, &self.encoder, &event).await
         })
     }
 }

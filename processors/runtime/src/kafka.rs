@@ -251,3 +251,40 @@ pub fn end_offsets(kafka: &KafkaConfig, topic: &str) -> Result<BTreeMap<String, 
     )?;
     Ok(ends)
 }
+
+/// Writes `event` to `audit.events` (keyed and tagged by its tenant) and
+/// waits until the broker has it: callers act only once their action is on
+/// the record.
+///
+/// # Errors
+/// The encoding or delivery failure, as text.
+pub async fn produce_audit_event(
+    producer: &rdkafka::producer::FutureProducer,
+    encoder: &crate::schema::AvroEncoder,
+    event: &trellis_records::AuditEvent,
+) -> Result<(), String> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    let value = encoder.encode(event).map_err(|e| e.to_string())?;
+    let tenant = event.tenant_id.clone().unwrap_or_default();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: ID_HEADER,
+            value: Some(event.event_id.as_bytes()),
+        })
+        .insert(Header {
+            key: TENANT_HEADER,
+            value: Some(tenant.as_bytes()),
+        });
+    producer
+        .send(
+            FutureRecord::to(trellis_records::AUDIT_EVENTS_TOPIC)
+                .key(&tenant)
+                .payload(&value)
+                .headers(headers),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e.to_string())
+}
