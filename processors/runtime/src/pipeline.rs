@@ -35,6 +35,7 @@ use std::future::Future;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -562,6 +563,8 @@ pub struct Runtime {
     producer: FutureProducer,
     consumer: StreamConsumer,
     dlq: Option<AvroEncoder>,
+    /// Set once replay has finished: tickers only tick on a live processor.
+    live: Arc<AtomicBool>,
 }
 
 impl Runtime {
@@ -649,6 +652,7 @@ impl Runtime {
             producer,
             consumer,
             dlq: None,
+            live: Arc::new(AtomicBool::new(false)),
         };
         if runtime.spec.outputs.iter().any(|t| t == DLQ_TOPIC) {
             runtime.dlq = Some(runtime.encoder(DLQ_TOPIC).await?);
@@ -703,6 +707,7 @@ impl Runtime {
         Ok(Ticker {
             topic: topic.to_string(),
             producer: self.producer.clone(),
+            live: self.live.clone(),
         })
     }
 
@@ -793,6 +798,7 @@ impl Runtime {
             .collect();
         processor.assigned(&assigned)?;
         let mut replay = ReplayProgress::new(self.name, &inputs, &self.store);
+        self.live.store(replay.finished, Ordering::Relaxed);
         let output_counters: BTreeMap<String, IntCounter> = self
             .spec
             .outputs
@@ -867,6 +873,7 @@ impl Runtime {
                         .await?;
                 }
                 replay.tick(&inputs, &self.store);
+                self.live.store(replay.finished, Ordering::Relaxed);
                 if !replay.holding && !replay.paused.is_empty() {
                     let mut resumed = TopicPartitionList::new();
                     for (topic, partition) in replay.paused.drain(..) {

@@ -26,6 +26,10 @@ use crate::kafka::ID_HEADER;
 pub struct Ticker {
     pub(crate) topic: String,
     pub(crate) producer: FutureProducer,
+    /// Set by the runtime once replay has finished. A replay takes its
+    /// timed decisions from the ticks already in the log; a tick written
+    /// meanwhile would be a decision the original run never took.
+    pub(crate) live: Arc<AtomicBool>,
 }
 
 /// One tick as written: id (the `trellis.id` header), key and value.
@@ -75,7 +79,7 @@ impl Ticker {
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
-                if !pending.get() {
+                if !pending.get() || !self.live.load(Ordering::Relaxed) {
                     continue;
                 }
                 let at = now_ms();
