@@ -339,11 +339,17 @@ pub fn verify_records<'a>(
     reports
 }
 
-/// Reads every partition of `topic` from its start until no record has
-/// arrived for `idle`, calling `visit` with each record in log order per
-/// partition; `total` is told the broker's estimate of the record count
-/// first (for a progress bar only: tansu's watermarks can be wrong, so they
-/// never decide where the log ends).
+/// Reads every partition of `topic` from its start, calling `visit` with
+/// each record in log order per partition; `total` is told the broker's
+/// estimate of the record count first.
+///
+/// The log ends where the high watermarks stood when reading began, once
+/// nothing more arrives for a short settle time. Tansu's memory storage
+/// reports the last *batch's base* offset + 1 as the high watermark (see
+/// INFRA.md), so reaching it is never taken as the end on its own: a batch
+/// arrives whole, and the settle time drains it. A partition that never
+/// reaches its watermark (one ending in transaction markers) ends after
+/// `idle` without records.
 ///
 /// # Errors
 /// [`KafkaError`] if the topic cannot be read.
@@ -354,6 +360,7 @@ pub fn read_partitions(
     mut total: impl FnMut(u64),
     mut visit: impl FnMut(OwnedRecord),
 ) -> Result<(), KafkaError> {
+    let settle = idle.min(Duration::from_millis(200));
     let mut config = client_config(kafka);
     config
         .set("group.id", "trellis-audit-verify")
@@ -371,20 +378,36 @@ pub fn read_partitions(
         .ok_or_else(|| KafkaError(format!("topic `{topic}` does not exist")))?;
     let mut assignment = TopicPartitionList::new();
     let mut estimate = 0;
+    // Partitions not yet read up to their high watermark (unknown: never).
+    let mut behind: HashMap<i32, i64> = HashMap::new();
     for p in 0..partitions {
-        if let Ok((low, high)) = consumer.fetch_watermarks(topic, p, ADMIN_TIMEOUT) {
-            estimate += (high - low).max(0) as u64;
+        match consumer.fetch_watermarks(topic, p, ADMIN_TIMEOUT) {
+            Ok((low, high)) if high > low => {
+                estimate += (high - low) as u64;
+                behind.insert(p, high);
+            }
+            Ok(_) => {}
+            Err(_) => {
+                behind.insert(p, i64::MAX);
+            }
         }
         assignment.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     total(estimate);
     consumer.assign(&assignment)?;
     let mut last = std::time::Instant::now();
-    while last.elapsed() < idle {
-        match consumer.poll(Duration::from_millis(50)) {
+    while last.elapsed() < if behind.is_empty() { settle } else { idle } {
+        match consumer.poll(Duration::from_millis(20)) {
             Some(Ok(message)) => {
                 last = std::time::Instant::now();
-                visit(OwnedRecord::from_message(&message));
+                let record = OwnedRecord::from_message(&message);
+                if behind
+                    .get(&record.partition)
+                    .is_some_and(|high| record.offset + 1 >= *high)
+                {
+                    behind.remove(&record.partition);
+                }
+                visit(record);
             }
             Some(Err(e)) => return Err(e.into()),
             None => {}

@@ -77,7 +77,8 @@ fn bar(total: u64) -> ProgressBar {
     bar
 }
 
-/// A topic has been read whole once no record arrived for this long.
+/// A partition that does not reach its high watermark (see
+/// [`read_partitions`]) has been read whole once nothing arrived for this long.
 const IDLE: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// Reads `topic` whole from the broker.

@@ -1,6 +1,5 @@
 //! `trellis-collector`: see the library docs.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -8,9 +7,7 @@ use trellis_collector::apikeys::{KeyStore, SCOPE_EVENTS_WRITE, signing_secret};
 use trellis_collector::validate::valid_tenant;
 use trellis_collector::{SECRETS, Settings, run};
 use trellis_runtime::Config;
-use trellis_runtime::lifecycle::{
-    ExitStatus, block_on_processor, init_tracing, report, shutdown_signal,
-};
+use trellis_runtime::lifecycle::{ExitStatus, ProcessorArgs, serve, shutdown_signal};
 use trellis_runtime::secret::load_secrets;
 
 /// Validates, normalises and deduplicates learning events from the ingest
@@ -18,12 +15,8 @@ use trellis_runtime::secret::load_secrets;
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
-    /// Configuration file (YAML); `TRELLIS__*` variables override it.
-    #[arg(long, env = "TRELLIS_CONFIG")]
-    config: Option<PathBuf>,
-    /// Delete the state store and rebuild it by replaying the inputs.
-    #[arg(long)]
-    rebuild: bool,
+    #[command(flatten)]
+    processor: ProcessorArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -224,24 +217,20 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut config = match Config::<Settings>::load(cli.config.as_deref()) {
+    let Some(Command::ApiKey(command)) = cli.command else {
+        return serve::<Settings, _>(&cli.processor, SECRETS, |config, secrets| {
+            run(config, secrets, shutdown_signal())
+        });
+    };
+    let config = match cli.processor.load::<Settings>() {
         Ok(config) => config,
-        Err(e) => return report(&e, ExitStatus::Misconfigured),
+        Err(code) => return code,
     };
-    config.rebuild |= cli.rebuild;
-    if let Some(Command::ApiKey(command)) = cli.command {
-        return match api_key(&config, command) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitStatus::Misconfigured.into()
-            }
-        };
+    match api_key(&config, command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitStatus::Misconfigured.into()
+        }
     }
-    init_tracing(config.log_format);
-    let secrets = match load_secrets(SECRETS) {
-        Ok(secrets) => secrets,
-        Err(e) => return report(&e, ExitStatus::Misconfigured),
-    };
-    block_on_processor(run(config, secrets, shutdown_signal()))
 }

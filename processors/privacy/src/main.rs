@@ -1,29 +1,22 @@
 //! `trellis-privacy`: see the library docs.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use trellis_privacy::vault::Vault;
 use trellis_privacy::{INDEX_KEY, MASTER_KEY, SECRETS, Settings, run};
-use trellis_runtime::Config;
 use trellis_runtime::lifecycle::{
-    ExitStatus, block_on_processor, init_tracing, report, shutdown_signal,
+    ExitStatus, ProcessorArgs, init_tracing, report, secrets_or_exit, serve, shutdown_signal,
 };
-use trellis_runtime::secret::load_secrets;
 
 /// Pseudonymises, hashes and encrypts personal data from `collected` into
-/// `protected`, and keeps the key vault.
+/// `protected`, and keeps the key vault. (`--rebuild` replays the input
+/// positions; it never touches the vault.)
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
-    /// Configuration file (YAML); `TRELLIS__*` variables override it.
-    #[arg(long, env = "TRELLIS_CONFIG", global = true)]
-    config: Option<PathBuf>,
-    /// Delete the state store (input positions; not the vault) and rebuild
-    /// it by replaying the inputs.
-    #[arg(long)]
-    rebuild: bool,
+    #[command(flatten)]
+    processor: ProcessorArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -61,45 +54,40 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut config = match Config::<Settings>::load(cli.config.as_deref()) {
-        Ok(config) => config,
-        Err(e) => return report(&e, ExitStatus::Misconfigured),
+    let Some(Command::Vault { command }) = cli.command else {
+        return serve::<Settings, _>(&cli.processor, SECRETS, |config, secrets| {
+            run(config, secrets, shutdown_signal())
+        });
     };
-    config.rebuild |= cli.rebuild;
+    let (config, secrets) = match (cli.processor.load::<Settings>(), secrets_or_exit(SECRETS)) {
+        (Ok(config), Ok(secrets)) => (config, secrets),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
     init_tracing(config.log_format);
-    let secrets = match load_secrets(SECRETS) {
-        Ok(secrets) => secrets,
+    let mut vault = match Vault::open(
+        &config.settings.vault_dir,
+        secrets.get(MASTER_KEY).expose(),
+        secrets.get(INDEX_KEY).expose(),
+    ) {
+        Ok(vault) => vault,
         Err(e) => return report(&e, ExitStatus::Misconfigured),
     };
-    if let Some(Command::Vault { command }) = cli.command {
-        let mut vault = match Vault::open(
-            &config.settings.vault_dir,
-            secrets.get(MASTER_KEY).expose(),
-            secrets.get(INDEX_KEY).expose(),
-        ) {
-            Ok(vault) => vault,
-            Err(e) => return report(&e, ExitStatus::Misconfigured),
-        };
-        return match command {
-            VaultCommand::Rotate { tenant, reason } => {
-                match vault.rotate_tenant(&tenant, &reason) {
-                    Ok((retired, current, rewrapped)) => {
-                        println!(
-                            "tenant {tenant}: KEK v{current} (retired {retired:?}), {rewrapped} subjects re-wrapped"
-                        );
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => report(&e, ExitStatus::Failure),
-                }
-            }
-            VaultCommand::Status => {
-                for (tenant, subjects) in vault.subject_counts() {
-                    let version = vault.kek_version(&tenant).unwrap_or_default();
-                    println!("{tenant}: {subjects} subjects, KEK v{version}");
-                }
+    match command {
+        VaultCommand::Rotate { tenant, reason } => match vault.rotate_tenant(&tenant, &reason) {
+            Ok((retired, current, rewrapped)) => {
+                println!(
+                    "tenant {tenant}: KEK v{current} (retired {retired:?}), {rewrapped} subjects re-wrapped"
+                );
                 ExitCode::SUCCESS
             }
-        };
+            Err(e) => report(&e, ExitStatus::Failure),
+        },
+        VaultCommand::Status => {
+            for (tenant, subjects) in vault.subject_counts() {
+                let version = vault.kek_version(&tenant).unwrap_or_default();
+                println!("{tenant}: {subjects} subjects, KEK v{version}");
+            }
+            ExitCode::SUCCESS
+        }
     }
-    block_on_processor(run(config, secrets, shutdown_signal()))
 }

@@ -1,28 +1,20 @@
 //! `trellis-progress`: see the library docs.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sha2::{Digest, Sha256};
 use trellis_progress::transcript::Transcript;
 use trellis_progress::{Settings, run};
-use trellis_runtime::Config;
-use trellis_runtime::lifecycle::{
-    ExitStatus, block_on_processor, init_tracing, report, shutdown_signal,
-};
+use trellis_runtime::lifecycle::{ExitStatus, ProcessorArgs, serve, shutdown_signal};
 
 /// Projects learner × activity progress, derived completions and
 /// transcripts from `protected`.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
-    /// Configuration file (YAML); `TRELLIS__*` variables override it.
-    #[arg(long, env = "TRELLIS_CONFIG", global = true)]
-    config: Option<PathBuf>,
-    /// Delete the state store and rebuild it by replaying the inputs.
-    #[arg(long)]
-    rebuild: bool,
+    #[command(flatten)]
+    processor: ProcessorArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -123,11 +115,7 @@ fn main() -> ExitCode {
         }
         None => {}
     }
-    let mut config = match Config::<Settings>::load(cli.config.as_deref()) {
-        Ok(config) => config,
-        Err(e) => return report(&e, ExitStatus::Misconfigured),
-    };
-    config.rebuild |= cli.rebuild;
-    init_tracing(config.log_format);
-    block_on_processor(run(config, shutdown_signal()))
+    serve::<Settings, _>(&cli.processor, &[], |config, _| {
+        run(config, shutdown_signal())
+    })
 }

@@ -1,11 +1,67 @@
-//! Process lifecycle: logging set-up, shutdown signals, exit statuses.
+//! Process lifecycle: the flags every processor binary takes, logging
+//! set-up, shutdown signals, exit statuses.
 
+use std::future::Future;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use serde::de::DeserializeOwned;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
-use crate::pipeline::Exit;
+use crate::config::{Config, LogFormat};
+use crate::pipeline::{Exit, Failure};
+use crate::secret::{SecretSpec, Secrets, load_secrets};
+
+/// The flags every processor binary takes (flattened into its clap `Cli`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProcessorArgs {
+    /// Configuration file (YAML); `TRELLIS__*` variables override it.
+    #[arg(long, env = "TRELLIS_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Delete the state store and rebuild it by replaying the inputs.
+    #[arg(long)]
+    pub rebuild: bool,
+}
+
+impl ProcessorArgs {
+    /// The configuration with `--rebuild` applied; on error, the exit code
+    /// after reporting it.
+    pub fn load<S: DeserializeOwned>(&self) -> Result<Config<S>, ExitCode> {
+        let mut config = Config::<S>::load(self.config.as_deref())
+            .map_err(|e| report(&e, ExitStatus::Misconfigured))?;
+        config.rebuild |= self.rebuild;
+        Ok(config)
+    }
+}
+
+/// The processor's secrets; a missing or malformed one is reported (by name,
+/// never by value) and becomes the exit code.
+pub fn secrets_or_exit(specs: &[SecretSpec]) -> Result<Secrets, ExitCode> {
+    load_secrets(specs).map_err(|e| report(&e, ExitStatus::Misconfigured))
+}
+
+/// The whole `main` of a processor: load the configuration, start logging,
+/// load `secrets` (none for processors without any), then run the future
+/// `run` makes until it ends (on SIGTERM/SIGINT for processors).
+pub fn serve<S, Fut>(
+    args: &ProcessorArgs,
+    secrets: &[SecretSpec],
+    run: impl FnOnce(Config<S>, Secrets) -> Fut,
+) -> ExitCode
+where
+    S: DeserializeOwned,
+    Fut: Future<Output = Result<Exit, Failure>>,
+{
+    let config = match args.load::<S>() {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    init_tracing(config.log_format);
+    match secrets_or_exit(secrets) {
+        Ok(secrets) => block_on_processor(run(config, secrets)),
+        Err(code) => code,
+    }
+}
 
 /// Installs the tracing subscriber. `RUST_LOG` overrides the default filter
 /// (`info`, with librdkafka's chatter at `warn`).
@@ -91,9 +147,7 @@ pub fn report(error: &dyn std::fmt::Display, status: ExitStatus) -> ExitCode {
 /// Runs a processor's `run` future on a multi-threaded Tokio runtime and
 /// turns its outcome into the process exit code (the tail of every
 /// processor's `main`).
-pub fn block_on_processor(
-    run: impl std::future::Future<Output = Result<Exit, crate::pipeline::Failure>>,
-) -> ExitCode {
+pub fn block_on_processor(run: impl Future<Output = Result<Exit, Failure>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
