@@ -276,21 +276,24 @@ impl Processor for Audit {
         }
         state.pending += 1;
 
-        let mut heartbeat = false;
+        // A heartbeat, or an event a GDPR answer will cite, closes the range
+        // at once: the saga is waiting for its anchor.
+        let mut close = false;
         let events = record.topic == AUDIT_EVENTS_TOPIC;
         if events && let Some(value) = record.value {
             // An undecodable event is still hashed: the tree covers bytes,
             // whatever they are.
             if let Ok(event) = self.decoder.decode_blocking::<AuditEvent>(value) {
-                heartbeat = event.action == HEARTBEAT;
-                if let Some(id) = event.details.get("request_id")
-                    && !state.request_ids.contains(id)
-                {
-                    state.request_ids.push(id.clone());
+                close = event.action == HEARTBEAT;
+                if let Some(id) = event.details.get("request_id") {
+                    close = true;
+                    if !state.request_ids.contains(id) {
+                        state.request_ids.push(id.clone());
+                    }
                 }
             }
         }
-        if heartbeat
+        if close
             || state.pending >= self.settings.anchor_every
             || at >= state.first_timestamp + self.settings.anchor_interval_ms
         {

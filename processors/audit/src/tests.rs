@@ -40,8 +40,8 @@ fn events_encoder() -> AvroEncoder {
     AvroEncoder::with_id("e".into(), 2, schema("audit_event.avsc")).unwrap()
 }
 
-/// `n` records on two partitions of `protected` plus audit events, the
-/// last of which is a heartbeat.
+/// `n` records on two partitions of `protected` plus five audit events:
+/// the second names a GDPR request, the last is a heartbeat.
 fn log(n: i64) -> Vec<OwnedRecord> {
     let mut records = Vec::new();
     for i in 0..n {
@@ -63,12 +63,15 @@ fn log(n: i64) -> Vec<OwnedRecord> {
             heartbeat(2_000)
         } else {
             AuditEvent {
-                action: "key.shredded".into(),
+                action: "key.created".into(),
                 event_id: format!("e{i}"),
                 ..heartbeat(1_500 + i)
             }
         };
-        event.details.insert("request_id".into(), format!("r{i}"));
+        if i == 1 {
+            event.action = "subject_request.executed".into();
+            event.details.insert("request_id".into(), "r1".into());
+        }
         records.push(OwnedRecord {
             topic: AUDIT_EVENTS_TOPIC.into(),
             partition: 0,
@@ -109,7 +112,8 @@ fn anchors_every_n_records_and_on_a_heartbeat_and_verify_passes() {
     let records = log(40);
     let (anchors, store, _dir) = anchors_of(16, &records);
     // 40 records per partition: anchors at 16 and 32; audit.events closes
-    // at its heartbeat, listing the request ids it covers.
+    // at once at the event a GDPR answer cites (listing its request id),
+    // and at its heartbeat.
     let p0: Vec<&Anchor> = anchors
         .iter()
         .filter(|a| a.topic == "protected" && a.partition == 0)
@@ -120,8 +124,12 @@ fn anchors_every_n_records_and_on_a_heartbeat_and_verify_passes() {
         .iter()
         .filter(|a| a.topic == AUDIT_EVENTS_TOPIC)
         .collect();
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].request_ids, ["r0", "r1", "r2", "r3", "r4"]);
+    assert_eq!(
+        events.iter().map(|a| a.tree_size).collect::<Vec<_>>(),
+        [2, 5]
+    );
+    assert_eq!(events[0].request_ids, ["r1"]);
+    assert!(events[1].request_ids.is_empty());
     assert_eq!(stored_anchors(&store).unwrap().len(), anchors.len());
 
     let reports = verify_records(&audited(), anchors.clone(), &signer(), &records);

@@ -45,7 +45,10 @@ impl Requests {
                 format!("trellis-gdpr-cli-{}", uuid::Uuid::new_v4()),
             )
             .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "latest");
+            .set("auto.offset.reset", "latest")
+            // Someone is waiting for this answer: fetch often (tansu holds
+            // an empty fetch for its whole wait, however soon records come).
+            .set("fetch.wait.max.ms", "20");
         let answers: StreamConsumer = config.create()?;
         // Every partition from its current end, resolved now: an answer
         // written between this and the first fetch must not be skipped.
