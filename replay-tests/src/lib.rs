@@ -88,6 +88,10 @@ impl Broker {
         let child = Command::new(tansu_path())
             .args([
                 "broker",
+                // Each broker is its own cluster: a store from another
+                // test's broker is refused, as in production.
+                "--cluster-id",
+                &format!("test-{port}-{}", std::process::id()),
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",

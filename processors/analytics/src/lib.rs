@@ -176,7 +176,7 @@ fn sortable(t: i64) -> [u8; 8] {
 }
 
 fn encode_state<T: Serialize>(value: &T) -> Result<Vec<u8>, ProcessError> {
-    postcard::to_stdvec(value).map_err(|e| ProcessError::Fatal(format!("encoding state: {e}")))
+    postcard::to_stdvec(value).map_err(|e| ProcessError::fatal("encoding state", e))
 }
 
 fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StateError> {
@@ -491,11 +491,7 @@ impl Analytics {
             cell.value
         )
         .into_bytes();
-        let encode = |encoder: &AvroEncoder| {
-            encoder
-                .encode(&aggregate)
-                .map_err(|e| ProcessError::Fatal(e.to_string()))
-        };
+        let encode = |encoder: &AvroEncoder| encoder.encode(&aggregate).map_err(ProcessError::from);
         out.emit(OutputRecord {
             topic: self.aggregates.clone(),
             key: record_key.clone(),
@@ -563,7 +559,7 @@ impl Analytics {
                 self.encoders
                     .acks
                     .encode(&ack)
-                    .map_err(|e| ProcessError::Fatal(e.to_string()))?,
+                    .map_err(ProcessError::from)?,
             ),
             id: format!("{}/{NAME}", ack.command_id),
             tenant: Some(ack.tenant_id.clone()),
@@ -615,7 +611,7 @@ impl Processor for Analytics {
 /// [`Failure`] when it cannot start or must stop; the message names the cause.
 pub async fn run(
     config: Config<Settings>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Exit, Failure> {
     config.settings.check().map_err(StartError::Misconfigured)?;
     if config.kafka.instances > 1 {

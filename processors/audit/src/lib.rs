@@ -218,16 +218,13 @@ impl Audit {
         state.pending = 0;
         txn.put(
             keys::anchor(record.topic, record.partition, anchor.sequence),
-            postcard::to_allocvec(&anchor).map_err(|e| ProcessError::Fatal(e.to_string()))?,
+            postcard::to_allocvec(&anchor)
+                .map_err(|e| ProcessError::fatal("encoding an anchor", e))?,
         );
         out.emit(OutputRecord {
             topic: self.anchors_topic.clone(),
             key: format!("{}/{}", anchor.topic, anchor.partition).into_bytes(),
-            value: Some(
-                self.anchors
-                    .encode(&anchor)
-                    .map_err(|e| ProcessError::Fatal(e.to_string()))?,
-            ),
+            value: Some(self.anchors.encode(&anchor).map_err(ProcessError::from)?),
             id: format!(
                 "anchor/{}/{}/{}",
                 anchor.topic, anchor.partition, anchor.sequence
@@ -304,7 +301,8 @@ impl Processor for Audit {
         }
         txn.put(
             key,
-            postcard::to_allocvec(&state).map_err(|e| ProcessError::Fatal(e.to_string()))?,
+            postcard::to_allocvec(&state)
+                .map_err(|e| ProcessError::fatal("encoding audit state", e))?,
         );
         Ok(())
     }
@@ -346,7 +344,7 @@ pub fn heartbeat(at: i64) -> AuditEvent {
 pub async fn run(
     config: Config<Settings>,
     secrets: Secrets,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Exit, Failure> {
     config.settings.check().map_err(StartError::Misconfigured)?;
     if config.kafka.instances > 1 {

@@ -375,7 +375,7 @@ pub fn read_partitions(
         .first()
         .filter(|t| t.error().is_none())
         .map(|t| t.partitions().len() as i32)
-        .ok_or_else(|| KafkaError(format!("topic `{topic}` does not exist")))?;
+        .ok_or_else(|| KafkaError::UnknownTopic(topic.to_string()))?;
     let mut assignment = TopicPartitionList::new();
     let mut estimate = 0;
     // Partitions not yet read up to their high watermark (unknown: never).

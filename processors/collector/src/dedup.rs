@@ -271,7 +271,7 @@ mod tests {
             for (id, ts) in chunk {
                 verdicts.push(window.observe(&mut txn, "ingest.events", 0, "acme", id, *ts));
             }
-            store.commit(txn, &Positions::new()).unwrap();
+            store.commit_for_test(txn, &Positions::new()).unwrap();
             window.committed();
         }
         verdicts

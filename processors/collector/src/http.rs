@@ -134,12 +134,12 @@ pub trait Sink: Send + Sync + 'static {
 
 /// A [`Sink`] that produces to Kafka and waits for every acknowledgement.
 pub struct KafkaSink {
-    producer: rdkafka::producer::FutureProducer,
+    producer: trellis_runtime::producer::TrellisProducer,
 }
 
 impl KafkaSink {
     /// A sink producing with `producer`.
-    pub fn new(producer: rdkafka::producer::FutureProducer) -> Self {
+    pub fn new(producer: trellis_runtime::producer::TrellisProducer) -> Self {
         Self { producer }
     }
 }
@@ -149,37 +149,31 @@ impl Sink for KafkaSink {
         &self,
         records: Vec<IngestWrite>,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
-        use rdkafka::message::{Header, OwnedHeaders};
-        use rdkafka::producer::FutureRecord;
+        use trellis_runtime::producer::Outgoing;
         Box::pin(async move {
             let mut deliveries = Vec::with_capacity(records.len());
             for record in &records {
-                let headers = OwnedHeaders::new_with_capacity(2)
-                    .insert(Header {
-                        key: trellis_runtime::kafka::TENANT_HEADER,
-                        value: Some(record.tenant.as_bytes()),
-                    })
-                    .insert(Header {
-                        key: trellis_runtime::kafka::REQUEST_ID_HEADER,
-                        value: Some(record.request_id.as_bytes()),
-                    });
+                let outgoing = Outgoing {
+                    topic: record.topic,
+                    key: record.tenant.as_bytes(),
+                    value: Some(&record.value),
+                    id: None,
+                    tenant: Some(&record.tenant),
+                    request_id: Some(record.request_id.as_bytes()),
+                    timestamp_ms: None,
+                };
                 let delivery = self
                     .producer
-                    .send_result(
-                        FutureRecord::to(record.topic)
-                            .key(&record.tenant)
-                            .payload(&record.value)
-                            .headers(headers),
-                    )
-                    .map_err(|(e, _)| e.to_string())?;
-                deliveries.push(delivery);
+                    .enqueue(&outgoing)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                deliveries.push((record.topic, delivery));
             }
-            for delivery in deliveries {
-                match delivery.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(e.to_string()),
-                    Err(_) => return Err("delivery cancelled".into()),
-                }
+            for (topic, delivery) in deliveries {
+                // The client is told and retries; no re-send behind its back.
+                trellis_runtime::producer::settle(topic, delivery)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             Ok(())
         })

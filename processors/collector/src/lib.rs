@@ -202,10 +202,7 @@ impl Processor for Collector {
             out.dropped_duplicate();
             return Ok(());
         }
-        let value = self
-            .encoder
-            .encode(&event)
-            .map_err(|e| ProcessError::Fatal(e.to_string()))?;
+        let value = self.encoder.encode(&event).map_err(ProcessError::from)?;
         out.emit(OutputRecord {
             topic: self.collected.clone(),
             key: format!("{}|{}", event.tenant_id, event.actor.subject_ref()).into_bytes(),
@@ -232,16 +229,15 @@ impl Processor for Collector {
 pub async fn run(
     config: Config<Settings>,
     secrets: Secrets,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Exit, Failure> {
     let runtime = Runtime::start(NAME, &config).await?;
     let encoder = runtime.encoder(COLLECTED_TOPIC).await?;
     let collector = Collector::new(&config.settings, encoder);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     if let Some(settings) = config.settings.http.clone() {
-        let producer = trellis_runtime::kafka::producer_config(&config.kafka, None)
-            .create()
-            .map_err(|e| StartError::Misconfigured(format!("HTTP ingest producer: {e}")))?;
+        let producer = trellis_runtime::producer::TrellisProducer::create(&config.kafka)
+            .map_err(StartError::from)?;
         let ingest = http::Ingest::new(
             settings,
             Arc::new(http::KafkaSink::new(producer)),

@@ -62,7 +62,7 @@ enum ApiKeyCommand {
 /// Writes API key changes to `audit.events` before they are reported done.
 struct KeyAudit {
     runtime: tokio::runtime::Runtime,
-    producer: rdkafka::producer::FutureProducer,
+    producer: trellis_runtime::producer::TrellisProducer,
     encoder: trellis_runtime::schema::AvroEncoder,
 }
 
@@ -73,8 +73,7 @@ impl KeyAudit {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let producer = trellis_runtime::kafka::producer_config(&config.kafka, None)
-            .create()
+        let producer = trellis_runtime::producer::TrellisProducer::create(&config.kafka)
             .map_err(|e| format!("cannot reach the broker for audit events: {e}"))?;
         let topology = trellis_runtime::topology::Topology::load(&config.topology)
             .map_err(|e| e.to_string())?;

@@ -261,9 +261,7 @@ pub struct Gdpr {
 }
 
 fn encode<T: Serialize>(encoder: &AvroEncoder, value: &T) -> Result<Vec<u8>, ProcessError> {
-    encoder
-        .encode(value)
-        .map_err(|e| ProcessError::Fatal(e.to_string()))
+    encoder.encode(value).map_err(ProcessError::from)
 }
 
 impl Gdpr {
@@ -677,7 +675,7 @@ impl Gdpr {
             &path,
             &serde_json::to_vec_pretty(&document).map_err(state_err)?,
         )
-        .map_err(|e| ProcessError::Fatal(format!("cannot write export {}: {e}", path.display())))?;
+        .map_err(|e| ProcessError::fatal("writing an access export", e))?;
         Ok(path.display().to_string())
     }
 
@@ -840,7 +838,7 @@ impl Processor for Gdpr {
 /// [`Failure`] when it cannot start or must stop; the message names the cause.
 pub async fn run(
     config: Config<Settings>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Exit, Failure> {
     config.settings.check().map_err(StartError::Misconfigured)?;
     if config.kafka.instances > 1 {

@@ -183,7 +183,7 @@ fn secret_array(secrets: &Secrets, name: &str) -> [u8; KEY_LEN] {
 }
 
 fn fatal(e: VaultError) -> ProcessError {
-    ProcessError::Fatal(e.to_string())
+    ProcessError::fatal("key vault", e)
 }
 
 /// Encoders the processor writes with.
@@ -245,9 +245,7 @@ impl Privacy {
         encoder: &AvroEncoder,
         value: &T,
     ) -> Result<Vec<u8>, ProcessError> {
-        encoder
-            .encode(value)
-            .map_err(|e| ProcessError::Fatal(e.to_string()))
+        encoder.encode(value).map_err(ProcessError::from)
     }
 
     fn protect(
@@ -402,11 +400,11 @@ impl Privacy {
         let stored = self.vault().receipt(&request.command_id).map_err(fatal)?;
         let receipt = match stored {
             Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| ProcessError::Fatal(format!("unreadable command receipt: {e}")))?,
+                .map_err(|e| ProcessError::fatal("reading a command receipt", e))?,
             None => {
                 let receipt = self.execute(&request, at)?;
-                let bytes =
-                    serde_json::to_vec(&receipt).map_err(|e| ProcessError::Fatal(e.to_string()))?;
+                let bytes = serde_json::to_vec(&receipt)
+                    .map_err(|e| ProcessError::fatal("writing a command receipt", e))?;
                 self.vault()
                     .put_receipt(&request.command_id, &bytes)
                     .map_err(fatal)?;
@@ -538,7 +536,7 @@ impl Processor for Privacy {
 pub async fn run(
     config: Config<Settings>,
     secrets: Secrets,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Exit, Failure> {
     let runtime = Runtime::start(NAME, &config).await?;
     let collected_schema = runtime
@@ -562,9 +560,8 @@ pub async fn run(
     if let Some(settings) = config.settings.reveal.clone() {
         let misconfigured =
             |e: &dyn std::fmt::Display| StartError::Misconfigured(format!("decrypt gate: {e}"));
-        let producer = trellis_runtime::kafka::producer_config(&config.kafka, None)
-            .create()
-            .map_err(|e| misconfigured(&e))?;
+        let producer = trellis_runtime::producer::TrellisProducer::create(&config.kafka)
+            .map_err(StartError::from)?;
         let audit =
             reveal::KafkaAuditSink::new(producer, runtime.encoder(AUDIT_EVENTS_TOPIC).await?);
         let listener = tokio::net::TcpListener::bind(settings.addr)

@@ -139,14 +139,14 @@ impl RecordSource for KafkaRecordSource {
 
 /// Produces audit events and waits for the acknowledgement.
 pub struct KafkaAuditSink {
-    producer: rdkafka::producer::FutureProducer,
+    producer: trellis_runtime::producer::TrellisProducer,
     encoder: trellis_runtime::schema::AvroEncoder,
 }
 
 impl KafkaAuditSink {
     /// A sink producing with `producer`, encoding with `encoder`.
     pub fn new(
-        producer: rdkafka::producer::FutureProducer,
+        producer: trellis_runtime::producer::TrellisProducer,
         encoder: trellis_runtime::schema::AvroEncoder,
     ) -> Self {
         Self { producer, encoder }
@@ -159,7 +159,9 @@ impl AuditSink for KafkaAuditSink {
         event: AuditEvent,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
-            trellis_runtime::kafka::produce_audit_event(&self.producer, &self.encoder, &event).await
+            trellis_runtime::kafka::produce_audit_event(&self.producer, &self.encoder, &event)
+                .await
+                .map_err(|e| e.to_string())
         })
     }
 }

@@ -193,7 +193,7 @@ pub(crate) fn learner_prefix(tenant: &str, learner: &str) -> Vec<u8> {
 }
 
 fn encode_state<T: Serialize>(value: &T) -> Result<Vec<u8>, ProcessError> {
-    postcard::to_stdvec(value).map_err(|e| ProcessError::Fatal(format!("encoding state: {e}")))
+    postcard::to_stdvec(value).map_err(|e| ProcessError::fatal("encoding state", e))
 }
 
 pub(crate) fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StateError> {
@@ -314,9 +314,7 @@ impl Progress {
     }
 
     fn encode<T: Serialize>(encoder: &AvroEncoder, value: &T) -> Result<Vec<u8>, ProcessError> {
-        encoder
-            .encode(value)
-            .map_err(|e| ProcessError::Fatal(e.to_string()))
+        encoder.encode(value).map_err(ProcessError::from)
     }
 
     fn load(txn: &StateTxn<'_>, key: &[u8]) -> Result<RowState, ProcessError> {
@@ -689,7 +687,7 @@ impl Progress {
                     held.insert(
                         activity,
                         serde_json::to_value(&row)
-                            .map_err(|e| ProcessError::Fatal(e.to_string()))?,
+                            .map_err(|e| ProcessError::fatal("exporting a progress row", e))?,
                     );
                 }
                 ack.export = Some(serde_json::Value::Object(held).to_string());
@@ -735,7 +733,7 @@ impl Processor for Progress {
 /// [`Failure`] when it cannot start or must stop; the message names the cause.
 pub async fn run(
     config: Config<Settings>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Exit, Failure> {
     config.settings.check().map_err(StartError::Misconfigured)?;
     let runtime = Runtime::start(NAME, &config).await?;
@@ -759,7 +757,7 @@ pub async fn run(
                     settings.addr
                 ))
             })?;
-        let router = transcript::TranscriptApi::new(settings, runtime.store.clone()).router();
+        let router = transcript::TranscriptApi::new(settings, runtime.store().clone()).router();
         tracing::info!(addr = %listener.local_addr().map_err(|e| StartError::Misconfigured(e.to_string()))?, "transcripts listening");
         tokio::spawn(async move {
             let served = axum::serve(listener, router)

@@ -466,7 +466,17 @@ fn erasure_removes_the_learner_and_replay_cannot_bring_them_back() {
         transcript::transcript(&store, "acme", "p_cy").unwrap(),
         others
     );
-    let replayed = run_offline(&mut projector, &store, &input, 4).unwrap();
+    // The same statements again, as re-sent records further down the log
+    // (positions never move backwards, so a re-delivery is a new offset).
+    let resent: Vec<OwnedRecord> = input
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            r.offset += 1_000_000;
+            r
+        })
+        .collect();
+    let replayed = run_offline(&mut projector, &store, &resent, 4).unwrap();
     assert!(
         replayed
             .outputs

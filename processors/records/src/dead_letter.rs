@@ -49,6 +49,16 @@ pub struct DeadLetter {
     pub original_value: Option<Vec<u8>>,
     /// Original headers.
     pub original_headers: Vec<OriginalHeader>,
+    /// True when the original did not fit the broker's message limit and
+    /// `original_value` holds a prefix of it.
+    #[serde(default)]
+    pub truncated: bool,
+    /// Length of the whole original value, when truncated.
+    #[serde(default)]
+    pub original_value_length: Option<i64>,
+    /// Hex SHA-256 of the whole original value, when truncated.
+    #[serde(default)]
+    pub original_value_sha256: Option<String>,
 }
 
 impl DeadLetter {

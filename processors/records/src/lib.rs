@@ -164,6 +164,9 @@ mod tests {
                     key: "tenant".into(),
                     value: b"acme".to_vec(),
                 }],
+                truncated: true,
+                original_value_length: Some(2_000_000),
+                original_value_sha256: Some("ab".repeat(32)),
             },
         );
     }

@@ -29,12 +29,44 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// A broker call failed.
 #[derive(Debug, thiserror::Error)]
-#[error("kafka: {0}")]
-pub struct KafkaError(pub String);
+pub enum KafkaError {
+    /// librdkafka refused or failed a call.
+    #[error("kafka: {context}: {source}")]
+    Client {
+        /// What Trellis was doing.
+        context: &'static str,
+        /// What librdkafka said.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The topic is not on the broker.
+    #[error("kafka: topic `{0}` does not exist")]
+    UnknownTopic(String),
+    /// Creating a declared topic failed.
+    #[error("kafka: creating topic `{topic}`: {code}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        code: RDKafkaErrorCode,
+    },
+    /// A transaction needs the consumer's group metadata, which is missing.
+    #[error("kafka: no consumer group metadata for the transaction")]
+    NoGroupMetadata,
+}
+
+impl KafkaError {
+    /// A `map_err` adapter naming what Trellis was doing.
+    pub fn client(context: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+        move |source| Self::Client { context, source }
+    }
+}
 
 impl From<rdkafka::error::KafkaError> for KafkaError {
-    fn from(e: rdkafka::error::KafkaError) -> Self {
-        Self(e.to_string())
+    fn from(source: rdkafka::error::KafkaError) -> Self {
+        Self::Client {
+            context: "broker call",
+            source,
+        }
     }
 }
 
@@ -72,7 +104,10 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        // Every partition is assigned at an explicit offset; a position the
+        // broker says is out of range is reported, not silently reset
+        // (see `pipeline`).
+        .set("auto.offset.reset", "error")
         .set("enable.partition.eof", "false")
         .set(
             "isolation.level",
@@ -171,7 +206,7 @@ pub async fn apply_topology(
                     outcomes.insert(name, TopicOutcome::Unchanged);
                 }
                 Err((name, code)) => {
-                    return Err(KafkaError(format!("creating topic `{name}`: {code}")));
+                    return Err(KafkaError::CreateTopic { topic: name, code });
                 }
             }
         }
@@ -205,7 +240,7 @@ pub fn scan_topic(
         .first()
         .filter(|t| t.error().is_none())
         .map(|t| t.partitions().len())
-        .ok_or_else(|| KafkaError(format!("topic `{topic}` does not exist")))?;
+        .ok_or_else(|| KafkaError::UnknownTopic(topic.to_string()))?;
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions as i32 {
         assignment.add_partition_offset(topic, p, Offset::Beginning)?;
@@ -257,34 +292,38 @@ pub fn end_offsets(kafka: &KafkaConfig, topic: &str) -> Result<BTreeMap<String, 
 /// the record.
 ///
 /// # Errors
-/// The encoding or delivery failure, as text.
+/// The encoding failure, or the delivery failure once retries ran out.
 pub async fn produce_audit_event(
-    producer: &rdkafka::producer::FutureProducer,
+    producer: &crate::producer::TrellisProducer,
     encoder: &crate::schema::AvroEncoder,
     event: &trellis_records::AuditEvent,
-) -> Result<(), String> {
-    use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::FutureRecord;
-    let value = encoder.encode(event).map_err(|e| e.to_string())?;
+) -> Result<(), AuditEventError> {
+    let value = encoder.encode(event)?;
     let tenant = event.tenant_id.clone().unwrap_or_default();
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: ID_HEADER,
-            value: Some(event.event_id.as_bytes()),
-        })
-        .insert(Header {
-            key: TENANT_HEADER,
-            value: Some(tenant.as_bytes()),
-        });
     producer
         .send(
-            FutureRecord::to(trellis_records::AUDIT_EVENTS_TOPIC)
-                .key(&tenant)
-                .payload(&value)
-                .headers(headers),
-            std::time::Duration::from_secs(10),
+            &crate::producer::Outgoing {
+                topic: trellis_records::AUDIT_EVENTS_TOPIC,
+                key: tenant.as_bytes(),
+                value: Some(&value),
+                id: Some(&event.event_id),
+                tenant: Some(&tenant),
+                request_id: None,
+                timestamp_ms: None,
+            },
+            Duration::from_secs(10),
         )
-        .await
-        .map(|_| ())
-        .map_err(|(e, _)| e.to_string())
+        .await?;
+    Ok(())
+}
+
+/// An audit event could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditEventError {
+    /// It did not fit its schema (a bug).
+    #[error(transparent)]
+    Encode(#[from] crate::schema::SchemaError),
+    /// The broker did not take it in time.
+    #[error(transparent)]
+    Produce(#[from] crate::producer::ProduceError),
 }

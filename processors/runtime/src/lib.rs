@@ -12,17 +12,37 @@
 //! - [`topology`]: topology.yaml and its rules.
 //! - [`schema`]: Avro schemas, personal-data tags, the Confluent wire format.
 //! - [`state`]: the sled store that keeps state and input positions together.
-//! - [`pipeline`]: the consume → process → produce loop and restore by replay.
+//! - [`processor`]: the trait a processor implements.
+//! - [`record`]: input records as a processor sees them.
+//! - [`emitter`]: what a processor emits for one record.
+//! - [`pipeline`]: the consume → process → produce loop; its delivery semantics.
+//! - [`replay`]: the restore-by-replay plan and its progress report.
+//! - [`producer`]: the one way to produce a record (headers, limits, retries).
+//! - [`dead_letter`]: dead letters that always fit the broker's limit.
+//! - [`backoff`]: retries of faults that may mend.
+//! - [`error`]: error kinds (retryable, poison, fatal) and exit mapping.
+//! - [`failpoint`]: crash points at commit boundaries (debug builds only).
+//! - [`offline`]: a processor over in-memory records (tests, benchmarks).
 //! - [`kafka`]: client configs, topic checks, topology provisioning.
 //! - [`metrics`]: Prometheus families and the `/metrics` endpoint.
 //! - [`lifecycle`]: tracing, signals, exit statuses.
 //! - [`ticker`]: timed decisions as records in the log.
 
+pub mod backoff;
 pub mod config;
+pub mod dead_letter;
+pub mod emitter;
+pub mod error;
+pub mod failpoint;
 pub mod kafka;
 pub mod lifecycle;
 pub mod metrics;
+pub mod offline;
 pub mod pipeline;
+pub mod processor;
+pub mod producer;
+pub mod record;
+pub mod replay;
 pub mod schema;
 pub mod secret;
 pub mod state;

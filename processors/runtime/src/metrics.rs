@@ -39,6 +39,9 @@ pub struct Metrics {
     pub batch_latency: Histogram,
     /// Next offset to read, by topic and partition.
     pub position: IntGaugeVec,
+    /// 1 while a partition cannot make progress by itself, by reason
+    /// (`replay_target_beyond_log_end`, `position_beyond_log_end`).
+    pub stuck: IntGaugeVec,
     in_cache: Arc<Mutex<HashMap<String, IntCounter>>>,
 }
 
@@ -99,6 +102,14 @@ impl Metrics {
             opts("trellis_consumer_position", "Next offset to read."),
             &["topic", "partition"],
         )?;
+        let stuck = IntGaugeVec::new(
+            opts(
+                "trellis_partition_stuck",
+                "1 while a partition cannot make progress by itself, by reason.",
+            ),
+            &["topic", "partition", "reason"],
+        )?;
+        registry.register(Box::new(stuck.clone()))?;
         registry.register(Box::new(records_in.clone()))?;
         registry.register(Box::new(records_out.clone()))?;
         registry.register(Box::new(dlq_records.clone()))?;
@@ -117,6 +128,7 @@ impl Metrics {
             replayed,
             batch_latency,
             position,
+            stuck,
             in_cache: Arc::default(),
         })
     }

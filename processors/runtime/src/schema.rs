@@ -11,7 +11,7 @@
 //! `"pii"` says what a field holds and how it is (or must be) protected. See
 //! [`PiiTag`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -304,23 +304,67 @@ impl AvroEncoder {
     }
 }
 
-/// Why a record value could not be decoded: bad input, never a crash.
+/// Why a record value could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    /// Not in the Confluent wire format.
+    /// Not in the Confluent wire format: bad input.
     #[error("not in the Confluent wire format (magic byte or length)")]
     NotWireFormat,
-    /// The schema id is unknown to the registry, or the registry failed.
-    #[error("schema id {id}: {message}")]
-    Schema {
+    /// The registry answered that it has no schema with this id: bad input.
+    #[error("schema id {id} is unknown to the registry")]
+    UnknownSchema {
+        /// The id in the record.
+        id: u32,
+    },
+    /// The registry has the schema but it cannot be used (unparseable):
+    /// bad input as far as this record is concerned.
+    #[error("schema id {id} cannot be used: {source}")]
+    BadSchema {
         /// The id in the record.
         id: u32,
         /// Why.
-        message: String,
+        source: apache_avro::Error,
     },
-    /// The datum does not match its writer schema or the reader type.
-    #[error("malformed Avro datum: {0}")]
-    Datum(String),
+    /// The registry could not be asked (down, slow, refusing): not the
+    /// record's fault, so never a dead letter; retry later.
+    #[error("schema id {id}: registry unavailable: {reason}")]
+    RegistryUnavailable {
+        /// The id in the record.
+        id: u32,
+        /// What the registry client said.
+        reason: String,
+    },
+    /// The datum does not match its writer schema or the reader type: bad input.
+    #[error("malformed Avro datum: {source}")]
+    Datum {
+        /// What the Avro reader said.
+        source: apache_avro::Error,
+    },
+}
+
+impl DecodeError {
+    /// Retryable (registry unavailable) or poison (everything else).
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            Self::RegistryUnavailable { .. } => crate::error::ErrorKind::Retryable,
+            _ => crate::error::ErrorKind::Poison,
+        }
+    }
+
+    /// The dead-letter reason code for a poison record.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownSchema { .. } => "UNKNOWN_SCHEMA",
+            Self::RegistryUnavailable { .. } => "REGISTRY_UNAVAILABLE",
+            Self::NotWireFormat | Self::BadSchema { .. } | Self::Datum { .. } => "UNDECODABLE",
+        }
+    }
+}
+
+/// What the registry said about a schema id.
+enum Lookup {
+    Found(Arc<WriterSchema>),
+    Unknown,
 }
 
 struct WriterSchema {
@@ -333,6 +377,8 @@ struct WriterSchema {
 pub struct AvroDecoder {
     registry: SrSettings,
     schemas: Arc<RwLock<HashMap<u32, Arc<WriterSchema>>>>,
+    /// Ids the registry answered 404 for.
+    unknown: Arc<RwLock<HashSet<u32>>>,
 }
 
 impl AvroDecoder {
@@ -341,6 +387,7 @@ impl AvroDecoder {
         Self {
             registry,
             schemas: Arc::default(),
+            unknown: Arc::default(),
         }
     }
 
@@ -356,34 +403,89 @@ impl AvroDecoder {
     }
 
     async fn writer_schema(&self, id: u32) -> Result<Arc<WriterSchema>, DecodeError> {
+        match self.lookup(id).await? {
+            Lookup::Found(writer) => Ok(writer),
+            Lookup::Unknown => Err(DecodeError::UnknownSchema { id }),
+        }
+    }
+
+    async fn lookup(&self, id: u32) -> Result<Lookup, DecodeError> {
         if let Some(found) = self.read_cache(id) {
             return Ok(found);
         }
-        let registered =
-            get_schema_by_id(id, &self.registry)
-                .await
-                .map_err(|e| DecodeError::Schema {
+        let registered = match get_schema_by_id(id, &self.registry).await {
+            Ok(registered) => registered,
+            // The client reports statuses only in its message: a 404 is the
+            // registry's positive answer that the id does not exist.
+            Err(e) if !e.retriable && e.error.contains("status 404") => {
+                if let Ok(mut unknown) = self.unknown.write() {
+                    unknown.insert(id);
+                }
+                return Ok(Lookup::Unknown);
+            }
+            Err(e) => {
+                return Err(DecodeError::RegistryUnavailable {
                     id,
-                    message: e.to_string(),
-                })?;
-        let schema = Schema::parse_str(&registered.schema).map_err(|e| DecodeError::Schema {
-            id,
-            message: e.to_string(),
-        })?;
+                    reason: e.error,
+                });
+            }
+        };
+        let schema = Schema::parse_str(&registered.schema)
+            .map_err(|source| DecodeError::BadSchema { id, source })?;
         let schema: &'static Schema = Box::leak(Box::new(schema));
-        let resolved = ResolvedSchema::try_from(schema).map_err(|e| DecodeError::Schema {
-            id,
-            message: e.to_string(),
-        })?;
+        let resolved = ResolvedSchema::try_from(schema)
+            .map_err(|source| DecodeError::BadSchema { id, source })?;
         let entry = Arc::new(WriterSchema { schema, resolved });
         if let Ok(mut cache) = self.schemas.write() {
             cache.insert(id, entry.clone());
         }
-        Ok(entry)
+        Ok(Lookup::Found(entry))
     }
 
-    fn read_cache(&self, id: u32) -> Option<Arc<WriterSchema>> {
-        self.schemas.read().ok()?.get(&id).cloned()
+    fn read_cache(&self, id: u32) -> Option<Lookup> {
+        if let Some(found) = self.schemas.read().ok()?.get(&id).cloned() {
+            return Some(Lookup::Found(found));
+        }
+        self.unknown
+            .read()
+            .ok()?
+            .contains(&id)
+            .then_some(Lookup::Unknown)
+    }
+
+    /// Makes sure the writer schema of `bytes` is known (cached, or known
+    /// not to exist), asking the registry if needed. The runtime calls this
+    /// before a record reaches its processor, so that the processor's
+    /// synchronous decode never waits on the network.
+    ///
+    /// # Errors
+    /// [`DecodeError::RegistryUnavailable`] when the registry could not
+    /// answer; anything else about the record is left to the decode.
+    pub async fn prepare(&self, bytes: &[u8]) -> Result<(), DecodeError> {
+        let Ok(id) = Self::schema_id(bytes) else {
+            return Ok(());
+        };
+        match self.lookup(id).await {
+            Err(e @ DecodeError::RegistryUnavailable { .. }) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Decodes with writer schemas already known ([`AvroDecoder::prepare`]).
+    ///
+    /// # Errors
+    /// [`DecodeError::RegistryUnavailable`] if the schema was never fetched;
+    /// otherwise what is wrong with the record.
+    pub fn decode_cached<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, DecodeError> {
+        let id = Self::schema_id(bytes)?;
+        match self.read_cache(id) {
+            Some(Lookup::Found(writer)) => Self::read_with(&writer, bytes),
+            Some(Lookup::Unknown) => Err(DecodeError::UnknownSchema { id }),
+            None => Err(DecodeError::RegistryUnavailable {
+                id,
+                reason: "writer schema not fetched before decoding".into(),
+            }),
+        }
     }
 
     /// Decodes a value into `T`, whose serde shape must match the writer
@@ -408,13 +510,15 @@ impl AvroDecoder {
     pub fn decode_blocking<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, DecodeError> {
         let id = Self::schema_id(bytes)?;
         let writer = match self.read_cache(id) {
-            Some(writer) => writer,
+            Some(Lookup::Found(writer)) => writer,
+            Some(Lookup::Unknown) => return Err(DecodeError::UnknownSchema { id }),
             None => {
-                let handle =
-                    tokio::runtime::Handle::try_current().map_err(|_| DecodeError::Schema {
+                let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+                    DecodeError::RegistryUnavailable {
                         id,
-                        message: "schema not cached and no runtime to fetch it".into(),
-                    })?;
+                        reason: "schema not cached and no runtime to fetch it".into(),
+                    }
+                })?;
                 tokio::task::block_in_place(|| handle.block_on(self.writer_schema(id)))?
             }
         };
@@ -428,10 +532,8 @@ impl AvroDecoder {
     /// [`DecodeError::Schema`] if the schema cannot be resolved.
     pub fn insert(&self, id: u32, schema: Schema) -> Result<(), DecodeError> {
         let schema: &'static Schema = Box::leak(Box::new(schema));
-        let resolved = ResolvedSchema::try_from(schema).map_err(|e| DecodeError::Schema {
-            id,
-            message: e.to_string(),
-        })?;
+        let resolved = ResolvedSchema::try_from(schema)
+            .map_err(|source| DecodeError::BadSchema { id, source })?;
         if let Ok(mut cache) = self.schemas.write() {
             cache.insert(id, Arc::new(WriterSchema { schema, resolved }));
         }
@@ -446,8 +548,8 @@ impl AvroDecoder {
             .resolved_writer_schemata(writer.resolved.clone())
             .build()
             .and_then(|reader| reader.read_value(&mut &bytes[5..]))
-            .map_err(|e| DecodeError::Datum(e.to_string()))?;
-        apache_avro::from_value(&value).map_err(|e| DecodeError::Datum(e.to_string()))
+            .map_err(|source| DecodeError::Datum { source })?;
+        apache_avro::from_value(&value).map_err(|source| DecodeError::Datum { source })
     }
 
     /// Decodes into a generic JSON value (tools, tests, access exports).
@@ -461,8 +563,8 @@ impl AvroDecoder {
             .resolved_writer_schemata(writer.resolved.clone())
             .build()
             .and_then(|reader| reader.read_value(&mut &bytes[5..]))
-            .map_err(|e| DecodeError::Datum(e.to_string()))?;
-        serde_json::Value::try_from(value).map_err(|e| DecodeError::Datum(e.to_string()))
+            .map_err(|source| DecodeError::Datum { source })?;
+        serde_json::Value::try_from(value).map_err(|source| DecodeError::Datum { source })
     }
 }
 

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 const META: u8 = 0x00;
 const DATA: u8 = 0x01;
 const POSITION: &[u8] = b"pos/";
+const CLUSTER: &[u8] = b"cluster";
 
 /// A topic partition.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,18 +53,44 @@ pub type Positions = BTreeMap<TopicPartition, i64>;
 
 /// The store failed; the processor cannot continue safely.
 #[derive(Debug, thiserror::Error)]
-#[error("state store {path}: {message}")]
-pub struct StateError {
-    path: PathBuf,
-    message: String,
+pub enum StateError {
+    /// sled failed (I/O, another process holds the store, corruption).
+    #[error("state store {path}: {source}")]
+    Sled {
+        /// The store directory.
+        path: PathBuf,
+        /// What sled said.
+        source: sled::Error,
+    },
+    /// An entry could not be decoded.
+    #[error("state store {path}: corrupt entry: {what}")]
+    Corrupt {
+        /// The store directory, when known.
+        path: PathBuf,
+        /// Which entry, and why.
+        what: String,
+    },
+    /// A commit tried to move an input position backwards: a bug, refused
+    /// because it would apply inputs twice.
+    #[error("state store {path}: refusing to move {partition} back from {from} to {to}")]
+    PositionBackwards {
+        /// The store directory.
+        path: PathBuf,
+        /// The input partition.
+        partition: TopicPartition,
+        /// The position the store holds.
+        from: i64,
+        /// The position the commit asked for.
+        to: i64,
+    },
 }
 
 impl StateError {
     /// A data entry the processor cannot decode.
     pub fn corrupt(what: impl fmt::Display) -> Self {
-        Self {
+        Self::Corrupt {
             path: PathBuf::from("(processor data)"),
-            message: format!("corrupt entry: {what}"),
+            what: what.to_string(),
         }
     }
 }
@@ -94,9 +121,9 @@ impl StateStore {
         let db = sled::Config::new()
             .path(dir)
             .open()
-            .map_err(|e| StateError {
+            .map_err(|source| StateError::Sled {
                 path: dir.to_path_buf(),
-                message: e.to_string(),
+                source,
             })?;
         Ok(Self {
             path: dir.to_path_buf(),
@@ -104,11 +131,43 @@ impl StateStore {
         })
     }
 
-    fn err(&self, e: impl fmt::Display) -> StateError {
-        StateError {
+    fn err(&self, source: sled::Error) -> StateError {
+        StateError::Sled {
             path: self.path.clone(),
-            message: e.to_string(),
+            source,
         }
+    }
+
+    fn corrupt(&self, what: &str) -> StateError {
+        StateError::Corrupt {
+            path: self.path.clone(),
+            what: what.to_string(),
+        }
+    }
+
+    /// The Kafka cluster whose log this store was built from, if recorded.
+    ///
+    /// # Errors
+    /// [`StateError`] on read failure.
+    pub fn cluster_id(&self) -> Result<Option<String>, StateError> {
+        let key = [&[META][..], CLUSTER].concat();
+        Ok(self
+            .db
+            .get(key)
+            .map_err(|e| self.err(e))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Records the cluster whose log this store is built from.
+    ///
+    /// # Errors
+    /// [`StateError`] on write failure.
+    pub fn set_cluster_id(&self, id: &str) -> Result<(), StateError> {
+        let key = [&[META][..], CLUSTER].concat();
+        self.db
+            .insert(key, id.as_bytes())
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 
     /// Where the store lives.
@@ -129,11 +188,11 @@ impl StateStore {
             let rest = &key[prefix.len()..];
             let (topic, partition) = rest
                 .split_last_chunk::<4>()
-                .ok_or_else(|| self.err("corrupt position key"))?;
+                .ok_or_else(|| self.corrupt("position key"))?;
             let offset: [u8; 8] = value
                 .as_ref()
                 .try_into()
-                .map_err(|_| self.err("corrupt position value"))?;
+                .map_err(|_| self.corrupt("position value"))?;
             positions.insert(
                 TopicPartition::new(
                     String::from_utf8_lossy(topic),
@@ -192,11 +251,34 @@ impl StateStore {
         }
     }
 
-    /// Applies `txn`'s changes and the positions they include in one atomic batch.
+    /// Applies `txn`'s changes and the positions they include in one atomic
+    /// batch. Only the runtime commits: a processor sees the store through
+    /// [`StateTxn`] and never decides what its state includes.
     ///
     /// # Errors
-    /// [`StateError`]; nothing is applied then.
-    pub fn commit(&self, txn: StateTxn<'_>, positions: &Positions) -> Result<(), StateError> {
+    /// [`StateError`]; nothing is applied then. A position that would move
+    /// backwards is refused ([`StateError::PositionBackwards`]).
+    pub(crate) fn commit(
+        &self,
+        txn: StateTxn<'_>,
+        positions: &Positions,
+    ) -> Result<(), StateError> {
+        for (tp, &to) in positions {
+            if let Some(old) = self
+                .db
+                .get(Self::position_key(tp))
+                .map_err(|e| self.err(e))?
+                && let Ok(bytes) = <[u8; 8]>::try_from(old.as_ref())
+                && i64::from_be_bytes(bytes) > to
+            {
+                return Err(StateError::PositionBackwards {
+                    path: self.path.clone(),
+                    partition: tp.clone(),
+                    from: i64::from_be_bytes(bytes),
+                    to,
+                });
+            }
+        }
         let mut batch = sled::Batch::default();
         for (key, change) in txn.changes {
             let key = Self::data_key(&key);
@@ -209,6 +291,20 @@ impl StateStore {
             batch.insert(Self::position_key(tp), &offset.to_be_bytes());
         }
         self.db.apply_batch(batch).map_err(|e| self.err(e))
+    }
+
+    /// [`StateStore::commit`] for other crates' unit tests (feature
+    /// `test-support`); processors never see it.
+    ///
+    /// # Errors
+    /// As [`StateStore::commit`].
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn commit_for_test(
+        &self,
+        txn: StateTxn<'_>,
+        positions: &Positions,
+    ) -> Result<(), StateError> {
+        self.commit(txn, positions)
     }
 
     /// Forces written batches to disk (sled also does this every 500 ms).
@@ -387,5 +483,53 @@ mod tests {
         txn.delete(b"x".to_vec());
         two.commit(txn, &Positions::new()).unwrap();
         assert_ne!(one.digest().unwrap(), two.digest().unwrap());
+    }
+
+    #[test]
+    fn a_position_never_moves_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let tp = TopicPartition::new("t", 0);
+        store
+            .commit(store.begin(), &Positions::from([(tp.clone(), 10)]))
+            .unwrap();
+        let mut txn = store.begin();
+        txn.put(b"x".to_vec(), b"1".to_vec());
+        let err = store
+            .commit(txn, &Positions::from([(tp.clone(), 9)]))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StateError::PositionBackwards {
+                    from: 10,
+                    to: 9,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            store.get(b"x").unwrap(),
+            None,
+            "nothing of the refused commit applied"
+        );
+        store
+            .commit(store.begin(), &Positions::from([(tp, 10)]))
+            .unwrap();
+    }
+
+    #[test]
+    fn the_cluster_a_store_belongs_to_is_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            assert_eq!(store.cluster_id().unwrap(), None);
+            store.set_cluster_id("cluster-a").unwrap();
+            store.flush().unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.cluster_id().unwrap().as_deref(), Some("cluster-a"));
+        assert!(store.is_empty(), "metadata is not data");
     }
 }

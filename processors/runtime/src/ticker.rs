@@ -17,15 +17,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-
-use crate::kafka::ID_HEADER;
+use crate::producer::{Outgoing, TrellisProducer};
 
 /// Writes ticks for one processor; see the module docs.
 pub struct Ticker {
     pub(crate) topic: String,
-    pub(crate) producer: FutureProducer,
+    pub(crate) producer: TrellisProducer,
     /// Set by the runtime once replay has finished. A replay takes its
     /// timed decisions from the ticks already in the log; a tick written
     /// meanwhile would be a decision the original run never took.
@@ -90,16 +87,16 @@ impl Ticker {
                         continue;
                     }
                 };
-                let headers = OwnedHeaders::new().insert(Header {
-                    key: ID_HEADER,
-                    value: Some(tick.id.as_bytes()),
-                });
-                let record = FutureRecord::to(&self.topic)
-                    .key(&tick.key)
-                    .payload(&tick.value)
-                    .headers(headers)
-                    .timestamp(at);
-                if let Err((e, _)) = self.producer.send(record, every).await {
+                let record = Outgoing {
+                    topic: &self.topic,
+                    key: &tick.key,
+                    value: Some(&tick.value),
+                    id: Some(&tick.id),
+                    tenant: None,
+                    request_id: None,
+                    timestamp_ms: Some(at),
+                };
+                if let Err(e) = self.producer.send(&record, every).await {
                     tracing::warn!(error = %e, topic = %self.topic, "tick not written; next one will be");
                 }
             }
