@@ -83,15 +83,21 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker with memory storage and waits until it answers.
     pub fn start() -> Self {
+        Self::start_as(&format!("test-{}-{}", free_port(), std::process::id()))
+    }
+
+    /// Starts a broker reporting cluster id `cluster` (two brokers with one
+    /// id look like one cluster that lost its log).
+    pub fn start_as(cluster: &str) -> Self {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_path())
             .args([
                 "broker",
-                // Each broker is its own cluster: a store from another
-                // test's broker is refused, as in production.
+                // Each broker is its own cluster unless told otherwise: a
+                // store from another test's broker is refused, as in production.
                 "--cluster-id",
-                &format!("test-{port}-{}", std::process::id()),
+                cluster,
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
@@ -119,6 +125,23 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// SIGSTOP: the broker stops answering, connections stay open.
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Broker::freeze`].
+    pub fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal tansu");
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -138,32 +161,57 @@ pub struct Stack {
     pub topology: Topology,
     /// Scratch space (state stores, configs, logs).
     pub dir: tempfile::TempDir,
-    _registry: tokio::sync::oneshot::Sender<()>,
+    registry: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
+    registry_addr: SocketAddr,
+}
+
+/// Serves the registry from `dir` on `addr`; returns the bound address, a
+/// stop trigger and the server task.
+async fn serve_registry(
+    dir: PathBuf,
+    addr: SocketAddr,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel::<SocketAddr>();
+    let task = tokio::spawn(async move {
+        trellis_registry::serve(
+            &dir,
+            addr,
+            |addr| {
+                let _ = bound_tx.send(addr);
+            },
+            async {
+                let _ = stopped.await;
+            },
+        )
+        .await
+        .expect("registry");
+    });
+    (bound_rx.await.expect("registry address"), stop, task)
 }
 
 impl Stack {
     /// Starts broker and registry; applies the topology when `apply` is set.
     pub async fn start_with(apply: bool) -> Self {
-        let broker = Broker::start();
+        Self::start_on(Broker::start(), apply).await
+    }
+
+    /// Like [`Stack::start_with`], on a broker started by the caller.
+    pub async fn start_on(broker: Broker, apply: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel::<SocketAddr>();
-        let registry_dir = dir.path().join("registry");
-        tokio::spawn(async move {
-            trellis_registry::serve(
-                &registry_dir,
-                "127.0.0.1:0".parse().expect("addr"),
-                |addr| {
-                    let _ = bound_tx.send(addr);
-                },
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-            .expect("registry");
-        });
-        let registry_url = format!("http://{}", bound_rx.await.expect("registry address"));
+        let (registry_addr, stop, task) = serve_registry(
+            dir.path().join("registry"),
+            "127.0.0.1:0".parse().expect("addr"),
+        )
+        .await;
+        let registry_url = format!("http://{registry_addr}");
         let kafka = KafkaConfig::new(broker.bootstrap.clone());
         let topology =
             Topology::load_checked(&repo_root().join("topology.yaml")).expect("topology");
@@ -178,8 +226,33 @@ impl Stack {
             kafka,
             topology,
             dir,
-            _registry: stop,
+            registry: Some((stop, task)),
+            registry_addr,
         }
+    }
+
+    /// Stops the schema registry (clients get connection refused).
+    pub async fn stop_registry(&mut self) {
+        if let Some((stop, mut task)) = self.registry.take() {
+            let _ = stop.send(());
+            // Graceful shutdown waits for idle keep-alive connections: cut
+            // them, as a crashed registry would.
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+    }
+
+    /// Starts the registry again on the same address with the same data.
+    pub async fn restart_registry(&mut self) {
+        self.stop_registry().await;
+        let (_, stop, task) =
+            serve_registry(self.dir.path().join("registry"), self.registry_addr).await;
+        self.registry = Some((stop, task));
     }
 
     /// Starts everything and applies the topology.

@@ -262,6 +262,55 @@ pub fn scan_topic(
     Ok(seen)
 }
 
+/// Which of `positions` (topic, partition, offset) lie beyond the log: a
+/// position `n > 0` is within the log when the record at `n - 1` (or a later
+/// one) can be read. Found by reading, not from high watermarks, which tansu
+/// reports wrongly (INFRA.md). Compacted topics may have removed the record
+/// at `n - 1`: callers check only topics with `delete` cleanup.
+///
+/// # Errors
+/// [`KafkaError`] if the broker cannot be reached.
+pub fn positions_beyond_log(
+    kafka: &KafkaConfig,
+    positions: &[(String, i32, i64)],
+    timeout: Duration,
+) -> Result<Vec<(String, i32, i64)>, KafkaError> {
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let mut pending: BTreeMap<(String, i32), i64> = positions
+        .iter()
+        .filter(|(_, _, n)| *n > 0)
+        .map(|(t, p, n)| ((t.clone(), *p), *n))
+        .collect();
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut config = client_config(kafka);
+    config
+        .set("group.id", "trellis-position-check")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "error");
+    let consumer: BaseConsumer = config.create()?;
+    let mut assignment = TopicPartitionList::new();
+    for ((topic, partition), next) in &pending {
+        assignment.add_partition_offset(topic, *partition, Offset::Offset(next - 1))?;
+    }
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + timeout;
+    while !pending.is_empty() && std::time::Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(50)) {
+            let key = (message.topic().to_string(), message.partition());
+            if pending
+                .get(&key)
+                .is_some_and(|next| message.offset() >= next - 1)
+            {
+                pending.remove(&key);
+            }
+        }
+    }
+    Ok(pending.into_iter().map(|((t, p), n)| (t, p, n)).collect())
+}
+
 /// Per partition of `topic` (`topic/partition`): the offset after its last
 /// record, in the form progress waits compare against. Found by reading the
 /// topic until it is idle for a second, not from high watermarks: tansu's

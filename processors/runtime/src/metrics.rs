@@ -206,7 +206,14 @@ pub fn sample(text: &str, selector: &str) -> Option<f64> {
         let matches = if whole_family {
             series == selector || series.starts_with(&format!("{selector}{{"))
         } else {
-            series == selector
+            // Every label the selector names, in any order, among others.
+            let (name, labels) = selector.split_once('{').unwrap_or((selector, ""));
+            series.starts_with(&format!("{name}{{"))
+                && labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .all(|l| series.contains(l))
         };
         if matches && let Ok(v) = value.parse::<f64>() {
             total = Some(total.unwrap_or(0.0) + v);

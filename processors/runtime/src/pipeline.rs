@@ -359,7 +359,9 @@ impl Runtime {
         self.consumer
             .assign(&assignment)
             .map_err(KafkaError::client("assigning partitions"))?;
-        Ok(Cursors::new(plans, Instant::now()))
+        let cursors = Cursors::new(plans, Instant::now());
+        self.check_positions_within_log(&cursors);
+        Ok(cursors)
     }
 
     /// Runs the loop until `shutdown` resolves, then finishes and commits the
@@ -516,6 +518,45 @@ impl Runtime {
                     "replay cannot finish: the group's committed offset lies beyond what the log holds (topic re-created, or a broker that lost its log?); new input waits. Reset the group's offsets or use another kafka.group"
                 );
             }
+        }
+    }
+
+    /// A store whose positions lie beyond the end of the log waits forever
+    /// for records that will never come: report it loudly at start (Kafka
+    /// also answers such a fetch with an out-of-range error, see
+    /// [`Runtime::consume_error`]; tansu answers nothing).
+    fn check_positions_within_log(&self, cursors: &Cursors) {
+        let delete_policy = |topic: &str| {
+            self.topology
+                .topic(topic)
+                .is_ok_and(|t| t.cleanup_policy.as_kafka() == "delete")
+        };
+        let positions: Vec<(String, i32, i64)> = cursors
+            .iter()
+            .filter(|(topic, _, _)| delete_policy(topic))
+            .map(|(topic, partition, cursor)| (topic.to_string(), partition, cursor.next))
+            .collect();
+        let beyond = match crate::kafka::positions_beyond_log(
+            &self.kafka,
+            &positions,
+            Duration::from_secs(3),
+        ) {
+            Ok(beyond) => beyond,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check the store's positions against the log");
+                return;
+            }
+        };
+        for (topic, partition, next) in beyond {
+            self.stuck_gauge(&topic, partition, "position_beyond_log_end")
+                .set(1);
+            tracing::error!(
+                processor = self.name,
+                topic = %topic,
+                partition,
+                position = next,
+                "the state store's position lies beyond the end of the log: this store was built from another log (a broker that lost its data, a re-created topic). Delete the state directory (or start with --rebuild) to rebuild it by replay"
+            );
         }
     }
 
