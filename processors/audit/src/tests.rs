@@ -291,5 +291,11 @@ fn settings_are_checked_and_the_key_never_prints() {
             && message.contains("anchor_every")
             && message.contains("anchor_interval_ms")
     );
-    assert!(!format!("{:?}", signer()).contains("070707"));
+    // What a regression would print: a derived `Debug` shows bytes as a
+    // decimal list, a hand-written one might show hex.
+    let shown = format!("{:?}", signer());
+    assert!(
+        !shown.contains("070707") && !shown.contains("7, 7, 7"),
+        "{shown}"
+    );
 }

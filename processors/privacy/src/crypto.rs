@@ -259,7 +259,13 @@ mod tests {
         assert_ne!(a.pseudonym(), c.pseudonym());
         assert_ne!(a.key_id(), b.key_id());
         assert_eq!(a.pseudonym(), SubjectKeys::derive("acme", &M1).pseudonym());
-        assert!(!format!("{a:?}").contains(&hex::encode(a.data_key)));
+        // What a regression would print: a derived `Debug` shows the key as
+        // a decimal list (`[12, 200, …]`), a hand-written one might use hex.
+        let shown = format!("{a:?}");
+        let decimal = format!("{:?}", &a.data_key[..4]);
+        let decimal = decimal.trim_end_matches(']');
+        assert!(!shown.contains(&hex::encode(a.data_key)), "{shown}");
+        assert!(!shown.contains(decimal), "{shown}");
     }
 
     #[test]

@@ -971,3 +971,130 @@ fn bind_store_to_cluster(store: &StateStore, consumer: &StreamConsumer) -> Resul
         None => Ok(store.set_cluster_id(&actual)?),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+
+    const TOPOLOGY: &str = "schema_dir: schemas
+topics:
+  in:
+    description: test input
+    partitions: 1
+    retention_ms: 86400000
+    classification: internal
+    format: json
+  out:
+    description: test output
+    partitions: 1
+    retention_ms: 86400000
+    classification: internal
+    schema: echo.avsc
+  elsewhere:
+    description: a topic the processor does not declare
+    partitions: 1
+    retention_ms: 86400000
+    classification: internal
+    format: json
+processors:
+  feeder:
+    description: test producer
+    external: true
+    outputs: [in, elsewhere]
+  reader:
+    description: test consumer
+    external: true
+    inputs: [out, elsewhere]
+  echo:
+    description: copies `in` to a topic
+    group: test-echo
+    inputs: [in]
+    outputs: [out]
+";
+
+    /// Emits every input to `topic`.
+    struct EmitTo(&'static str);
+
+    impl Processor for EmitTo {
+        fn process(
+            &mut self,
+            record: &InputRecord<'_>,
+            _txn: &mut StateTxn<'_>,
+            out: &mut Emitter,
+        ) -> Result<(), ProcessError> {
+            out.emit(OutputRecord {
+                topic: Arc::from(self.0),
+                key: b"k".to_vec(),
+                value: record.value.map(<[u8]>::to_vec),
+                id: format!("echo/{}", record.offset),
+                tenant: None,
+            });
+            Ok(())
+        }
+    }
+
+    async fn run_echo(target: &'static str) -> Result<Exit, RunError> {
+        let cluster = MockCluster::new(1).unwrap();
+        for topic in ["in", "out", "elsewhere"] {
+            cluster.create_topic(topic, 1, 1).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let topology = dir.path().join("topology.yaml");
+        std::fs::create_dir_all(dir.path().join("schemas")).unwrap();
+        std::fs::write(&topology, TOPOLOGY).unwrap();
+        std::fs::write(
+            dir.path().join("schemas/echo.avsc"),
+            r#"{"type":"record","name":"Echo","fields":[{"name":"v","type":"bytes"}]}"#,
+        )
+        .unwrap();
+        let config_path = dir.path().join("echo.yaml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "topology: {}\nkafka: {{bootstrap_servers: '{}'}}\nregistry: {{url: 'http://127.0.0.1:9'}}\nstate_dir: {}\nbatch: {{max_records: 10, max_wait_ms: 20}}\nsettings: {{}}\n",
+                topology.display(),
+                cluster.bootstrap_servers(),
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let config: Config<serde_json::Value> = Config::load(Some(&config_path)).unwrap();
+        let producer = TrellisProducer::create(&config.kafka).unwrap();
+        let record = Outgoing {
+            topic: "in",
+            key: b"k",
+            value: Some(b"hello"),
+            id: Some("in-1"),
+            tenant: None,
+            request_id: None,
+            timestamp_ms: None,
+        };
+        producer
+            .send(&record, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let runtime = Runtime::start("echo", &config).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            runtime.run(EmitTo(target), tokio::time::sleep(Duration::from_secs(3))),
+        )
+        .await
+        .expect("the loop answers")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_processor_emitting_to_an_undeclared_topic_is_refused() {
+        let err = run_echo("elsewhere").await.unwrap_err();
+        assert!(
+            matches!(&err, RunError::UndeclaredOutput { processor: "echo", topic } if topic == "elsewhere"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("does not list among its outputs"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_processor_emitting_to_its_declared_output_runs() {
+        assert_eq!(run_echo("out").await.unwrap(), Exit::Success);
+    }
+}
