@@ -577,3 +577,114 @@ async fn refuses_to_start_without_its_secrets() {
     assert!(log.contains(trellis_privacy::MASTER_KEY), "{log}");
     assert!(!log.contains(&secrets[0].1), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_shred_is_finished_on_restart_and_answered_once() {
+    let stack = Stack::start().await;
+    let decoder = AvroDecoder::new(registry_settings(&stack.registry_url).unwrap());
+    let mut collector = stack.spawn(
+        "collector",
+        "{}",
+        &[("TRELLIS_INGEST_SIGNING_KEY", test_secret("signing"))],
+    );
+    produce_shared_person(&stack).await;
+    let ingest: BTreeMap<String, i64> = ["ingest.events", "ingest.xapi"]
+        .iter()
+        .flat_map(|t| end_offsets(&stack.kafka, t).unwrap())
+        .collect();
+    collector
+        .wait_caught_up(&ingest, Duration::from_secs(60))
+        .await;
+
+    let port = free_port();
+    let config = stack.config("privacy", port, &settings(&stack));
+    let mut secrets = privacy_secrets();
+    secrets.push((
+        trellis_runtime::failpoint::ENV,
+        trellis_runtime::failpoint::VAULT_MID_SHRED.to_string(),
+    ));
+    let mut privacy = Process::spawn("privacy", &config, port, &secrets, stack.dir.path(), &[]);
+    privacy
+        .wait_caught_up(
+            &end_offsets(&stack.kafka, "collected").unwrap(),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(privacy.terminate().success());
+    let (captured_key, captured_entry) = open_vault(&stack)
+        .raw_entry("twin-a", "user_id", "424242")
+        .unwrap()
+        .expect("the subject has a vault entry");
+    let mut privacy = Process::spawn("privacy", &config, port, &secrets, stack.dir.path(), &[]);
+
+    let registry = registry_settings(&stack.registry_url).unwrap();
+    let schema = SchemaFile::load(&repo_root().join("schemas/shred_request.avsc")).unwrap();
+    let encoder = AvroEncoder::register(&registry, "gdpr.shred_requests", &schema)
+        .await
+        .unwrap();
+    let command = ShredRequest {
+        command_id: "cmd-crash".into(),
+        request_id: "req-crash".into(),
+        tenant_id: "twin-a".into(),
+        kind: "erasure".into(),
+        subject_id_kind: "user_id".into(),
+        subject_id: "424242".into(),
+        attempt: 1,
+        issued_at: 1,
+    };
+    stack
+        .producer()
+        .send(
+            FutureRecord::to("gdpr.shred_requests")
+                .key("req-crash")
+                .payload(&encoder.encode(&command).unwrap()),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produce command");
+    let status = privacy.wait_exit(Duration::from_secs(120));
+    assert!(!status.success(), "the fail point fired: {status}");
+    assert!(
+        privacy
+            .log_text()
+            .contains("fail point `vault-mid-shred` reached"),
+        "{}",
+        privacy.log_text()
+    );
+
+    let mut privacy = spawn_privacy(&stack, &[]);
+    privacy
+        .wait_caught_up(
+            &end_offsets(&stack.kafka, "gdpr.shred_requests").unwrap(),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(privacy.terminate().success());
+    let acks: BTreeSet<Vec<u8>> = stack
+        .read("gdpr.participant_acks")
+        .records
+        .into_iter()
+        .filter_map(|(_, v)| v)
+        .collect();
+    assert_eq!(acks.len(), 1, "one answer, however often it was written");
+    let ack: ParticipantAck = decoder.decode(acks.iter().next().unwrap()).await.unwrap();
+    assert_eq!(ack.outcome, "done", "{}", ack.detail);
+    let vault = open_vault(&stack);
+    assert!(
+        vault
+            .existing("twin-a", "user_id", "424242")
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        !vault.opens_with_any_kek("twin-a", &captured_key, &captured_entry),
+        "the old KEK is destroyed once the shred finishes"
+    );
+    assert!(
+        vault
+            .existing("twin-b", "user_id", "424242")
+            .unwrap()
+            .is_some(),
+        "the other tenant's person is untouched"
+    );
+}

@@ -607,6 +607,11 @@ impl Vault {
             .map_err(|e| self.io(e))?;
         self.subjects.apply_batch(batch).map_err(|e| self.io(e))?;
         self.db.flush().map_err(|e| self.io(e))?;
+        if shred.is_some() {
+            // The subject's entry is gone, the old KEK not yet: reopening
+            // finishes the rotation (see `open`).
+            trellis_runtime::failpoint::hit(trellis_runtime::failpoint::VAULT_MID_SHRED);
+        }
         if let Some(keks) = self.keks.tenants.get_mut(tenant)
             && let Some((&newest, _)) = keks.versions.last_key_value()
         {

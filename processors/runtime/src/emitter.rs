@@ -88,7 +88,9 @@ impl Emitter {
             );
             return None;
         };
-        match decoder.decode_cached(value) {
+        // In the live loop the writer schema is already cached (the runtime
+        // fetched it); offline runs and tools may fetch it here.
+        match decoder.decode_blocking(value) {
             Ok(decoded) => Some(decoded),
             Err(e @ DecodeError::RegistryUnavailable { .. }) => {
                 // Not the record's fault: never a dead letter.

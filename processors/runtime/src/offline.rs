@@ -55,6 +55,9 @@ pub fn run_offline<P: Processor>(
             );
             emitter.clear();
             processor.process(&input, &mut txn, &mut emitter)?;
+            if let Some(fault) = emitter.fault.take() {
+                return Err(ProcessError::fatal("decoding an input", fault));
+            }
             result.duplicates += emitter.duplicates;
             result.outputs.append(&mut emitter.records);
             result.dead_letters.append(&mut emitter.dead);
