@@ -104,6 +104,7 @@ pub struct Runtime {
     producer: TrellisProducer,
     consumer: StreamConsumer,
     dlq: Option<AvroEncoder>,
+    dlq_topic: Arc<str>,
     /// Topics this processor may write (topology.yaml's `outputs`).
     outputs: HashSet<String>,
     /// Inputs whose values are Avro: their writer schemas are fetched
@@ -238,6 +239,7 @@ impl Runtime {
             partitions,
             consumer,
             dlq: None,
+            dlq_topic: Arc::from(DLQ_TOPIC),
             live: Arc::new(AtomicBool::new(false)),
         };
         if runtime.outputs.contains(DLQ_TOPIC) {
@@ -480,7 +482,7 @@ impl Runtime {
                 }
             }
             if cursors.holding() {
-                self.report_stalls(&cursors, &mut stall_reported);
+                self.report_stalls(&mut cursors, &mut stall_reported);
             } else if !stall_reported.is_empty() {
                 for (topic, partition) in stall_reported.drain() {
                     self.stuck_gauge(&topic, partition, "replay_target_beyond_log_end")
@@ -504,7 +506,7 @@ impl Runtime {
     /// A replay whose partition stopped short of its target cannot lift the
     /// hold on new input by itself: say so, once per partition, and set the
     /// metric.
-    fn report_stalls(&self, cursors: &Cursors, reported: &mut HashSet<(Arc<str>, i32)>) {
+    fn report_stalls(&self, cursors: &mut Cursors, reported: &mut HashSet<(Arc<str>, i32)>) {
         for (topic, partition, cursor) in cursors.stalled(Instant::now()) {
             if reported.insert((topic.clone(), partition)) {
                 self.stuck_gauge(&topic, partition, "replay_target_beyond_log_end")
@@ -697,7 +699,7 @@ impl Runtime {
                 "record processed"
             );
         }
-        cursors.advance(index, partition, offset, Instant::now());
+        cursors.advance(index, partition, offset);
         if !batch.touched.contains(&(index, partition)) {
             batch.touched.push((index, partition));
         }
@@ -732,7 +734,7 @@ impl Runtime {
                 request_id,
                 timestamp_ms: record.timestamp_ms,
             };
-            match self.send(batch, &outgoing, &input).await {
+            match self.send(batch, &outgoing, &output.topic, &input).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Poison => refused.push(e),
                 Err(e) => return Err(e.into()),
@@ -779,7 +781,7 @@ impl Runtime {
             request_id,
             timestamp_ms: input.3,
         };
-        Ok(self.send(batch, &outgoing, input).await?)
+        Ok(self.send(batch, &outgoing, &self.dlq_topic, input).await?)
     }
 
     /// Enqueues one output of the batch, waiting out transient refusals.
@@ -787,6 +789,7 @@ impl Runtime {
         &self,
         batch: &mut Batch<'_>,
         record: &Outgoing<'_>,
+        topic: &Arc<str>,
         input: &(Arc<str>, i32, i64, Option<i64>),
     ) -> Result<(), ProduceError> {
         if self.kafka.transactions && !batch.in_transaction {
@@ -805,7 +808,7 @@ impl Runtime {
             match self.producer.enqueue(record).await {
                 Ok(delivery) => {
                     batch.deliveries.push(Pending {
-                        topic: Arc::from(record.topic),
+                        topic: topic.clone(),
                         input: input.clone(),
                         delivery,
                     });

@@ -62,14 +62,24 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub struct Cursors {
     topics: Vec<(Arc<str>, Vec<Option<Cursor>>)>,
-    last_moved: Vec<Vec<Instant>>,
+    /// Per partition: the position last seen by [`Cursors::stalled`] and
+    /// since when it has stood there (checked per batch, not per record).
+    last_moved: Vec<Vec<(i64, Instant)>>,
 }
 
 impl Cursors {
     /// Cursors for `plans`: per topic, one entry per partition (`None` when
     /// another instance owns it).
     pub fn new(plans: Vec<(Arc<str>, Vec<Option<Cursor>>)>, now: Instant) -> Self {
-        let last_moved = plans.iter().map(|(_, p)| vec![now; p.len()]).collect();
+        let last_moved = plans
+            .iter()
+            .map(|(_, parts)| {
+                parts
+                    .iter()
+                    .map(|c| (c.map_or(0, |c| c.next), now))
+                    .collect()
+            })
+            .collect();
         Self {
             topics: plans,
             last_moved,
@@ -117,13 +127,12 @@ impl Cursors {
     }
 
     /// Records that the record at `offset` was applied.
-    pub fn advance(&mut self, index: usize, partition: i32, offset: i64, now: Instant) {
+    pub fn advance(&mut self, index: usize, partition: i32, offset: i64) {
         let Ok(p) = usize::try_from(partition) else {
             return;
         };
         if let Some(Some(cursor)) = self.topics.get_mut(index).and_then(|t| t.1.get_mut(p)) {
             cursor.next = offset + 1;
-            self.last_moved[index][p] = now;
         }
     }
 
@@ -145,14 +154,15 @@ impl Cursors {
     /// Partitions still replaying that have not moved for [`STALL_AFTER`]:
     /// their log ends below the committed offset (a topic re-created, a
     /// broker that lost its log), so the hold cannot lift by itself.
-    pub fn stalled(&self, now: Instant) -> Vec<(Arc<str>, i32, Cursor)> {
+    pub fn stalled(&mut self, now: Instant) -> Vec<(Arc<str>, i32, Cursor)> {
         let mut out = Vec::new();
         for (index, (name, parts)) in self.topics.iter().enumerate() {
             for (p, cursor) in parts.iter().enumerate() {
-                if let Some(c) = cursor
-                    && c.next < c.replay_until
-                    && now.duration_since(self.last_moved[index][p]) >= STALL_AFTER
-                {
+                let Some(c) = cursor else { continue };
+                let seen = &mut self.last_moved[index][p];
+                if seen.0 != c.next {
+                    *seen = (c.next, now);
+                } else if c.next < c.replay_until && now.duration_since(seen.1) >= STALL_AFTER {
                     out.push((name.clone(), p as i32, *c));
                 }
             }
@@ -301,9 +311,8 @@ mod tests {
         assert_eq!(c.verdict(0, 1, 4), Verdict::Skip, "already applied");
         assert_eq!(c.verdict(0, 2, 0), Verdict::Skip, "another instance's");
         assert_eq!(c.verdict(0, 9, 0), Verdict::Skip, "no such partition");
-        let now = Instant::now();
-        c.advance(0, 0, 0, now);
-        c.advance(0, 0, 1, now);
+        c.advance(0, 0, 0);
+        c.advance(0, 0, 1);
         assert!(!c.holding());
         assert_eq!(c.verdict(0, 0, 2), Verdict::Live);
         assert_eq!(c.verdict(0, 1, 5), Verdict::Live);
@@ -323,15 +332,15 @@ mod tests {
             )],
             start,
         );
-        c.advance(0, 1, 0, start);
+        c.advance(0, 1, 0);
         assert!(c.stalled(start + Duration::from_secs(1)).is_empty());
         let later = start + STALL_AFTER;
-        c.advance(0, 1, 1, later);
+        c.advance(0, 1, 1);
         let stalled = c.stalled(later);
         assert_eq!(stalled.len(), 1, "partition 1 moved, partition 0 did not");
         assert_eq!(stalled[0].1, 0);
-        c.advance(0, 1, 2, later);
-        c.advance(0, 0, 9, later);
+        c.advance(0, 1, 2);
+        c.advance(0, 0, 9);
         assert!(c.stalled(later + STALL_AFTER).is_empty(), "both done");
     }
 }
