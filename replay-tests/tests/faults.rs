@@ -484,3 +484,25 @@ async fn crash_after_outputs_are_durable_before_the_state_commit_recovers_exactl
 async fn crash_after_the_state_commit_before_the_offset_commit_recovers_exactly() {
     crash_at(trellis_runtime::failpoint::STATE_COMMITTED).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_id_the_registry_does_not_know_is_dead_lettered_as_unknown_schema() {
+    let stack = Stack::start().await;
+    // Wire format with schema id 9999, which this registry never issued.
+    let value = [&[0u8, 0, 0, 0x27, 0x0f][..], b"\x02\x04ab"].concat();
+    send(&stack.producer(), "collected", 0, &value).await;
+    let mut privacy = spawn_privacy(&stack);
+    privacy
+        .wait_caught_up(&ends(&stack, &["collected"]), Duration::from_secs(60))
+        .await;
+    let decoder = AvroDecoder::new(registry_settings(&stack.registry_url).unwrap());
+    let letters = stack.read("dlq").records;
+    assert_eq!(letters.len(), 1, "{}", privacy.log_text());
+    let letter: DeadLetter = decoder
+        .decode(letters[0].1.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(letter.reason, "UNKNOWN_SCHEMA", "{}", letter.detail);
+    assert_eq!(letter.original_value.as_deref(), Some(&value[..]));
+    assert!(privacy.terminate().success());
+}
