@@ -321,7 +321,6 @@ async fn progress_logic(stack: &Stack) -> Progress {
     let settings: trellis_progress::Settings = settings(&progress_settings());
     Progress::new(
         &settings,
-        AvroDecoder::new(registry_settings(&stack.registry_url).unwrap()),
         trellis_progress::Encoders {
             progress: encoder(stack, PROGRESS_TOPIC).await,
             completions: encoder(stack, COMPLETIONS_TOPIC).await,
@@ -345,7 +344,6 @@ async fn analytics_logic(stack: &Stack) -> Analytics {
     }
     let mut analytics = Analytics::new(
         &trellis_analytics::Settings::default(),
-        AvroDecoder::new(registry_settings(&stack.registry_url).unwrap()),
         trellis_analytics::Encoders {
             aggregates: encoder(stack, AGGREGATES_TOPIC).await,
             tenants,
@@ -360,13 +358,15 @@ async fn analytics_logic(stack: &Stack) -> Analytics {
 
 /// A clean run of `processor` over `records` in a fresh store.
 fn clean_run<P: Processor>(
-    mut processor: P,
+    stack: &Stack,
+    (name, mut processor): (&'static str, P),
     records: &[OwnedRecord],
 ) -> (String, Vec<OutputRecord>) {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
+    let decoder = AvroDecoder::new(registry_settings(&stack.registry_url).unwrap());
     let started = std::time::Instant::now();
-    let run = run_offline(&mut processor, &store, records, 1_000).unwrap();
+    let run = run_offline(name, &mut processor, &store, &decoder, records, 1_000).unwrap();
     // Rebuild speed from an already-fetched log, one thread (see the note).
     eprintln!(
         "offline run: {} records in {:.2}s ({:.0} records/s)",
@@ -467,7 +467,7 @@ async fn projectors_survive_kills_rebuild_by_replay_and_keep_tenants_apart() {
     // A clean run of the same logic over the same log, in another order.
     let log = read_all(&stack, "protected");
     assert_eq!(log.len(), EVENTS);
-    let (digest, outputs) = clean_run(progress_logic(&stack).await, &log);
+    let (digest, outputs) = clean_run(&stack, (trellis_progress::NAME, progress_logic(&stack).await), &log);
     assert_eq!(
         progress_live.0, digest,
         "progress: killed run's state = clean run's"
@@ -560,7 +560,7 @@ async fn projectors_survive_kills_rebuild_by_replay_and_keep_tenants_apart() {
         "progress: completions in force"
     );
 
-    let (digest, outputs) = clean_run(analytics_logic(&stack).await, &log);
+    let (digest, outputs) = clean_run(&stack, (trellis_analytics::NAME, analytics_logic(&stack).await), &log);
     assert_eq!(
         analytics_live.0, digest,
         "analytics: killed run's state = clean run's"
@@ -629,14 +629,14 @@ async fn projectors_survive_kills_rebuild_by_replay_and_keep_tenants_apart() {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         };
-        let (_, outputs) = clean_run(progress_logic(&stack).await, &alone);
+        let (_, outputs) = clean_run(&stack, (trellis_progress::NAME, progress_logic(&stack).await), &alone);
         let separate = offline_final(&outputs, PROGRESS_TOPIC, COMPLETIONS_TOPIC);
         assert_eq!(
             only(&progress_live.1.upserts),
             separate.upserts,
             "{tenant}: progress rows"
         );
-        let (_, outputs) = clean_run(analytics_logic(&stack).await, &alone);
+        let (_, outputs) = clean_run(&stack, (trellis_analytics::NAME, analytics_logic(&stack).await), &alone);
         let separate = offline_final(&outputs, AGGREGATES_TOPIC, AGGREGATES_TOPIC);
         let mixed: BTreeMap<String, Vec<u8>> = analytics_live
             .1

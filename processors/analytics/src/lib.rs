@@ -43,11 +43,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use trellis_records::{
-    AGGREGATES_TOPIC, ERASE_COMMANDS_TOPIC, EraseCommand, PARTICIPANT_ACKS_TOPIC, ParticipantAck,
+    AGGREGATES_TOPIC, EraseCommand, PARTICIPANT_ACKS_TOPIC,
     ProtectedEvent, tenant_aggregates_topic,
 };
 use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
-use trellis_runtime::schema::{AvroDecoder, AvroEncoder};
+use trellis_runtime::participant::{Acks, CommandOr, answer_once};
+use trellis_runtime::schema::AvroEncoder;
 use trellis_runtime::state::StateError;
 use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};
 
@@ -145,8 +146,6 @@ mod keys {
     pub const MEMBER: u8 = b'm';
     /// Late events: `late ‖ tenant ‖ window` → count.
     pub const LATE: u8 = b'l';
-    /// Answers given: `receipt ‖ command id` → the ack.
-    pub const RECEIPT: u8 = b'r';
 }
 
 fn key(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -266,10 +265,10 @@ pub struct Encoders {
 
 /// The aggregator's logic.
 pub struct Analytics {
-    decoder: AvroDecoder,
-    encoders: Encoders,
+    aggregates_encoder: AvroEncoder,
+    tenants: HashMap<String, (Arc<str>, AvroEncoder)>,
     aggregates: Arc<str>,
-    acks: Arc<str>,
+    acks: Acks,
     lateness: i64,
     k: u32,
     tenant_k: HashMap<String, u32>,
@@ -280,17 +279,17 @@ pub struct Analytics {
 
 impl Analytics {
     /// An aggregator with `settings`.
-    pub fn new(
-        settings: &Settings,
-        decoder: AvroDecoder,
-        encoders: Encoders,
-        counters: Counters,
-    ) -> Self {
+    pub fn new(settings: &Settings, encoders: Encoders, counters: Counters) -> Self {
+        let Encoders {
+            aggregates,
+            tenants,
+            acks,
+        } = encoders;
         Self {
-            decoder,
-            encoders,
+            aggregates_encoder: aggregates,
+            tenants,
             aggregates: Arc::from(AGGREGATES_TOPIC),
-            acks: Arc::from(PARTICIPANT_ACKS_TOPIC),
+            acks: Acks::new(NAME, Arc::from(PARTICIPANT_ACKS_TOPIC), acks),
             lateness: settings.allowed_lateness_secs as i64 * 1000,
             k: settings.k,
             tenant_k: settings
@@ -495,11 +494,11 @@ impl Analytics {
         out.emit(OutputRecord {
             topic: self.aggregates.clone(),
             key: record_key.clone(),
-            value: Some(encode(&self.encoders.aggregates)?),
+            value: Some(encode(&self.aggregates_encoder)?),
             id: id.clone(),
             tenant: Some(cell.tenant.clone()),
         });
-        match self.encoders.tenants.get(&cell.tenant) {
+        match self.tenants.get(&cell.tenant) {
             Some((topic, encoder)) => out.emit(OutputRecord {
                 topic: topic.clone(),
                 key: record_key,
@@ -519,56 +518,38 @@ impl Analytics {
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        if command.participant != NAME {
+        if !self.acks.addressed_to_me(&command.participant) {
             return Ok(());
         }
-        let receipt = key(keys::RECEIPT, &[command.command_id.as_bytes()]);
-        let ack = match txn.get(&receipt)? {
-            Some(bytes) => decode_state::<ParticipantAck>(&bytes)?,
-            None => {
-                let (outcome, detail) = match command.kind.as_str() {
-                    "erasure" | "access" => (
-                        "done",
-                        "analytics keeps no pseudonym: open windows hold per-cell hashes, \
-                         dropped at close; published aggregates are anonymous and stay"
-                            .to_string(),
-                    ),
-                    other => ("failed", format!("unknown command kind `{other}`")),
-                };
-                let ack = ParticipantAck {
-                    command_id: command.command_id.clone(),
-                    request_id: command.request_id.clone(),
-                    tenant_id: command.tenant_id.clone(),
-                    participant: NAME.to_string(),
-                    outcome: outcome.to_string(),
-                    detail,
-                    learner: command.learner.clone(),
-                    shredded_key_ids: Vec::new(),
-                    records_affected: 0,
-                    export: None,
-                    acked_at: at,
-                };
-                txn.put(receipt, encode_state(&ack)?);
-                ack
+        let ack = answer_once(txn, &command.command_id, |_| {
+            let mut ack = self.acks.ack(
+                &command.command_id,
+                &command.request_id,
+                &command.tenant_id,
+                command.learner.clone(),
+                at,
+            );
+            match command.kind.as_str() {
+                "erasure" | "access" => {
+                    ack.detail = "analytics keeps no pseudonym: open windows hold per-cell \
+                                  hashes, dropped at close; published aggregates are anonymous \
+                                  and stay"
+                        .into();
+                }
+                other => {
+                    ack.outcome = "failed".into();
+                    ack.detail = format!("unknown command kind `{other}`");
+                }
             }
-        };
-        out.emit(OutputRecord {
-            topic: self.acks.clone(),
-            key: ack.tenant_id.clone().into_bytes(),
-            value: Some(
-                self.encoders
-                    .acks
-                    .encode(&ack)
-                    .map_err(ProcessError::from)?,
-            ),
-            id: format!("{}/{NAME}", ack.command_id),
-            tenant: Some(ack.tenant_id.clone()),
-        });
-        Ok(())
+            Ok(ack)
+        })?;
+        self.acks.emit(out, &ack)
     }
 }
 
 impl Processor for Analytics {
+    type Input = CommandOr<ProtectedEvent>;
+
     fn assigned(&mut self, partitions: &BTreeMap<String, Vec<i32>>) -> Result<(), ProcessError> {
         self.partitions = partitions
             .get(PROTECTED_TOPIC)
@@ -584,23 +565,15 @@ impl Processor for Analytics {
     fn process(
         &mut self,
         record: &InputRecord<'_>,
+        input: Self::Input,
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        if record.topic == ERASE_COMMANDS_TOPIC {
-            let Some(command) =
-                out.decode_or_dead_letter::<EraseCommand>(&self.decoder, record, NAME)
-            else {
-                return Ok(());
-            };
-            self.on_command(command, record.timestamp_ms.unwrap_or_default(), txn, out)
-        } else {
-            let Some(event) =
-                out.decode_or_dead_letter::<ProtectedEvent>(&self.decoder, record, NAME)
-            else {
-                return Ok(());
-            };
-            self.on_event(record, &event, txn, out)
+        match input {
+            CommandOr::Command(command) => {
+                self.on_command(command, record.timestamp_ms.unwrap_or_default(), txn, out)
+            }
+            CommandOr::Record(event) => self.on_event(record, &event, txn, out),
         }
     }
 }
@@ -644,7 +617,6 @@ pub async fn run(
     };
     let analytics = Analytics::new(
         &config.settings,
-        runtime.decoder.clone(),
         encoders,
         counters,
     );

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use apache_avro::Schema;
 use trellis_records::{Aggregate, ProtectedResult, Sealed, schema_text};
 use trellis_runtime::pipeline::{OwnedRecord, run_offline};
-use trellis_runtime::schema::registry_settings;
+use trellis_runtime::schema::{AvroDecoder, registry_settings};
 use trellis_runtime::state::StateStore;
 
 use super::*;
@@ -40,7 +40,6 @@ fn analytics(settings: &Settings, partitions: i32) -> Analytics {
     );
     let mut analytics = Analytics::new(
         settings,
-        decoder(),
         Encoders {
             aggregates: enc(2, "aggregate.avsc"),
             tenants,
@@ -132,7 +131,7 @@ fn run_with(settings: &Settings, partitions: i32, events: &[(i32, ProtectedEvent
     let store = StateStore::open(dir.path()).unwrap();
     let mut analytics = analytics(settings, partitions);
     let late = analytics.counters.late.clone();
-    let offline = run_offline(&mut analytics, &store, &records(events), 7).unwrap();
+    let offline = run_offline(NAME, &mut analytics, &store, &decoder(), &records(events), 7).unwrap();
     assert!(offline.dead_letters.is_empty());
     Run {
         store,

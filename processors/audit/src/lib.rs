@@ -36,7 +36,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use trellis_records::{ANCHORS_TOPIC, AUDIT_EVENTS_TOPIC, Anchor, AuditEvent};
 use trellis_runtime::pipeline::{Exit, Failure, StartError};
-use trellis_runtime::schema::{AvroDecoder, AvroEncoder};
+use trellis_runtime::schema::{AvroDecoder, AvroEncoder, DecodeError};
 use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
 use trellis_runtime::state::StateError;
 use trellis_runtime::ticker::{Pending, TickRecord};
@@ -153,7 +153,6 @@ pub struct PartitionState {
 pub struct Audit {
     settings: Settings,
     signer: Signer,
-    decoder: AvroDecoder,
     anchors: AvroEncoder,
     anchors_topic: Arc<str>,
     pending: Pending,
@@ -165,14 +164,12 @@ impl Audit {
     pub fn new(
         settings: Settings,
         signer: Signer,
-        decoder: AvroDecoder,
         anchors: AvroEncoder,
         pending: Pending,
     ) -> Self {
         Self {
             settings,
             signer,
-            decoder,
             anchors,
             anchors_topic: Arc::from(ANCHORS_TOPIC),
             pending,
@@ -235,7 +232,30 @@ impl Audit {
     }
 }
 
+/// What the runtime decodes each input into. Every record is hashed as the
+/// bytes it is; only an audit event's content matters beyond that (it
+/// decides when to anchor).
+pub struct Input(Option<AuditEvent>);
+
+impl trellis_runtime::pipeline::Input for Input {
+    fn decode(record: &InputRecord<'_>, avro: &AvroDecoder) -> Result<Self, DecodeError> {
+        if record.topic != AUDIT_EVENTS_TOPIC {
+            return Ok(Self(None));
+        }
+        match record.avro(avro) {
+            Ok(event) => Ok(Self(Some(event))),
+            // Not the record's fault: wait, or replay would anchor elsewhere.
+            Err(e @ DecodeError::RegistryUnavailable { .. }) => Err(e),
+            // An undecodable event is still hashed, never dead-lettered: the
+            // tree covers bytes, whatever they are.
+            Err(_) => Ok(Self(None)),
+        }
+    }
+}
+
 impl Processor for Audit {
+    type Input = Input;
+
     fn restore(&mut self, store: &StateStore) -> Result<(), StateError> {
         // A heartbeat may be owed for records committed before a restart.
         let key = keys::partition(AUDIT_EVENTS_TOPIC, 0);
@@ -250,6 +270,7 @@ impl Processor for Audit {
     fn process(
         &mut self,
         record: &InputRecord<'_>,
+        Input(event): Input,
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
@@ -277,16 +298,12 @@ impl Processor for Audit {
         // at once: the saga is waiting for its anchor.
         let mut close = false;
         let events = record.topic == AUDIT_EVENTS_TOPIC;
-        if events && let Some(value) = record.value {
-            // An undecodable event is still hashed: the tree covers bytes,
-            // whatever they are.
-            if let Ok(event) = self.decoder.decode_blocking::<AuditEvent>(value) {
-                close = event.action == HEARTBEAT;
-                if let Some(id) = event.details.get("request_id") {
-                    close = true;
-                    if !state.request_ids.contains(id) {
-                        state.request_ids.push(id.clone());
-                    }
+        if let Some(event) = event {
+            close = event.action == HEARTBEAT;
+            if let Some(id) = event.details.get("request_id") {
+                close = true;
+                if !state.request_ids.contains(id) {
+                    state.request_ids.push(id.clone());
                 }
             }
         }
@@ -374,7 +391,6 @@ pub async fn run(
     let audit = Audit::new(
         config.settings.clone(),
         signer,
-        runtime.decoder.clone(),
         runtime.encoder(ANCHORS_TOPIC).await?,
         pending,
     );

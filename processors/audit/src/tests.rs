@@ -24,13 +24,16 @@ fn settings(every: u64) -> Settings {
     }
 }
 
-fn audit(every: u64) -> Audit {
+fn decoder() -> AvroDecoder {
     let decoder = AvroDecoder::new(registry_settings("http://127.0.0.1:9").unwrap());
     decoder.insert(2, schema("audit_event.avsc")).unwrap();
+    decoder
+}
+
+fn audit(every: u64) -> Audit {
     Audit::new(
         settings(every),
         signer(),
-        decoder,
         AvroEncoder::with_id("a".into(), 1, schema("anchor.avsc")).unwrap(),
         Pending::default(),
     )
@@ -88,7 +91,7 @@ fn log(n: i64) -> Vec<OwnedRecord> {
 fn anchors_of(every: u64, records: &[OwnedRecord]) -> (Vec<Anchor>, StateStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
-    let run = run_offline(&mut audit(every), &store, records, 7).unwrap();
+    let run = run_offline(NAME, &mut audit(every), &store, &decoder(), records, 7).unwrap();
     let decoder = AvroDecoder::new(registry_settings("http://127.0.0.1:9").unwrap());
     decoder.insert(1, schema("anchor.avsc")).unwrap();
     let anchors = run

@@ -283,12 +283,15 @@ pub async fn rebuild(
     let dir = tempfile_dir()?;
     let store = StateStore::open(&dir).map_err(|e| e.to_string())?;
     fn time<P: Processor>(
+        name: &'static str,
         mut processor: P,
         store: &StateStore,
+        decoder: &AvroDecoder,
         records: &[OwnedRecord],
     ) -> Result<Timing, String> {
         let started = Instant::now();
-        run_offline(&mut processor, store, records, 5_000).map_err(|e| e.to_string())?;
+        run_offline(name, &mut processor, store, decoder, records, 5_000)
+            .map_err(|e| e.to_string())?;
         Ok(Timing {
             records: records.len() as u64,
             elapsed: started.elapsed(),
@@ -297,7 +300,6 @@ pub async fn rebuild(
     let timing = if name == "progress" {
         let progress = trellis_progress::Progress::new(
             &trellis_progress::Settings::default(),
-            decoder,
             trellis_progress::Encoders {
                 progress: encoder("progress").await?,
                 completions: encoder("completions").await?,
@@ -305,11 +307,10 @@ pub async fn rebuild(
             },
             trellis_progress::Counters::detached(),
         );
-        time(progress, &store, &records)
+        time(trellis_progress::NAME, progress, &store, &decoder, &records)
     } else {
         let mut analytics = trellis_analytics::Analytics::new(
             &trellis_analytics::Settings::default(),
-            decoder,
             trellis_analytics::Encoders {
                 aggregates: encoder("analytics.aggregates").await?,
                 tenants: std::collections::HashMap::new(),
@@ -323,7 +324,7 @@ pub async fn rebuild(
             (0..partitions.get("protected").copied().unwrap_or(0)).collect(),
         )]);
         analytics.assigned(&assigned).map_err(|e| e.to_string())?;
-        time(analytics, &store, &records)
+        time(trellis_analytics::NAME, analytics, &store, &decoder, &records)
     };
     let _ = std::fs::remove_dir_all(&dir);
     timing

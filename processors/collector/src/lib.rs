@@ -148,6 +148,9 @@ impl Collector {
 }
 
 impl Processor for Collector {
+    /// The collector parses its JSON input itself (validation is its job).
+    type Input = ();
+
     fn restore(&mut self, store: &StateStore) -> Result<(), StateError> {
         self.dedup.restore(store)
     }
@@ -155,6 +158,7 @@ impl Processor for Collector {
     fn process(
         &mut self,
         record: &InputRecord<'_>,
+        (): (),
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
@@ -166,7 +170,6 @@ impl Processor for Collector {
         let Some(received_at) = record.timestamp_ms else {
             out.dead_letter(
                 record,
-                NAME,
                 "MISSING_FIELD",
                 "record has no timestamp".into(),
                 None,
@@ -182,9 +185,8 @@ impl Processor for Collector {
             Ok(event) => event,
             Err(rejection) => {
                 out.dead_letter(
-                    record,
-                    NAME,
-                    rejection.reason.code(),
+                record,
+                rejection.reason.code(),
                     rejection.detail,
                     rejection.tenant,
                 );

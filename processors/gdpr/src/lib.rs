@@ -56,7 +56,7 @@ use trellis_records::{
     Tick,
 };
 use trellis_runtime::pipeline::{Exit, Failure, StartError};
-use trellis_runtime::schema::{AvroDecoder, AvroEncoder};
+use trellis_runtime::schema::{AvroDecoder, AvroEncoder, DecodeError};
 use trellis_runtime::state::StateError;
 use trellis_runtime::ticker::{Pending, TickRecord};
 use trellis_runtime::{
@@ -253,7 +253,6 @@ pub struct Encoders {
 /// The processor.
 pub struct Gdpr {
     settings: Settings,
-    decoder: AvroDecoder,
     encoders: Encoders,
     pending: Pending,
     open: usize,
@@ -266,12 +265,7 @@ fn encode<T: Serialize>(encoder: &AvroEncoder, value: &T) -> Result<Vec<u8>, Pro
 
 impl Gdpr {
     /// A saga processor.
-    pub fn new(
-        settings: Settings,
-        decoder: AvroDecoder,
-        encoders: Encoders,
-        pending: Pending,
-    ) -> Self {
+    pub fn new(settings: Settings, encoders: Encoders, pending: Pending) -> Self {
         let topics = [
             SHRED_REQUESTS_TOPIC,
             ERASE_COMMANDS_TOPIC,
@@ -283,7 +277,6 @@ impl Gdpr {
         .collect();
         Self {
             settings,
-            decoder,
             encoders,
             pending,
             open: 0,
@@ -329,14 +322,10 @@ impl Gdpr {
     fn on_request(
         &mut self,
         record: &InputRecord<'_>,
+        request: SubjectRequest,
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        let Some(request) =
-            out.decode_or_dead_letter::<SubjectRequest>(&self.decoder, record, NAME)
-        else {
-            return Ok(());
-        };
         let key = keys::key(keys::REQUEST, &[&request.request_id]);
         if let Some(saga) = get::<Saga>(txn, &key)? {
             // Re-filed: answer again if answered, otherwise it is under way.
@@ -681,14 +670,10 @@ impl Gdpr {
 
     fn on_answer(
         &mut self,
-        record: &InputRecord<'_>,
+        ack: ParticipantAck,
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        let Some(ack) = out.decode_or_dead_letter::<ParticipantAck>(&self.decoder, record, NAME)
-        else {
-            return Ok(());
-        };
         let key = keys::key(keys::ANSWER, &[&ack.request_id, &ack.participant]);
         if txn.get(&key)?.is_some() {
             // A re-sent command's answer: the first one stands.
@@ -701,13 +686,10 @@ impl Gdpr {
 
     fn on_anchor(
         &mut self,
-        record: &InputRecord<'_>,
+        anchor: Anchor,
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        let Some(anchor) = out.decode_or_dead_letter::<Anchor>(&self.decoder, record, NAME) else {
-            return Ok(());
-        };
         if anchor.request_ids.is_empty() {
             return Ok(());
         }
@@ -727,13 +709,10 @@ impl Gdpr {
 
     fn on_tick(
         &mut self,
-        record: &InputRecord<'_>,
+        tick: Tick,
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        let Some(tick) = out.decode_or_dead_letter::<Tick>(&self.decoder, record, NAME) else {
-            return Ok(());
-        };
         let retry = self.settings.retry_after_ms;
         // Ticks are one partition, in order: the previous tick's time is a
         // fact like any other. A command is re-sent once per period of
@@ -805,7 +784,33 @@ fn write_private(
     std::fs::rename(partial, path)
 }
 
+/// What the runtime decodes each input into, by topic.
+pub enum Input {
+    /// A subject request (`gdpr.subject_requests`).
+    Request(SubjectRequest),
+    /// A participant's answer (`gdpr.participant_acks`).
+    Answer(ParticipantAck),
+    /// An audit anchor (`audit.anchors`).
+    Anchor(Anchor),
+    /// A clock tick (`gdpr.ticks`).
+    Tick(Tick),
+}
+
+impl trellis_runtime::pipeline::Input for Input {
+    fn decode(record: &InputRecord<'_>, avro: &AvroDecoder) -> Result<Self, DecodeError> {
+        match record.topic {
+            SUBJECT_REQUESTS_TOPIC => record.avro(avro).map(Self::Request),
+            PARTICIPANT_ACKS_TOPIC => record.avro(avro).map(Self::Answer),
+            ANCHORS_TOPIC => record.avro(avro).map(Self::Anchor),
+            TICKS_TOPIC => record.avro(avro).map(Self::Tick),
+            _ => Err(record.unexpected_topic()),
+        }
+    }
+}
+
 impl Processor for Gdpr {
+    type Input = Input;
+
     fn restore(&mut self, store: &StateStore) -> Result<(), StateError> {
         self.open = store.scan_prefix(&[keys::OPEN]).count();
         self.pending.set(self.open > 0);
@@ -819,15 +824,15 @@ impl Processor for Gdpr {
     fn process(
         &mut self,
         record: &InputRecord<'_>,
+        input: Input,
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        match record.topic {
-            SUBJECT_REQUESTS_TOPIC => self.on_request(record, txn, out),
-            PARTICIPANT_ACKS_TOPIC => self.on_answer(record, txn, out),
-            ANCHORS_TOPIC => self.on_anchor(record, txn, out),
-            TICKS_TOPIC => self.on_tick(record, txn, out),
-            _ => Ok(()),
+        match input {
+            Input::Request(request) => self.on_request(record, request, txn, out),
+            Input::Answer(ack) => self.on_answer(ack, txn, out),
+            Input::Anchor(anchor) => self.on_anchor(anchor, txn, out),
+            Input::Tick(tick) => self.on_tick(tick, txn, out),
         }
     }
 }
@@ -874,7 +879,6 @@ pub async fn run(
     };
     let gdpr = Gdpr::new(
         config.settings.clone(),
-        runtime.decoder.clone(),
         encoders,
         pending,
     );

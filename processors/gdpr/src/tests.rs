@@ -52,7 +52,6 @@ fn settings(export_dir: &std::path::Path) -> Settings {
 fn gdpr(export_dir: &std::path::Path) -> Gdpr {
     Gdpr::new(
         settings(export_dir),
-        decoder(),
         Encoders {
             shred: encoder(SHRED_REQUESTS_TOPIC),
             erase: encoder(ERASE_COMMANDS_TOPIC),
@@ -132,7 +131,7 @@ struct Run {
 fn run(records: &[OwnedRecord], export_dir: &std::path::Path) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
-    let outputs = run_offline(&mut gdpr(export_dir), &store, records, 1)
+    let outputs = run_offline(NAME, &mut gdpr(export_dir), &store, &decoder(), records, 1)
         .unwrap()
         .outputs;
     let digest = store.digest().unwrap().to_string();

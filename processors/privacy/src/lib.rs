@@ -43,7 +43,8 @@ use trellis_records::{
     ProtectedResult, ShredRequest,
 };
 use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
-use trellis_runtime::schema::{AvroDecoder, AvroEncoder, PiiTag, SchemaFile};
+use trellis_runtime::participant::{Acks, Receipts, answer_once};
+use trellis_runtime::schema::{AvroDecoder, AvroEncoder, DecodeError, PiiTag, SchemaFile};
 use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
 use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};
 
@@ -154,9 +155,8 @@ pub struct Privacy {
     vault: Arc<Mutex<Vault>>,
     ip: IpHasher,
     no_ip: BTreeSet<String>,
-    decoder: AvroDecoder,
     protected: AvroEncoder,
-    acks: AvroEncoder,
+    acks: Acks,
     audit: AvroEncoder,
     topics: Topics,
     erased_dropped: IntCounter,
@@ -164,8 +164,41 @@ pub struct Privacy {
 
 struct Topics {
     protected: Arc<str>,
-    acks: Arc<str>,
     audit: Arc<str>,
+}
+
+/// What the runtime decodes each input into.
+pub enum Input {
+    /// An event to protect (`collected`).
+    Event(CollectedEvent),
+    /// A saga command (`gdpr.shred_requests`).
+    Command(ShredRequest),
+}
+
+impl trellis_runtime::pipeline::Input for Input {
+    fn decode(record: &InputRecord<'_>, avro: &AvroDecoder) -> Result<Self, DecodeError> {
+        if record.topic == SHRED_TOPIC {
+            record.avro(avro).map(Self::Command)
+        } else {
+            record.avro(avro).map(Self::Event)
+        }
+    }
+}
+
+/// Command receipts live in the vault, durable before the shred they
+/// record (a crash mid-shred is finished on restart, then answered once).
+struct VaultReceipts(Arc<Mutex<Vault>>);
+
+impl Receipts for VaultReceipts {
+    fn receipt(&mut self, command_id: &str) -> Result<Option<Vec<u8>>, ProcessError> {
+        let vault = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        vault.receipt(command_id).map_err(fatal)
+    }
+
+    fn keep(&mut self, command_id: &str, receipt: Vec<u8>) -> Result<(), ProcessError> {
+        let vault = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        vault.put_receipt(command_id, &receipt).map_err(fatal)
+    }
 }
 
 /// What a command produced, stored so a re-run emits exactly the same.
@@ -202,7 +235,6 @@ impl Privacy {
         settings: &Settings,
         vault: Arc<Mutex<Vault>>,
         ip_salt: [u8; KEY_LEN],
-        decoder: AvroDecoder,
         encoders: Encoders,
         erased_dropped: IntCounter,
     ) -> Self {
@@ -210,13 +242,11 @@ impl Privacy {
             vault,
             ip: IpHasher::new(ip_salt),
             no_ip: settings.no_ip_tenants.iter().cloned().collect(),
-            decoder,
             protected: encoders.protected,
-            acks: encoders.acks,
+            acks: Acks::new(NAME, Arc::from(ACKS_TOPIC), encoders.acks),
             audit: encoders.audit,
             topics: Topics {
                 protected: Arc::from(PROTECTED_TOPIC),
-                acks: Arc::from(ACKS_TOPIC),
                 audit: Arc::from(AUDIT_EVENTS_TOPIC),
             },
             erased_dropped,
@@ -251,13 +281,10 @@ impl Privacy {
     fn protect(
         &mut self,
         record: &InputRecord<'_>,
+        event: &CollectedEvent,
         at: i64,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        let Some(event) = out.decode_or_dead_letter::<CollectedEvent>(&self.decoder, record, NAME)
-        else {
-            return Ok(());
-        };
         let tenant = event.tenant_id.as_str();
         let (kind, id) = (event.actor.id_kind.as_str(), event.actor.id.as_str());
         // Each vault call takes the lock for that call only (the decrypt gate
@@ -380,48 +407,27 @@ impl Privacy {
     fn command(
         &mut self,
         record: &InputRecord<'_>,
+        request: ShredRequest,
         at: i64,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        let Some(request) = out.decode_or_dead_letter::<ShredRequest>(&self.decoder, record, NAME)
-        else {
-            return Ok(());
-        };
         if request.kind != "erasure" && request.kind != "access" {
             out.dead_letter(
                 record,
-                NAME,
                 "INVALID_COMMAND",
                 format!("unknown command kind `{}`", request.kind),
                 Some(request.tenant_id),
             );
             return Ok(());
         }
-        let stored = self.vault().receipt(&request.command_id).map_err(fatal)?;
-        let receipt = match stored {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| ProcessError::fatal("reading a command receipt", e))?,
-            None => {
-                let receipt = self.execute(&request, at)?;
-                let bytes = serde_json::to_vec(&receipt)
-                    .map_err(|e| ProcessError::fatal("writing a command receipt", e))?;
-                self.vault()
-                    .put_receipt(&request.command_id, &bytes)
-                    .map_err(fatal)?;
-                receipt
-            }
-        };
+        let mut receipts = VaultReceipts(self.vault.clone());
+        let receipt: Receipt = answer_once(&mut receipts, &request.command_id, |_| {
+            self.execute(&request, at)
+        })?;
         for event in &receipt.audit {
             self.emit_audit(out, event)?;
         }
-        out.emit(OutputRecord {
-            topic: self.topics.acks.clone(),
-            key: request.request_id.clone().into_bytes(),
-            value: Some(self.encode(&self.acks, &receipt.ack)?),
-            id: format!("{NAME}/{}", request.command_id),
-            tenant: Some(request.tenant_id.clone()),
-        });
-        Ok(())
+        self.acks.emit(out, &receipt.ack)
     }
 
     fn execute(&mut self, request: &ShredRequest, at: i64) -> Result<Receipt, ProcessError> {
@@ -430,19 +436,11 @@ impl Privacy {
             request.subject_id_kind.as_str(),
             request.subject_id.as_str(),
         );
-        let mut ack = ParticipantAck {
-            command_id: request.command_id.clone(),
-            request_id: request.request_id.clone(),
-            tenant_id: request.tenant_id.clone(),
-            participant: NAME.to_string(),
-            outcome: "not_found".to_string(),
-            detail: "the vault holds no key material for this subject".to_string(),
-            learner: None,
-            shredded_key_ids: Vec::new(),
-            records_affected: 0,
-            export: None,
-            acked_at: at,
-        };
+        let mut ack = self
+            .acks
+            .ack(&request.command_id, &request.request_id, tenant, None, at);
+        ack.outcome = "not_found".into();
+        ack.detail = "the vault holds no key material for this subject".into();
         let mut audit = Vec::new();
         if request.kind == "access" {
             let existing = self.vault().existing(tenant, kind, id).map_err(fatal)?;
@@ -512,19 +510,21 @@ impl Privacy {
 }
 
 impl Processor for Privacy {
+    type Input = Input;
+
     fn process(
         &mut self,
         record: &InputRecord<'_>,
+        input: Input,
         _txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
         // The record's timestamp is the processing clock: a replay sees the
         // same time as the live run.
         let at = record.timestamp_ms.unwrap_or_default();
-        if record.topic == SHRED_TOPIC {
-            self.command(record, at, out)
-        } else {
-            self.protect(record, at, out)
+        match input {
+            Input::Command(request) => self.command(record, request, at, out),
+            Input::Event(event) => self.protect(record, &event, at, out),
         }
     }
 }
@@ -612,7 +612,6 @@ pub async fn run(
         &config.settings,
         vault,
         secret_array(&secrets, IP_SALT),
-        runtime.decoder.clone(),
         encoders,
         erased_dropped,
     );

@@ -46,11 +46,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use trellis_records::{
-    COMPLETIONS_TOPIC, Completion, ERASE_COMMANDS_TOPIC, EraseCommand, LearnerProgress,
+    COMPLETIONS_TOPIC, Completion, EraseCommand, LearnerProgress,
     PARTICIPANT_ACKS_TOPIC, PROGRESS_TOPIC, ParticipantAck, ProtectedEvent,
 };
 use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
-use trellis_runtime::schema::{AvroDecoder, AvroEncoder};
+use trellis_runtime::participant::{Acks, CommandOr, answer_once};
+use trellis_runtime::schema::AvroEncoder;
 use trellis_runtime::state::StateError;
 use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};
 
@@ -167,8 +168,6 @@ mod keys {
     pub const VOID: u8 = b'v';
     /// Erased pseudonyms: `erased ‖ tenant ‖ learner` → command time.
     pub const ERASED: u8 = b'x';
-    /// Answers given: `receipt ‖ command id` → the ack.
-    pub const RECEIPT: u8 = b'r';
 
     /// `kind ‖ parts joined by 0x00`, with a trailing separator if `open`.
     pub fn key(kind: u8, parts: &[&str], open: bool) -> Vec<u8> {
@@ -251,8 +250,8 @@ impl Counters {
 
 /// The projector's logic.
 pub struct Progress {
-    decoder: AvroDecoder,
-    encoders: Encoders,
+    encoders: OutputEncoders,
+    acks: Acks,
     topics: Topics,
     rules: HashMap<String, Rule>,
     courses: HashMap<String, Vec<String>>,
@@ -264,17 +263,16 @@ pub struct Progress {
 struct Topics {
     progress: Arc<str>,
     completions: Arc<str>,
-    acks: Arc<str>,
+}
+
+struct OutputEncoders {
+    progress: AvroEncoder,
+    completions: AvroEncoder,
 }
 
 impl Progress {
     /// A projector with `settings`' rules.
-    pub fn new(
-        settings: &Settings,
-        decoder: AvroDecoder,
-        encoders: Encoders,
-        counters: Counters,
-    ) -> Self {
+    pub fn new(settings: &Settings, encoders: Encoders, counters: Counters) -> Self {
         let rules = settings
             .activities
             .iter()
@@ -294,13 +292,20 @@ impl Progress {
                     .push(course.clone());
             }
         }
+        let Encoders {
+            progress,
+            completions,
+            acks,
+        } = encoders;
         Self {
-            decoder,
-            encoders,
+            encoders: OutputEncoders {
+                progress,
+                completions,
+            },
+            acks: Acks::new(NAME, Arc::from(PARTICIPANT_ACKS_TOPIC), acks),
             topics: Topics {
                 progress: Arc::from(PROGRESS_TOPIC),
                 completions: Arc::from(COMPLETIONS_TOPIC),
-                acks: Arc::from(PARTICIPANT_ACKS_TOPIC),
             },
             rules,
             courses,
@@ -600,26 +605,13 @@ impl Progress {
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        if command.participant != NAME {
+        if !self.acks.addressed_to_me(&command.participant) {
             return Ok(());
         }
-        let receipt = keys::key(keys::RECEIPT, &[&command.command_id], false);
-        let ack = match txn.get(&receipt)? {
-            Some(bytes) => decode_state::<ParticipantAck>(&bytes)?,
-            None => {
-                let ack = self.execute(&command, at, txn, out)?;
-                txn.put(receipt, encode_state(&ack)?);
-                ack
-            }
-        };
-        out.emit(OutputRecord {
-            topic: self.topics.acks.clone(),
-            key: ack.tenant_id.clone().into_bytes(),
-            value: Some(Self::encode(&self.encoders.acks, &ack)?),
-            id: format!("{}/{NAME}", ack.command_id),
-            tenant: Some(ack.tenant_id.clone()),
-        });
-        Ok(())
+        let ack = answer_once(txn, &command.command_id, |txn| {
+            self.execute(&command, at, txn, out)
+        })?;
+        self.acks.emit(out, &ack)
     }
 
     fn execute(
@@ -630,19 +622,13 @@ impl Progress {
         out: &mut Emitter,
     ) -> Result<ParticipantAck, ProcessError> {
         let tenant = command.tenant_id.as_str();
-        let mut ack = ParticipantAck {
-            command_id: command.command_id.clone(),
-            request_id: command.request_id.clone(),
-            tenant_id: command.tenant_id.clone(),
-            participant: NAME.to_string(),
-            outcome: "done".into(),
-            detail: String::new(),
-            learner: command.learner.clone(),
-            shredded_key_ids: Vec::new(),
-            records_affected: 0,
-            export: None,
-            acked_at: at,
-        };
+        let mut ack = self.acks.ack(
+            &command.command_id,
+            &command.request_id,
+            tenant,
+            command.learner.clone(),
+            at,
+        );
         let Some(learner) = command.learner.as_deref() else {
             ack.outcome = "not_found".into();
             ack.detail = "no pseudonym: the subject was never seen".into();
@@ -703,26 +689,20 @@ impl Progress {
 }
 
 impl Processor for Progress {
+    type Input = CommandOr<ProtectedEvent>;
+
     fn process(
         &mut self,
         record: &InputRecord<'_>,
+        input: Self::Input,
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        if record.topic == ERASE_COMMANDS_TOPIC {
-            let Some(command) =
-                out.decode_or_dead_letter::<EraseCommand>(&self.decoder, record, NAME)
-            else {
-                return Ok(());
-            };
-            self.on_command(command, record.timestamp_ms.unwrap_or_default(), txn, out)
-        } else {
-            let Some(event) =
-                out.decode_or_dead_letter::<ProtectedEvent>(&self.decoder, record, NAME)
-            else {
-                return Ok(());
-            };
-            self.on_event(event, txn, out)
+        match input {
+            CommandOr::Command(command) => {
+                self.on_command(command, record.timestamp_ms.unwrap_or_default(), txn, out)
+            }
+            CommandOr::Record(event) => self.on_event(event, txn, out),
         }
     }
 }
@@ -775,12 +755,7 @@ pub async fn run(
         completions: runtime.encoder(COMPLETIONS_TOPIC).await?,
         acks: runtime.encoder(PARTICIPANT_ACKS_TOPIC).await?,
     };
-    let progress = Progress::new(
-        &config.settings,
-        runtime.decoder.clone(),
-        encoders,
-        counters,
-    );
+    let progress = Progress::new(&config.settings, encoders, counters);
     let shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(true);

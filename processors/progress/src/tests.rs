@@ -1,9 +1,9 @@
 use std::collections::BTreeMap;
 
 use apache_avro::Schema;
-use trellis_records::{ProtectedResult, Sealed, schema_text};
+use trellis_records::{ERASE_COMMANDS_TOPIC, ProtectedResult, Sealed, schema_text};
 use trellis_runtime::pipeline::{OwnedRecord, run_offline};
-use trellis_runtime::schema::registry_settings;
+use trellis_runtime::schema::{AvroDecoder, registry_settings};
 use trellis_runtime::state::StateStore;
 
 use super::*;
@@ -54,7 +54,6 @@ fn settings() -> Settings {
 fn projector() -> Progress {
     Progress::new(
         &settings(),
-        decoder(),
         Encoders {
             progress: encoder(3),
             completions: encoder(4),
@@ -151,7 +150,7 @@ struct Run {
 fn run(events: &[ProtectedEvent]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
-    let offline = run_offline(&mut projector(), &store, &records(events), 3).unwrap();
+    let offline = run_offline(NAME, &mut projector(), &store, &decoder(), &records(events), 3).unwrap();
     assert!(offline.dead_letters.is_empty());
     Run {
         store,
@@ -419,11 +418,11 @@ fn erasure_removes_the_learner_and_replay_cannot_bring_them_back() {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
     let mut projector = projector();
-    run_offline(&mut projector, &store, &input, 4).unwrap();
+    run_offline(NAME, &mut projector, &store, &decoder(), &input, 4).unwrap();
     let others = transcript::transcript(&store, "acme", "p_cy").unwrap();
 
     let command = erase("acme", "p_ann", "cmd-1", 10_000);
-    let first = run_offline(&mut projector, &store, std::slice::from_ref(&command), 1).unwrap();
+    let first = run_offline(NAME, &mut projector, &store, &decoder(), std::slice::from_ref(&command), 1).unwrap();
     let tombstones: Vec<&OutputRecord> = first
         .outputs
         .iter()
@@ -449,7 +448,7 @@ fn erasure_removes_the_learner_and_replay_cannot_bring_them_back() {
         ("done", 3)
     );
 
-    let again = run_offline(&mut projector, &store, &[command], 1).unwrap();
+    let again = run_offline(NAME, &mut projector, &store, &decoder(), &[command], 1).unwrap();
     assert_eq!(
         ack(&again.outputs),
         (id, answer),
@@ -476,7 +475,7 @@ fn erasure_removes_the_learner_and_replay_cannot_bring_them_back() {
             r
         })
         .collect();
-    let replayed = run_offline(&mut projector, &store, &resent, 4).unwrap();
+    let replayed = run_offline(NAME, &mut projector, &store, &decoder(), &resent, 4).unwrap();
     assert!(
         replayed
             .outputs

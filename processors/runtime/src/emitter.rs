@@ -5,7 +5,6 @@ use std::sync::Arc;
 use trellis_records::DeadLetter;
 
 use crate::record::InputRecord;
-use crate::schema::{AvroDecoder, DecodeError};
 
 /// A record to produce.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,17 +22,25 @@ pub struct OutputRecord {
 }
 
 /// Collects what a processor emits for one record.
-#[derive(Default)]
 pub struct Emitter {
+    /// The processor's name, as dead letters carry it.
+    processor: &'static str,
     pub(crate) records: Vec<OutputRecord>,
     pub(crate) dead: Vec<DeadLetter>,
     pub(crate) duplicates: u64,
-    /// A decode that needed the registry, which the runtime should have
-    /// asked before the record reached the processor: a runtime bug.
-    pub(crate) fault: Option<crate::schema::DecodeError>,
 }
 
 impl Emitter {
+    /// An empty emitter for the processor named `processor`.
+    pub fn new(processor: &'static str) -> Self {
+        Self {
+            processor,
+            records: Vec::new(),
+            dead: Vec::new(),
+            duplicates: 0,
+        }
+    }
+
     /// Emits an output record.
     pub fn emit(&mut self, record: OutputRecord) {
         self.records.push(record);
@@ -43,7 +50,6 @@ impl Emitter {
     pub fn dead_letter(
         &mut self,
         record: &InputRecord<'_>,
-        processor: &str,
         reason: &str,
         detail: String,
         tenant: Option<String>,
@@ -52,7 +58,7 @@ impl Emitter {
             id: DeadLetter::id_for(record.topic, record.partition, record.offset),
             reason: reason.to_string(),
             detail,
-            processor: processor.to_string(),
+            processor: self.processor.to_string(),
             tenant_id: tenant,
             source_topic: record.topic.to_string(),
             source_partition: record.partition,
@@ -65,43 +71,6 @@ impl Emitter {
             original_value_length: None,
             original_value_sha256: None,
         });
-    }
-
-    /// Decodes `record`'s Avro value, or dead-letters the record
-    /// (`MISSING_VALUE`, `UNKNOWN_SCHEMA`, `UNDECODABLE`) and says `None`:
-    /// bad input never stops a processor. The runtime has fetched the
-    /// record's writer schema before calling the processor, so an outage of
-    /// the registry never reaches here as a verdict on the record.
-    pub fn decode_or_dead_letter<T: serde::de::DeserializeOwned>(
-        &mut self,
-        decoder: &AvroDecoder,
-        record: &InputRecord<'_>,
-        processor: &str,
-    ) -> Option<T> {
-        let Some(value) = record.value else {
-            self.dead_letter(
-                record,
-                processor,
-                "MISSING_VALUE",
-                "record has no value".into(),
-                None,
-            );
-            return None;
-        };
-        // In the live loop the writer schema is already cached (the runtime
-        // fetched it); offline runs and tools may fetch it here.
-        match decoder.decode_blocking(value) {
-            Ok(decoded) => Some(decoded),
-            Err(e @ DecodeError::RegistryUnavailable { .. }) => {
-                // Not the record's fault: never a dead letter.
-                self.fault = Some(e);
-                None
-            }
-            Err(e) => {
-                self.dead_letter(record, processor, e.reason(), e.to_string(), None);
-                None
-            }
-        }
     }
 
     /// Notes that the record was dropped as a duplicate by id.
@@ -129,6 +98,5 @@ impl Emitter {
         self.records.clear();
         self.dead.clear();
         self.duplicates = 0;
-        self.fault = None;
     }
 }

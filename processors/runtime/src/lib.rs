@@ -23,6 +23,7 @@
 //! - [`error`]: error kinds (retryable, poison, fatal) and exit mapping.
 //! - [`failpoint`]: crash points at commit boundaries (debug builds only).
 //! - [`offline`]: a processor over in-memory records (tests, benchmarks).
+//! - [`participant`]: answering GDPR saga commands once (receipts, acks).
 //! - [`kafka`]: client configs, topic checks, topology provisioning.
 //! - [`metrics`]: Prometheus families and the `/metrics` endpoint.
 //! - [`lifecycle`]: tracing, signals, exit statuses.
@@ -38,6 +39,7 @@ pub mod kafka;
 pub mod lifecycle;
 pub mod metrics;
 pub mod offline;
+pub mod participant;
 pub mod pipeline;
 pub mod processor;
 pub mod producer;

@@ -67,6 +67,7 @@ use crate::kafka::{
     topic_partitions,
 };
 use crate::metrics::Metrics;
+use crate::processor::{Halt, apply};
 use crate::producer::{Outgoing, ProduceError, TrellisProducer};
 use crate::replay::{Cursor, Cursors, ReplayProgress, Verdict};
 use crate::schema::{AvroDecoder, AvroEncoder, SchemaFile, registry_settings};
@@ -78,7 +79,7 @@ use trellis_records::{DLQ_TOPIC, DeadLetter};
 pub use crate::emitter::{Emitter, OutputRecord};
 pub use crate::error::{Exit, Failure, ProcessError, RunError, StartError};
 pub use crate::offline::{Offline, run_offline};
-pub use crate::processor::Processor;
+pub use crate::processor::{Input, Processor};
 pub use crate::record::{InputRecord, OwnedRecord};
 
 /// Everything a processor needs from its surroundings, built by [`Runtime::start`].
@@ -390,7 +391,7 @@ impl Runtime {
             .collect();
         let shutdown: Pin<Box<dyn Future<Output = ()> + Send + '_>> = Box::pin(shutdown);
         let mut shutdown: Shutdown<'_> = Box::pin(shutdown.fuse());
-        let mut emitter = Emitter::default();
+        let mut emitter = Emitter::new(self.name);
         let mut paused: Vec<(Arc<str>, i32)> = Vec::new();
         let mut consume_backoff = Backoff::new("consume")
             .counting(self.metrics.errors.with_label_values(&["kafka_consume"]));
@@ -679,9 +680,10 @@ impl Runtime {
         records_in[index].inc();
         let record = InputRecord::from_kafka(message);
         emitter.clear();
-        processor.process(&record, &mut batch.txn, emitter)?;
-        if let Some(fault) = emitter.fault.take() {
-            return Err(RunError::Decode(fault));
+        match apply(processor, &self.decoder, &record, &mut batch.txn, emitter) {
+            Ok(()) => {}
+            Err(Halt::Process(e)) => return Err(e.into()),
+            Err(Halt::Registry(e)) => return Err(RunError::Decode(e)),
         }
         // Follow one HTTP request through every processor with
         // RUST_LOG=trellis=debug (or the processor's log filter at debug).
@@ -743,8 +745,8 @@ impl Runtime {
         for e in refused {
             // The output can never be written: the input is dead-lettered
             // instead (the processor's other outputs for it still stand).
-            let mut letter = Emitter::default();
-            letter.dead_letter(&record, self.name, "OUTPUT_TOO_LARGE", e.to_string(), None);
+            let mut letter = Emitter::new(self.name);
+            letter.dead_letter(&record, "OUTPUT_TOO_LARGE", e.to_string(), None);
             emitter.dead.append(&mut letter.dead);
         }
         for dead in std::mem::take(&mut emitter.dead) {
@@ -1020,9 +1022,12 @@ processors:
     struct EmitTo(&'static str);
 
     impl Processor for EmitTo {
+        type Input = ();
+
         fn process(
             &mut self,
             record: &InputRecord<'_>,
+            (): (),
             _txn: &mut StateTxn<'_>,
             out: &mut Emitter,
         ) -> Result<(), ProcessError> {

@@ -1,17 +1,25 @@
-//! The trait a processor implements: the runtime owns offsets, batching and
-//! checkpoints; the processor turns records into state changes and outputs.
+//! The trait a processor implements, and the per-record step the live loop
+//! and the offline runner share: the runtime decodes each input record into
+//! the processor's typed [`Processor::Input`], dead-letters what cannot be
+//! decoded, then hands the rest to [`Processor::process`].
 
 use std::collections::BTreeMap;
 
 use crate::emitter::Emitter;
 pub use crate::error::ProcessError;
 use crate::record::InputRecord;
+use crate::schema::{AvroDecoder, DecodeError};
 use crate::state::{StateError, StateStore, StateTxn};
 
-/// A processor's logic. The runtime owns offsets, batching and checkpoints;
-/// the processor only turns records into state changes and outputs, and must
-/// do so deterministically (same state + same record → same changes and outputs).
+/// A processor's logic. The runtime owns offsets, batching, decoding and
+/// checkpoints; the processor only turns decoded records into state changes
+/// and outputs, and must do so deterministically (same state + same record →
+/// same changes and outputs).
 pub trait Processor: Send + 'static {
+    /// What each input record is decoded into before [`Processor::process`]
+    /// sees it (usually an enum with a variant per input topic).
+    type Input: Input;
+
     /// Rebuilds in-memory indexes from the committed store; called once
     /// before the first record.
     ///
@@ -31,13 +39,15 @@ pub trait Processor: Send + 'static {
         Ok(())
     }
 
-    /// Handles one record. Bad input is not an error: emit a dead letter.
+    /// Handles one decoded record. Bad input is not an error: emit a dead
+    /// letter.
     ///
     /// # Errors
     /// [`ProcessError`] only for failures that make continuing unsafe.
     fn process(
         &mut self,
         record: &InputRecord<'_>,
+        input: Self::Input,
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError>;
@@ -48,4 +58,60 @@ pub trait Processor: Send + 'static {
     /// Called when a batch is abandoned before commit (the process is about to
     /// stop); in-memory indexes must not keep its changes.
     fn abandoned(&mut self) {}
+}
+
+/// A processor's typed input, decoded by the runtime from a record.
+///
+/// The runtime has fetched the record's writer schema before calling
+/// [`Input::decode`], so decoding never waits on the network; a
+/// [`DecodeError`] is a verdict on the record (dead letter with
+/// [`DecodeError::reason`]), except [`DecodeError::RegistryUnavailable`],
+/// which pauses the processor and never judges the record.
+pub trait Input: Sized {
+    /// Decodes `record` (typically by its topic, with [`InputRecord::avro`]).
+    ///
+    /// # Errors
+    /// [`DecodeError`] when the record is not what its topic carries.
+    fn decode(record: &InputRecord<'_>, avro: &AvroDecoder) -> Result<Self, DecodeError>;
+}
+
+/// No decoding: for processors that read the record's bytes themselves (the
+/// collector parses JSON; the audit processor hashes bytes).
+impl Input for () {
+    fn decode(_: &InputRecord<'_>, _: &AvroDecoder) -> Result<Self, DecodeError> {
+        Ok(())
+    }
+}
+
+/// Why [`apply`] could not finish a record.
+pub(crate) enum Halt {
+    /// The processor said continuing is unsafe.
+    Process(ProcessError),
+    /// The registry could not be asked: not the record's fault.
+    Registry(DecodeError),
+}
+
+impl From<ProcessError> for Halt {
+    fn from(e: ProcessError) -> Self {
+        Self::Process(e)
+    }
+}
+
+/// The per-record contract, the same live and offline: decode, dead-letter
+/// what is bad input, process the rest. `out` must be cleared by the caller.
+pub(crate) fn apply<P: Processor>(
+    processor: &mut P,
+    decoder: &AvroDecoder,
+    record: &InputRecord<'_>,
+    txn: &mut StateTxn<'_>,
+    out: &mut Emitter,
+) -> Result<(), Halt> {
+    match P::Input::decode(record, decoder) {
+        Ok(input) => Ok(processor.process(record, input, txn, out)?),
+        Err(e @ DecodeError::RegistryUnavailable { .. }) => Err(Halt::Registry(e)),
+        Err(e) => {
+            out.dead_letter(record, e.reason(), e.to_string(), None);
+            Ok(())
+        }
+    }
 }

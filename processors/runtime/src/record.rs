@@ -4,7 +4,10 @@
 use rdkafka::Message;
 use rdkafka::Timestamp;
 use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers};
+use serde::de::DeserializeOwned;
 use trellis_records::OriginalHeader;
+
+use crate::schema::{AvroDecoder, DecodeError};
 
 /// Headers of an input record.
 #[derive(Clone, Copy)]
@@ -65,6 +68,22 @@ impl<'a> InputRecord<'a> {
             key,
             value,
             headers: HeaderView::Slice(headers),
+        }
+    }
+
+    /// The value decoded as Avro into `T` (for [`crate::processor::Input`]).
+    ///
+    /// # Errors
+    /// [`DecodeError::MissingValue`] for a record without a value; otherwise
+    /// as [`AvroDecoder::decode_blocking`].
+    pub fn avro<T: DeserializeOwned>(&self, decoder: &AvroDecoder) -> Result<T, DecodeError> {
+        decoder.decode_blocking(self.value.ok_or(DecodeError::MissingValue)?)
+    }
+
+    /// [`DecodeError::UnexpectedTopic`] for this record.
+    pub fn unexpected_topic(&self) -> DecodeError {
+        DecodeError::UnexpectedTopic {
+            topic: self.topic.to_string(),
         }
     }
 

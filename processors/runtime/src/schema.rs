@@ -307,6 +307,16 @@ impl AvroEncoder {
 /// Why a record value could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// The record has no value (a tombstone where none is expected): bad input.
+    #[error("record has no value")]
+    MissingValue,
+    /// The record came from a topic the processor does not read: a
+    /// topology mistake, judged as bad input so it cannot stop the processor.
+    #[error("records from topic `{topic}` are not an input of this processor")]
+    UnexpectedTopic {
+        /// The record's topic.
+        topic: String,
+    },
     /// Not in the Confluent wire format: bad input.
     #[error("not in the Confluent wire format (magic byte or length)")]
     NotWireFormat,
@@ -354,9 +364,13 @@ impl DecodeError {
     /// The dead-letter reason code for a poison record.
     pub fn reason(&self) -> &'static str {
         match self {
+            Self::MissingValue => "MISSING_VALUE",
             Self::UnknownSchema { .. } => "UNKNOWN_SCHEMA",
             Self::RegistryUnavailable { .. } => "REGISTRY_UNAVAILABLE",
-            Self::NotWireFormat | Self::BadSchema { .. } | Self::Datum { .. } => "UNDECODABLE",
+            Self::NotWireFormat
+            | Self::UnexpectedTopic { .. }
+            | Self::BadSchema { .. }
+            | Self::Datum { .. } => "UNDECODABLE",
         }
     }
 }
