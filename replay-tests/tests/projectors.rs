@@ -467,7 +467,11 @@ async fn projectors_survive_kills_rebuild_by_replay_and_keep_tenants_apart() {
     // A clean run of the same logic over the same log, in another order.
     let log = read_all(&stack, "protected");
     assert_eq!(log.len(), EVENTS);
-    let (digest, outputs) = clean_run(&stack, (trellis_progress::NAME, progress_logic(&stack).await), &log);
+    let (digest, outputs) = clean_run(
+        &stack,
+        (trellis_progress::NAME, progress_logic(&stack).await),
+        &log,
+    );
     assert_eq!(
         progress_live.0, digest,
         "progress: killed run's state = clean run's"
@@ -560,7 +564,11 @@ async fn projectors_survive_kills_rebuild_by_replay_and_keep_tenants_apart() {
         "progress: completions in force"
     );
 
-    let (digest, outputs) = clean_run(&stack, (trellis_analytics::NAME, analytics_logic(&stack).await), &log);
+    let (digest, outputs) = clean_run(
+        &stack,
+        (trellis_analytics::NAME, analytics_logic(&stack).await),
+        &log,
+    );
     assert_eq!(
         analytics_live.0, digest,
         "analytics: killed run's state = clean run's"
@@ -629,14 +637,22 @@ async fn projectors_survive_kills_rebuild_by_replay_and_keep_tenants_apart() {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         };
-        let (_, outputs) = clean_run(&stack, (trellis_progress::NAME, progress_logic(&stack).await), &alone);
+        let (_, outputs) = clean_run(
+            &stack,
+            (trellis_progress::NAME, progress_logic(&stack).await),
+            &alone,
+        );
         let separate = offline_final(&outputs, PROGRESS_TOPIC, COMPLETIONS_TOPIC);
         assert_eq!(
             only(&progress_live.1.upserts),
             separate.upserts,
             "{tenant}: progress rows"
         );
-        let (_, outputs) = clean_run(&stack, (trellis_analytics::NAME, analytics_logic(&stack).await), &alone);
+        let (_, outputs) = clean_run(
+            &stack,
+            (trellis_analytics::NAME, analytics_logic(&stack).await),
+            &alone,
+        );
         let separate = offline_final(&outputs, AGGREGATES_TOPIC, AGGREGATES_TOPIC);
         let mixed: BTreeMap<String, Vec<u8>> = analytics_live
             .1

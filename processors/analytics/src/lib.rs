@@ -43,11 +43,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use trellis_records::{
-    AGGREGATES_TOPIC, EraseCommand, PARTICIPANT_ACKS_TOPIC,
-    ProtectedEvent, tenant_aggregates_topic,
+    AGGREGATES_TOPIC, EraseCommand, PARTICIPANT_ACKS_TOPIC, ProtectedEvent, tenant_aggregates_topic,
 };
-use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::participant::{Acks, CommandOr, answer_once};
+use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
 use trellis_runtime::state::StateError;
 use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};
@@ -615,11 +614,7 @@ pub async fn run(
         tenants,
         acks: runtime.encoder(PARTICIPANT_ACKS_TOPIC).await?,
     };
-    let analytics = Analytics::new(
-        &config.settings,
-        encoders,
-        counters,
-    );
+    let analytics = Analytics::new(&config.settings, encoders, counters);
     Ok(runtime.run(analytics, shutdown).await?)
 }
 

@@ -131,7 +131,15 @@ fn run_with(settings: &Settings, partitions: i32, events: &[(i32, ProtectedEvent
     let store = StateStore::open(dir.path()).unwrap();
     let mut analytics = analytics(settings, partitions);
     let late = analytics.counters.late.clone();
-    let offline = run_offline(NAME, &mut analytics, &store, &decoder(), &records(events), 7).unwrap();
+    let offline = run_offline(
+        NAME,
+        &mut analytics,
+        &store,
+        &decoder(),
+        &records(events),
+        7,
+    )
+    .unwrap();
     assert!(offline.dead_letters.is_empty());
     Run {
         store,

@@ -161,12 +161,7 @@ pub struct Audit {
 
 impl Audit {
     /// An audit processor.
-    pub fn new(
-        settings: Settings,
-        signer: Signer,
-        anchors: AvroEncoder,
-        pending: Pending,
-    ) -> Self {
+    pub fn new(settings: Settings, signer: Signer, anchors: AvroEncoder, pending: Pending) -> Self {
         Self {
             settings,
             signer,

@@ -324,7 +324,13 @@ pub async fn rebuild(
             (0..partitions.get("protected").copied().unwrap_or(0)).collect(),
         )]);
         analytics.assigned(&assigned).map_err(|e| e.to_string())?;
-        time(trellis_analytics::NAME, analytics, &store, &decoder, &records)
+        time(
+            trellis_analytics::NAME,
+            analytics,
+            &store,
+            &decoder,
+            &records,
+        )
     };
     let _ = std::fs::remove_dir_all(&dir);
     timing

@@ -185,8 +185,8 @@ impl Processor for Collector {
             Ok(event) => event,
             Err(rejection) => {
                 out.dead_letter(
-                record,
-                rejection.reason.code(),
+                    record,
+                    rejection.reason.code(),
                     rejection.detail,
                     rejection.tenant,
                 );

@@ -877,11 +877,7 @@ pub async fn run(
         acks: runtime.encoder(SUBJECT_ACKS_TOPIC).await?,
         audit: runtime.encoder(AUDIT_EVENTS_TOPIC).await?,
     };
-    let gdpr = Gdpr::new(
-        config.settings.clone(),
-        encoders,
-        pending,
-    );
+    let gdpr = Gdpr::new(config.settings.clone(), encoders, pending);
     Ok(runtime.run(gdpr, shutdown).await?)
 }
 

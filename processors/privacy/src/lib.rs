@@ -42,8 +42,8 @@ use trellis_records::{
     AUDIT_EVENTS_TOPIC, AuditEvent, CollectedEvent, IpHash, ParticipantAck, ProtectedEvent,
     ProtectedResult, ShredRequest,
 };
-use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::participant::{Acks, Receipts, answer_once};
+use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::schema::{AvroDecoder, AvroEncoder, DecodeError, PiiTag, SchemaFile};
 use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
 use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};

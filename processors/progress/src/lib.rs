@@ -46,11 +46,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use trellis_records::{
-    COMPLETIONS_TOPIC, Completion, EraseCommand, LearnerProgress,
-    PARTICIPANT_ACKS_TOPIC, PROGRESS_TOPIC, ParticipantAck, ProtectedEvent,
+    COMPLETIONS_TOPIC, Completion, EraseCommand, LearnerProgress, PARTICIPANT_ACKS_TOPIC,
+    PROGRESS_TOPIC, ParticipantAck, ProtectedEvent,
 };
-use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::participant::{Acks, CommandOr, answer_once};
+use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
 use trellis_runtime::state::StateError;
 use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};

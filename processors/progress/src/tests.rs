@@ -150,7 +150,15 @@ struct Run {
 fn run(events: &[ProtectedEvent]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
-    let offline = run_offline(NAME, &mut projector(), &store, &decoder(), &records(events), 3).unwrap();
+    let offline = run_offline(
+        NAME,
+        &mut projector(),
+        &store,
+        &decoder(),
+        &records(events),
+        3,
+    )
+    .unwrap();
     assert!(offline.dead_letters.is_empty());
     Run {
         store,
@@ -422,7 +430,15 @@ fn erasure_removes_the_learner_and_replay_cannot_bring_them_back() {
     let others = transcript::transcript(&store, "acme", "p_cy").unwrap();
 
     let command = erase("acme", "p_ann", "cmd-1", 10_000);
-    let first = run_offline(NAME, &mut projector, &store, &decoder(), std::slice::from_ref(&command), 1).unwrap();
+    let first = run_offline(
+        NAME,
+        &mut projector,
+        &store,
+        &decoder(),
+        std::slice::from_ref(&command),
+        1,
+    )
+    .unwrap();
     let tombstones: Vec<&OutputRecord> = first
         .outputs
         .iter()

@@ -166,7 +166,10 @@ mod tests {
         let store = StateStore::open(dir.path()).unwrap();
         let mut echo = Echo::default();
         let run = run_offline("echo", &mut echo, &store, &decoder, &records, 2).unwrap();
-        assert_eq!(echo.seen, 1, "only the decodable record reaches the processor");
+        assert_eq!(
+            echo.seen, 1,
+            "only the decodable record reaches the processor"
+        );
         assert_eq!(run.outputs.len(), 1);
         assert_eq!(run.outputs[0].value.as_deref(), Some(b"hi".as_slice()));
         let reasons: Vec<(&str, &str, i64)> = run

@@ -182,9 +182,7 @@ mod tests {
         // The second execution would answer 0: the receipt answers 12.
         assert_eq!(run(&mut txn, 0).unwrap(), 12);
         assert_eq!(runs, 1);
-        store
-            .commit(txn, &crate::state::Positions::new())
-            .unwrap();
+        store.commit(txn, &crate::state::Positions::new()).unwrap();
         let mut txn = store.begin();
         assert_eq!(answer_once(&mut txn, "c-1", |_| Ok(0_i64)).unwrap(), 12);
         assert_eq!(answer_once(&mut txn, "c-2", |_| Ok(7_i64)).unwrap(), 7);
