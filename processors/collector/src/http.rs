@@ -2,7 +2,9 @@
 //! write to Kafka.
 //!
 //! `POST /v1/events` takes a JSON array of events, `POST /v1/xapi/statements`
-//! one statement or an array. Each request is authenticated by an API key
+//! one statement or an array, answered per item (`202`). Beside them,
+//! `/xapi/statements` and `/xapi/about` are an xAPI Statement Resource with
+//! LRS semantics for xAPI clients ([`lrs`]). Each request is authenticated by an API key
 //! bound to one tenant ([`crate::apikeys`]), optionally signed, and rate
 //! limited per tenant. Every item is validated at once so the answer says,
 //! per item, what was accepted and why anything was rejected; then every item
@@ -91,6 +93,15 @@ pub struct HttpSettings {
     /// How far a signed request's timestamp may be from now, in seconds.
     #[serde(default = "default_signature_window_secs")]
     pub signature_window_secs: u64,
+    /// How long the xAPI resource remembers statement ids for LRS id
+    /// semantics (same id + same content → no-op, different → 409).
+    #[serde(default = "default_statement_id_window_secs")]
+    pub statement_id_window_secs: u64,
+}
+
+/// A day, like the collector's default dedup window.
+const fn default_statement_id_window_secs() -> u64 {
+    86_400
 }
 
 /// 1 MiB: a batch of a few hundred typical statements.
@@ -190,6 +201,8 @@ pub struct Ingest {
     signing_master: Option<Vec<u8>>,
     limiters: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
     nonces: Mutex<HashMap<String, i64>>,
+    /// Statement ids accepted by the xAPI resource ([`lrs`]).
+    statement_index: lrs::StatementIndex,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -279,8 +292,11 @@ impl Ingest {
         limits: Limits,
         signing_master: Option<Vec<u8>>,
     ) -> Arc<Self> {
+        let statement_index =
+            lrs::StatementIndex::new(settings.statement_id_window_secs as i64 * 1000, 1_000_000);
         Arc::new(Self {
             keys: KeyStore::new(&settings.api_keys),
+            statement_index,
             settings,
             sink,
             limits,
@@ -295,13 +311,18 @@ impl Ingest {
     pub fn router(self: &Arc<Self>) -> Router {
         let origins = self.settings.cors_origins.clone();
         let cors = CorsLayer::new()
-            .allow_methods([Method::POST, Method::OPTIONS])
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::OPTIONS])
             .allow_headers([
                 HeaderName::from_static("content-type"),
+                HeaderName::from_static("authorization"),
+                HeaderName::from_static(lrs::VERSION_HEADER),
                 HeaderName::from_static(API_KEY),
                 HeaderName::from_static(REQUEST_ID),
             ])
-            .expose_headers([HeaderName::from_static(REQUEST_ID)])
+            .expose_headers([
+                HeaderName::from_static(REQUEST_ID),
+                HeaderName::from_static(lrs::VERSION_HEADER),
+            ])
             .allow_origin(AllowOrigin::predicate(move |origin, _| {
                 origin
                     .to_str()
@@ -317,6 +338,13 @@ impl Ingest {
         Router::new()
             .route("/v1/events", post(post_events))
             .route("/v1/xapi/statements", post(post_statements))
+            .route(
+                "/xapi/statements",
+                post(lrs::post_statements)
+                    .put(lrs::put_statement)
+                    .get(lrs::get_statements),
+            )
+            .route("/xapi/about", get(lrs::about))
             .route("/healthz", get(|| async { "ok" }))
             .fallback(|| async { refuse(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint") })
             .with_state(self.clone())
@@ -354,7 +382,10 @@ impl Ingest {
     }
 
     fn authenticate(&self, headers: &HeaderMap) -> Result<ApiKeyRecord, Refusal> {
-        let presented = headers.get(API_KEY).and_then(|v| v.to_str().ok());
+        self.check_key(headers.get(API_KEY).and_then(|v| v.to_str().ok()))
+    }
+
+    fn check_key(&self, presented: Option<&str>) -> Result<ApiKeyRecord, Refusal> {
         self.keys
             .authenticate(presented, SCOPE_EVENTS_WRITE)
             .map_err(|e| match e {
@@ -366,7 +397,7 @@ impl Ingest {
                 Ok(refusal) => refuse(
                     StatusCode::UNAUTHORIZED,
                     refusal.code(),
-                    "a valid, unexpired, unrevoked API key is required in X-API-Key",
+                    "a valid, unexpired, unrevoked API key is required (X-API-Key, or HTTP Basic with the key id and key on /xapi)",
                 ),
                 Err(e) => {
                     tracing::error!(error = %e, "API key store unusable");
@@ -676,6 +707,9 @@ async fn post_statements(
         Err(rejection) => body_refusal(&rejection).into_response(),
     }
 }
+
+mod lrs;
+pub use lrs::{AUTHORITY_HOME_PAGE, VERSION_HEADER};
 
 #[cfg(test)]
 mod tests;

@@ -30,6 +30,7 @@ pub mod xapi;
 use std::future::Future;
 use std::sync::Arc;
 
+use prometheus::IntCounterVec;
 use serde::Deserialize;
 use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
@@ -132,10 +133,14 @@ pub struct Collector {
     limits: Limits,
     xapi_topics: Vec<String>,
     dedup: DedupWindow,
+    clock_skew: IntCounterVec,
 }
 
 impl Collector {
     /// A collector writing `collected` with `encoder`.
+    ///
+    /// # Panics
+    /// Never: the counter's options are constants.
     pub fn new(settings: &Settings, encoder: AvroEncoder) -> Self {
         Self {
             encoder,
@@ -143,7 +148,33 @@ impl Collector {
             limits: settings.limits(),
             xapi_topics: settings.xapi_topics.clone(),
             dedup: DedupWindow::new(settings.dedup_window_secs as i64 * 1000),
+            clock_skew: IntCounterVec::new(
+                prometheus::Opts::new(
+                    "trellis_xapi_clock_skew_total",
+                    "xAPI statements kept with a timestamp beyond the JSON-event limits (max_clock_skew_secs ahead, max_event_age_days behind the receive time).",
+                ),
+                &["direction"],
+            )
+            .expect("valid counter"),
         }
+    }
+
+    /// The clock-skew counter, for registration.
+    pub fn clock_skew(&self) -> IntCounterVec {
+        self.clock_skew.clone()
+    }
+
+    /// Statements keep their own time (xAPI requires it); how far it is
+    /// from the receive time is counted, so skewed sources show up.
+    fn observe_skew(&self, occurred_at: i64, received_at: i64) {
+        let direction = if occurred_at > received_at + self.limits.max_clock_skew_ms {
+            "future"
+        } else if occurred_at < received_at - self.limits.max_event_age_ms {
+            "past"
+        } else {
+            return;
+        };
+        self.clock_skew.with_label_values(&[direction]).inc();
     }
 }
 
@@ -204,6 +235,9 @@ impl Processor for Collector {
             out.dropped_duplicate();
             return Ok(());
         }
+        if format == IngestFormat::Xapi {
+            self.observe_skew(event.occurred_at, received_at);
+        }
         let value = self.encoder.encode(&event).map_err(ProcessError::from)?;
         out.emit(OutputRecord {
             topic: self.collected.clone(),
@@ -236,6 +270,10 @@ pub async fn run(
     let runtime = Runtime::start(NAME, &config).await?;
     let encoder = runtime.encoder(COLLECTED_TOPIC).await?;
     let collector = Collector::new(&config.settings, encoder);
+    runtime
+        .metrics
+        .register(Box::new(collector.clock_skew()))
+        .map_err(|e| StartError::Misconfigured(e.to_string()))?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     if let Some(settings) = config.settings.http.clone() {
         let producer = trellis_runtime::producer::TrellisProducer::create(&config.kafka)

@@ -50,6 +50,24 @@ pub enum Reason {
     XapiInvalidObject,
     /// xAPI result outside the specification's bounds.
     XapiInvalidResult,
+    /// xAPI context malformed (registration, instructor, team, contextActivities, …).
+    XapiInvalidContext,
+    /// A language map (or `context.language`) without RFC 5646 tags or string values.
+    XapiInvalidLanguageMap,
+    /// Extensions that are not an object with IRI keys.
+    XapiInvalidExtensions,
+    /// Attachment metadata malformed or incomplete.
+    XapiInvalidAttachment,
+    /// `version` is not 1.0.x.
+    XapiInvalidVersion,
+    /// `timestamp` or `stored` is not an ISO 8601 timestamp.
+    XapiInvalidTimestamp,
+    /// `authority` is not an Agent or a two-member Group.
+    XapiInvalidAuthority,
+    /// A property xAPI does not define at that position (mis-cased ones included).
+    XapiUnknownProperty,
+    /// `null` where xAPI does not allow it (anywhere outside extensions).
+    XapiNullValue,
 }
 
 impl Reason {
@@ -72,6 +90,15 @@ impl Reason {
             Self::XapiInvalidVerb => "XAPI_INVALID_VERB",
             Self::XapiInvalidObject => "XAPI_INVALID_OBJECT",
             Self::XapiInvalidResult => "XAPI_INVALID_RESULT",
+            Self::XapiInvalidContext => "XAPI_INVALID_CONTEXT",
+            Self::XapiInvalidLanguageMap => "XAPI_INVALID_LANGUAGE_MAP",
+            Self::XapiInvalidExtensions => "XAPI_INVALID_EXTENSIONS",
+            Self::XapiInvalidAttachment => "XAPI_INVALID_ATTACHMENT",
+            Self::XapiInvalidVersion => "XAPI_INVALID_VERSION",
+            Self::XapiInvalidTimestamp => "XAPI_INVALID_TIMESTAMP",
+            Self::XapiInvalidAuthority => "XAPI_INVALID_AUTHORITY",
+            Self::XapiUnknownProperty => "XAPI_UNKNOWN_PROPERTY",
+            Self::XapiNullValue => "XAPI_NULL_VALUE",
         }
     }
 }
@@ -197,10 +224,15 @@ pub fn validate(
         r.tenant = Some(tenant.clone());
         r
     })?;
-    check_time(event.occurred_at, envelope.received_at, limits).map_err(|mut r| {
-        r.tenant = Some(tenant.clone());
-        r
-    })?;
+    // The sanity limits are for Trellis JSON events only: xAPI requires an
+    // LRS to accept old and future timestamps (the collector counts them as
+    // clock skew instead).
+    if format == IngestFormat::Events {
+        check_time(event.occurred_at, envelope.received_at, limits).map_err(|mut r| {
+            r.tenant = Some(tenant.clone());
+            r
+        })?;
+    }
     Ok(event)
 }
 
@@ -322,6 +354,46 @@ pub(crate) fn parse_time(text: &str, path: &str) -> Result<i64, Rejection> {
             format!("field `{path}` is out of range"),
         )
     })
+}
+
+/// Parses an xAPI timestamp (ISO 8601) into ms since the epoch. RFC 3339
+/// is the common case; an ISO 8601 time without a zone is taken as UTC (the
+/// spec says SHOULD include one) and a zone written `+hhmm` or `+hh` is read
+/// as `+hh:mm`. A negative zero offset (`-00:00`, `-0000`, `-00`) is refused:
+/// ISO 8601 reserves it for "local time unknown", which xAPI forbids.
+pub(crate) fn parse_xapi_time(text: &str) -> Option<i64> {
+    let to_ms = |t: OffsetDateTime| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok();
+    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
+        return if text.ends_with("-00:00") {
+            None
+        } else {
+            to_ms(t)
+        };
+    }
+    let (_, time) = text.split_once('T')?;
+    let zone_at = time.find(['Z', 'z', '+', '-']);
+    let normalised = match zone_at.map(|i| &time[i..]) {
+        None => format!("{text}Z"),
+        Some(zone)
+            if zone.starts_with('-')
+                && zone
+                    .trim_start_matches('-')
+                    .bytes()
+                    .all(|b| b == b'0' || b == b':') =>
+        {
+            return None;
+        }
+        Some(zone) if zone.len() == 5 && zone.as_bytes()[1..].iter().all(u8::is_ascii_digit) => {
+            format!("{}{}:{}", &text[..text.len() - 5], &zone[..3], &zone[3..])
+        }
+        Some(zone) if zone.len() == 3 && zone.as_bytes()[1..].iter().all(u8::is_ascii_digit) => {
+            format!("{text}:00")
+        }
+        Some(_) => return None,
+    };
+    OffsetDateTime::parse(&normalised, &Rfc3339)
+        .ok()
+        .and_then(to_ms)
 }
 
 /// Parses a UUID, returning its canonical hyphenated lower-case form.

@@ -41,6 +41,7 @@ fn settings(dir: &std::path::Path) -> HttpSettings {
         tenant_rate_limits: BTreeMap::from([("slow".to_string(), 2)]),
         cors_origins: vec!["https://*.moodle.example".into()],
         signature_window_secs: 300,
+        statement_id_window_secs: 3_600,
     }
 }
 
@@ -451,4 +452,252 @@ fn origin_patterns_match_one_label_per_star() {
         "https://lms.example",
         "https://lms.example.evil"
     ));
+}
+
+// --- the xAPI Statement Resource (`/xapi`) ---
+
+/// Basic credentials as LRS clients send them: key id and key.
+fn basic(f: &Fixture) -> String {
+    let id = &f.keys.list().unwrap()[0].id;
+    let pair = format!("{id}:{}", f.key);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+fn xapi_request(f: &Fixture, method: Method, uri: &str, body: &Value) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .header("authorization", basic(f))
+        .header(VERSION_HEADER, "1.0.3")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+fn statement(id: Option<&str>, verb: &str) -> Value {
+    let mut s = json!({
+        "actor": {"objectType": "Agent", "mbox": "mailto:ann@example.org"},
+        "verb": {"id": format!("http://adlnet.gov/expapi/verbs/{verb}"), "display": {"en-US": verb}},
+        "object": {"id": "https://lms.example/quiz/3"},
+    });
+    if let Some(id) = id {
+        s["id"] = json!(id);
+    }
+    s
+}
+
+const ID: &str = "3f0c8a2e-6c1b-4f7d-9a5e-2b8c1d0e4f6a";
+
+use base64::Engine;
+
+#[tokio::test]
+async fn lrs_post_answers_the_ids_and_sets_stored_and_authority() {
+    let f = fixture();
+    let body = json!([statement(Some(ID), "passed"), statement(None, "attempted")]);
+    let (status, headers, ids) = send(
+        &f.app,
+        xapi_request(&f, Method::POST, "/xapi/statements", &body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{ids}");
+    assert_eq!(headers[VERSION_HEADER], "1.0.3");
+    assert_security_headers(&headers);
+    let ids = ids.as_array().unwrap();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[0], ID);
+    assert!(crate::xapi::rules::is_uuid(ids[1].as_str().unwrap()));
+    let written = f.sink.0.lock().unwrap().clone();
+    assert_eq!(written.len(), 2);
+    assert!(
+        written
+            .iter()
+            .all(|w| w.topic == "ingest.xapi" && w.tenant == "acme")
+    );
+    let stored: Value = serde_json::from_slice(&written[1].value).unwrap();
+    assert_eq!(stored["id"], ids[1]);
+    assert!(stored["stored"].is_string());
+    assert_eq!(
+        stored["authority"]["account"]["homePage"],
+        AUTHORITY_HOME_PAGE
+    );
+    assert_eq!(
+        stored["authority"]["account"]["name"],
+        f.keys.list().unwrap()[0].id.as_str()
+    );
+}
+
+#[tokio::test]
+async fn lrs_same_id_same_content_is_a_no_op_and_different_content_conflicts() {
+    let f = fixture();
+    let post = |body: Value| xapi_request(&f, Method::POST, "/xapi/statements", &body);
+    let (status, ..) = send(&f.app, post(statement(Some(ID), "passed"))).await;
+    assert_eq!(status, StatusCode::OK);
+    // Same statement, keys reordered, with a client-set `stored`: the same content.
+    let mut again = statement(Some(ID), "passed");
+    again["stored"] = json!("2020-01-01T00:00:00Z");
+    let (status, _, ids) = send(&f.app, post(again)).await;
+    assert_eq!((status, ids), (StatusCode::OK, json!([ID])));
+    assert_eq!(
+        f.sink.0.lock().unwrap().len(),
+        1,
+        "a re-send writes nothing"
+    );
+
+    let (status, headers, body) = send(&f.app, post(statement(Some(ID), "failed"))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_security_headers(&headers);
+    assert_eq!(headers[VERSION_HEADER], "1.0.3");
+    assert_eq!(
+        f.sink.0.lock().unwrap().len(),
+        1,
+        "nothing written on conflict"
+    );
+}
+
+#[tokio::test]
+async fn lrs_put_needs_a_statement_id_and_answers_204() {
+    let f = fixture();
+    let (status, headers, body) = send(
+        &f.app,
+        xapi_request(
+            &f,
+            Method::PUT,
+            "/xapi/statements",
+            &statement(None, "passed"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "STATEMENT_ID_REQUIRED");
+    assert_security_headers(&headers);
+    assert!(f.sink.0.lock().unwrap().is_empty());
+
+    let uri = format!("/xapi/statements?statementId={ID}");
+    let (status, ..) = send(
+        &f.app,
+        xapi_request(&f, Method::PUT, &uri, &statement(None, "passed")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let written = f.sink.0.lock().unwrap().clone();
+    let stored: Value = serde_json::from_slice(&written[0].value).unwrap();
+    assert_eq!(stored["id"], ID);
+
+    let other = statement(Some("0f0c8a2e-6c1b-4f7d-9a5e-2b8c1d0e4f6a"), "passed");
+    let (status, _, body) = send(&f.app, xapi_request(&f, Method::PUT, &uri, &other)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("STATEMENT_ID_MISMATCH"))
+    );
+}
+
+#[tokio::test]
+async fn lrs_requires_the_version_header_and_credentials() {
+    let f = fixture();
+    let mut request = xapi_request(
+        &f,
+        Method::POST,
+        "/xapi/statements",
+        &statement(None, "passed"),
+    );
+    request.headers_mut().remove(VERSION_HEADER);
+    let (status, headers, body) = send(&f.app, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["code"], "VERSION_REQUIRED");
+    assert_security_headers(&headers);
+
+    let mut request = xapi_request(
+        &f,
+        Method::POST,
+        "/xapi/statements",
+        &statement(None, "passed"),
+    );
+    request.headers_mut().remove("authorization");
+    let (status, headers, _) = send(&f.app, request).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_security_headers(&headers);
+
+    let mut request = xapi_request(
+        &f,
+        Method::POST,
+        "/xapi/statements",
+        &statement(None, "passed"),
+    );
+    let wrong = base64::engine::general_purpose::STANDARD.encode(format!("someone:{}", f.key));
+    request
+        .headers_mut()
+        .insert("authorization", format!("Basic {wrong}").parse().unwrap());
+    let (status, _, body) = send(&f.app, request).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("KEY_ID_MISMATCH"))
+    );
+    assert!(f.sink.0.lock().unwrap().is_empty());
+
+    let about = Request::get("/xapi/about").body(Body::empty()).unwrap();
+    let (status, headers, body) = send(&f.app, about).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[VERSION_HEADER], "1.0.3");
+    assert_eq!(body["version"][0], "1.0.3");
+}
+
+#[tokio::test]
+async fn lrs_batch_with_an_invalid_statement_is_refused_whole_and_the_reject_goes_to_the_topic() {
+    let f = fixture();
+    let mut bad = statement(None, "passed");
+    bad["context"] = json!({"instructor": {"mbox": "ann@example.org"}});
+    let body = json!([statement(None, "passed"), bad.clone()]);
+    let (status, headers, answer) = send(
+        &f.app,
+        xapi_request(&f, Method::POST, "/xapi/statements", &body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_security_headers(&headers);
+    assert_eq!(answer["code"], "XAPI_INVALID_CONTEXT");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains("statement 1") && message.contains("context.instructor.mbox"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("ann@example.org"),
+        "no values in errors: {message}"
+    );
+    let written = f.sink.0.lock().unwrap().clone();
+    assert_eq!(
+        written.len(),
+        1,
+        "only the reject, for the dead-letter topic"
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&written[0].value).unwrap(),
+        bad
+    );
+}
+
+#[tokio::test]
+async fn lrs_accepts_old_and_future_timestamps() {
+    let f = fixture();
+    let year = 365 * 86_400_000_i64;
+    let format = |ms: i64| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    for at in [now_ms() - 2 * year, now_ms() + 86_400_000] {
+        let mut s = statement(None, "passed");
+        s["timestamp"] = json!(format(at));
+        let (status, _, body) = send(
+            &f.app,
+            xapi_request(&f, Method::POST, "/xapi/statements", &s),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(f.sink.0.lock().unwrap().len(), 2);
 }

@@ -1,32 +1,48 @@
-//! xAPI statement rules (xAPI 1.0.3 / IEEE 9274.1.1), as far as Trellis
-//! relies on them: an actor with exactly one inverse functional identifier,
-//! a verb with an IRI id, an object that is an activity (IRI id) or a
-//! statement reference (UUID), and a result within the specification's bounds.
+//! xAPI statements: checked against every rule of xAPI 1.0.3 ([`rules`]),
+//! then mapped onto the envelope Trellis carries (actor, verb, object,
+//! result, context, time).
+
+pub(crate) mod rules;
 
 use serde_json::{Map, Value};
 use trellis_records::{Actor, CollectedEvent, StatementResult};
 use uuid::Uuid;
 
-use crate::validate::{
-    Envelope, Reason, Rejection, VOIDED_VERB, is_iri, opt_str, parse_time, parse_uuid, reject,
-    scores, valid_email,
-};
+use crate::validate::{Envelope, Reason, Rejection, VOIDED_VERB, opt_str, reject, scores};
 
 /// Namespace for ids of statements sent without one: the id is then derived
 /// from tenant and the statement's bytes, so a statement re-sent as it was
 /// gets the same id (and is dropped as a duplicate).
 const STATEMENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5c1e_7a11_7e11_4b5e_9a3e_7d1f_0c2b_8e64);
 
-fn object_field<'a>(
-    object: &'a Map<String, Value>,
-    field: &str,
-    reason: Reason,
-) -> Result<&'a Map<String, Value>, Rejection> {
-    match object.get(field) {
-        Some(Value::Object(o)) => Ok(o),
-        None | Some(Value::Null) => Err(reject(reason, format!("`{field}` is required"))),
-        Some(_) => Err(reject(reason, format!("`{field}` must be an object"))),
+/// The reason code of a violation in a top-level section.
+fn section_reason(section: Option<&str>) -> Reason {
+    match section {
+        Some("id") => Reason::InvalidEventId,
+        Some("actor") => Reason::XapiInvalidActor,
+        Some("verb") => Reason::XapiInvalidVerb,
+        Some("object") => Reason::XapiInvalidObject,
+        Some("result") => Reason::XapiInvalidResult,
+        Some("context") => Reason::XapiInvalidContext,
+        Some("timestamp" | "stored") => Reason::XapiInvalidTimestamp,
+        Some("authority") => Reason::XapiInvalidAuthority,
+        Some("attachments") => Reason::XapiInvalidAttachment,
+        Some("version") => Reason::XapiInvalidVersion,
+        _ => Reason::XapiUnknownProperty,
     }
+}
+
+/// Checks `object` against xAPI 1.0.3; the rejection names the JSON path.
+///
+/// # Errors
+/// A [`Rejection`] with the section's reason code (or a more specific one).
+pub(crate) fn check(object: &Map<String, Value>) -> Result<rules::ObjectKind, Rejection> {
+    rules::statement(object).map_err(|v| {
+        reject(
+            v.reason(section_reason(v.section())),
+            format!("`{}` {}", v.path(), v.rule),
+        )
+    })
 }
 
 /// Validates a statement and maps it onto the envelope.
@@ -36,8 +52,10 @@ pub(crate) fn statement(
     tenant: &str,
     envelope: Envelope<'_>,
 ) -> Result<CollectedEvent, Rejection> {
-    let event_id = match opt_str(object, "id", "id")? {
-        Some(id) => parse_uuid(&id, "id", Reason::InvalidEventId)?,
+    let kind = check(object)?;
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    let event_id = match object.get("id").and_then(Value::as_str) {
+        Some(id) => id.to_ascii_lowercase(),
         None => Uuid::new_v5(
             &STATEMENT_ID_NAMESPACE,
             format!("{tenant}\n{payload}").as_bytes(),
@@ -45,125 +63,70 @@ pub(crate) fn statement(
         .hyphenated()
         .to_string(),
     };
-    let agent = actor(object_field(object, "actor", Reason::XapiInvalidActor)?)?;
-
-    let verb = object_field(object, "verb", Reason::XapiInvalidVerb)?;
-    let verb_id = match verb.get("id") {
-        Some(Value::String(id)) if is_iri(id) => id.clone(),
-        _ => return Err(reject(Reason::XapiInvalidVerb, "`verb.id` must be an IRI")),
-    };
-
-    let target = object_field(object, "object", Reason::XapiInvalidObject)?;
-    let object_type =
-        opt_str(target, "objectType", "object.objectType").map_err(|r| Rejection {
-            reason: Reason::XapiInvalidObject,
-            ..r
-        })?;
-    let (object_id, voided_event_id) = match object_type.as_deref().unwrap_or("Activity") {
-        "Activity" => match target.get("id") {
-            Some(Value::String(id)) if is_iri(id) => (Some(id.clone()), None),
-            _ => {
-                return Err(reject(
-                    Reason::XapiInvalidObject,
-                    "`object.id` of an activity must be an IRI",
-                ));
-            }
-        },
-        "StatementRef" => {
-            let id = match target.get("id") {
-                Some(Value::String(id)) => parse_uuid(id, "object.id", Reason::XapiInvalidObject)?,
-                _ => {
-                    return Err(reject(
-                        Reason::XapiInvalidObject,
-                        "`object.id` of a StatementRef must be a UUID",
-                    ));
-                }
+    let agent = actor(&object["actor"]);
+    let verb_id = object["verb"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let target = &object["object"];
+    let (object_id, voided_event_id) = match kind {
+        rules::ObjectKind::Activity => (text(&target["id"]), None),
+        rules::ObjectKind::StatementRef => {
+            let id = target["id"].as_str().map(str::to_ascii_lowercase);
+            let voids = if verb_id == VOIDED_VERB {
+                id.clone()
+            } else {
+                None
             };
-            let voids = (verb_id == VOIDED_VERB).then(|| id.clone());
-            (Some(id), voids)
+            (id, voids)
         }
-        "Agent" | "Group" => {
-            actor(target).map_err(|r| Rejection {
-                reason: Reason::XapiInvalidObject,
-                ..r
-            })?;
-            (None, None)
-        }
-        "SubStatement" => (None, None),
-        _ => {
-            return Err(reject(
-                Reason::XapiInvalidObject,
-                "`object.objectType` must be Activity, Agent, Group, StatementRef or SubStatement",
-            ));
-        }
+        _ => (None, None),
     };
     if verb_id == VOIDED_VERB && voided_event_id.is_none() {
         return Err(reject(
             Reason::XapiInvalidObject,
-            "a `voided` statement's object must be a StatementRef",
+            "`object` of a `voided` statement must be a StatementRef",
         ));
     }
-    let activity_type = target
-        .get("definition")
-        .and_then(|d| d.get("type"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
-
-    let result = match object.get("result") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(r)) => Some(result(r)?),
-        Some(_) => {
-            return Err(reject(
-                Reason::XapiInvalidResult,
-                "`result` must be an object",
-            ));
-        }
+    let object_type = match kind {
+        rules::ObjectKind::Activity => text(&target["definition"]["type"]),
+        rules::ObjectKind::Agent => Some("Agent".into()),
+        rules::ObjectKind::Group => Some("Group".into()),
+        rules::ObjectKind::StatementRef => Some("StatementRef".into()),
+        rules::ObjectKind::SubStatement => Some("SubStatement".into()),
     };
-
-    let context = match object.get("context") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(c)) => Some(c),
-        Some(_) => return Err(reject(Reason::InvalidField, "`context` must be an object")),
+    let result = match object.get("result").and_then(Value::as_object) {
+        Some(r) => Some(result(r)?),
+        None => None,
     };
-    let registration = match context.and_then(|c| c.get("registration")) {
-        Some(Value::String(r)) => {
-            Some(parse_uuid(r, "context.registration", Reason::InvalidField)?)
-        }
-        None | Some(Value::Null) => None,
-        Some(_) => {
-            return Err(reject(
-                Reason::InvalidField,
-                "`context.registration` must be a UUID",
-            ));
-        }
-    };
-    let course_id = context
-        .and_then(|c| c.get("contextActivities"))
-        .and_then(|a| a.get("parent").or_else(|| a.get("grouping")))
-        .and_then(|p| match p {
-            Value::Array(items) => items.first(),
-            single => Some(single),
+    let context = &object.get("context").cloned().unwrap_or(Value::Null);
+    let registration = context["registration"]
+        .as_str()
+        .map(str::to_ascii_lowercase);
+    let course_id = ["parent", "grouping"]
+        .iter()
+        .find_map(|k| match &context["contextActivities"][k] {
+            Value::Array(items) => items.first().cloned(),
+            Value::Null => None,
+            single => Some(single.clone()),
         })
-        .and_then(|a| a.get("id"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
-
+        .and_then(|a| text(&a["id"]));
     // A statement without a timestamp happened when it was received (xAPI
-    // sets `timestamp` to `stored` in that case).
-    let occurred_at = match object.get("timestamp") {
-        Some(Value::String(t)) => parse_time(t, "timestamp")?,
-        None | Some(Value::Null) => envelope.received_at,
-        Some(_) => {
-            return Err(reject(
-                Reason::InvalidField,
-                "`timestamp` must be an ISO 8601 timestamp",
-            ));
-        }
+    // sets `timestamp` to `stored` in that case). Old and future timestamps
+    // are the statement's: they are kept as they are (the spec requires an
+    // LRS to accept them) and counted as clock skew by the collector.
+    let occurred_at = match object.get("timestamp").and_then(Value::as_str) {
+        Some(t) => crate::validate::parse_xapi_time(t).ok_or_else(|| {
+            reject(
+                Reason::XapiInvalidTimestamp,
+                "`timestamp` is outside the range Trellis can represent",
+            )
+        })?,
+        None => envelope.received_at,
     };
-    let source = context
-        .and_then(|c| c.get("platform"))
-        .and_then(Value::as_str)
-        .map_or_else(|| "xapi".to_string(), |p| p.to_ascii_lowercase());
+    let source = context["platform"]
+        .as_str()
+        .map_or_else(|| "xapi".to_string(), str::to_ascii_lowercase);
 
     Ok(CollectedEvent {
         event_id,
@@ -177,7 +140,7 @@ pub(crate) fn statement(
         ip: None,
         verb: Some(verb_id),
         object_id,
-        object_type: activity_type.or(object_type),
+        object_type,
         course_id,
         registration,
         result,
@@ -186,83 +149,59 @@ pub(crate) fn statement(
     })
 }
 
-/// An Agent or identified Group: exactly one inverse functional identifier.
-fn actor(actor: &Map<String, Value>) -> Result<Actor, Rejection> {
-    let present: Vec<&str> = ["mbox", "mbox_sha1sum", "openid", "account"]
-        .into_iter()
-        .filter(|k| actor.get(*k).is_some_and(|v| !v.is_null()))
-        .collect();
-    let [ifi] = present[..] else {
-        return Err(reject(
-            Reason::XapiInvalidActor,
-            format!(
-                "actor must have exactly one of mbox, mbox_sha1sum, openid, account; found {}",
-                present.len()
-            ),
-        ));
-    };
-    let name = opt_str(actor, "name", "actor.name").map_err(|r| Rejection {
-        reason: Reason::XapiInvalidActor,
-        ..r
-    })?;
-    let invalid = |what: &str| {
-        reject(
-            Reason::XapiInvalidActor,
-            format!("`actor.{what}` is malformed"),
-        )
-    };
-    let (id, email) = match ifi {
-        "mbox" => {
-            let mbox = actor
-                .get("mbox")
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid("mbox"))?;
-            let email = mbox
-                .strip_prefix("mailto:")
-                .filter(|e| valid_email(e))
-                .ok_or_else(|| invalid("mbox"))?;
-            (mbox.to_string(), Some(email.to_string()))
+/// The subject of a (valid) actor: its inverse functional identifier; for
+/// an anonymous Group, its members' identifiers (sorted, so member order
+/// does not make another subject).
+fn actor(actor: &Value) -> Actor {
+    let name = actor["name"].as_str().map(str::to_string);
+    match identifier(actor) {
+        Some((id_kind, id, email)) => Actor {
+            id_kind,
+            id,
+            name,
+            email,
+        },
+        None => {
+            let mut members: Vec<String> = actor["member"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(identifier)
+                .map(|(kind, id, _)| format!("{kind}:{id}"))
+                .collect();
+            members.sort();
+            Actor {
+                id_kind: "group".into(),
+                id: members.join(" "),
+                name,
+                email: None,
+            }
         }
-        "mbox_sha1sum" => {
-            let sum = actor
-                .get("mbox_sha1sum")
-                .and_then(Value::as_str)
-                .filter(|s| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-                .ok_or_else(|| invalid("mbox_sha1sum"))?;
-            (sum.to_ascii_lowercase(), None)
-        }
-        "openid" => {
-            let uri = actor
-                .get("openid")
-                .and_then(Value::as_str)
-                .filter(|u| is_iri(u))
-                .ok_or_else(|| invalid("openid"))?;
-            (uri.to_string(), None)
-        }
-        _ => {
-            let account = actor
-                .get("account")
-                .and_then(Value::as_object)
-                .ok_or_else(|| invalid("account"))?;
-            let home = account
-                .get("homePage")
-                .and_then(Value::as_str)
-                .filter(|h| is_iri(h))
-                .ok_or_else(|| invalid("account.homePage"))?;
-            let name = account
-                .get("name")
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-                .ok_or_else(|| invalid("account.name"))?;
-            (format!("{home}|{name}"), None)
-        }
-    };
-    Ok(Actor {
-        id_kind: ifi.to_string(),
-        id,
-        name,
-        email,
-    })
+    }
+}
+
+/// (kind, id, email) of an Agent's or identified Group's identifier.
+fn identifier(agent: &Value) -> Option<(String, String, Option<String>)> {
+    if let Some(mbox) = agent["mbox"].as_str() {
+        let email = mbox.strip_prefix("mailto:").map(str::to_string);
+        return Some(("mbox".into(), mbox.to_string(), email));
+    }
+    if let Some(sum) = agent["mbox_sha1sum"].as_str() {
+        return Some(("mbox_sha1sum".into(), sum.to_ascii_lowercase(), None));
+    }
+    if let Some(openid) = agent["openid"].as_str() {
+        return Some(("openid".into(), openid.to_string(), None));
+    }
+    let account = agent.get("account")?;
+    Some((
+        "account".into(),
+        format!(
+            "{}|{}",
+            account["homePage"].as_str().unwrap_or_default(),
+            account["name"].as_str().unwrap_or_default()
+        ),
+        None,
+    ))
 }
 
 fn opt_f64(object: &Map<String, Value>, field: &str) -> Result<Option<f64>, Rejection> {
@@ -402,6 +341,64 @@ mod tests {
     }
 
     #[test]
+    fn old_and_future_timestamps_are_the_statements_own() {
+        for (at, ms) in [
+            ("2023-11-22T08:26:30Z", 1_700_641_590_000),
+            ("2027-01-01T00:00:00+01:00", 1_798_758_000_000),
+        ] {
+            let e = check(&PASSED.replace("2025-11-22T08:26:30Z", at)).unwrap();
+            assert_eq!(e.occurred_at, ms);
+        }
+    }
+
+    #[test]
+    fn a_violation_names_the_innermost_path() {
+        let body = PASSED.replace(
+            r#""contextActivities": {"parent": [{"id": "https://lms.example/course/7"}]}"#,
+            r#""contextActivities": {"parent": [{"id": "https://lms.example/course/7"}, {"id": "no iri"}]}"#,
+        );
+        let err = check(&body).unwrap_err();
+        assert_eq!(err.reason, Reason::XapiInvalidContext);
+        assert_eq!(
+            err.detail,
+            "`context.contextActivities.parent[1].id` must be an absolute IRI"
+        );
+    }
+
+    #[test]
+    fn an_anonymous_group_is_a_subject_by_its_members() {
+        let body = PASSED.replace(
+            r#""actor": {"objectType": "Agent", "name": "Ann Lee", "mbox": "mailto:ann@example.org"}"#,
+            r#""actor": {"objectType": "Group", "member": [{"mbox": "mailto:cy@example.org"}, {"mbox": "mailto:ann@example.org"}]}"#,
+        );
+        let e = check(&body).unwrap();
+        assert_eq!(e.actor.id_kind, "group");
+        assert_eq!(
+            e.actor.id,
+            "mbox:mailto:ann@example.org mbox:mailto:cy@example.org"
+        );
+    }
+
+    #[test]
+    fn durations_follow_iso_8601() {
+        for ok in ["PT12M30S", "P1Y2M3DT4H5M6.5S", "P4W", "PT0.01S", "P1D"] {
+            assert!(rules::is_duration(ok), "{ok}");
+        }
+        for bad in [
+            "P",
+            "PT",
+            "12M",
+            "P1H",
+            "PT1D",
+            "P1M1Y",
+            "P0003-06-04T12:30:05",
+            "PT1.S",
+        ] {
+            assert!(!rules::is_duration(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn voiding_statement_references_its_target() {
         let e = check(
             r#"{"actor":{"account":{"homePage":"https://lms.example","name":"42"}},
@@ -466,17 +463,33 @@ mod tests {
                 Reason::InvalidEventId,
             ),
             (
-                PASSED.replace("2025-11-22T08:26:30Z", "2027-01-01T00:00:00Z"),
-                Reason::TimestampOutOfRange,
+                PASSED.replace("2025-11-22T08:26:30Z", "yesterday"),
+                Reason::XapiInvalidTimestamp,
             ),
             (
-                PASSED.replace("2025-11-22T08:26:30Z", "yesterday"),
-                Reason::InvalidField,
+                PASSED.replace(
+                    r#""registration": "0b9d0c7e-3f1a-4a3e-8d3e-2f4c5b6a7d8e""#,
+                    r#""registration": "0b9d0c7e-3f1a-4a3e-8d3e-2f4c5b6a7d8e", "instructor": {"objectType": "Group", "member": [{"mbox": "ann@example.org"}]}"#,
+                ),
+                Reason::XapiInvalidContext,
+            ),
+            (
+                PASSED.replace(r#""display": {"en-US": "passed"}"#, r#""display": {"not a tag": "passed"}"#),
+                Reason::XapiInvalidLanguageMap,
+            ),
+            (
+                PASSED.replace(r#""objectType": "Agent""#, r#""objecttype": "Agent""#),
+                Reason::XapiUnknownProperty,
+            ),
+            (
+                PASSED.replace(r#""response": "free text""#, r#""response": null"#),
+                Reason::XapiNullValue,
             ),
         ];
         for (body, reason) in cases {
             let err = check(&body).unwrap_err();
             assert_eq!(err.reason, reason, "{err:?}");
+            assert!(err.detail.starts_with('`'), "names the path: {err:?}");
             assert!(!err.detail.contains("ann@example.org"), "{err:?}");
         }
     }
