@@ -61,6 +61,24 @@ pub fn free_port() -> u16 {
         .expect("no free port on 127.0.0.1")
 }
 
+/// Waits until something accepts connections on 127.0.0.1:`port`.
+///
+/// # Panics
+/// If nothing does within `timeout`.
+pub async fn wait_for_port(port: u16, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on 127.0.0.1:{port} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn tansu_path() -> PathBuf {
     let path = std::env::var_os("TRELLIS_TANSU")
         .map(PathBuf::from)
