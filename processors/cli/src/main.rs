@@ -336,6 +336,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 600)]
         value_bytes: usize,
     },
+    /// xAPI statement validation cost on one core, over the demo data set's
+    /// statements (no broker): JSON parse, parse + rules, the whole validate.
+    Xapi {
+        /// Distinct statements.
+        #[arg(long, default_value_t = 20_000)]
+        statements: usize,
+        /// Times each is validated.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
     /// Erasure latency, request to answer, against a running stack
     /// (`ops/stack-up`) under live demo traffic.
     Erasure {
@@ -588,6 +598,23 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
                 figures.threads,
                 figures.records as f64 / figures.verify.as_secs_f64()
             );
+            Ok(ExitStatus::Success)
+        }
+        Command::Bench(BenchCommand::Xapi { statements, rounds }) => {
+            let f =
+                tokio::task::spawn_blocking(move || trellis_cli::measure::xapi(statements, rounds))
+                    .await?;
+            println!(
+                "xapi validation over {} demo statements x {rounds}, one core, ns/statement:",
+                f.statements
+            );
+            println!("  json parse only        {:>8.0}", f.parse_ns);
+            println!(
+                "  parse + xAPI rules     {:>8.0}  (rules alone ~{:.0})",
+                f.rules_ns,
+                f.rules_ns - f.parse_ns
+            );
+            println!("  whole validate         {:>8.0}", f.validate_ns);
             Ok(ExitStatus::Success)
         }
         Command::Bench(BenchCommand::Erasure {

@@ -280,3 +280,80 @@ pub async fn erasure(
     figures.latencies.sort();
     Ok(figures)
 }
+
+/// What [`xapi`] measured, ns per statement.
+pub struct XapiFigures {
+    /// Statements timed (valid demo statements, each validated `rounds` times).
+    pub statements: usize,
+    /// `serde_json` parse alone.
+    pub parse_ns: f64,
+    /// Parse + every xAPI 1.0.3 rule (no mapping).
+    pub rules_ns: f64,
+    /// The collector's whole `validate` (parse, rules, mapping to the envelope).
+    pub validate_ns: f64,
+}
+
+/// Times xAPI validation over the demo data set's statements on one core.
+///
+/// # Panics
+/// If the demo generator yields no valid statement (a bug).
+pub fn xapi(statements: usize, rounds: usize) -> XapiFigures {
+    use trellis_collector::validate::{Envelope, IngestFormat, Limits, validate};
+    let mut generator = demo::Generator::new(DemoSpec {
+        malformed: 0.0,
+        duplicates: 0.0,
+        ..DemoSpec::default()
+    });
+    let now = demo::now_ms();
+    let mut corpus = Vec::with_capacity(statements);
+    while corpus.len() < statements {
+        let record = generator.next_record(now);
+        if record.topic == demo::XAPI_TOPIC {
+            corpus.push((record.value, record.tenant_header, record.timestamp));
+        }
+    }
+    let limits = Limits {
+        max_event_bytes: 65_536,
+        max_clock_skew_ms: 300_000,
+        max_event_age_ms: 365 * 86_400_000,
+    };
+    let per_statement =
+        |elapsed: Duration| elapsed.as_nanos() as f64 / (statements * rounds) as f64;
+    let time = |f: &dyn Fn(&[u8], Option<&str>, i64)| {
+        let started = Instant::now();
+        for _ in 0..rounds {
+            for (value, tenant, at) in &corpus {
+                f(value, tenant.as_deref(), *at);
+            }
+        }
+        per_statement(started.elapsed())
+    };
+    let parse_ns = time(&|value, _, _| {
+        std::hint::black_box(serde_json::from_slice::<serde_json::Value>(value).ok());
+    });
+    let rules_ns = time(&|value, _, _| {
+        let parsed: serde_json::Value = serde_json::from_slice(value).expect("demo JSON");
+        let object = parsed.as_object().expect("a statement object");
+        std::hint::black_box(trellis_collector::xapi::check(object).is_ok());
+    });
+    let validate_ns = time(&|value, tenant, at| {
+        let verdict = validate(
+            IngestFormat::Xapi,
+            Some(value),
+            Envelope {
+                tenant_header: tenant,
+                request_id: None,
+                received_at: at,
+            },
+            &limits,
+        );
+        assert!(verdict.is_ok(), "the demo's statements are valid");
+        std::hint::black_box(verdict.ok());
+    });
+    XapiFigures {
+        statements,
+        parse_ns,
+        rules_ns,
+        validate_ns,
+    }
+}

@@ -32,11 +32,16 @@ fn section_reason(section: Option<&str>) -> Reason {
     }
 }
 
-/// Checks `object` against xAPI 1.0.3; the rejection names the JSON path.
+/// Checks `object` against every rule of xAPI 1.0.3, without mapping it.
 ///
 /// # Errors
-/// A [`Rejection`] with the section's reason code (or a more specific one).
-pub(crate) fn check(object: &Map<String, Value>) -> Result<rules::ObjectKind, Rejection> {
+/// A [`Rejection`] naming the JSON path, with the section's reason code
+/// (or a more specific one).
+pub fn check(object: &Map<String, Value>) -> Result<(), Rejection> {
+    check_kind(object).map(drop)
+}
+
+fn check_kind(object: &Map<String, Value>) -> Result<rules::ObjectKind, Rejection> {
     rules::statement(object).map_err(|v| {
         reject(
             v.reason(section_reason(v.section())),
@@ -52,7 +57,7 @@ pub(crate) fn statement(
     tenant: &str,
     envelope: Envelope<'_>,
 ) -> Result<CollectedEvent, Rejection> {
-    let kind = check(object)?;
+    let kind = check_kind(object)?;
     let text = |v: &Value| v.as_str().map(str::to_string);
     let event_id = match object.get("id").and_then(Value::as_str) {
         Some(id) => id.to_ascii_lowercase(),
