@@ -319,7 +319,8 @@ pub fn xapi(statements: usize, rounds: usize) -> XapiFigures {
     };
     let per_statement =
         |elapsed: Duration| elapsed.as_nanos() as f64 / (statements * rounds) as f64;
-    let time = |f: &dyn Fn(&[u8], Option<&str>, i64)| {
+    type Validation<'a> = &'a dyn Fn(&[u8], Option<&str>, i64);
+    let time = |f: Validation<'_>| {
         let started = Instant::now();
         for _ in 0..rounds {
             for (value, tenant, at) in &corpus {
