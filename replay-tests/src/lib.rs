@@ -312,10 +312,119 @@ impl Stack {
         Process::spawn(processor, &config, port, secrets, self.dir.path(), &[])
     }
 
+    /// The privacy processor with its test secrets and a vault in the stack's
+    /// directory (`vault/`), with extra command-line `args`.
+    pub fn spawn_privacy(&self, args: &[&str]) -> Process {
+        let port = free_port();
+        let settings = format!("{{vault_dir: '{}'}}", self.vault_dir().display());
+        let config = self.config("privacy", port, &settings);
+        Process::spawn(
+            "privacy",
+            &config,
+            port,
+            &privacy_secrets(),
+            self.dir.path(),
+            args,
+        )
+    }
+
+    /// Where [`Stack::spawn_privacy`] keeps the vault.
+    pub fn vault_dir(&self) -> PathBuf {
+        self.dir.path().join("vault")
+    }
+
+    /// A collector config with HTTP ingest on a free port and an API key
+    /// store in the stack's directory.
+    pub fn http_collector(&self) -> HttpCollector {
+        let http_port = free_port();
+        let metrics_port = free_port();
+        let settings = format!(
+            "{{http: {{addr: '127.0.0.1:{http_port}', api_keys: '{}'}}}}",
+            self.dir.path().join("api-keys.json").display()
+        );
+        HttpCollector {
+            config: self.config("collector", metrics_port, &settings),
+            http_port,
+            metrics_port,
+        }
+    }
+
     /// Reads a whole topic back.
     pub fn read(&self, topic: &str) -> TopicContents {
         TopicContents::read(&self.kafka, topic)
     }
+}
+
+/// A collector configured for HTTP ingest ([`Stack::http_collector`]).
+pub struct HttpCollector {
+    /// Its config file.
+    pub config: PathBuf,
+    /// Where HTTP ingest listens.
+    pub http_port: u16,
+    /// Where `/metrics` is served.
+    pub metrics_port: u16,
+}
+
+impl HttpCollector {
+    /// Runs `trellis-collector --config … <args>` (the key tool) and returns
+    /// its standard output.
+    ///
+    /// # Panics
+    /// If the command fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new(binary("trellis-collector"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("TRELLIS__KAFKA__BOOTSTRAP_SERVERS")
+            .output()
+            .expect("trellis-collector runs");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).expect("UTF-8 output")
+    }
+
+    /// Creates an API key for `tenant`: (key id, key).
+    pub fn create_key(&self, tenant: &str) -> (String, String) {
+        let created = self.cli(&["api-key", "create", "--tenant", tenant]);
+        let key = created
+            .split_whitespace()
+            .find(|w| w.starts_with("trl_"))
+            .expect("the key is printed once")
+            .to_string();
+        let id = created
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .expect("the key id is printed")
+            .to_string();
+        (id, key)
+    }
+
+    /// Starts the collector with its test secrets.
+    pub fn spawn(&self, stack: &Stack) -> Process {
+        Process::spawn(
+            "collector",
+            &self.config,
+            self.metrics_port,
+            &collector_secrets(),
+            stack.dir.path(),
+            &[],
+        )
+    }
+}
+
+/// The collector's secrets for tests.
+pub fn collector_secrets() -> Vec<(&'static str, String)> {
+    vec![("TRELLIS_INGEST_SIGNING_KEY", test_secret("signing"))]
+}
+
+/// The privacy processor's secrets for tests.
+pub fn privacy_secrets() -> Vec<(&'static str, String)> {
+    vec![
+        (trellis_privacy::MASTER_KEY, test_secret("master")),
+        (trellis_privacy::INDEX_KEY, test_secret("index")),
+        (trellis_privacy::IP_SALT, test_secret("ip-salt")),
+    ]
 }
 
 /// A processor binary under test.

@@ -297,54 +297,18 @@ async fn refuses_to_start_when_its_topics_are_missing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_ingest_reaches_collected_and_revocation_is_immediate() {
     let stack = Stack::start().await;
-    let http_port = trellis_replay_tests::free_port();
-    let metrics_port = trellis_replay_tests::free_port();
-    let settings = format!(
-        "{{http: {{addr: '127.0.0.1:{http_port}', api_keys: '{}'}}}}",
-        stack.dir.path().join("api-keys.json").display()
-    );
-    let config = stack.config("collector", metrics_port, &settings);
-    let cli = |args: &[&str]| {
-        let output = std::process::Command::new(trellis_replay_tests::binary("trellis-collector"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .env_remove("TRELLIS__KAFKA__BOOTSTRAP_SERVERS")
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        String::from_utf8(output.stdout).unwrap()
-    };
-    let created = cli(&["api-key", "create", "--tenant", "acme-learning"]);
-    let key = created
-        .split_whitespace()
-        .find(|w| w.starts_with("trl_"))
-        .unwrap()
-        .to_string();
-    let id = created
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let http = stack.http_collector();
+    let cli = |args: &[&str]| http.cli(args);
+    let (id, key) = http.create_key("acme-learning");
     assert!(cli(&["api-key", "list"]).contains(&id));
     assert!(
         !cli(&["api-key", "list"]).contains(&key),
         "lists never show keys"
     );
 
-    let mut collector = Process::spawn(
-        "collector",
-        &config,
-        metrics_port,
-        &secrets(),
-        stack.dir.path(),
-        &[],
-    );
+    let mut collector = http.spawn(&stack);
     let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{http_port}/v1/events");
+    let url = format!("http://127.0.0.1:{}/v1/events", http.http_port);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -401,31 +365,7 @@ async fn http_ingest_reaches_collected_and_revocation_is_immediate() {
         "the request id is in the logs"
     );
     // ... and in the logs of the next processor the event passes through.
-    let privacy_port = trellis_replay_tests::free_port();
-    let privacy_config = stack.config(
-        "privacy",
-        privacy_port,
-        &format!(
-            "{{vault_dir: '{}'}}",
-            stack.dir.path().join("vault").display()
-        ),
-    );
-    let privacy_secrets: Vec<(&str, String)> = [
-        "TRELLIS_VAULT_MASTER_KEY",
-        "TRELLIS_SUBJECT_INDEX_KEY",
-        "TRELLIS_IP_SALT",
-    ]
-    .into_iter()
-    .map(|name| (name, test_secret(name)))
-    .collect();
-    let mut privacy = Process::spawn(
-        "privacy",
-        &privacy_config,
-        privacy_port,
-        &privacy_secrets,
-        stack.dir.path(),
-        &[],
-    );
+    let mut privacy = stack.spawn_privacy(&[]);
     privacy
         .wait_caught_up(
             &trellis_replay_tests::end_offsets(&stack.kafka, "collected").unwrap(),

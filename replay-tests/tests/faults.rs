@@ -10,7 +10,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sha2::{Digest, Sha256};
 use trellis_cli::demo::{self, DemoSpec, Manifest};
 use trellis_records::{CollectedEvent, DeadLetter};
-use trellis_replay_tests::{Process, Stack, end_offsets, free_port, test_secret};
+use trellis_replay_tests::{Process, Stack, collector_secrets, end_offsets, free_port};
 use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::kafka::producer_config;
 use trellis_runtime::schema::{AvroDecoder, registry_settings};
@@ -18,24 +18,8 @@ use trellis_runtime::state::StateStore;
 
 const INGEST: &[&str] = &["ingest.events", "ingest.xapi"];
 
-fn collector_secrets() -> Vec<(&'static str, String)> {
-    vec![("TRELLIS_INGEST_SIGNING_KEY", test_secret("signing"))]
-}
-
-fn privacy_secrets() -> Vec<(&'static str, String)> {
-    vec![
-        (trellis_privacy::MASTER_KEY, test_secret("master")),
-        (trellis_privacy::INDEX_KEY, test_secret("index")),
-        (trellis_privacy::IP_SALT, test_secret("ip-salt")),
-    ]
-}
-
 fn spawn_privacy(stack: &Stack) -> Process {
-    let settings = format!(
-        "{{vault_dir: '{}'}}",
-        stack.dir.path().join("vault").display()
-    );
-    stack.spawn("privacy", &settings, &privacy_secrets())
+    stack.spawn_privacy(&[])
 }
 
 /// Ends of every partition of `topics`, read from the log.

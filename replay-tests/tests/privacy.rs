@@ -12,22 +12,16 @@ use sha2::{Digest, Sha256};
 use trellis_cli::demo::{self, DemoSpec};
 use trellis_privacy::vault::Vault;
 use trellis_records::{CollectedEvent, ParticipantAck, ProtectedEvent, ShredRequest};
-use trellis_replay_tests::{Process, Stack, end_offsets, free_port, repo_root, test_secret};
+use trellis_replay_tests::{
+    Process, Stack, end_offsets, free_port, privacy_secrets, repo_root, test_secret,
+};
 use trellis_runtime::kafka::TENANT_HEADER;
 use trellis_runtime::schema::{AvroDecoder, AvroEncoder, SchemaFile, registry_settings};
 
 const COLLECTED: &[&str] = &["collected"];
 
-fn privacy_secrets() -> Vec<(&'static str, String)> {
-    vec![
-        (trellis_privacy::MASTER_KEY, test_secret("master")),
-        (trellis_privacy::INDEX_KEY, test_secret("index")),
-        (trellis_privacy::IP_SALT, test_secret("ip-salt")),
-    ]
-}
-
 fn vault_dir(stack: &Stack) -> PathBuf {
-    stack.dir.path().join("vault")
+    stack.vault_dir()
 }
 
 fn settings(stack: &Stack) -> String {
@@ -35,16 +29,7 @@ fn settings(stack: &Stack) -> String {
 }
 
 fn spawn_privacy(stack: &Stack, args: &[&str]) -> Process {
-    let port = free_port();
-    let config = stack.config("privacy", port, &settings(stack));
-    Process::spawn(
-        "privacy",
-        &config,
-        port,
-        &privacy_secrets(),
-        stack.dir.path(),
-        args,
-    )
+    stack.spawn_privacy(args)
 }
 
 fn open_vault(stack: &Stack) -> Vault {

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use trellis_records::ProtectedEvent;
-use trellis_replay_tests::{Process, Stack, repo_root, test_secret};
+use trellis_replay_tests::{Stack, repo_root};
 use trellis_runtime::schema::{AvroDecoder, registry_settings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,48 +23,12 @@ async fn an_xapi_client_sends_statements_that_reach_protected() {
         .to_string();
 
     let stack = Stack::start().await;
-    let http_port = trellis_replay_tests::free_port();
-    let metrics_port = trellis_replay_tests::free_port();
-    let settings = format!(
-        "{{http: {{addr: '127.0.0.1:{http_port}', api_keys: '{}'}}}}",
-        stack.dir.path().join("api-keys.json").display()
-    );
-    let config = stack.config("collector", metrics_port, &settings);
-    let created = Command::new(trellis_replay_tests::binary("trellis-collector"))
-        .arg("--config")
-        .arg(&config)
-        .args(["api-key", "create", "--tenant", "acme-learning"])
-        .env_remove("TRELLIS__KAFKA__BOOTSTRAP_SERVERS")
-        .output()
-        .unwrap();
-    assert!(created.status.success(), "{created:?}");
-    let created = String::from_utf8(created.stdout).unwrap();
-    let key = created
-        .split_whitespace()
-        .find(|w| w.starts_with("trl_"))
-        .unwrap()
-        .to_string();
-    let key_id = created
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let http = stack.http_collector();
+    let (key_id, key) = http.create_key("acme-learning");
+    let mut collector = http.spawn(&stack);
+    trellis_replay_tests::wait_for_port(http.http_port, Duration::from_secs(60)).await;
 
-    let secrets = vec![("TRELLIS_INGEST_SIGNING_KEY", test_secret("signing"))];
-    let mut collector = Process::spawn(
-        "collector",
-        &config,
-        metrics_port,
-        &secrets,
-        stack.dir.path(),
-        &[],
-    );
-    trellis_replay_tests::wait_for_port(http_port, Duration::from_secs(60)).await;
-
-    let endpoint = format!("http://127.0.0.1:{http_port}/xapi/");
+    let endpoint = format!("http://127.0.0.1:{}/xapi/", http.http_port);
     let sent = Command::new("node")
         .arg(format!("{client_dir}/send.mjs"))
         .args([&endpoint, &key_id, &key])
@@ -86,31 +50,7 @@ async fn an_xapi_client_sends_statements_that_reach_protected() {
         .collect();
     assert_eq!(ids.len(), 3, "{answer}");
 
-    let privacy_port = trellis_replay_tests::free_port();
-    let privacy_config = stack.config(
-        "privacy",
-        privacy_port,
-        &format!(
-            "{{vault_dir: '{}'}}",
-            stack.dir.path().join("vault").display()
-        ),
-    );
-    let privacy_secrets: Vec<(&str, String)> = [
-        "TRELLIS_VAULT_MASTER_KEY",
-        "TRELLIS_SUBJECT_INDEX_KEY",
-        "TRELLIS_IP_SALT",
-    ]
-    .into_iter()
-    .map(|name| (name, test_secret(name)))
-    .collect();
-    let mut privacy = Process::spawn(
-        "privacy",
-        &privacy_config,
-        privacy_port,
-        &privacy_secrets,
-        stack.dir.path(),
-        &[],
-    );
+    let mut privacy = stack.spawn_privacy(&[]);
     collector
         .wait_caught_up(
             &trellis_replay_tests::end_offsets(&stack.kafka, "ingest.xapi").unwrap(),
