@@ -868,18 +868,29 @@ pub(crate) fn statement(object: &Map<String, Value>) -> Result<ObjectKind, Viola
     Ok(kind)
 }
 
-/// An authority: an Agent, or (OAuth with a registered application) a Group
-/// of exactly two Agents.
+/// An authority: an Agent, or (OAuth with a registered application) an
+/// anonymous Group of exactly two Agents, the application and the user.
 fn authority(value: &Value) -> Checked {
     actor(value)?;
-    if let Some(members) = value.get("member").and_then(Value::as_array)
-        && value.get("objectType").and_then(Value::as_str) == Some("Group")
-        && members.len() != 2
-    {
-        return Err(
-            Violation::new("an authority that is a Group must have exactly two members")
-                .at("member"),
-        );
+    if value.get("objectType").and_then(Value::as_str) == Some("Group") {
+        let group = value
+            .as_object()
+            .map_or(0, |g| IFIS.iter().filter(|k| g.contains_key(**k)).count());
+        if group > 0 {
+            return Err(Violation::new(
+                "an authority that is a Group must be anonymous (the OAuth application and user)",
+            ));
+        }
+        let members = value
+            .get("member")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        if members != 2 {
+            return Err(Violation::new(
+                "an authority that is a Group must have exactly two members",
+            )
+            .at("member"));
+        }
     }
     Ok(())
 }
