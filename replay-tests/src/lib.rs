@@ -10,6 +10,9 @@
 //! - [`Stack`]: broker + registry + topology.
 //! - [`Process`]: a processor binary under test.
 //! - [`TopicContents`]: a topic read back, with ids counted.
+//! - [`postgres`]: a throwaway Postgres cluster for the warehouse sink.
+
+pub mod postgres;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
@@ -18,12 +21,13 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
-use rdkafka::message::Headers;
-use rdkafka::producer::FutureProducer;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use trellis_runtime::config::KafkaConfig;
 pub use trellis_runtime::kafka::end_offsets;
 use trellis_runtime::kafka::{ID_HEADER, producer_config, scan_topic};
 use trellis_runtime::metrics::sample;
+use trellis_runtime::schema::{AvroEncoder, SchemaFile, registry_settings};
 use trellis_runtime::topology::Topology;
 
 /// The repository root.
@@ -353,6 +357,83 @@ impl Stack {
     pub fn read(&self, topic: &str) -> TopicContents {
         TopicContents::read(&self.kafka, topic)
     }
+
+    /// Registers `topic`'s schema (from topology.yaml) and returns its encoder.
+    pub async fn encoder(&self, topic: &str) -> AvroEncoder {
+        let file = self
+            .topology
+            .topic(topic)
+            .expect("declared topic")
+            .schema
+            .clone()
+            .expect("an Avro topic");
+        let schema = SchemaFile::load(&self.topology.schema_path(&file)).expect("schema");
+        let registry = registry_settings(&self.registry_url).expect("registry");
+        AvroEncoder::register(&registry, topic, &schema)
+            .await
+            .expect("register")
+    }
+
+    /// Produces `records` in order (with `trellis.id` and `tenant` headers)
+    /// and waits until every one is acknowledged.
+    pub async fn produce(&self, records: &[Produced]) {
+        let producer = self.producer();
+        let mut pending = std::collections::VecDeque::new();
+        for r in records {
+            let mut headers = OwnedHeaders::new().insert(Header {
+                key: ID_HEADER,
+                value: Some(r.id.as_bytes()),
+            });
+            if let Some(tenant) = &r.tenant {
+                headers = headers.insert(Header {
+                    key: trellis_runtime::kafka::TENANT_HEADER,
+                    value: Some(tenant.as_bytes()),
+                });
+            }
+            let mut record = FutureRecord::to(&r.topic).key(&r.key).headers(headers);
+            if let Some(value) = &r.value {
+                record = record.payload(value);
+            }
+            if let Some(partition) = r.partition {
+                record = record.partition(partition);
+            }
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push_back(delivery);
+                        break;
+                    }
+                    Err((_, returned)) => {
+                        // Queue full: wait for the oldest delivery.
+                        record = returned;
+                        if let Some(oldest) = pending.pop_front() {
+                            oldest.await.expect("delivery").expect("produced");
+                        }
+                    }
+                }
+            }
+        }
+        for delivery in pending {
+            delivery.await.expect("delivery").expect("produced");
+        }
+    }
+}
+
+/// A record for [`Stack::produce`].
+#[derive(Debug, Clone)]
+pub struct Produced {
+    /// Topic.
+    pub topic: String,
+    /// Partition (`None`: by key).
+    pub partition: Option<i32>,
+    /// Key.
+    pub key: Vec<u8>,
+    /// Value (`None`: a tombstone).
+    pub value: Option<Vec<u8>>,
+    /// The `trellis.id` header.
+    pub id: String,
+    /// The `tenant` header.
+    pub tenant: Option<String>,
 }
 
 /// A collector configured for HTTP ingest ([`Stack::http_collector`]).

@@ -26,6 +26,9 @@ pub struct Emitter {
     /// The processor's name, as dead letters carry it.
     processor: &'static str,
     pub(crate) records: Vec<OutputRecord>,
+    /// Per record in `records`: the timestamp it carries, when not its
+    /// input's ([`Emitter::emit_at`]).
+    pub(crate) timestamps: Vec<Option<i64>>,
     pub(crate) dead: Vec<DeadLetter>,
     pub(crate) duplicates: u64,
 }
@@ -36,6 +39,7 @@ impl Emitter {
         Self {
             processor,
             records: Vec::new(),
+            timestamps: Vec::new(),
             dead: Vec::new(),
             duplicates: 0,
         }
@@ -44,6 +48,15 @@ impl Emitter {
     /// Emits an output record.
     pub fn emit(&mut self, record: OutputRecord) {
         self.records.push(record);
+        self.timestamps.push(None);
+    }
+
+    /// Emits an output record carrying `timestamp_ms` instead of the
+    /// timestamp of the record being processed: for outputs emitted by
+    /// [`crate::Processor::flush`], which answer an input of the batch.
+    pub fn emit_at(&mut self, record: OutputRecord, timestamp_ms: Option<i64>) {
+        self.records.push(record);
+        self.timestamps.push(timestamp_ms);
     }
 
     /// Dead-letters `record` with a reason code and a value-free detail.
@@ -96,6 +109,7 @@ impl Emitter {
     /// Empties the emitter.
     pub fn clear(&mut self) {
         self.records.clear();
+        self.timestamps.clear();
         self.dead.clear();
         self.duplicates = 0;
     }

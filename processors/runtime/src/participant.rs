@@ -150,14 +150,23 @@ impl Acks {
     /// # Errors
     /// [`ProcessError::Encode`] if the ack does not fit its schema.
     pub fn emit(&self, out: &mut Emitter, ack: &ParticipantAck) -> Result<(), ProcessError> {
-        out.emit(OutputRecord {
+        out.emit(self.record(ack)?);
+        Ok(())
+    }
+
+    /// The record [`Acks::emit`] emits, for a participant that emits it
+    /// itself (at another time, see [`Emitter::emit_at`]).
+    ///
+    /// # Errors
+    /// [`ProcessError::Encode`] if the ack does not fit its schema.
+    pub fn record(&self, ack: &ParticipantAck) -> Result<OutputRecord, ProcessError> {
+        Ok(OutputRecord {
             topic: self.topic.clone(),
             key: ack.tenant_id.clone().into_bytes(),
             value: Some(self.encoder.encode(ack)?),
             id: format!("{}/{}", ack.command_id, self.participant),
             tenant: Some(ack.tenant_id.clone()),
-        });
-        Ok(())
+        })
     }
 }
 

@@ -126,11 +126,15 @@ enum Handled {
     Stopping,
 }
 
+/// The input record an output answers: (topic, partition, offset, timestamp).
+type Origin = (Arc<str>, i32, i64, Option<i64>);
+
 /// One produced record awaiting its acknowledgement.
 struct Pending {
     topic: Arc<str>,
-    /// The input that caused it: (topic, partition, offset, timestamp).
-    input: (Arc<str>, i32, i64, Option<i64>),
+    /// The input that caused it; `None` for what [`Processor::flush`]
+    /// emitted for the batch as a whole.
+    input: Option<Origin>,
     delivery: DeliveryFuture,
 }
 
@@ -449,26 +453,37 @@ impl Runtime {
             }
 
             if batch.records > 0 {
-                if stopping {
-                    let deadline = self.shutdown_deadline;
-                    match tokio::time::timeout(
-                        deadline,
-                        self.checkpoint(batch, &cursors, &mut processor),
-                    )
-                    .await
-                    {
-                        Ok(result) => result?,
-                        Err(_) => {
-                            processor.abandoned();
-                            tracing::warn!(
-                                ?deadline,
-                                "shutdown deadline passed before the last batch committed; it will be replayed"
-                            );
-                            return Ok(Exit::ForcedShutdown);
+                // A checkpoint may wait long (a broker or database that is
+                // down): a shutdown asked for meanwhile gives it the
+                // shutdown deadline to finish, then abandons the batch,
+                // which is safe at every await point of the checkpoint
+                // (nothing is committed until its last, synchronous steps).
+                let deadline = self.shutdown_deadline;
+                let finished = {
+                    let mut checkpoint =
+                        std::pin::pin!(self.checkpoint(batch, &cursors, &mut processor));
+                    if stopping {
+                        tokio::time::timeout(deadline, &mut checkpoint).await.ok()
+                    } else {
+                        tokio::select! {
+                            result = &mut checkpoint => Some(result),
+                            () = &mut shutdown => {
+                                stopping = true;
+                                tokio::time::timeout(deadline, &mut checkpoint).await.ok()
+                            }
                         }
                     }
-                } else {
-                    self.checkpoint(batch, &cursors, &mut processor).await?;
+                };
+                match finished {
+                    Some(result) => result?,
+                    None => {
+                        processor.abandoned();
+                        tracing::warn!(
+                            ?deadline,
+                            "shutdown deadline passed before the last batch committed; it will be replayed"
+                        );
+                        return Ok(Exit::ForcedShutdown);
+                    }
                 }
                 replay.tick(&cursors, &self.store);
                 self.live.store(replay.finished, Ordering::Relaxed);
@@ -719,29 +734,9 @@ impl Runtime {
             offset,
             record.timestamp_ms,
         );
-        let mut refused = Vec::new();
-        for output in emitter.records.drain(..) {
-            if !self.outputs.contains(&*output.topic) {
-                return Err(RunError::UndeclaredOutput {
-                    processor: self.name,
-                    topic: output.topic.to_string(),
-                });
-            }
-            let outgoing = Outgoing {
-                topic: &output.topic,
-                key: &output.key,
-                value: output.value.as_deref(),
-                id: Some(&output.id),
-                tenant: output.tenant.as_deref(),
-                request_id,
-                timestamp_ms: record.timestamp_ms,
-            };
-            match self.send(batch, &outgoing, &output.topic, &input).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::Poison => refused.push(e),
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let refused = self
+            .send_outputs(batch, emitter, Some(&input), request_id)
+            .await?;
         for e in refused {
             // The output can never be written: the input is dead-lettered
             // instead (the processor's other outputs for it still stand).
@@ -756,12 +751,80 @@ impl Runtime {
         Ok(Handled::Applied)
     }
 
+    /// Enqueues what `emitter` holds for `input` (`None`: what
+    /// [`Processor::flush`] emitted), refusing undeclared topics. Returns
+    /// the outputs the producer refused as too large: poison, the caller
+    /// decides what becomes of their input.
+    async fn send_outputs(
+        &self,
+        batch: &mut Batch<'_>,
+        emitter: &mut Emitter,
+        input: Option<&Origin>,
+        request_id: Option<&[u8]>,
+    ) -> Result<Vec<ProduceError>, RunError> {
+        let mut refused = Vec::new();
+        let timestamps = std::mem::take(&mut emitter.timestamps);
+        for (output, timestamp) in emitter.records.drain(..).zip(timestamps) {
+            if !self.outputs.contains(&*output.topic) {
+                return Err(RunError::UndeclaredOutput {
+                    processor: self.name,
+                    topic: output.topic.to_string(),
+                });
+            }
+            let outgoing = Outgoing {
+                topic: &output.topic,
+                key: &output.key,
+                value: output.value.as_deref(),
+                id: Some(&output.id),
+                tenant: output.tenant.as_deref(),
+                request_id,
+                timestamp_ms: timestamp.or(input.and_then(|i| i.3)),
+            };
+            match self.send(batch, &outgoing, &output.topic, input).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Poison => refused.push(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Runs the processor's [`Processor::flush`] and enqueues what it
+    /// emitted: after the flush, so an answer never precedes its effect.
+    async fn flush<P: Processor>(
+        &self,
+        batch: &mut Batch<'_>,
+        processor: &mut P,
+    ) -> Result<(), RunError> {
+        let mut flushed = Emitter::new(self.name);
+        processor.flush(&mut flushed).await?;
+        if let Some(e) = self
+            .send_outputs(batch, &mut flushed, None, None)
+            .await?
+            .into_iter()
+            .next()
+        {
+            // No single input to dead-letter in its place.
+            return Err(e.into());
+        }
+        for dead in std::mem::take(&mut flushed.dead) {
+            let origin: Origin = (
+                Arc::from(dead.source_topic.as_str()),
+                dead.source_partition,
+                dead.source_offset,
+                dead.source_timestamp,
+            );
+            self.send_dead_letter(batch, dead, &origin, None).await?;
+        }
+        Ok(())
+    }
+
     /// Writes a dead letter, cut down to fit the producer's message limit.
     async fn send_dead_letter(
         &self,
         batch: &mut Batch<'_>,
         dead: DeadLetter,
-        input: &(Arc<str>, i32, i64, Option<i64>),
+        input: &Origin,
         request_id: Option<&[u8]>,
     ) -> Result<(), RunError> {
         let Some(dlq) = &self.dlq else {
@@ -783,7 +846,9 @@ impl Runtime {
             request_id,
             timestamp_ms: input.3,
         };
-        Ok(self.send(batch, &outgoing, &self.dlq_topic, input).await?)
+        Ok(self
+            .send(batch, &outgoing, &self.dlq_topic, Some(input))
+            .await?)
     }
 
     /// Enqueues one output of the batch, waiting out transient refusals.
@@ -792,7 +857,7 @@ impl Runtime {
         batch: &mut Batch<'_>,
         record: &Outgoing<'_>,
         topic: &Arc<str>,
-        input: &(Arc<str>, i32, i64, Option<i64>),
+        input: Option<&Origin>,
     ) -> Result<(), ProduceError> {
         if self.kafka.transactions && !batch.in_transaction {
             self.producer
@@ -811,7 +876,7 @@ impl Runtime {
                 Ok(delivery) => {
                     batch.deliveries.push(Pending {
                         topic: topic.clone(),
-                        input: input.clone(),
+                        input: input.cloned(),
                         delivery,
                     });
                     return Ok(());
@@ -822,14 +887,16 @@ impl Runtime {
         }
     }
 
-    /// Waits for every output of the batch, then commits state and positions
-    /// together, then the group offsets.
+    /// Flushes the processor's external effects, waits for every output of
+    /// the batch, then commits state and positions together, then the group
+    /// offsets.
     async fn checkpoint<P: Processor>(
         &self,
-        batch: Batch<'_>,
+        mut batch: Batch<'_>,
         cursors: &Cursors,
         processor: &mut P,
     ) -> Result<(), RunError> {
+        self.flush(&mut batch, processor).await?;
         let Batch {
             txn,
             deliveries,
@@ -850,7 +917,10 @@ impl Runtime {
                 // The broker's limit is below the producer's: the output can
                 // never be written. Dead-letter its input (still on its topic).
                 Err(e @ ProduceError::TooLarge { .. }) if &*pending.topic != DLQ_TOPIC => {
-                    late_letters.push((pending.input, e));
+                    match pending.input {
+                        Some(input) => late_letters.push((input, e)),
+                        None => return Err(e.into()),
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -52,6 +52,29 @@ pub trait Processor: Send + 'static {
         out: &mut Emitter,
     ) -> Result<(), ProcessError>;
 
+    /// Makes the batch's effects outside Kafka durable: a sink's database
+    /// transaction. Called once per batch, after its last record was
+    /// processed and before its outputs are awaited and its state and
+    /// positions committed, so a crash before it returns replays the whole
+    /// batch, and a crash after it replays a batch whose effects are
+    /// already durable (the processor must recognise them: a sink keeps
+    /// the offsets it includes in the same database transaction). What it
+    /// emits is produced after it returns: answers that must not precede
+    /// the effect they report (the rows a GDPR erasure deleted).
+    ///
+    /// Wait out faults that may mend (a database restart) here; the runtime
+    /// races this call against shutdown, and a batch abandoned in the middle
+    /// is replayed on the next start.
+    ///
+    /// # Errors
+    /// [`ProcessError`] only for failures that make continuing unsafe.
+    fn flush(
+        &mut self,
+        _out: &mut Emitter,
+    ) -> impl Future<Output = Result<(), ProcessError>> + Send {
+        std::future::ready(Ok(()))
+    }
+
     /// Called after a batch's state is committed.
     fn committed(&mut self) {}
 

@@ -39,12 +39,16 @@ impl fmt::Debug for Secret {
 pub enum SecretFormat {
     /// 32 bytes written as 64 hex characters (HMAC and AES-256 keys, salts).
     Hex32,
+    /// A Postgres connection URL with its password
+    /// (`postgresql://user:password@host:port/dbname`).
+    PostgresUrl,
 }
 
 impl SecretFormat {
     fn describe(self) -> &'static str {
         match self {
             SecretFormat::Hex32 => "64 hex characters (32 bytes)",
+            SecretFormat::PostgresUrl => "a postgresql://user:password@host:port/dbname URL",
         }
     }
 
@@ -56,6 +60,16 @@ impl SecretFormat {
                     return Err(format!("has {} characters", text.len()));
                 }
                 hex::decode(text).map_err(|_| "is not hexadecimal".to_string())
+            }
+            SecretFormat::PostgresUrl => {
+                let text = text.trim();
+                let scheme = ["postgresql://", "postgres://"]
+                    .iter()
+                    .any(|s| text.starts_with(s));
+                if !scheme || text.contains(char::is_whitespace) {
+                    return Err("is not a postgresql:// URL".into());
+                }
+                Ok(text.as_bytes().to_vec())
             }
         }
     }

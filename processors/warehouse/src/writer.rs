@@ -1,0 +1,530 @@
+//! Writes one batch in one Postgres transaction: its rows, its saga
+//! commands' effects and receipts, and the offsets it reached.
+//!
+//! Rows are copied (binary `COPY`) into temporary staging tables and moved
+//! into the real tables with one `INSERT … SELECT … ON CONFLICT` per table:
+//! `COPY` is Postgres's fastest way in, and the upsert keyed by the row's
+//! primary key makes a re-written row a no-op. (`COPY` straight into the
+//! tables is not possible anyway: Postgres refuses `COPY FROM` into a table
+//! whose row-level security applies to the writer.)
+//!
+//! Because the offsets commit with the rows, the warehouse holds each
+//! record's effect exactly once whatever happens between two commits.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use futures::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Transaction};
+use trellis_records::ParticipantAck;
+use trellis_runtime::participant::Acks;
+
+use crate::batch::{Batch, PendingCommand, ProgressKey, learner_hash};
+use crate::rows::{AggregateRow, CompletionRow, ProgressRow};
+
+/// Temporary staging tables, created once per connection.
+const STAGING: &str = "
+    CREATE TEMP TABLE IF NOT EXISTS stage_progress
+        (LIKE trellis.progress INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS stage_completions
+        (LIKE trellis.completions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS stage_aggregates
+        (LIKE trellis.aggregates INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+";
+
+const PROGRESS_COLUMNS: &str = "tenant_id, learner, activity_id, course_id, attempts, \
+    best_score_scaled, last_score_scaled, success, completion, first_activity_at, \
+    last_activity_at, evidence, source_partition, source_offset";
+const PROGRESS_TYPES: &[Type] = &[
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::BOOL,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::JSONB,
+    Type::INT4,
+    Type::INT8,
+];
+const PROGRESS_UPSERT: &str = "
+    INSERT INTO trellis.progress SELECT * FROM pg_temp.stage_progress
+    ON CONFLICT (tenant_id, learner, activity_id) DO UPDATE SET
+        course_id = EXCLUDED.course_id,
+        attempts = EXCLUDED.attempts,
+        best_score_scaled = EXCLUDED.best_score_scaled,
+        last_score_scaled = EXCLUDED.last_score_scaled,
+        success = EXCLUDED.success,
+        completion = EXCLUDED.completion,
+        first_activity_at = EXCLUDED.first_activity_at,
+        last_activity_at = EXCLUDED.last_activity_at,
+        evidence = EXCLUDED.evidence,
+        source_partition = EXCLUDED.source_partition,
+        source_offset = EXCLUDED.source_offset";
+
+const COMPLETION_COLUMNS: &str = "tenant_id, completion_id, learner, activity_id, course_id, \
+    kind, score_scaled, completed_at, evidence_event_ids, source_partition, source_offset";
+const COMPLETION_TYPES: &[Type] = &[
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::FLOAT8,
+    Type::TIMESTAMPTZ,
+    Type::TEXT_ARRAY,
+    Type::INT4,
+    Type::INT8,
+];
+/// A completion id names its content: a re-sent one changes nothing.
+const COMPLETION_INSERT: &str = "
+    INSERT INTO trellis.completions SELECT * FROM pg_temp.stage_completions
+    ON CONFLICT (tenant_id, completion_id) DO NOTHING";
+
+const AGGREGATE_COLUMNS: &str = "tenant_id, window_length, window_start, dimension, \
+    dimension_value, events, distinct_learners, completions, passes, fails, avg_score_scaled, \
+    suppressed, revision, source_partition, source_offset";
+const AGGREGATE_TYPES: &[Type] = &[
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::FLOAT8,
+    Type::BOOL,
+    Type::INT4,
+    Type::INT4,
+    Type::INT8,
+];
+/// A cell keeps its highest revision: an older one read late changes nothing.
+const AGGREGATE_UPSERT: &str = "
+    INSERT INTO trellis.aggregates SELECT * FROM pg_temp.stage_aggregates
+    ON CONFLICT (tenant_id, window_length, window_start, dimension, dimension_value)
+    DO UPDATE SET
+        events = EXCLUDED.events,
+        distinct_learners = EXCLUDED.distinct_learners,
+        completions = EXCLUDED.completions,
+        passes = EXCLUDED.passes,
+        fails = EXCLUDED.fails,
+        avg_score_scaled = EXCLUDED.avg_score_scaled,
+        suppressed = EXCLUDED.suppressed,
+        revision = EXCLUDED.revision,
+        source_partition = EXCLUDED.source_partition,
+        source_offset = EXCLUDED.source_offset
+    WHERE trellis.aggregates.revision <= EXCLUDED.revision";
+
+/// Staging tables hold one statement's rows at a time.
+const CLEAR_STAGING: &str =
+    "TRUNCATE pg_temp.stage_progress, pg_temp.stage_completions, pg_temp.stage_aggregates";
+
+/// A row Postgres refused, found by [`find_refused`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// A `progress` row, by key.
+    Progress(ProgressKey),
+    /// A completion, by `(tenant, completion id)`.
+    Completion(String, String),
+    /// An aggregate cell, by key.
+    Aggregate(crate::batch::CellKey),
+}
+
+/// What writing a batch did.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Rows upserted or inserted, by table.
+    pub rows: BTreeMap<&'static str, u64>,
+    /// Rows deleted (tombstones and erasures), by table.
+    pub deleted: BTreeMap<&'static str, u64>,
+    /// The answers to the batch's saga commands, in order, with the
+    /// timestamp of the command's record.
+    pub answers: Vec<(ParticipantAck, Option<i64>)>,
+}
+
+/// Prepares a new connection for [`write`].
+///
+/// # Errors
+/// Postgres's.
+pub async fn prepare(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(STAGING).await
+}
+
+/// Writes `batch` in one transaction, answering its commands with `acks`.
+///
+/// # Errors
+/// Postgres's; nothing is written then.
+pub async fn write(
+    client: &mut Client,
+    batch: &Batch,
+    acks: &Acks,
+) -> Result<Written, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let mut written = Written::default();
+    let (upserts, deletes) = batch.progress_changes();
+    if !upserts.is_empty() {
+        copy_progress(&tx, &upserts).await?;
+        written
+            .rows
+            .insert("progress", tx.execute(PROGRESS_UPSERT, &[]).await?);
+    }
+    if !deletes.is_empty() {
+        let (t, l, a) = columns3(deletes.iter().map(|k| (&k.0, &k.1, &k.2)));
+        let n = tx
+            .execute(
+                "DELETE FROM trellis.progress p
+                 USING unnest($1::text[], $2::text[], $3::text[]) AS d(t, l, a)
+                 WHERE p.tenant_id = d.t AND p.learner = d.l AND p.activity_id = d.a",
+                &[&t, &l, &a],
+            )
+            .await?;
+        *written.deleted.entry("progress").or_default() += n;
+    }
+    if !batch.completions.is_empty() {
+        let rows: Vec<&CompletionRow> = batch.completions.values().collect();
+        copy_completions(&tx, &rows).await?;
+        written
+            .rows
+            .insert("completions", tx.execute(COMPLETION_INSERT, &[]).await?);
+    }
+    if !batch.aggregates.is_empty() {
+        let rows: Vec<&AggregateRow> = batch.aggregates.values().collect();
+        copy_aggregates(&tx, &rows).await?;
+        written
+            .rows
+            .insert("aggregates", tx.execute(AGGREGATE_UPSERT, &[]).await?);
+    }
+    for command in &batch.commands {
+        let c = &command.command;
+        let ack = acks.ack(
+            &c.command_id,
+            &c.request_id,
+            &c.tenant_id,
+            c.learner.clone(),
+            command.at.unwrap_or_default(),
+        );
+        let ack = execute(&tx, command, ack, &mut written).await?;
+        if let Some(receipt) = receipt(&ack) {
+            tx.execute(
+                "INSERT INTO trellis_sink.receipts (command_id, answer) VALUES ($1, $2)
+                 ON CONFLICT (command_id) DO NOTHING",
+                &[&ack.command_id, &receipt],
+            )
+            .await?;
+        }
+        written.answers.push((ack, command.at));
+    }
+    if !batch.offsets.is_empty() {
+        let topics: Vec<&str> = batch.offsets.keys().map(|(t, _)| &**t).collect();
+        let partitions: Vec<i32> = batch.offsets.keys().map(|(_, p)| *p).collect();
+        let next: Vec<i64> = batch.offsets.values().copied().collect();
+        tx.execute(
+            "INSERT INTO trellis_sink.offsets (topic, partition, next_offset)
+             SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])
+             ON CONFLICT (topic, partition) DO UPDATE SET
+                 next_offset = GREATEST(trellis_sink.offsets.next_offset, EXCLUDED.next_offset),
+                 updated_at = now()",
+            &[&topics, &partitions, &next],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// What is kept of an answer so a re-sent command gets it again: all but
+/// the learner's pseudonym (the re-sent command carries it), so the
+/// warehouse keeps no pseudonym of an erased learner. Access answers are
+/// not kept: they hold the learner's rows, and answering a re-sent access
+/// request from the tables as they are is right.
+pub fn receipt(ack: &ParticipantAck) -> Option<serde_json::Value> {
+    if ack.export.is_some() {
+        return None;
+    }
+    let mut kept = ack.clone();
+    kept.learner = None;
+    serde_json::to_value(&kept).ok()
+}
+
+/// Executes one saga command: an erasure deletes the learner's rows and
+/// remembers the learner; an access request reads them for the export.
+async fn execute(
+    tx: &Transaction<'_>,
+    command: &PendingCommand,
+    mut ack: ParticipantAck,
+    written: &mut Written,
+) -> Result<ParticipantAck, tokio_postgres::Error> {
+    let c = &command.command;
+    let Some(learner) = c.learner.as_deref() else {
+        ack.outcome = "not_found".into();
+        ack.detail = "no pseudonym: the subject was never seen".into();
+        return Ok(ack);
+    };
+    let tenant = c.tenant_id.as_str();
+    match c.kind.as_str() {
+        "erasure" => {
+            let progress = tx
+                .execute(
+                    "DELETE FROM trellis.progress WHERE tenant_id = $1 AND learner = $2",
+                    &[&tenant, &learner],
+                )
+                .await?;
+            let completions = tx
+                .execute(
+                    "DELETE FROM trellis.completions WHERE tenant_id = $1 AND learner = $2",
+                    &[&tenant, &learner],
+                )
+                .await?;
+            let at = SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_millis(c.issued_at.max(0).unsigned_abs());
+            tx.execute(
+                "INSERT INTO trellis_sink.erased_learners (learner_hash, tenant_id, request_id, erased_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (learner_hash) DO NOTHING",
+                &[
+                    &learner_hash(tenant, learner).as_slice(),
+                    &tenant,
+                    &c.request_id,
+                    &at,
+                ],
+            )
+            .await?;
+            *written.deleted.entry("progress").or_default() += progress;
+            *written.deleted.entry("completions").or_default() += completions;
+            ack.records_affected = i64::try_from(progress + completions).unwrap_or(i64::MAX);
+            ack.detail = format!(
+                "deleted {progress} progress rows and {completions} completions; aggregates are anonymous and stay"
+            );
+        }
+        "access" => {
+            let row = tx
+                .query_one(
+                    "SELECT
+                        (SELECT coalesce(jsonb_agg(to_jsonb(p) - 'source_partition' - 'source_offset'
+                                                   ORDER BY activity_id), '[]')
+                           FROM trellis.progress p WHERE tenant_id = $1 AND learner = $2),
+                        (SELECT coalesce(jsonb_agg(to_jsonb(c) - 'source_partition' - 'source_offset'
+                                                   ORDER BY completion_id), '[]')
+                           FROM trellis.completions c WHERE tenant_id = $1 AND learner = $2)",
+                    &[&tenant, &learner],
+                )
+                .await?;
+            let progress: serde_json::Value = row.get(0);
+            let completions: serde_json::Value = row.get(1);
+            let count = |v: &serde_json::Value| v.as_array().map_or(0, Vec::len);
+            let held = count(&progress) + count(&completions);
+            ack.records_affected = i64::try_from(held).unwrap_or(i64::MAX);
+            ack.detail = format!(
+                "{} progress rows and {} completions held",
+                count(&progress),
+                count(&completions)
+            );
+            ack.export = Some(
+                serde_json::json!({"progress": progress, "completions": completions}).to_string(),
+            );
+        }
+        other => {
+            ack.outcome = "failed".into();
+            ack.detail = format!("unknown command kind `{other}`");
+        }
+    }
+    Ok(ack)
+}
+
+fn columns3<'a>(
+    keys: impl Iterator<Item = (&'a String, &'a String, &'a String)>,
+) -> (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>) {
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    let mut c = Vec::new();
+    for (x, y, z) in keys {
+        a.push(x.as_str());
+        b.push(y.as_str());
+        c.push(z.as_str());
+    }
+    (a, b, c)
+}
+
+async fn copy_rows(
+    tx: &Transaction<'_>,
+    table: &str,
+    columns: &str,
+    types: &[Type],
+    rows: impl Iterator<Item = Vec<Box<dyn ToSql + Sync + Send + '_>>>,
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx
+        .copy_in(&format!(
+            "COPY pg_temp.{table} ({columns}) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, types);
+    pin_mut!(writer);
+    for row in rows {
+        let values: Vec<&(dyn ToSql + Sync)> =
+            row.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+async fn copy_progress(
+    tx: &Transaction<'_>,
+    rows: &[&ProgressRow],
+) -> Result<(), tokio_postgres::Error> {
+    copy_rows(
+        tx,
+        "stage_progress",
+        PROGRESS_COLUMNS,
+        PROGRESS_TYPES,
+        rows.iter().map(|r| {
+            let v = &r.value;
+            vec![
+                Box::new(v.tenant_id.as_str()) as Box<dyn ToSql + Sync + Send>,
+                Box::new(v.learner.as_str()),
+                Box::new(v.activity_id.as_str()),
+                Box::new(v.course_id.as_deref()),
+                Box::new(v.attempts),
+                Box::new(v.best_score_scaled),
+                Box::new(v.last_score_scaled),
+                Box::new(v.success),
+                Box::new(v.completion.as_str()),
+                Box::new(r.first_activity_at),
+                Box::new(r.last_activity_at),
+                Box::new(&r.evidence),
+                Box::new(r.source.partition),
+                Box::new(r.source.offset),
+            ]
+        }),
+    )
+    .await
+}
+
+async fn copy_completions(
+    tx: &Transaction<'_>,
+    rows: &[&CompletionRow],
+) -> Result<(), tokio_postgres::Error> {
+    copy_rows(
+        tx,
+        "stage_completions",
+        COMPLETION_COLUMNS,
+        COMPLETION_TYPES,
+        rows.iter().map(|r| {
+            let v = &r.value;
+            vec![
+                Box::new(v.tenant_id.as_str()) as Box<dyn ToSql + Sync + Send>,
+                Box::new(v.completion_id.as_str()),
+                Box::new(v.learner.as_str()),
+                Box::new(v.activity_id.as_str()),
+                Box::new(v.course_id.as_deref()),
+                Box::new(v.kind.as_str()),
+                Box::new(v.score_scaled),
+                Box::new(r.completed_at),
+                Box::new(&v.evidence_event_ids),
+                Box::new(r.source.partition),
+                Box::new(r.source.offset),
+            ]
+        }),
+    )
+    .await
+}
+
+async fn copy_aggregates(
+    tx: &Transaction<'_>,
+    rows: &[&AggregateRow],
+) -> Result<(), tokio_postgres::Error> {
+    copy_rows(
+        tx,
+        "stage_aggregates",
+        AGGREGATE_COLUMNS,
+        AGGREGATE_TYPES,
+        rows.iter().map(|r| {
+            let v = &r.value;
+            vec![
+                Box::new(v.tenant_id.as_str()) as Box<dyn ToSql + Sync + Send>,
+                Box::new(v.window.as_str()),
+                Box::new(r.window_start),
+                Box::new(v.dimension.as_str()),
+                Box::new(v.dimension_value.as_str()),
+                Box::new(v.events),
+                Box::new(v.distinct_learners),
+                Box::new(v.completions),
+                Box::new(v.passes),
+                Box::new(v.fails),
+                Box::new(v.avg_score_scaled),
+                Box::new(v.suppressed),
+                Box::new(v.revision),
+                Box::new(r.source.partition),
+                Box::new(r.source.offset),
+            ]
+        }),
+    )
+    .await
+}
+
+/// Finds the rows of `batch` Postgres refuses, each tried alone under a
+/// savepoint in a transaction that is then rolled back: the slow path,
+/// taken only after a batch failed with a data error.
+///
+/// # Errors
+/// Postgres's, for anything but a refused row.
+pub async fn find_refused(
+    client: &mut Client,
+    batch: &Batch,
+) -> Result<Vec<(Refused, tokio_postgres::Error)>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let mut refused = Vec::new();
+    let (upserts, _) = batch.progress_changes();
+    for row in upserts {
+        if let Err(e) = alone(&tx, copy_progress(&tx, &[row]), PROGRESS_UPSERT).await? {
+            refused.push((Refused::Progress(row.key()), e));
+        }
+    }
+    for row in batch.completions.values() {
+        if let Err(e) = alone(&tx, copy_completions(&tx, &[row]), COMPLETION_INSERT).await? {
+            let v = &row.value;
+            refused.push((
+                Refused::Completion(v.tenant_id.clone(), v.completion_id.clone()),
+                e,
+            ));
+        }
+    }
+    for row in batch.aggregates.values() {
+        if let Err(e) = alone(&tx, copy_aggregates(&tx, &[row]), AGGREGATE_UPSERT).await? {
+            refused.push((Refused::Aggregate(row.cell()), e));
+        }
+    }
+    tx.rollback().await?;
+    Ok(refused)
+}
+
+/// Runs one row's copy and statement under a savepoint. The outer result
+/// is a failure to run at all; the inner one, the row's verdict.
+async fn alone(
+    tx: &Transaction<'_>,
+    copy: impl Future<Output = Result<(), tokio_postgres::Error>>,
+    statement: &str,
+) -> Result<Result<(), tokio_postgres::Error>, tokio_postgres::Error> {
+    tx.batch_execute("SAVEPOINT row_probe").await?;
+    let tried = async {
+        copy.await?;
+        tx.execute(statement, &[]).await?;
+        Ok(())
+    }
+    .await;
+    match tried {
+        Ok(()) => tx.batch_execute("RELEASE SAVEPOINT row_probe").await?,
+        Err(_) => tx.batch_execute("ROLLBACK TO SAVEPOINT row_probe").await?,
+    }
+    tx.batch_execute(CLEAR_STAGING).await?;
+    Ok(tried)
+}

@@ -1,0 +1,632 @@
+//! The warehouse sink against a real Postgres: every record exactly once
+//! through `kill -9`s and a Postgres restart, tenant isolation attacks on
+//! the row-level security, erase commands that stay erased, bad records to
+//! the dead-letter topic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use trellis_records::{
+    AGGREGATES_TOPIC, Aggregate, COMPLETIONS_TOPIC, Completion, DeadLetter, ERASE_COMMANDS_TOPIC,
+    EraseCommand, Evidence, LearnerProgress, PARTICIPANT_ACKS_TOPIC, PROGRESS_TOPIC,
+    ParticipantAck,
+};
+use trellis_replay_tests::postgres::Postgres;
+use trellis_replay_tests::{Process, Produced, Stack, end_offsets};
+use trellis_runtime::schema::{AvroDecoder, AvroEncoder, registry_settings};
+
+const TENANTS: [&str; 3] = ["northwind-uni", "riverside-college", "acme-learning"];
+const INPUTS: [&str; 4] = [
+    PROGRESS_TOPIC,
+    COMPLETIONS_TOPIC,
+    AGGREGATES_TOPIC,
+    ERASE_COMMANDS_TOPIC,
+];
+const T0: i64 = 1_780_000_000_000;
+
+/// A small deterministic generator (the test must not depend on luck).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % below
+    }
+}
+
+struct Encoders {
+    progress: AvroEncoder,
+    completions: AvroEncoder,
+    aggregates: AvroEncoder,
+    commands: AvroEncoder,
+}
+
+impl Encoders {
+    async fn new(stack: &Stack) -> Self {
+        Self {
+            progress: stack.encoder(PROGRESS_TOPIC).await,
+            completions: stack.encoder(COMPLETIONS_TOPIC).await,
+            aggregates: stack.encoder(AGGREGATES_TOPIC).await,
+            commands: stack.encoder(ERASE_COMMANDS_TOPIC).await,
+        }
+    }
+}
+
+fn progress_record(e: &Encoders, p: &LearnerProgress) -> Produced {
+    Produced {
+        topic: PROGRESS_TOPIC.into(),
+        partition: None,
+        key: format!("{}|{}|{}", p.tenant_id, p.learner, p.activity_id).into_bytes(),
+        value: Some(e.progress.encode(p).unwrap()),
+        id: format!(
+            "{}/{}/{}/{}",
+            p.tenant_id, p.learner, p.activity_id, p.attempts
+        ),
+        tenant: Some(p.tenant_id.clone()),
+    }
+}
+
+fn tombstone(tenant: &str, learner: &str, activity: &str) -> Produced {
+    Produced {
+        topic: PROGRESS_TOPIC.into(),
+        partition: None,
+        key: format!("{tenant}|{learner}|{activity}").into_bytes(),
+        value: None,
+        id: format!("{tenant}/{learner}/{activity}/tombstone"),
+        tenant: Some(tenant.into()),
+    }
+}
+
+fn completion_record(e: &Encoders, c: &Completion) -> Produced {
+    Produced {
+        topic: COMPLETIONS_TOPIC.into(),
+        partition: None,
+        key: format!("{}|{}|{}", c.tenant_id, c.learner, c.activity_id).into_bytes(),
+        value: Some(e.completions.encode(c).unwrap()),
+        id: c.completion_id.clone(),
+        tenant: Some(c.tenant_id.clone()),
+    }
+}
+
+fn aggregate_record(e: &Encoders, a: &Aggregate) -> Produced {
+    Produced {
+        topic: AGGREGATES_TOPIC.into(),
+        partition: None,
+        key: format!(
+            "{}|{}|{}|{}|{}",
+            a.tenant_id, a.window, a.window_start, a.dimension, a.dimension_value
+        )
+        .into_bytes(),
+        value: Some(e.aggregates.encode(a).unwrap()),
+        id: format!(
+            "{}/{}/{}/{}/{}",
+            a.tenant_id, a.window, a.window_start, a.dimension, a.dimension_value
+        ),
+        tenant: Some(a.tenant_id.clone()),
+    }
+}
+
+fn learner(n: u64) -> String {
+    format!("p{n:04}")
+}
+
+/// `count` records over the three topics: progress updates of a few hundred
+/// keys (some tombstoned, some re-sent), completions (some re-sent), and
+/// aggregate cells whose revisions arrive out of order.
+fn generate(e: &Encoders, rng: &mut Lcg, count: usize, step: &mut i64) -> Vec<Produced> {
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        *step += 1;
+        let tenant = TENANTS[rng.next(3) as usize];
+        let who = learner(rng.next(60));
+        let activity = format!("https://courses.example/a{}", rng.next(8));
+        match rng.next(20) {
+            0 => out.push(tombstone(tenant, &who, &activity)),
+            1..=11 => {
+                let p = LearnerProgress {
+                    tenant_id: tenant.into(),
+                    learner: who.clone(),
+                    activity_id: activity.clone(),
+                    course_id: Some("https://courses.example/c1".into()),
+                    attempts: i32::try_from(*step).unwrap(),
+                    best_score_scaled: Some(rng.next(100) as f64 / 100.0),
+                    last_score_scaled: None,
+                    success: Some(rng.next(2) == 0),
+                    completion: "incomplete".into(),
+                    first_activity_at: T0,
+                    last_activity_at: T0 + *step,
+                    evidence: vec![Evidence {
+                        status: "attempted".into(),
+                        event_id: format!("e{step}"),
+                        at: T0 + *step,
+                    }],
+                };
+                out.push(progress_record(e, &p));
+            }
+            12..=15 => {
+                // A completion id names its content: a re-send is identical.
+                let id = rng.next(4_000);
+                let c = Completion {
+                    completion_id: format!("{tenant}/c{id}"),
+                    tenant_id: tenant.into(),
+                    learner: learner(id % 60),
+                    activity_id: format!("https://courses.example/a{}", id % 8),
+                    course_id: None,
+                    kind: "completed".into(),
+                    score_scaled: Some(0.9),
+                    at: T0 + id as i64,
+                    evidence_event_ids: vec![format!("e{id}")],
+                };
+                out.push(completion_record(e, &c));
+            }
+            _ => {
+                let a = Aggregate {
+                    tenant_id: tenant.into(),
+                    window_start: T0 + 3_600_000 * rng.next(40) as i64,
+                    window: "hour".into(),
+                    dimension: "verb".into(),
+                    dimension_value: format!("v{}", rng.next(5)),
+                    events: *step,
+                    distinct_learners: 7,
+                    completions: 1,
+                    passes: 0,
+                    fails: 0,
+                    avg_score_scaled: None,
+                    suppressed: false,
+                    revision: rng.next(6) as i32,
+                };
+                out.push(aggregate_record(e, &a));
+            }
+        }
+    }
+    out
+}
+
+fn sink(stack: &Stack, pg: &Postgres) -> Process {
+    stack.spawn(
+        "warehouse",
+        "{}",
+        &[("TRELLIS_WAREHOUSE_URL", pg.owner_url())],
+    )
+}
+
+fn ends(stack: &Stack) -> BTreeMap<String, i64> {
+    let mut ends = BTreeMap::new();
+    for topic in INPUTS {
+        ends.extend(end_offsets(&stack.kafka, topic).unwrap());
+    }
+    ends
+}
+
+type ProgressTable = BTreeMap<(String, String, String), (i32, i64)>;
+type CompletionTable = BTreeSet<(String, String, String)>;
+type AggregateTable = BTreeMap<(String, i64, String), (i32, i64)>;
+
+/// What the topics say the tables must hold: the latest `progress` record
+/// per key (none after a tombstone), each completion id once, the highest
+/// revision of each cell.
+async fn expected(stack: &Stack) -> (ProgressTable, CompletionTable, AggregateTable) {
+    let decoder = AvroDecoder::new(registry_settings(&stack.registry_url).unwrap());
+    let mut latest: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    trellis_runtime::kafka::scan_topic(
+        &stack.kafka,
+        PROGRESS_TOPIC,
+        Duration::from_secs(2),
+        |m| {
+            use rdkafka::Message;
+            latest.insert(
+                m.key().unwrap_or_default().to_vec(),
+                m.payload().map(<[u8]>::to_vec),
+            );
+        },
+        || false,
+    )
+    .unwrap();
+    let mut progress = ProgressTable::new();
+    for value in latest.into_values().flatten() {
+        let p: LearnerProgress = decoder.decode(&value).await.unwrap();
+        progress.insert(
+            (p.tenant_id, p.learner, p.activity_id),
+            (p.attempts, p.last_activity_at),
+        );
+    }
+    let mut completions = CompletionTable::new();
+    for (_, value) in stack.read(COMPLETIONS_TOPIC).records {
+        let c: Completion = decoder.decode(&value.unwrap()).await.unwrap();
+        completions.insert((c.tenant_id, c.completion_id, c.learner));
+    }
+    let mut aggregates = AggregateTable::new();
+    for (_, value) in stack.read(AGGREGATES_TOPIC).records {
+        let a: Aggregate = decoder.decode(&value.unwrap()).await.unwrap();
+        let cell = (a.tenant_id, a.window_start, a.dimension_value);
+        let held = aggregates.entry(cell).or_insert((a.revision, a.events));
+        if a.revision >= held.0 {
+            *held = (a.revision, a.events);
+        }
+    }
+    (progress, completions, aggregates)
+}
+
+/// What the tables hold, read as the administrator (row-level security
+/// does not apply to a superuser).
+async fn actual(pg: &Postgres) -> (ProgressTable, CompletionTable, AggregateTable) {
+    let admin = pg.admin().await;
+    let mut progress = ProgressTable::new();
+    for row in admin
+        .query(
+            "SELECT tenant_id, learner, activity_id, attempts,
+                    (extract(epoch FROM last_activity_at) * 1000)::bigint
+             FROM trellis.progress",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        progress.insert(
+            (row.get(0), row.get(1), row.get(2)),
+            (row.get(3), row.get(4)),
+        );
+    }
+    let mut completions = CompletionTable::new();
+    for row in admin
+        .query(
+            "SELECT tenant_id, completion_id, learner FROM trellis.completions",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        completions.insert((row.get(0), row.get(1), row.get(2)));
+    }
+    let mut aggregates = AggregateTable::new();
+    for row in admin
+        .query(
+            "SELECT tenant_id, (extract(epoch FROM window_start) * 1000)::bigint,
+                    dimension_value, revision, events
+             FROM trellis.aggregates",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        aggregates.insert(
+            (row.get(0), row.get(1), row.get(2)),
+            (row.get(3), row.get(4)),
+        );
+    }
+    (progress, completions, aggregates)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_record_lands_exactly_once_through_kills_and_a_postgres_restart() {
+    let stack = Stack::start().await;
+    let pg = Postgres::start().await;
+    let e = Encoders::new(&stack).await;
+    let mut rng = Lcg(7);
+    let mut step = 0;
+    let mut warehouse = sink(&stack, &pg);
+
+    // Six rounds of 5,000 records; the sink is SIGKILLed after three of
+    // them and Postgres is stopped (as if it crashed) during another.
+    for round in 0..6 {
+        let records = generate(&e, &mut rng, 5_000, &mut step);
+        stack.produce(&records).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        match round {
+            0 | 2 | 4 => {
+                warehouse.kill9();
+                warehouse = sink(&stack, &pg);
+            }
+            3 => {
+                pg.stop();
+                let more = generate(&e, &mut rng, 2_000, &mut step);
+                stack.produce(&more).await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                assert!(
+                    warehouse
+                        .metric("trellis_warehouse_unavailable_total")
+                        .await
+                        > 0.0,
+                    "the sink waits for Postgres"
+                );
+                pg.restart();
+            }
+            _ => {}
+        }
+    }
+    warehouse
+        .wait_caught_up(&ends(&stack), Duration::from_secs(120))
+        .await;
+
+    let (want_progress, want_completions, want_aggregates) = expected(&stack).await;
+    let (progress, completions, aggregates) = actual(&pg).await;
+    assert!(want_progress.len() > 500 && want_aggregates.len() > 300);
+    assert_eq!(
+        progress, want_progress,
+        "progress: the latest record per key"
+    );
+    assert_eq!(completions, want_completions, "completions: each id once");
+    assert_eq!(
+        aggregates, want_aggregates,
+        "aggregates: the highest revision"
+    );
+    assert!(
+        stack.read("dlq").records.is_empty(),
+        "nothing valid was dead-lettered"
+    );
+    // The offsets in Postgres are the end of every input.
+    let admin = pg.admin().await;
+    let stored: BTreeMap<String, i64> = admin
+        .query(
+            "SELECT topic || '/' || partition, next_offset FROM trellis_sink.offsets",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for (partition, end) in ends(&stack) {
+        if end > 0 {
+            assert_eq!(stored.get(&partition), Some(&end), "{partition}");
+        }
+    }
+    assert!(warehouse.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restored_database_is_refilled_from_the_log() {
+    let stack = Stack::start().await;
+    let pg = Postgres::start().await;
+    let e = Encoders::new(&stack).await;
+    let mut rng = Lcg(11);
+    let mut step = 0;
+    stack
+        .produce(&generate(&e, &mut rng, 3_000, &mut step))
+        .await;
+    let mut warehouse = sink(&stack, &pg);
+    warehouse
+        .wait_caught_up(&ends(&stack), Duration::from_secs(60))
+        .await;
+    assert!(warehouse.terminate().success());
+
+    // The database loses everything after its "backup" (here: everything).
+    let admin = pg.admin().await;
+    admin
+        .batch_execute(
+            "TRUNCATE trellis.progress, trellis.completions, trellis.aggregates, trellis_sink.offsets",
+        )
+        .await
+        .unwrap();
+    let mut warehouse = sink(&stack, &pg);
+    let (want_progress, want_completions, want_aggregates) = expected(&stack).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (progress, completions, aggregates) = actual(&pg).await;
+        if progress == want_progress
+            && completions == want_completions
+            && aggregates == want_aggregates
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink did not refill the warehouse:\n{}",
+            warehouse.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(warehouse.log_text().contains("replaying the inputs"));
+    assert!(warehouse.terminate().success());
+}
+
+fn erase(e: &Encoders, command_id: &str, tenant: &str, who: &str, kind: &str) -> Produced {
+    let command = EraseCommand {
+        command_id: command_id.into(),
+        request_id: format!("req-{command_id}"),
+        tenant_id: tenant.into(),
+        participant: "warehouse".into(),
+        kind: kind.into(),
+        learner: Some(who.into()),
+        attempt: 1,
+        issued_at: T0,
+    };
+    Produced {
+        topic: ERASE_COMMANDS_TOPIC.into(),
+        partition: None,
+        key: tenant.as_bytes().to_vec(),
+        value: Some(e.commands.encode(&command).unwrap()),
+        id: format!("{command_id}/{}", command.attempt),
+        tenant: Some(tenant.into()),
+    }
+}
+
+async fn acks(stack: &Stack) -> Vec<ParticipantAck> {
+    let decoder = AvroDecoder::new(registry_settings(&stack.registry_url).unwrap());
+    let mut out = Vec::new();
+    for (_, value) in stack.read(PARTICIPANT_ACKS_TOPIC).records {
+        out.push(decoder.decode(&value.unwrap()).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_erased_learner_stays_erased_and_bad_records_are_dead_lettered() {
+    let stack = Stack::start().await;
+    let pg = Postgres::start().await;
+    let e = Encoders::new(&stack).await;
+    let mut rng = Lcg(3);
+    let mut step = 0;
+    let data = generate(&e, &mut rng, 4_000, &mut step);
+    stack.produce(&data).await;
+    let mut warehouse = sink(&stack, &pg);
+    warehouse
+        .wait_caught_up(&ends(&stack), Duration::from_secs(60))
+        .await;
+    let (tenant, who) = (TENANTS[0], learner(5));
+    let (before, before_completions, before_aggregates) = actual(&pg).await;
+    let held = before
+        .keys()
+        .filter(|k| k.0 == tenant && k.1 == who)
+        .count()
+        + before_completions
+            .iter()
+            .filter(|c| c.0 == tenant && c.2 == who)
+            .count();
+    assert!(held > 0, "the learner has rows to erase");
+
+    // Access, then erasure, then the same erasure re-sent.
+    stack
+        .produce(&[
+            erase(&e, "access-1", tenant, &who, "access"),
+            erase(&e, "erase-1", tenant, &who, "erasure"),
+            erase(&e, "erase-1", tenant, &who, "erasure"),
+        ])
+        .await;
+    warehouse
+        .wait_caught_up(&ends(&stack), Duration::from_secs(60))
+        .await;
+    let answers = acks(&stack).await;
+    let access = answers.iter().find(|a| a.command_id == "access-1").unwrap();
+    assert_eq!(access.records_affected as usize, held, "{access:?}");
+    let export: serde_json::Value =
+        serde_json::from_str(access.export.as_deref().unwrap()).unwrap();
+    assert!(
+        export["progress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|row| row["learner"] == who.as_str())
+    );
+    let erasures: Vec<&ParticipantAck> = answers
+        .iter()
+        .filter(|a| a.command_id == "erase-1")
+        .collect();
+    assert!(!erasures.is_empty());
+    assert!(
+        erasures.iter().all(|a| a == &erasures[0]),
+        "a re-sent command gets the identical answer"
+    );
+    assert_eq!(erasures[0].outcome, "done");
+    assert_eq!(erasures[0].records_affected as usize, held);
+
+    let (after, after_completions, after_aggregates) = actual(&pg).await;
+    let mut expected_after = before.clone();
+    expected_after.retain(|k, _| !(k.0 == tenant && k.1 == who));
+    assert_eq!(after, expected_after, "only the learner's rows went");
+    assert!(
+        after_completions
+            .iter()
+            .all(|c| !(c.0 == tenant && c.2 == who))
+    );
+    assert_eq!(after_aggregates, before_aggregates, "aggregates stay");
+    let admin = pg.admin().await;
+    let remembered: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM trellis_sink.erased_learners WHERE tenant_id = $1",
+            &[&tenant],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(remembered, 1);
+    let leaked: i64 = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM trellis_sink.receipts
+                      WHERE answer::text LIKE '%' || $1 || '%')
+                  + (SELECT count(*) FROM trellis_sink.erased_learners
+                      WHERE tenant_id || request_id LIKE '%' || $1 || '%')",
+            &[&who],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leaked, 0, "the erased pseudonym is kept only as a hash");
+
+    // The learner's old records re-sent, and a rebuild from offset 0: no
+    // row comes back.
+    let again: Vec<Produced> = data
+        .iter()
+        .filter(|r| {
+            let key = String::from_utf8_lossy(&r.key);
+            key.starts_with(&format!("{tenant}|{who}|"))
+        })
+        .cloned()
+        .collect();
+    assert!(!again.is_empty());
+    stack.produce(&again).await;
+    assert!(warehouse.terminate().success());
+    let mut warehouse = stack.spawn(
+        "warehouse",
+        "{}",
+        &[("TRELLIS_WAREHOUSE_URL", pg.owner_url())],
+    );
+    warehouse
+        .wait_caught_up(&ends(&stack), Duration::from_secs(60))
+        .await;
+    let (after, _, _) = actual(&pg).await;
+    assert_eq!(after, expected_after, "a replay brings nothing back");
+    assert!(
+        warehouse
+            .metric("trellis_erased_learner_records_dropped_total")
+            .await
+            > 0.0
+    );
+
+    // Bad records: a NUL in a learner, a timestamp Postgres cannot hold, a
+    // tenant header that disagrees, a tombstone without a key structure,
+    // bytes that are not Avro. Each is dead-lettered; the sink goes on.
+    let mut nul = LearnerProgress {
+        tenant_id: tenant.into(),
+        learner: "bad\0learner".into(),
+        activity_id: "a".into(),
+        course_id: None,
+        attempts: 1,
+        best_score_scaled: None,
+        last_score_scaled: None,
+        success: None,
+        completion: "incomplete".into(),
+        first_activity_at: T0,
+        last_activity_at: T0,
+        evidence: Vec::new(),
+    };
+    let nul_record = progress_record(&e, &nul);
+    nul.learner = "far-future".into();
+    nul.last_activity_at = i64::MAX;
+    let far_record = progress_record(&e, &nul);
+    nul.last_activity_at = T0;
+    nul.learner = "liar".into();
+    let mut liar = progress_record(&e, &nul);
+    liar.tenant = Some(TENANTS[1].into());
+    let mut garbage = tombstone(tenant, "x", "y");
+    garbage.topic = COMPLETIONS_TOPIC.into();
+    garbage.value = Some(b"not avro".to_vec());
+    let mut keyless = tombstone(tenant, "x", "y");
+    keyless.key = b"no-separators".to_vec();
+    stack
+        .produce(&[nul_record, far_record, liar, garbage, keyless])
+        .await;
+    warehouse
+        .wait_caught_up(&ends(&stack), Duration::from_secs(60))
+        .await;
+    let decoder = AvroDecoder::new(registry_settings(&stack.registry_url).unwrap());
+    let mut reasons = BTreeSet::new();
+    for (_, value) in stack.read("dlq").records {
+        let letter: DeadLetter = decoder.decode(&value.unwrap()).await.unwrap();
+        assert_eq!(letter.processor, "warehouse");
+        reasons.insert(letter.reason);
+    }
+    assert_eq!(
+        reasons,
+        BTreeSet::from([
+            "WAREHOUSE_INVALID_ROW".to_string(),
+            "TENANT_MISMATCH".to_string(),
+            "WAREHOUSE_INVALID_KEY".to_string(),
+            "UNDECODABLE".to_string(),
+        ])
+    );
+    assert!(warehouse.terminate().success());
+}
