@@ -312,7 +312,7 @@ mod tests {
             reader_role("northwind-uni").unwrap(),
             "trellis_reader_northwind_uni"
         );
-        assert_eq!(reader_role("A'b").unwrap(), "trellis_reader__b");
+        assert_eq!(reader_role("A'b").unwrap(), "trellis_reader___b");
         assert!(reader_role("").is_err());
         assert!(reader_role(&"x".repeat(60)).is_err());
     }
