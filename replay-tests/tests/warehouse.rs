@@ -630,3 +630,224 @@ async fn an_erased_learner_stays_erased_and_bad_records_are_dead_lettered() {
     );
     assert!(warehouse.terminate().success());
 }
+
+/// The reader role `grant` made for `tenant`: its connection URL.
+fn grant(pg: &Postgres, tenant: &str) -> String {
+    let printed = pg.warehouse_cli(&["grant", "--tenant", tenant]);
+    printed
+        .lines()
+        .find_map(|l| l.strip_prefix("connection: "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the connection URL is printed")
+        .to_string()
+}
+
+/// Tenants whose rows `client` sees in the tables.
+async fn visible(client: &tokio_postgres::Client) -> BTreeSet<String> {
+    try_visible(client).await.expect("the query runs")
+}
+
+async fn try_visible(
+    client: &tokio_postgres::Client,
+) -> Result<BTreeSet<String>, tokio_postgres::Error> {
+    let mut seen = BTreeSet::new();
+    for table in ["trellis.progress", "trellis.completions", "trellis.aggregates"] {
+        let rows = client
+            .query(&format!("SELECT DISTINCT tenant_id FROM {table}"), &[])
+            .await?;
+        seen.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    }
+    Ok(seen)
+}
+
+async fn refused(client: &tokio_postgres::Client, sql: &str) {
+    assert!(
+        client.batch_execute(sql).await.is_err(),
+        "a reader was allowed: {sql}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_tenant_isolation_attack_reaches_another_tenants_rows() {
+    let pg = Postgres::start().await;
+    pg.warehouse_cli(&["migrate"]);
+    // Rows of both tenants, written as the sink writes (the owner role).
+    let owner = Postgres::connect(&pg.owner_url()).await;
+    for tenant in ["tenant-a", "tenant-b"] {
+        owner
+            .execute(
+                "INSERT INTO trellis.progress VALUES ($1, 'p1', 'a1', NULL, 1, NULL, NULL, NULL,
+                    'completed', now(), now(), '[]', 0, 0)",
+                &[&tenant],
+            )
+            .await
+            .unwrap();
+        owner
+            .execute(
+                "INSERT INTO trellis.completions VALUES ($1, 'c1', 'p1', 'a1', NULL, 'completed',
+                    NULL, now(), '{}', 0, 0)",
+                &[&tenant],
+            )
+            .await
+            .unwrap();
+        owner
+            .execute(
+                "INSERT INTO trellis.aggregates VALUES ($1, 'hour', now(), 'verb', 'v', 9, 9, 0,
+                    0, 0, NULL, false, 0, 0, 0)",
+                &[&tenant],
+            )
+            .await
+            .unwrap();
+    }
+    let a_url = grant(&pg, "tenant-a");
+    let b_url = grant(&pg, "tenant-b");
+    let reader = Postgres::connect(&a_url).await;
+    let only_a = BTreeSet::from(["tenant-a".to_string()]);
+
+    // Its own rows, in every table; nothing else.
+    assert_eq!(visible(&reader).await, only_a);
+    for table in ["progress", "completions", "aggregates"] {
+        let n: i64 = reader
+            .query_one(&format!("SELECT count(*) FROM trellis.{table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "{table}");
+    }
+
+    // Writing another tenant's rows, or its own.
+    refused(
+        &reader,
+        "INSERT INTO trellis.progress VALUES ('tenant-b', 'p9', 'a9', NULL, 1, NULL, NULL, NULL,
+            'completed', now(), now(), '[]', 0, 0)",
+    )
+    .await;
+    refused(&reader, "UPDATE trellis.progress SET tenant_id = 'tenant-b'").await;
+    refused(&reader, "DELETE FROM trellis.completions WHERE tenant_id = 'tenant-b'").await;
+    refused(&reader, "TRUNCATE trellis.aggregates").await;
+
+    // Naming another tenant in the session, as the service role does.
+    reader
+        .batch_execute("SET trellis.tenant = 'tenant-b'")
+        .await
+        .unwrap();
+    assert_eq!(visible(&reader).await, only_a);
+    reader
+        .batch_execute("BEGIN; SET LOCAL trellis.tenant = 'tenant-b'")
+        .await
+        .unwrap();
+    assert_eq!(visible(&reader).await, only_a);
+    reader.batch_execute("COMMIT").await.unwrap();
+
+    // Becoming someone else.
+    refused(&reader, "SET ROLE trellis_sink").await;
+    refused(&reader, "SET ROLE trellis_service").await;
+    refused(&reader, "SET SESSION AUTHORIZATION trellis").await;
+    reader.batch_execute("RESET ROLE").await.unwrap();
+    assert_eq!(visible(&reader).await, only_a);
+    reader.batch_execute("SET ROLE trellis_readers").await.unwrap();
+    assert!(
+        visible(&reader).await.is_empty(),
+        "the readers' group role maps to no tenant"
+    );
+    reader.batch_execute("RESET ROLE").await.unwrap();
+
+    // Turning the policies off, or mapping itself to another tenant.
+    refused(&reader, "ALTER TABLE trellis.progress DISABLE ROW LEVEL SECURITY").await;
+    refused(&reader, "DROP POLICY tenant_rows ON trellis.progress").await;
+    refused(
+        &reader,
+        "UPDATE trellis_sink.reader_roles SET tenant_id = 'tenant-b'",
+    )
+    .await;
+    refused(
+        &reader,
+        "INSERT INTO trellis_sink.reader_roles (role_name, tenant_id) VALUES ('trellis_readers', 'tenant-b')",
+    )
+    .await;
+    reader.batch_execute("SET row_security = off").await.unwrap();
+    assert!(
+        try_visible(&reader).await.is_err(),
+        "with row_security off a query that policies would filter fails"
+    );
+    reader.batch_execute("SET row_security = on").await.unwrap();
+    let mappings: i64 = reader
+        .query_one("SELECT count(*) FROM trellis_sink.reader_roles", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mappings, 1, "a reader sees its own mapping only");
+
+    // Views and functions of its own run with its own rights.
+    reader
+        .batch_execute(
+            "CREATE TEMP VIEW everything AS SELECT * FROM trellis.progress;
+             CREATE FUNCTION pg_temp.everything() RETURNS SETOF text
+                 LANGUAGE sql SECURITY DEFINER AS 'SELECT tenant_id FROM trellis.completions';",
+        )
+        .await
+        .unwrap();
+    let through_view: Vec<String> = reader
+        .query("SELECT tenant_id FROM everything", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(through_view, vec!["tenant-a".to_string()]);
+    let through_function: Vec<String> = reader
+        .query("SELECT * FROM pg_temp.everything()", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(through_function, vec!["tenant-a".to_string()]);
+    refused(&reader, "CREATE VIEW trellis.mine AS SELECT 1").await;
+    refused(&reader, "CREATE VIEW public.mine AS SELECT 1").await;
+
+    // The service role sees nothing without a tenant, the tenant of its
+    // transaction with one, and nothing again after the transaction.
+    let service = Postgres::connect(&pg.service_url()).await;
+    assert!(visible(&service).await.is_empty());
+    service
+        .batch_execute("BEGIN; SET LOCAL trellis.tenant = 'tenant-b'")
+        .await
+        .unwrap();
+    assert_eq!(
+        visible(&service).await,
+        BTreeSet::from(["tenant-b".to_string()])
+    );
+    service.batch_execute("COMMIT").await.unwrap();
+    assert!(
+        visible(&service).await.is_empty(),
+        "SET LOCAL ends with its transaction"
+    );
+    refused(&service, "DELETE FROM trellis.progress").await;
+
+    // B's rows are untouched; revoking A ends its access at once.
+    let b = Postgres::connect(&b_url).await;
+    assert_eq!(
+        visible(&b).await,
+        BTreeSet::from(["tenant-b".to_string()])
+    );
+    let listed = pg.warehouse_cli(&["readers"]);
+    assert!(listed.contains("trellis_reader_tenant_a\ttenant-a"), "{listed}");
+    pg.warehouse_cli(&["revoke", "--tenant", "tenant-a"]);
+    assert!(reader.query("SELECT 1", &[]).await.is_err());
+    assert!(
+        tokio_postgres::connect(&a_url, tokio_postgres::NoTls)
+            .await
+            .is_err()
+    );
+    // Granting twice is refused; after a revoke a new grant works.
+    let again = std::process::Command::new(trellis_replay_tests::binary("trellis-warehouse"))
+        .args(["grant", "--tenant", "tenant-b"])
+        .env("TRELLIS_WAREHOUSE_ADMIN_URL", pg.admin_url())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("revoke it first"));
+    let renewed = Postgres::connect(&grant(&pg, "tenant-a")).await;
+    assert_eq!(visible(&renewed).await, only_a);
+}

@@ -157,5 +157,6 @@ GRANT USAGE ON SCHEMA trellis TO trellis_readers, trellis_service;
 GRANT SELECT ON trellis.progress, trellis.completions, trellis.aggregates
     TO trellis_readers, trellis_service;
 GRANT EXECUTE ON FUNCTION trellis.visible_tenant() TO trellis_readers, trellis_service;
-GRANT USAGE ON SCHEMA trellis_sink TO trellis_readers;
-GRANT SELECT ON trellis_sink.reader_roles TO trellis_readers;
+-- The policy reads the mapping as the querying role (each sees its own row).
+GRANT USAGE ON SCHEMA trellis_sink TO trellis_readers, trellis_service;
+GRANT SELECT ON trellis_sink.reader_roles TO trellis_readers, trellis_service;
