@@ -16,6 +16,7 @@ use trellis_records::{
     Aggregate, Anchor, AuditEvent, ParticipantAck, ProtectedEvent, SubjectRequest,
     SubjectRequestAck,
 };
+use trellis_replay_tests::postgres::Postgres;
 use trellis_replay_tests::{Process, Stack, binary, end_offsets, free_port, test_secret};
 use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::schema::{AvroDecoder, registry_settings};
@@ -28,6 +29,7 @@ const ACCOUNT: &str = "https://moodle.northwind-uni.example|1014";
 struct Topology {
     stack: Stack,
     export_dir: PathBuf,
+    warehouse: Postgres,
 }
 
 impl Topology {
@@ -48,11 +50,45 @@ impl Topology {
         }
     }
 
+    /// Rows of the warehouse tables as (table, tenant, learner, key, content).
+    async fn warehouse_rows(&self) -> BTreeSet<(String, String, String, String, String)> {
+        let admin = self.warehouse.admin().await;
+        let mut rows = BTreeSet::new();
+        for (table, key) in [
+            ("progress", "activity_id"),
+            ("completions", "completion_id"),
+        ] {
+            for row in admin
+                .query(
+                    &format!(
+                        "SELECT tenant_id, learner, {key}, (to_jsonb(t) - 'source_partition' - 'source_offset')::text FROM trellis.{table} t"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap()
+            {
+                rows.insert((table.to_string(), row.get(0), row.get(1), row.get(2), row.get(3)));
+            }
+        }
+        for row in admin
+            .query(
+                "SELECT tenant_id, window_length || window_start || dimension || dimension_value, (to_jsonb(t) - 'source_partition' - 'source_offset')::text FROM trellis.aggregates t",
+                &[],
+            )
+            .await
+            .unwrap()
+        {
+            rows.insert(("aggregates".into(), row.get(0), String::new(), row.get(1), row.get(2)));
+        }
+        rows
+    }
+
     fn settings(&self, name: &str) -> String {
         match name {
             "privacy" => format!("{{vault_dir: '{}'}}", self.vault_dir().display()),
             "gdpr" => format!(
-                "{{tenants: [northwind-uni, riverside-college, acme-learning], retry_after_ms: 3000, tick_ms: 200, export_dir: '{}'}}",
+                "{{tenants: [northwind-uni, riverside-college, acme-learning], participants: [progress, analytics, warehouse], retry_after_ms: 3000, tick_ms: 200, export_dir: '{}'}}",
                 self.export_dir.display()
             ),
             "audit" => "{key_id: test-anchors, anchor_every: 64, anchor_interval_ms: 200}".into(),
@@ -63,14 +99,11 @@ impl Topology {
     fn spawn(&self, name: &str, args: &[&str]) -> Process {
         let port = free_port();
         let config = self.stack.config(name, port, &self.settings(name));
-        Process::spawn(
-            name,
-            &config,
-            port,
-            &Self::secrets(name),
-            self.stack.dir.path(),
-            args,
-        )
+        let mut secrets = Self::secrets(name);
+        if name == "warehouse" {
+            secrets.push(("TRELLIS_WAREHOUSE_URL", self.warehouse.owner_url()));
+        }
+        Process::spawn(name, &config, port, &secrets, self.stack.dir.path(), args)
     }
 
     fn ends(&self, topics: &[&str]) -> BTreeMap<String, i64> {
@@ -196,7 +229,12 @@ fn tampered(
 async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
     let stack = Stack::start().await;
     let export_dir = stack.dir.path().join("exports");
-    let t = Topology { stack, export_dir };
+    let warehouse = Postgres::start().await;
+    let t = Topology {
+        stack,
+        export_dir,
+        warehouse,
+    };
     let kafka = t.stack.kafka.clone();
 
     // The whole topology over the demo data set (three tenants).
@@ -206,6 +244,7 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
     let mut analytics = t.spawn("analytics", &[]);
     let mut audit = t.spawn("audit", &[]);
     let mut gdpr = t.spawn("gdpr", &[]);
+    let mut warehouse = t.spawn("warehouse", &[]);
     let manifest = demo::produce(
         &t.stack.producer(),
         DemoSpec {
@@ -288,6 +327,22 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
         !aggregates_before.is_empty(),
         "windows closed during the run"
     );
+    let warehouse_inputs = [
+        "progress",
+        "completions",
+        "analytics.aggregates",
+        "gdpr.erase_commands",
+    ];
+    warehouse
+        .wait_caught_up(&t.ends(&warehouse_inputs), long)
+        .await;
+    let warehouse_before = t.warehouse_rows().await;
+    assert!(
+        warehouse_before
+            .iter()
+            .any(|(table, _, learner, _, _)| table == "progress" && erased.contains(learner)),
+        "the learner has warehouse rows to erase"
+    );
 
     // Erasure of the user id, with progress down and the saga killed once
     // privacy has shredded: it still completes, exactly once.
@@ -327,7 +382,8 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
         BTreeMap::from([
             ("analytics", "done"),
             ("privacy", "done"),
-            ("progress", "done")
+            ("progress", "done"),
+            ("warehouse", "done")
         ])
     );
     assert_eq!(answer.participants[0].shredded_key_ids.len(), 1);
@@ -435,6 +491,25 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
         long,
     )
     .await;
+    warehouse
+        .wait_caught_up(&t.ends(&warehouse_inputs), long)
+        .await;
+    // The warehouse: no row of the learner in any table; everyone else's
+    // rows and the aggregates as they were.
+    let warehouse_after = t.warehouse_rows().await;
+    let others = |rows: &BTreeSet<(String, String, String, String, String)>| {
+        rows.iter()
+            .filter(|(_, _, learner, _, _)| !erased.contains(learner))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+    };
+    assert!(
+        warehouse_after
+            .iter()
+            .all(|(_, _, learner, _, _)| !erased.contains(learner)),
+        "no warehouse row of the erased learner"
+    );
+    assert_eq!(others(&warehouse_before), others(&warehouse_after));
     for p in [
         &mut collector,
         &mut privacy,
@@ -442,6 +517,7 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
         &mut analytics,
         &mut audit,
         &mut gdpr,
+        &mut warehouse,
     ] {
         assert!(p.terminate().success(), "{} stops cleanly", p.name);
     }

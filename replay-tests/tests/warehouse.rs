@@ -651,7 +651,11 @@ async fn try_visible(
     client: &tokio_postgres::Client,
 ) -> Result<BTreeSet<String>, tokio_postgres::Error> {
     let mut seen = BTreeSet::new();
-    for table in ["trellis.progress", "trellis.completions", "trellis.aggregates"] {
+    for table in [
+        "trellis.progress",
+        "trellis.completions",
+        "trellis.aggregates",
+    ] {
         let rows = client
             .query(&format!("SELECT DISTINCT tenant_id FROM {table}"), &[])
             .await?;
@@ -722,8 +726,16 @@ async fn no_tenant_isolation_attack_reaches_another_tenants_rows() {
             'completed', now(), now(), '[]', 0, 0)",
     )
     .await;
-    refused(&reader, "UPDATE trellis.progress SET tenant_id = 'tenant-b'").await;
-    refused(&reader, "DELETE FROM trellis.completions WHERE tenant_id = 'tenant-b'").await;
+    refused(
+        &reader,
+        "UPDATE trellis.progress SET tenant_id = 'tenant-b'",
+    )
+    .await;
+    refused(
+        &reader,
+        "DELETE FROM trellis.completions WHERE tenant_id = 'tenant-b'",
+    )
+    .await;
     refused(&reader, "TRUNCATE trellis.aggregates").await;
 
     // Naming another tenant in the session, as the service role does.
@@ -745,7 +757,10 @@ async fn no_tenant_isolation_attack_reaches_another_tenants_rows() {
     refused(&reader, "SET SESSION AUTHORIZATION trellis").await;
     reader.batch_execute("RESET ROLE").await.unwrap();
     assert_eq!(visible(&reader).await, only_a);
-    reader.batch_execute("SET ROLE trellis_readers").await.unwrap();
+    reader
+        .batch_execute("SET ROLE trellis_readers")
+        .await
+        .unwrap();
     assert!(
         visible(&reader).await.is_empty(),
         "the readers' group role maps to no tenant"
@@ -753,7 +768,11 @@ async fn no_tenant_isolation_attack_reaches_another_tenants_rows() {
     reader.batch_execute("RESET ROLE").await.unwrap();
 
     // Turning the policies off, or mapping itself to another tenant.
-    refused(&reader, "ALTER TABLE trellis.progress DISABLE ROW LEVEL SECURITY").await;
+    refused(
+        &reader,
+        "ALTER TABLE trellis.progress DISABLE ROW LEVEL SECURITY",
+    )
+    .await;
     refused(&reader, "DROP POLICY tenant_rows ON trellis.progress").await;
     refused(
         &reader,
@@ -765,7 +784,10 @@ async fn no_tenant_isolation_attack_reaches_another_tenants_rows() {
         "INSERT INTO trellis_sink.reader_roles (role_name, tenant_id) VALUES ('trellis_readers', 'tenant-b')",
     )
     .await;
-    reader.batch_execute("SET row_security = off").await.unwrap();
+    reader
+        .batch_execute("SET row_security = off")
+        .await
+        .unwrap();
     assert!(
         try_visible(&reader).await.is_err(),
         "with row_security off a query that policies would filter fails"
@@ -827,12 +849,12 @@ async fn no_tenant_isolation_attack_reaches_another_tenants_rows() {
 
     // B's rows are untouched; revoking A ends its access at once.
     let b = Postgres::connect(&b_url).await;
-    assert_eq!(
-        visible(&b).await,
-        BTreeSet::from(["tenant-b".to_string()])
-    );
+    assert_eq!(visible(&b).await, BTreeSet::from(["tenant-b".to_string()]));
     let listed = pg.warehouse_cli(&["readers"]);
-    assert!(listed.contains("trellis_reader_tenant_a\ttenant-a"), "{listed}");
+    assert!(
+        listed.contains("trellis_reader_tenant_a\ttenant-a"),
+        "{listed}"
+    );
     pg.warehouse_cli(&["revoke", "--tenant", "tenant-a"]);
     assert!(reader.query("SELECT 1", &[]).await.is_err());
     assert!(
