@@ -63,3 +63,62 @@ dev_secret() {
   fi
   export "${name}_FILE=$file"
 }
+
+# --- Postgres (the warehouse) -------------------------------------------------
+PG_PORT="${TRELLIS_PG_PORT:-5544}"
+PG_DIR="$TRELLIS_HOME/postgres"
+
+# pg_bin_dir: the bin directory of the newest Postgres installed, or fail.
+pg_bin_dir() {
+  if [ -n "${TRELLIS_PG_BIN:-}" ] && [ -x "$TRELLIS_PG_BIN/initdb" ]; then
+    echo "$TRELLIS_PG_BIN"; return 0
+  fi
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$dir" ] && [ -x "$dir/initdb" ] && { echo "$dir"; return 0; }
+  return 1
+}
+
+# as_postgres CMD...: Postgres refuses to run as root.
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# pg_up: a throwaway cluster under $TRELLIS_HOME/postgres on 127.0.0.1:$PG_PORT
+# with the `trellis` database, password authentication over TCP, the
+# superuser's password in the dev secret TRELLIS_PG_SUPERUSER.
+pg_up() {
+  local bin; bin=$("$TRELLIS_ROOT/ops/install-postgres")
+  dev_secret TRELLIS_PG_SUPERUSER
+  mkdir -p "$RUN_DIR" "$LOG_DIR"
+  rm -rf "$PG_DIR"; mkdir -p "$PG_DIR"
+  # The postgres user must reach its directory: traversal only, no listing.
+  [ "$(id -u)" = 0 ] && chmod o+x "$TRELLIS_HOME"
+  cp "$TRELLIS_PG_SUPERUSER_FILE" "$PG_DIR/pwfile"
+  [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$PG_DIR"
+  as_postgres "$bin/initdb" -D "$PG_DIR/data" -U trellis --pwfile "$PG_DIR/pwfile" \
+    --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --no-sync >"$LOG_DIR/initdb.log" 2>&1 \
+    || die "initdb failed (see $LOG_DIR/initdb.log)"
+  rm -f "$PG_DIR/pwfile"
+  as_postgres "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w \
+    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR" start >/dev/null \
+    || die "Postgres did not start (see $PG_DIR/postgres.log)"
+  echo "$bin" >"$RUN_DIR/postgres.bin"
+  as_postgres "$bin/psql" -h "$PG_DIR" -p "$PG_PORT" -U trellis -d postgres -qAt \
+    -c "CREATE DATABASE trellis" >/dev/null
+}
+
+# pg_url_secret NAME USER PASSWORD_FILE: writes the connection URL of USER on
+# the stack's Postgres to the dev secret NAME and exports NAME_FILE.
+pg_url_secret() {
+  local file="$TRELLIS_HOME/secrets/$1"
+  (umask 077; echo "postgresql://$2:$(cat "$3")@127.0.0.1:$PG_PORT/trellis" >"$file")
+  export "${1}_FILE=$file"
+}
+
+# pg_down: stops the cluster pg_up started.
+pg_down() {
+  [ -f "$RUN_DIR/postgres.bin" ] || return 0
+  as_postgres "$(cat "$RUN_DIR/postgres.bin")/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
+  rm -f "$RUN_DIR/postgres.bin"
+}

@@ -614,6 +614,13 @@ pub async fn run(
     url: ConnectionString,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Exit, Failure> {
+    if config.kafka.instances > 1 {
+        return Err(StartError::Misconfigured(format!(
+            "the warehouse sink runs as one instance: an erasure read from one partition must stop the learner's rows on every other (kafka.instances is {})",
+            config.kafka.instances
+        ))
+        .into());
+    }
     let client = open(&url, &config.settings).await?;
     let committed = Committed::load(&client)
         .await

@@ -125,6 +125,10 @@ const AGGREGATE_UPSERT: &str = "
         source_offset = EXCLUDED.source_offset
     WHERE trellis.aggregates.revision <= EXCLUDED.revision";
 
+const STAGE_PROGRESS: &str = "pg_temp.stage_progress";
+const STAGE_COMPLETIONS: &str = "pg_temp.stage_completions";
+const STAGE_AGGREGATES: &str = "pg_temp.stage_aggregates";
+
 /// Staging tables hold one statement's rows at a time.
 const CLEAR_STAGING: &str =
     "TRUNCATE pg_temp.stage_progress, pg_temp.stage_completions, pg_temp.stage_aggregates";
@@ -173,7 +177,7 @@ pub async fn write(
     let mut written = Written::default();
     let (upserts, deletes) = batch.progress_changes();
     if !upserts.is_empty() {
-        copy_progress(&tx, &upserts).await?;
+        copy_progress(&tx, STAGE_PROGRESS, &upserts).await?;
         written
             .rows
             .insert("progress", tx.execute(PROGRESS_UPSERT, &[]).await?);
@@ -192,14 +196,14 @@ pub async fn write(
     }
     if !batch.completions.is_empty() {
         let rows: Vec<&CompletionRow> = batch.completions.values().collect();
-        copy_completions(&tx, &rows).await?;
+        copy_completions(&tx, STAGE_COMPLETIONS, &rows).await?;
         written
             .rows
             .insert("completions", tx.execute(COMPLETION_INSERT, &[]).await?);
     }
     if !batch.aggregates.is_empty() {
         let rows: Vec<&AggregateRow> = batch.aggregates.values().collect();
-        copy_aggregates(&tx, &rows).await?;
+        copy_aggregates(&tx, STAGE_AGGREGATES, &rows).await?;
         written
             .rows
             .insert("aggregates", tx.execute(AGGREGATE_UPSERT, &[]).await?);
@@ -363,7 +367,7 @@ async fn copy_rows(
 ) -> Result<(), tokio_postgres::Error> {
     let sink = tx
         .copy_in(&format!(
-            "COPY pg_temp.{table} ({columns}) FROM STDIN (FORMAT binary)"
+            "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
         ))
         .await?;
     let writer = BinaryCopyInWriter::new(sink, types);
@@ -377,13 +381,19 @@ async fn copy_rows(
     Ok(())
 }
 
-async fn copy_progress(
+/// Copies `rows` into `table` (binary `COPY`; the staging table, or a
+/// benchmark's baseline table).
+///
+/// # Errors
+/// Postgres's.
+pub async fn copy_progress(
     tx: &Transaction<'_>,
+    table: &str,
     rows: &[&ProgressRow],
 ) -> Result<(), tokio_postgres::Error> {
     copy_rows(
         tx,
-        "stage_progress",
+        table,
         PROGRESS_COLUMNS,
         PROGRESS_TYPES,
         rows.iter().map(|r| {
@@ -409,13 +419,19 @@ async fn copy_progress(
     .await
 }
 
-async fn copy_completions(
+/// Copies `rows` into `table` (binary `COPY`; the staging table, or a
+/// benchmark's baseline table).
+///
+/// # Errors
+/// Postgres's.
+pub async fn copy_completions(
     tx: &Transaction<'_>,
+    table: &str,
     rows: &[&CompletionRow],
 ) -> Result<(), tokio_postgres::Error> {
     copy_rows(
         tx,
-        "stage_completions",
+        table,
         COMPLETION_COLUMNS,
         COMPLETION_TYPES,
         rows.iter().map(|r| {
@@ -438,13 +454,19 @@ async fn copy_completions(
     .await
 }
 
-async fn copy_aggregates(
+/// Copies `rows` into `table` (binary `COPY`; the staging table, or a
+/// benchmark's baseline table).
+///
+/// # Errors
+/// Postgres's.
+pub async fn copy_aggregates(
     tx: &Transaction<'_>,
+    table: &str,
     rows: &[&AggregateRow],
 ) -> Result<(), tokio_postgres::Error> {
     copy_rows(
         tx,
-        "stage_aggregates",
+        table,
         AGGREGATE_COLUMNS,
         AGGREGATE_TYPES,
         rows.iter().map(|r| {
@@ -485,12 +507,24 @@ pub async fn find_refused(
     let mut refused = Vec::new();
     let (upserts, _) = batch.progress_changes();
     for row in upserts {
-        if let Err(e) = alone(&tx, copy_progress(&tx, &[row]), PROGRESS_UPSERT).await? {
+        if let Err(e) = alone(
+            &tx,
+            copy_progress(&tx, STAGE_PROGRESS, &[row]),
+            PROGRESS_UPSERT,
+        )
+        .await?
+        {
             refused.push((Refused::Progress(row.key()), e));
         }
     }
     for row in batch.completions.values() {
-        if let Err(e) = alone(&tx, copy_completions(&tx, &[row]), COMPLETION_INSERT).await? {
+        if let Err(e) = alone(
+            &tx,
+            copy_completions(&tx, STAGE_COMPLETIONS, &[row]),
+            COMPLETION_INSERT,
+        )
+        .await?
+        {
             let v = &row.value;
             refused.push((
                 Refused::Completion(v.tenant_id.clone(), v.completion_id.clone()),
@@ -499,7 +533,13 @@ pub async fn find_refused(
         }
     }
     for row in batch.aggregates.values() {
-        if let Err(e) = alone(&tx, copy_aggregates(&tx, &[row]), AGGREGATE_UPSERT).await? {
+        if let Err(e) = alone(
+            &tx,
+            copy_aggregates(&tx, STAGE_AGGREGATES, &[row]),
+            AGGREGATE_UPSERT,
+        )
+        .await?
+        {
             refused.push((Refused::Aggregate(row.cell()), e));
         }
     }
