@@ -9,18 +9,16 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
 use trellis_analytics::Analytics;
 use trellis_progress::Progress;
 use trellis_records::{
     AGGREGATES_TOPIC, Aggregate, COMPLETIONS_TOPIC, Completion, PROGRESS_TOPIC, ProtectedEvent,
     ProtectedResult, Sealed,
 };
-use trellis_replay_tests::{Process, Stack, end_offsets, free_port};
+use trellis_replay_tests::{Process, Produced, Stack, end_offsets, free_port};
 use trellis_runtime::kafka::{ID_HEADER, TENANT_HEADER, scan_topic};
 use trellis_runtime::pipeline::{OutputRecord, OwnedRecord, Processor, run_offline};
-use trellis_runtime::schema::{AvroDecoder, AvroEncoder, SchemaFile, registry_settings};
+use trellis_runtime::schema::{AvroDecoder, AvroEncoder, registry_settings};
 use trellis_runtime::state::StateStore;
 
 const EVENTS: usize = 200_000;
@@ -172,59 +170,24 @@ fn generate() -> Vec<(i32, ProtectedEvent)> {
         .collect()
 }
 
-fn schema(stack: &Stack, topic: &str) -> SchemaFile {
-    let file = stack.topology.topic(topic).unwrap().schema.clone().unwrap();
-    SchemaFile::load(&stack.topology.schema_path(&file)).unwrap()
-}
-
 async fn encoder(stack: &Stack, topic: &str) -> AvroEncoder {
-    let registry = registry_settings(&stack.registry_url).unwrap();
-    AvroEncoder::register(&registry, topic, &schema(stack, topic))
-        .await
-        .unwrap()
+    stack.encoder(topic).await
 }
 
 async fn produce(stack: &Stack, events: &[(i32, ProtectedEvent)]) {
     let encoder = encoder(stack, "protected").await;
-    let producer = stack.producer();
-    let mut pending = std::collections::VecDeque::new();
-    for (partition, event) in events {
-        let value = encoder.encode(event).unwrap();
-        let id = format!("{}/{}", event.tenant_id, event.event_id);
-        let key = format!("{}|{}", event.tenant_id, event.learner);
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: ID_HEADER,
-                value: Some(id.as_bytes()),
-            })
-            .insert(Header {
-                key: TENANT_HEADER,
-                value: Some(event.tenant_id.as_bytes()),
-            });
-        let mut record = FutureRecord::to("protected")
-            .partition(*partition)
-            .key(&key)
-            .payload(&value)
-            .headers(headers);
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    pending.push_back(delivery);
-                    break;
-                }
-                Err((_, returned)) => {
-                    // Queue full: wait for the oldest delivery.
-                    record = returned;
-                    if let Some(oldest) = pending.pop_front() {
-                        oldest.await.unwrap().expect("produced");
-                    }
-                }
-            }
-        }
-    }
-    for delivery in pending {
-        delivery.await.unwrap().expect("produced");
-    }
+    let records: Vec<Produced> = events
+        .iter()
+        .map(|(partition, event)| Produced {
+            topic: "protected".into(),
+            partition: Some(*partition),
+            key: format!("{}|{}", event.tenant_id, event.learner).into_bytes(),
+            value: Some(encoder.encode(event).unwrap()),
+            id: format!("{}/{}", event.tenant_id, event.event_id),
+            tenant: Some(event.tenant_id.clone()),
+        })
+        .collect();
+    stack.produce(&records).await;
 }
 
 fn read_all(stack: &Stack, topic: &str) -> Vec<OwnedRecord> {

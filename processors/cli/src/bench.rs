@@ -161,6 +161,7 @@ pub async fn collector(
         |config, stop| trellis_collector::run(config, secrets, stop),
     )
     .await
+    .map(|(timing, _)| timing)
 }
 
 /// Runs the privacy processor in-process over `collected` with a fresh
@@ -189,6 +190,7 @@ pub async fn privacy(
         |config, stop| trellis_privacy::run(config, secrets, stop),
     )
     .await
+    .map(|(timing, _)| timing)
 }
 
 /// Runs the progress projector in-process over `protected`, timed like
@@ -212,6 +214,7 @@ pub async fn progress(
         trellis_progress::run,
     )
     .await
+    .map(|(timing, _)| timing)
 }
 
 /// Runs the analytics aggregator in-process over `protected`, timed like
@@ -235,6 +238,7 @@ pub async fn analytics(
         trellis_analytics::run,
     )
     .await
+    .map(|(timing, _)| timing)
 }
 
 /// Reads all of `protected` into memory, then times `name` (`progress` or
@@ -344,9 +348,122 @@ fn throwaway_secrets(
         .map_err(|e| e.to_string())
 }
 
-/// Runs a processor in-process with a fresh state directory and consumer
-/// group, timed from its first consumed record until its positions reach `ends`.
-async fn timed<S, F>(
+/// A processor running in-process for a benchmark ([`InProcess::start`]).
+pub struct InProcess {
+    name: String,
+    task: tokio::task::JoinHandle<Result<trellis_runtime::Exit, trellis_runtime::Failure>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    /// Its `/metrics` URL.
+    pub metrics_url: String,
+    state: std::path::PathBuf,
+}
+
+impl InProcess {
+    /// Starts a processor in-process with a fresh state directory and
+    /// consumer group (a fresh processor, not a restart of the last round).
+    ///
+    /// # Errors
+    /// A directory or port that cannot be had, as text.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start<S, F>(
+        name: &str,
+        kafka: &KafkaConfig,
+        registry_url: &str,
+        topology: &std::path::Path,
+        batch: trellis_runtime::config::BatchConfig,
+        settings: impl FnOnce(&std::path::Path) -> S,
+        run: impl FnOnce(trellis_runtime::Config<S>, futures::future::BoxFuture<'static, ()>) -> F,
+    ) -> Result<Self, String>
+    where
+        F: std::future::Future<Output = Result<trellis_runtime::Exit, trellis_runtime::Failure>>
+            + Send
+            + 'static,
+    {
+        use futures::FutureExt;
+        use trellis_runtime::Config;
+        use trellis_runtime::config::{LogFormat, RegistryConfig};
+
+        let state = tempfile_dir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let mut kafka = kafka.clone();
+        kafka.group = Some(format!(
+            "trellis-bench-{name}-{}",
+            state
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        ));
+        let config = Config {
+            topology: topology.to_path_buf(),
+            kafka,
+            registry: RegistryConfig {
+                url: registry_url.to_string(),
+            },
+            state_dir: state.join("state"),
+            metrics_addr: ([127, 0, 0, 1], port).into(),
+            batch,
+            shutdown_deadline_ms: 10_000,
+            log_format: LogFormat::Text,
+            rebuild: false,
+            settings: settings(&state),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(
+            config,
+            async {
+                let _ = stopped.await;
+            }
+            .boxed(),
+        ));
+        Ok(Self {
+            name: name.to_string(),
+            task,
+            stop,
+            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
+            state,
+        })
+    }
+
+    /// Its metrics now (empty while it is not serving), or why it stopped.
+    ///
+    /// # Errors
+    /// The processor stopped early.
+    pub async fn metrics(&mut self, client: &reqwest::Client) -> Result<String, String> {
+        if self.task.is_finished() {
+            let why = match (&mut self.task).await {
+                Ok(Ok(exit)) => format!("{exit:?}"),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            return Err(format!("{} stopped early: {why}", self.name));
+        }
+        Ok(match client.get(&self.metrics_url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        })
+    }
+
+    /// Shuts it down and removes its state.
+    ///
+    /// # Errors
+    /// It failed, as text.
+    pub async fn stop(self) -> Result<(), String> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_dir_all(&self.state);
+        Ok(())
+    }
+}
+
+/// Runs a processor in-process ([`InProcess::start`]), timed from its first
+/// consumed record until its positions reach `ends`; also returns its last
+/// metrics.
+pub(crate) async fn timed<S, F>(
     name: &str,
     kafka: &KafkaConfig,
     registry_url: &str,
@@ -354,88 +471,45 @@ async fn timed<S, F>(
     ends: &BTreeMap<String, i64>,
     settings: impl FnOnce(&std::path::Path) -> S,
     run: impl FnOnce(trellis_runtime::Config<S>, futures::future::BoxFuture<'static, ()>) -> F,
-) -> Result<Timing, String>
+) -> Result<(Timing, String), String>
 where
     F: std::future::Future<Output = Result<trellis_runtime::Exit, trellis_runtime::Failure>>
         + Send
         + 'static,
 {
-    use futures::FutureExt;
-    use trellis_runtime::Config;
-    use trellis_runtime::config::{BatchConfig, LogFormat, RegistryConfig};
     use trellis_runtime::metrics::sample;
 
-    let state = tempfile_dir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let mut kafka = kafka.clone();
-    // A group of its own: a fresh processor, not a restart of the last round.
-    kafka.group = Some(format!(
-        "trellis-bench-{name}-{}",
-        state
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-    ));
-    let config = Config {
-        topology: topology.to_path_buf(),
+    let mut processor = InProcess::start(
+        name,
         kafka,
-        registry: RegistryConfig {
-            url: registry_url.to_string(),
-        },
-        state_dir: state.join("state"),
-        metrics_addr: ([127, 0, 0, 1], port).into(),
-        batch: BatchConfig::default(),
-        shutdown_deadline_ms: 10_000,
-        log_format: LogFormat::Text,
-        rebuild: false,
-        settings: settings(&state),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run(
-        config,
-        async {
-            let _ = stopped.await;
-        }
-        .boxed(),
-    ));
-
-    let url = format!("http://127.0.0.1:{port}/metrics");
+        registry_url,
+        topology,
+        trellis_runtime::config::BatchConfig::default(),
+        settings,
+        run,
+    )?;
     let client = reqwest::Client::new();
     let total: i64 = ends.values().sum();
     let mut started = None;
-    let elapsed = loop {
-        if task.is_finished() {
-            let why = match task.await {
-                Ok(Ok(exit)) => format!("{exit:?}"),
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
-            };
-            return Err(format!("{name} stopped early: {why}"));
-        }
-        let text = match client.get(&url).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
+    let (elapsed, text) = loop {
+        let text = processor.metrics(&client).await?;
         if started.is_none() && sample(&text, "trellis_records_in_total").unwrap_or(0.0) > 0.0 {
             started = Some(Instant::now());
         }
         let position = sample(&text, "trellis_consumer_position").unwrap_or(0.0) as i64;
         if position >= total {
-            break started.map_or(Duration::ZERO, |s| s.elapsed());
+            break (started.map_or(Duration::ZERO, |s| s.elapsed()), text);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let _ = stop.send(());
-    task.await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_dir_all(&state);
-    Ok(Timing {
-        records: total as u64,
-        elapsed,
-    })
+    processor.stop().await?;
+    Ok((
+        Timing {
+            records: total as u64,
+            elapsed,
+        },
+        text,
+    ))
 }
 
 /// A fresh directory per run: a unique name also names the run's consumer group.

@@ -14,3 +14,4 @@ pub mod gdpr;
 pub mod inspect;
 pub mod measure;
 pub mod provision;
+pub mod warehouse_bench;

@@ -346,6 +346,26 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         rounds: usize,
     },
+    /// The warehouse sink vs a plain COPY of the same rows into the same
+    /// Postgres (rows/s, ratio), then its lag from a record's send to its
+    /// row being visible at a steady rate. Needs a running stack with
+    /// Postgres (`ops/bench warehouse`) and TRELLIS_WAREHOUSE_URL[_FILE].
+    Warehouse {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Rows (records) to write.
+        #[arg(long, default_value_t = 200_000)]
+        rows: usize,
+        /// Alternating COPY/sink rounds; the best of each is reported.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Records per second for the lag measurement.
+        #[arg(long, default_value_t = 5_000)]
+        rate: u32,
+        /// How long the lag measurement sends, seconds (0: skip it).
+        #[arg(long, default_value_t = 20)]
+        lag_secs: u64,
+    },
     /// Erasure latency, request to answer, against a running stack
     /// (`ops/stack-up`) under live demo traffic.
     Erasure {
@@ -615,6 +635,48 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
                 f.rules_ns - f.parse_ns
             );
             println!("  whole validate         {:>8.0}", f.validate_ns);
+            Ok(ExitStatus::Success)
+        }
+        Command::Bench(BenchCommand::Warehouse {
+            stack,
+            rows,
+            rounds,
+            rate,
+            lag_secs,
+        }) => {
+            let secrets =
+                trellis_runtime::secret::load_secrets(&[trellis_warehouse::WAREHOUSE_URL])?;
+            let url =
+                trellis_warehouse::connection::ConnectionString::parse(&String::from_utf8_lossy(
+                    secrets.get(trellis_warehouse::WAREHOUSE_URL.env).expose(),
+                ))
+                .map_err(|e| anyhow::anyhow!("TRELLIS_WAREHOUSE_URL {e}"))?;
+            let kafka = KafkaConfig::new(stack.broker.bootstrap_servers);
+            let registry = stack.registry.registry_url;
+            let topology = stack.file.topology;
+            println!("{rows} rows (60% progress, 20% completions, 20% aggregate cells) into {url}");
+            let t = trellis_cli::warehouse_bench::throughput(
+                &kafka, &registry, &topology, &url, rows, rounds,
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            println!(
+                "best: plain COPY {:.0} rows/s, warehouse {:.0} rows/s, ratio {:.2}",
+                t.copy.rate(),
+                t.sink.rate(),
+                t.sink.rate() / t.copy.rate()
+            );
+            if lag_secs > 0 {
+                let lag = trellis_cli::warehouse_bench::lag(
+                    &kafka, &registry, &topology, &url, rate, lag_secs,
+                )
+                .await
+                .map_err(anyhow::Error::msg)?;
+                println!(
+                    "lag at {rate} records/s for {lag_secs} s, send to visible in Postgres: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} records)",
+                    lag.p50, lag.p99, lag.max, lag.records
+                );
+            }
             Ok(ExitStatus::Success)
         }
         Command::Bench(BenchCommand::Erasure {

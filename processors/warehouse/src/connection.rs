@@ -127,6 +127,21 @@ pub fn verdict(error: &tokio_postgres::Error) -> Verdict {
     }
 }
 
+/// An error as a log line or message should show it: the server's message
+/// and SQLSTATE when it has them (the driver's own `Display` says only
+/// "db error").
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => error.to_string(),
+    }
+}
+
 /// Quotes an SQL identifier.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

@@ -78,7 +78,7 @@ use trellis_runtime::state::StateStore;
 use trellis_runtime::{Config, Emitter, InputRecord, Processor, Runtime, StateTxn};
 
 use crate::batch::{Batch, LearnerHash, PendingCommand, ProgressChange, learner_hash};
-use crate::connection::{ConnectionString, Verdict, verdict};
+use crate::connection::{ConnectionString, Verdict, describe, verdict};
 use crate::rows::{AggregateRow, CompletionRow, ProgressRow, RowError, Source, progress_key};
 use crate::writer::Refused;
 
@@ -367,7 +367,10 @@ impl Sink {
                 }
                 Verdict::Data => self.set_aside_refused(out).await?,
                 Verdict::Fatal => {
-                    return Err(ProcessError::fatal("writing to the warehouse", error));
+                    return Err(ProcessError::fatal(
+                        "writing to the warehouse",
+                        describe(&error),
+                    ));
                 }
             }
         }
@@ -385,7 +388,12 @@ impl Sink {
                 self.client = None;
                 return Ok(());
             }
-            Err(e) => return Err(ProcessError::fatal("finding the refused rows", e)),
+            Err(e) => {
+                return Err(ProcessError::fatal(
+                    "finding the refused rows",
+                    describe(&e),
+                ));
+            }
         };
         if refused.is_empty() {
             return Err(ProcessError::fatal(
@@ -441,10 +449,10 @@ impl Sink {
         let connected = tokio::time::timeout(self.connect_timeout, self.url.connect())
             .await
             .map_err(|_| format!("connecting to {} timed out", self.url))?
-            .map_err(|e| format!("connecting to {}: {e}", self.url))?;
+            .map_err(|e| format!("connecting to {}: {}", self.url, describe(&e)))?;
         writer::prepare(&connected)
             .await
-            .map_err(|e| format!("preparing the connection: {e}"))?;
+            .map_err(|e| format!("preparing the connection: {}", describe(&e)))?;
         Ok(connected)
     }
 }
@@ -454,7 +462,7 @@ struct PostgresFault<'a>(&'a tokio_postgres::Error);
 
 impl std::fmt::Display for PostgresFault<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "postgres: {}", self.0)
+        write!(f, "postgres: {}", describe(self.0))
     }
 }
 
@@ -582,10 +590,15 @@ pub async fn open(url: &ConnectionString, settings: &Settings) -> Result<Client,
             Ok(Ok(client)) => break client,
             Ok(Err(e)) if e.code().is_some() && verdict(&e) == Verdict::Fatal => {
                 return Err(StartError::Misconfigured(format!(
-                    "the warehouse ({url}) refuses the sink: {e}"
+                    "the warehouse ({url}) refuses the sink: {}",
+                    describe(&e)
                 )));
             }
-            Ok(Err(e)) => backoff.wait(&format!("connecting to {url}: {e}")).await,
+            Ok(Err(e)) => {
+                backoff
+                    .wait(&format!("connecting to {url}: {}", describe(&e)))
+                    .await;
+            }
             Err(_) => {
                 backoff
                     .wait(&format!("connecting to {url}: timed out"))
@@ -599,9 +612,9 @@ pub async fn open(url: &ConnectionString, settings: &Settings) -> Result<Client,
     if !applied.is_empty() {
         tracing::info!(?applied, warehouse = %url, "warehouse schema migrated");
     }
-    writer::prepare(&client)
-        .await
-        .map_err(|e| StartError::Misconfigured(format!("preparing the connection: {e}")))?;
+    writer::prepare(&client).await.map_err(|e| {
+        StartError::Misconfigured(format!("preparing the connection: {}", describe(&e)))
+    })?;
     Ok(client)
 }
 
@@ -622,9 +635,9 @@ pub async fn run(
         .into());
     }
     let client = open(&url, &config.settings).await?;
-    let committed = Committed::load(&client)
-        .await
-        .map_err(|e| StartError::Misconfigured(format!("reading the warehouse's offsets: {e}")))?;
+    let committed = Committed::load(&client).await.map_err(|e| {
+        StartError::Misconfigured(format!("reading the warehouse's offsets: {}", describe(&e)))
+    })?;
     if local_positions_ahead(&config.state_dir, &committed)? {
         tracing::warn!(
             warehouse = %url,

@@ -24,7 +24,10 @@ pub const REQUIRED_ROLES: &[&str] = &["trellis_readers", "trellis_service"];
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
     /// Postgres refused.
-    #[error("migration {version} ({name}): {source}")]
+    #[error(
+        "migration {version} ({name}): {}",
+        crate::connection::describe(source)
+    )]
     Sql {
         /// The migration.
         version: i32,
@@ -34,7 +37,7 @@ pub enum MigrationError {
         source: tokio_postgres::Error,
     },
     /// Setting up the bookkeeping failed.
-    #[error("preparing migrations: {0}")]
+    #[error("preparing migrations: {}", crate::connection::describe(.0))]
     Bookkeeping(#[from] tokio_postgres::Error),
     /// An applied migration is not the file compiled in.
     #[error(

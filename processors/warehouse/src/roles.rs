@@ -33,7 +33,7 @@ const READER_PREFIX: &str = "trellis_reader_";
 #[derive(Debug, thiserror::Error)]
 pub enum RoleError {
     /// Postgres refused.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", crate::connection::describe(source))]
     Sql {
         /// What was being done.
         what: &'static str,
