@@ -557,12 +557,16 @@ async fn an_erased_learner_stays_erased_and_bad_records_are_dead_lettered() {
         .cloned()
         .collect();
     assert!(!again.is_empty());
-    stack.produce(&again).await;
     assert!(warehouse.terminate().success());
-    let mut warehouse = stack.spawn(
+    stack.produce(&again).await;
+    let port = trellis_replay_tests::free_port();
+    let mut warehouse = Process::spawn(
         "warehouse",
-        "{}",
+        &stack.config("warehouse", port, "{}"),
+        port,
         &[("TRELLIS_WAREHOUSE_URL", pg.owner_url())],
+        stack.dir.path(),
+        &["--rebuild"],
     );
     warehouse
         .wait_caught_up(&ends(&stack), Duration::from_secs(60))
