@@ -610,8 +610,32 @@ async fn an_erased_learner_stays_erased_and_bad_records_are_dead_lettered() {
     garbage.value = Some(b"not avro".to_vec());
     let mut keyless = tombstone(tenant, "x", "y");
     keyless.key = b"no-separators".to_vec();
+    // A tombstone of a key Postgres could not hold (the delete names it),
+    // and a command whose request id it could not keep: neither may stop
+    // the sink.
+    let nul_tombstone = tombstone(tenant, "x", "https://x/\0");
+    let mut nul_command = erase(&e, "erase-nul", tenant, &learner(6), "erasure");
+    let mut command: EraseCommand =
+        AvroDecoder::new(registry_settings(&stack.registry_url).unwrap())
+            .decode(nul_command.value.as_deref().unwrap())
+            .await
+            .unwrap();
+    command.request_id = "req\0nul".into();
+    nul_command.value = Some(e.commands.encode(&command).unwrap());
+    // The last record of a quiet partition is one the sink cannot decode.
+    let mut quiet = erase(&e, "quiet", tenant, &who, "erasure");
+    quiet.value = Some(b"not avro".to_vec());
     stack
-        .produce(&[nul_record, far_record, liar, garbage, keyless])
+        .produce(&[
+            nul_record,
+            far_record,
+            liar,
+            garbage,
+            keyless,
+            nul_tombstone,
+            nul_command,
+            quiet,
+        ])
         .await;
     warehouse
         .wait_caught_up(&ends(&stack), Duration::from_secs(60))
@@ -623,6 +647,37 @@ async fn an_erased_learner_stays_erased_and_bad_records_are_dead_lettered() {
         assert_eq!(letter.processor, "warehouse");
         reasons.insert(letter.reason);
     }
+    let failed = acks(&stack)
+        .await
+        .into_iter()
+        .find(|a| a.command_id == "erase-nul")
+        .expect("the command Postgres cannot keep is answered");
+    assert_eq!(failed.outcome, "failed", "{failed:?}");
+
+    // A restart does not replay everything: Postgres's offsets cover the
+    // records the sink dead-lettered too. A second sink waits for the
+    // writer lock instead of writing beside the first.
+    assert!(warehouse.terminate().success());
+    let mut warehouse = sink(&stack, &pg);
+    warehouse
+        .wait_caught_up(&ends(&stack), Duration::from_secs(60))
+        .await;
+    assert!(
+        !warehouse.log_text().contains("replaying the inputs"),
+        "{}",
+        warehouse.log_text()
+    );
+    let mut second = sink(&stack, &pg);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !second.log_text().contains("writer lock") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            second.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.kill9();
     assert_eq!(
         reasons,
         BTreeSet::from([

@@ -115,10 +115,12 @@ pub fn verdict(error: &tokio_postgres::Error) -> Verdict {
     let class = &code.code()[..2];
     match class {
         // connection exception, insufficient resources, operator
-        // intervention (shutdown), system error (I/O)
-        "08" | "53" | "57" | "58" => Verdict::Transient,
-        _ if *code == SqlState::T_R_SERIALIZATION_FAILURE
-            || *code == SqlState::T_R_DEADLOCK_DETECTED =>
+        // intervention (shutdown, cancel), system error (I/O), transaction
+        // rollback (serialization failure, deadlock, completion unknown)
+        "08" | "53" | "57" | "58" | "40" => Verdict::Transient,
+        // A standby after a failover, a lock that timed out.
+        _ if *code == SqlState::READ_ONLY_SQL_TRANSACTION
+            || *code == SqlState::LOCK_NOT_AVAILABLE =>
         {
             Verdict::Transient
         }

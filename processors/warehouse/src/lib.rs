@@ -115,7 +115,10 @@ const fn default_connect_timeout_secs() -> u64 {
     10
 }
 
-/// A record of one of the sink's inputs.
+/// A record of one of the sink's inputs. Decoding never skips a record:
+/// one that is not its topic's type is [`SinkInput::Undecodable`], so the
+/// sink still counts its offset as written (else Postgres's offsets would
+/// stop short of the runtime's positions and every start would replay).
 pub enum SinkInput {
     /// A `progress` upsert, or its tombstone (`None`).
     Progress(Option<LearnerProgress>),
@@ -125,17 +128,25 @@ pub enum SinkInput {
     Aggregate(Aggregate),
     /// A saga command.
     Command(EraseCommand),
+    /// Bad input: dead-lettered by the sink with the decoder's reason.
+    Undecodable(DecodeError),
 }
 
 impl Input for SinkInput {
     fn decode(record: &InputRecord<'_>, avro: &AvroDecoder) -> Result<Self, DecodeError> {
-        match record.topic {
+        let decoded = match record.topic {
             PROGRESS_TOPIC if record.value.is_none() => Ok(Self::Progress(None)),
             PROGRESS_TOPIC => record.avro(avro).map(|v| Self::Progress(Some(v))),
             COMPLETIONS_TOPIC => record.avro(avro).map(Self::Completion),
             AGGREGATES_TOPIC => record.avro(avro).map(Self::Aggregate),
             ERASE_COMMANDS_TOPIC => record.avro(avro).map(Self::Command),
             _ => Err(record.unexpected_topic()),
+        };
+        match decoded {
+            // Not the record's fault: the runtime waits for the registry.
+            Err(e @ DecodeError::RegistryUnavailable { .. }) => Err(e),
+            Err(e) => Ok(Self::Undecodable(e)),
+            Ok(input) => Ok(input),
         }
     }
 }
@@ -322,6 +333,21 @@ impl Sink {
         if held || self.batch.has_command(&command.command_id) {
             return Ok(());
         }
+        if let Err(e) = rows::command(&command) {
+            // Postgres cannot keep what this command names: answer it as
+            // failed (not kept, so nothing half-stored) rather than stall.
+            let mut ack = self.acks.ack(
+                &command.command_id,
+                &command.request_id,
+                &command.tenant_id,
+                command.learner.clone(),
+                record.timestamp_ms.unwrap_or_default(),
+            );
+            ack.outcome = "failed".into();
+            ack.detail = format!("the command cannot be stored: {e}");
+            out.emit(self.acks.record(&ack)?);
+            return Ok(());
+        }
         let pending = PendingCommand {
             at: record.timestamp_ms,
             command,
@@ -347,10 +373,11 @@ impl Sink {
                 Some(client) => client,
                 None => match self.connect().await {
                     Ok(client) => self.client.insert(client),
-                    Err(e) => {
-                        self.backoff.wait(&e).await;
+                    Err(Ok(why)) => {
+                        self.backoff.wait(&why).await;
                         continue;
                     }
+                    Err(Err(fatal)) => return Err(fatal),
                 },
             };
             let error = match writer::write(client, &self.batch, &self.acks).await {
@@ -445,15 +472,36 @@ impl Sink {
         Ok(())
     }
 
-    async fn connect(&self) -> Result<Client, String> {
-        let connected = tokio::time::timeout(self.connect_timeout, self.url.connect())
-            .await
-            .map_err(|_| format!("connecting to {} timed out", self.url))?
-            .map_err(|e| format!("connecting to {}: {}", self.url, describe(&e)))?;
-        writer::prepare(&connected)
-            .await
-            .map_err(|e| format!("preparing the connection: {}", describe(&e)))?;
-        Ok(connected)
+    /// A new connection holding the writer lock. `Err(Ok(why))`: try again
+    /// later; `Err(Err(e))`: Postgres refuses the sink (authentication, a
+    /// dropped database), which waiting will not mend.
+    async fn connect(&self) -> Result<Client, Result<String, ProcessError>> {
+        let connected = match tokio::time::timeout(self.connect_timeout, self.url.connect()).await {
+            Err(_) => return Err(Ok(format!("connecting to {} timed out", self.url))),
+            Ok(Err(e)) if e.code().is_some() && verdict(&e) == Verdict::Fatal => {
+                return Err(Err(ProcessError::fatal(
+                    "connecting to the warehouse",
+                    describe(&e),
+                )));
+            }
+            Ok(Err(e)) => {
+                return Err(Ok(format!("connecting to {}: {}", self.url, describe(&e))));
+            }
+            Ok(Ok(client)) => client,
+        };
+        let prepared = async {
+            if !writer::take_writer_lock(&connected).await? {
+                return Ok(false);
+            }
+            writer::prepare(&connected).await.map(|()| true)
+        };
+        match prepared.await {
+            Ok(true) => Ok(connected),
+            Ok(false) => Err(Ok(
+                "another warehouse sink holds the writer lock on this database; waiting for it to stop".into(),
+            )),
+            Err(e) => Err(Ok(format!("preparing the connection: {}", describe(&e)))),
+        }
     }
 }
 
@@ -493,6 +541,15 @@ impl Processor for Sink {
         // dead letter lost in a crash is written again (same id).
         let checked: Result<(), RowError> = match input {
             SinkInput::Command(command) => return self.on_command(record, command, held, out),
+            SinkInput::Undecodable(e) => {
+                out.dead_letter(
+                    record,
+                    e.reason(),
+                    e.to_string(),
+                    header.map(str::to_string),
+                );
+                return Ok(());
+            }
             SinkInput::Progress(Some(value)) => ProgressRow::new(value, record.key, header, source)
                 .map(|row| {
                     if held {
@@ -635,6 +692,14 @@ pub async fn run(
         .into());
     }
     let client = open(&url, &config.settings).await?;
+    let mut waiting = Backoff::new("postgres writer lock");
+    while !writer::take_writer_lock(&client).await.map_err(|e| {
+        StartError::Misconfigured(format!("taking the writer lock: {}", describe(&e)))
+    })? {
+        waiting
+            .wait(&"another warehouse sink holds the writer lock on this database; waiting for it to stop")
+            .await;
+    }
     let committed = Committed::load(&client).await.map_err(|e| {
         StartError::Misconfigured(format!("reading the warehouse's offsets: {}", describe(&e)))
     })?;

@@ -255,6 +255,23 @@ pub async fn revoke(admin: &mut Client, tenant: &str) -> Result<Option<String>, 
         .transaction()
         .await
         .map_err(sql("starting a transaction"))?;
+    if let Some(row) = tx
+        .query_opt(
+            "SELECT tenant_id FROM trellis_sink.reader_roles WHERE role_name = $1",
+            &[&role],
+        )
+        .await
+        .map_err(sql("reading the reader roles"))?
+    {
+        let holder: String = row.get(0);
+        if holder != tenant {
+            // Two tenants whose names differ only in characters a role name
+            // cannot hold: never drop the other one's reader.
+            return Err(RoleError::Invalid(format!(
+                "role `{role}` reads tenant `{holder}`, not `{tenant}`"
+            )));
+        }
+    }
     let mapped = tx
         .execute(
             "DELETE FROM trellis_sink.reader_roles WHERE role_name = $1 AND tenant_id = $2",

@@ -89,8 +89,9 @@ impl RowError {
     }
 }
 
-/// Postgres `timestamptz` ends at 294276 AD; Avro millis go further.
-const MAX_MILLIS: i64 = 9_224_318_015_999_999 / 1000;
+/// Postgres `timestamptz` ends at 294276 AD (in ms since the epoch); Avro
+/// millis go further.
+const MAX_MILLIS: i64 = 9_224_318_015_999_999;
 /// …and begins at 4713 BC.
 const MIN_MILLIS: i64 = -210_866_803_200_000;
 
@@ -142,12 +143,31 @@ pub fn progress_key(key: &[u8]) -> Result<(String, String, String), RowError> {
     let mut parts = key.splitn(3, '|');
     match (parts.next(), parts.next(), parts.next()) {
         (Some(t), Some(l), Some(a)) if !t.is_empty() && !l.is_empty() && !a.is_empty() => {
+            text("key", key)?;
             Ok((t.to_string(), l.to_string(), a.to_string()))
         }
         _ => Err(RowError::Key(
             "a progress key is `tenant|learner|activity`".into(),
         )),
     }
+}
+
+/// Checks the text fields of a saga command Postgres will store (its
+/// receipt, the erased learner's record).
+///
+/// # Errors
+/// [`RowError::Field`] naming the first field Postgres would refuse.
+pub fn command(c: &trellis_records::EraseCommand) -> Result<(), RowError> {
+    for (field, value) in [
+        ("command_id", c.command_id.as_str()),
+        ("request_id", c.request_id.as_str()),
+        ("tenant_id", c.tenant_id.as_str()),
+        ("kind", c.kind.as_str()),
+        ("learner", c.learner.as_deref().unwrap_or_default()),
+    ] {
+        text(field, value)?;
+    }
+    Ok(())
 }
 
 impl ProgressRow {
@@ -336,5 +356,8 @@ mod tests {
         );
         assert!(timestamp("t", MIN_MILLIS - 1).is_err());
         assert!(timestamp("t", MAX_MILLIS).is_ok());
+        assert!(timestamp("t", MAX_MILLIS + 1).is_err());
+        // Year 3000 is fine.
+        assert!(timestamp("t", 32_503_680_000_000).is_ok());
     }
 }

@@ -22,6 +22,7 @@ use trellis_records::ParticipantAck;
 use trellis_runtime::participant::Acks;
 
 use crate::batch::{Batch, PendingCommand, ProgressKey, learner_hash};
+use crate::connection::{Verdict, verdict};
 use crate::rows::{AggregateRow, CompletionRow, ProgressRow};
 
 /// Temporary staging tables, created once per connection.
@@ -173,6 +174,23 @@ pub struct Written {
     pub answers: Vec<(ParticipantAck, Option<i64>)>,
 }
 
+/// Any number; the same in every sink (see [`take_writer_lock`]).
+const WRITER_LOCK: i64 = 0x0074_7265_6c6c_6977; // "trelliw"
+
+/// Takes the warehouse's writer lock for this session: the sink must be the
+/// tables' only writer (its erased learners and its `MERGE`s rely on it). A
+/// second sink — a deploy overlap, a copy started by mistake — gets `false`
+/// and waits until the first one's session ends.
+///
+/// # Errors
+/// Postgres's.
+pub async fn take_writer_lock(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
+        .await?
+        .get(0))
+}
+
 /// Prepares a new connection for [`write`].
 ///
 /// # Errors
@@ -191,6 +209,16 @@ pub async fn write(
     acks: &Acks,
 ) -> Result<Written, tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    if already_written(&tx, batch).await? {
+        // A COMMIT whose answer was lost with the connection: the batch is
+        // in, do not run it again (an erasure would now find 0 rows).
+        let answers = kept_answers(&tx, batch).await?;
+        tx.rollback().await?;
+        return Ok(Written {
+            answers,
+            ..Written::default()
+        });
+    }
     let mut written = Written::default();
     let (upserts, deletes) = batch.progress_changes();
     if !upserts.is_empty() {
@@ -263,6 +291,10 @@ pub async fn write(
     Ok(written)
 }
 
+/// The largest access export an answer carries: answers travel on a topic
+/// whose messages brokers limit (librdkafka's default is 1 MB).
+const MAX_EXPORT_BYTES: usize = 512 * 1024;
+
 /// What is kept of an answer so a re-sent command gets it again: all but
 /// the learner's pseudonym (the re-sent command carries it), so the
 /// warehouse keeps no pseudonym of an erased learner. Access answers are
@@ -275,6 +307,60 @@ pub fn receipt(ack: &ParticipantAck) -> Option<serde_json::Value> {
     let mut kept = ack.clone();
     kept.learner = None;
     serde_json::to_value(&kept).ok()
+}
+
+/// Whether Postgres's offsets already include this batch: each partition it
+/// read is stored at or beyond where the batch ends. (Locks the rows, so a
+/// second writer would wait here rather than interleave.)
+async fn already_written(
+    tx: &Transaction<'_>,
+    batch: &Batch,
+) -> Result<bool, tokio_postgres::Error> {
+    if batch.offsets.is_empty() {
+        return Ok(false);
+    }
+    let topics: Vec<&str> = batch.offsets.keys().map(|(t, _)| &**t).collect();
+    let partitions: Vec<i32> = batch.offsets.keys().map(|(_, p)| *p).collect();
+    let stored: BTreeMap<(String, i32), i64> = tx
+        .query(
+            "SELECT o.topic, o.partition, o.next_offset FROM trellis_sink.offsets o
+             JOIN unnest($1::text[], $2::int[]) AS b(topic, partition)
+               ON o.topic = b.topic AND o.partition = b.partition
+             FOR UPDATE OF o",
+            &[&topics, &partitions],
+        )
+        .await?
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    Ok(batch.offsets.iter().all(|((topic, partition), next)| {
+        stored
+            .get(&(topic.to_string(), *partition))
+            .is_some_and(|s| s >= next)
+    }))
+}
+
+/// The answers kept for the batch's commands (a batch already written).
+async fn kept_answers(
+    tx: &Transaction<'_>,
+    batch: &Batch,
+) -> Result<Vec<(ParticipantAck, Option<i64>)>, tokio_postgres::Error> {
+    let mut answers = Vec::new();
+    for pending in &batch.commands {
+        let c = &pending.command;
+        if let Some(row) = tx
+            .query_opt(
+                "SELECT answer FROM trellis_sink.receipts WHERE command_id = $1",
+                &[&c.command_id],
+            )
+            .await?
+            && let Ok(mut ack) = serde_json::from_value::<ParticipantAck>(row.get(0))
+        {
+            ack.learner.clone_from(&c.learner);
+            answers.push((ack, pending.at));
+        }
+    }
+    Ok(answers)
 }
 
 /// Executes one saga command: an erasure deletes the learner's rows and
@@ -349,9 +435,16 @@ async fn execute(
                 count(&progress),
                 count(&completions)
             );
-            ack.export = Some(
-                serde_json::json!({"progress": progress, "completions": completions}).to_string(),
-            );
+            let export =
+                serde_json::json!({"progress": progress, "completions": completions}).to_string();
+            if export.len() <= MAX_EXPORT_BYTES {
+                ack.export = Some(export);
+            } else {
+                ack.detail.push_str(&format!(
+                    "; too many to answer inline ({} bytes): query the warehouse tables for them",
+                    export.len()
+                ));
+            }
         }
         other => {
             ack.outcome = "failed".into();
@@ -580,6 +673,9 @@ async fn alone(
     .await;
     match tried {
         Ok(()) => tx.batch_execute("RELEASE SAVEPOINT row_probe").await?,
+        // Only a data error is the row's fault; anything else (a timeout,
+        // a full disk) is the caller's to retry, and blames no row.
+        Err(e) if verdict(&e) != Verdict::Data => return Err(e),
         Err(_) => tx.batch_execute("ROLLBACK TO SAVEPOINT row_probe").await?,
     }
     tx.batch_execute(CLEAR_STAGING).await?;
