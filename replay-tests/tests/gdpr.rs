@@ -17,7 +17,7 @@ use trellis_records::{
     SubjectRequestAck,
 };
 use trellis_replay_tests::postgres::Postgres;
-use trellis_replay_tests::{Process, Stack, binary, end_offsets, free_port, test_secret};
+use trellis_replay_tests::{Process, Produced, Stack, binary, end_offsets, free_port, test_secret};
 use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::schema::{AvroDecoder, registry_settings};
 use trellis_runtime::state::StateStore;
@@ -137,6 +137,12 @@ impl Topology {
             )
             .env(trellis_audit::SIGNING_KEY, test_secret("anchors"))
             .env("TRELLIS_AUDIT_KEY_ID", "test-anchors")
+            .env("TRELLIS_REGISTRY_URL", &self.stack.registry_url)
+            .env(trellis_privacy::MASTER_KEY, test_secret("master"))
+            .env(trellis_privacy::INDEX_KEY, test_secret("index"))
+            .env(trellis_privacy::IP_SALT, test_secret("ip-salt"))
+            .env("TRELLIS_EVIDENCE_SIGNING_KEY", test_secret("evidence"))
+            .env("TRELLIS_WAREHOUSE_URL", self.warehouse.owner_url())
             .output()
             .unwrap();
         let text = format!(
@@ -146,6 +152,47 @@ impl Topology {
         );
         (output.status.success(), text)
     }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// `trellis erasure verify` of the first erasure, with `extra` arguments:
+/// (exit 0, output).
+fn verify_erasure(t: &Topology, vault: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![
+        "erasure",
+        "verify",
+        "--request",
+        "erase-user",
+        "--identifier",
+        "account:https://moodle.northwind-uni.example|1014",
+        "--warehouse",
+        "--vault-dir",
+        vault.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    t.trellis(&args)
+}
+
+/// The verifier's line for `check` says `verdict`.
+fn says(report: &str, check: &str, verdict: &str) -> bool {
+    report.lines().any(|l| {
+        let mut words = l.split_whitespace();
+        words.next() == Some(check) && words.next() == Some(verdict)
+    })
 }
 
 async fn decode_all<T: serde::de::DeserializeOwned>(
@@ -278,6 +325,10 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
             })
             .collect()
     };
+    // A backup of the vault from before the erasure (restored later, to
+    // show the verifier finds it).
+    let vault_backup = t.stack.dir.path().join("vault-backup");
+    copy_dir(&t.vault_dir(), &vault_backup);
     privacy = t.spawn("privacy", &[]);
     let requests = Requests::connect(&kafka, &t.stack.registry_url, &t.stack.topology)
         .await
@@ -738,6 +789,81 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
     let (ok, text) = t.trellis(&["audit", "verify-proof", "--proof", proof.to_str().unwrap()]);
     assert!(ok && text.contains("extends"), "{text}");
 
+    // The erasure verifier: passes after the real erasure, signs its report;
+    // the signature holds with the public key alone and breaks with one
+    // changed byte; a restored vault backup and a changed audited record
+    // each make it fail, naming the check.
+    let evidence = t.stack.dir.path().join("evidence");
+    let progress_state = t.stack.state_dir("progress");
+    let (ok, report) = verify_erasure(
+        &t,
+        &t.vault_dir(),
+        &evidence,
+        &["--progress-state", progress_state.to_str().unwrap()],
+    );
+    assert!(ok, "{report}");
+    for check in [
+        "request.completed",
+        "vault.no_old_material",
+        "protected.nothing_decrypts",
+        "progress.no_row_in_force",
+        "progress.state_empty",
+        "warehouse.no_rows",
+        "audit.chain_verifies",
+    ] {
+        assert!(says(&report, check, "pass"), "{check}:\n{report}");
+    }
+    assert!(
+        says(&report, "restricted.residual_plaintext", "noted"),
+        "{report}"
+    );
+    assert!(
+        says(&report, "aggregates.still_count", "pass")
+            || says(&report, "aggregates.still_count", "noted"),
+        "{report}"
+    );
+    let (ok, public_key) = t.trellis(&["erasure", "public-key"]);
+    assert!(ok);
+    let report_file = evidence.join("report.json");
+    let (ok, text) = t.trellis(&[
+        "erasure",
+        "verify-report",
+        "--report",
+        report_file.to_str().unwrap(),
+        "--public-key",
+        public_key.trim(),
+    ]);
+    assert!(ok, "{text}");
+    let mut bytes = std::fs::read(&report_file).unwrap();
+    let at = bytes.iter().position(|b| *b == b'p').unwrap();
+    bytes[at] = b'q';
+    std::fs::write(&report_file, &bytes).unwrap();
+    let (ok, text) = t.trellis(&[
+        "erasure",
+        "verify-report",
+        "--report",
+        report_file.to_str().unwrap(),
+        "--public-key",
+        public_key.trim(),
+    ]);
+    assert!(!ok && text.contains("was changed"), "{text}");
+    let (ok, report) = verify_erasure(&t, &vault_backup, &evidence, &[]);
+    assert!(
+        !ok && says(&report, "vault.no_old_material", "fail"),
+        "{report}"
+    );
+    let changed = t.stack.dir.path().join("changed.log");
+    let (ok, report) = verify_erasure(
+        &t,
+        &t.vault_dir(),
+        &evidence,
+        &["--audit-log", changed.to_str().unwrap()],
+    );
+    assert!(
+        !ok && says(&report, "audit.chain_verifies", "fail"),
+        "{report}"
+    );
+
     // State is a function of the log: the saga's and the audit's stores
     // rebuilt by replay reach the same digests (the same anchors, cut at
     // the same places, with the same roots).
@@ -765,4 +891,82 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
         assert_eq!(emitted, 0.0, "{name}: a rebuild re-emits nothing");
         assert_eq!(t.digest(name), before, "{name}: rebuilt to the same digest");
     }
+
+    // Two faults written into the logs (last: they change what the
+    // rebuilds above read). A record of the erased learner re-sealed under
+    // a key that survives, then a progress row of theirs re-produced: the
+    // verifier fails on each, naming the check.
+    // The user id's pseudonym: the request verified is `erase-user`.
+    let theirs = protected
+        .iter()
+        .map(|(_, e)| e)
+        .find(|e| e.learner == pseudonyms["user_id"])
+        .unwrap()
+        .clone();
+    let someone_else = protected
+        .iter()
+        .map(|(_, e)| e)
+        .find(|e| e.tenant_id == TENANT && !erased.contains(&e.learner))
+        .unwrap()
+        .clone();
+    let resealed = {
+        let vault = t.open_vault();
+        let keys = vault
+            .keys_by_id(TENANT, &someone_else.subject_key_id)
+            .unwrap()
+            .expect("a surviving key");
+        let mut event = theirs.clone();
+        event.subject_key_id = keys.key_id().to_string();
+        event.payload = keys.seal(TENANT, "payload", &event.event_id, b"{\"restored\": true}");
+        event.actor_name = None;
+        event.actor_email = None;
+        event
+    };
+    let encoder = t.stack.encoder("protected").await;
+    t.stack
+        .produce(&[Produced {
+            topic: "protected".into(),
+            partition: None,
+            key: format!("{TENANT}|{}", resealed.learner).into_bytes(),
+            value: Some(encoder.encode(&resealed).unwrap()),
+            id: format!("{TENANT}/resealed/{}", resealed.event_id),
+            tenant: Some(TENANT.into()),
+        }])
+        .await;
+    let (ok, report) = verify_erasure(&t, &t.vault_dir(), &evidence, &[]);
+    assert!(
+        !ok && says(&report, "protected.nothing_decrypts", "fail")
+            && says(&report, "progress.no_row_in_force", "pass"),
+        "{report}"
+    );
+    let row = trellis_records::LearnerProgress {
+        tenant_id: TENANT.into(),
+        learner: theirs.learner.clone(),
+        activity_id: "https://lms.example/mod/page/view.php?id=102".into(),
+        course_id: None,
+        attempts: 1,
+        best_score_scaled: None,
+        last_score_scaled: None,
+        success: None,
+        completion: "completed".into(),
+        first_activity_at: theirs.occurred_at,
+        last_activity_at: theirs.occurred_at,
+        evidence: Vec::new(),
+    };
+    let encoder = t.stack.encoder("progress").await;
+    t.stack
+        .produce(&[Produced {
+            topic: "progress".into(),
+            partition: None,
+            key: format!("{TENANT}|{}|{}", row.learner, row.activity_id).into_bytes(),
+            value: Some(encoder.encode(&row).unwrap()),
+            id: "restored-row".into(),
+            tenant: Some(TENANT.into()),
+        }])
+        .await;
+    let (ok, report) = verify_erasure(&t, &t.vault_dir(), &evidence, &[]);
+    assert!(
+        !ok && says(&report, "progress.no_row_in_force", "fail"),
+        "{report}"
+    );
 }

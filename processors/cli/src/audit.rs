@@ -104,8 +104,42 @@ pub fn verify(
     signer: &Signer,
     progress: bool,
 ) -> anyhow::Result<Vec<PartitionReport>> {
-    let audited = audited(topology);
     let started = Instant::now();
+    let reports = check(source, topology, signer, progress)?;
+    print_reports(&reports, started);
+    Ok(reports)
+}
+
+/// The newest anchor of every anchored partition, `topic/partition` → hex
+/// hash, from the broker or an exported log.
+pub fn newest_anchors(
+    kafka: &KafkaConfig,
+    log: Option<&Path>,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let records = match log {
+        Some(path) => read_log(path).with_context(|| format!("reading {}", path.display()))?,
+        None => read_topic(kafka, ANCHORS_TOPIC)?,
+    };
+    Ok(by_partition(decode_anchors(&records)?)
+        .into_iter()
+        .filter_map(|((topic, partition), anchors)| {
+            let newest = anchors.iter().max_by_key(|a| a.sequence)?;
+            Some((
+                format!("{topic}/{partition}"),
+                hex::encode(trellis_audit::canonical::anchor_hash(newest)),
+            ))
+        })
+        .collect())
+}
+
+/// Checks every audited partition, printing nothing.
+pub fn check(
+    source: Source<'_>,
+    topology: &Topology,
+    signer: &Signer,
+    progress: bool,
+) -> anyhow::Result<Vec<PartitionReport>> {
+    let audited = audited(topology);
     let reports = match source {
         Source::File(path) => {
             let records = read_log(path).with_context(|| format!("reading {}", path.display()))?;
@@ -159,9 +193,14 @@ pub fn verify(
             reports
         }
     };
+    Ok(reports)
+}
+
+/// One line per partition and a verdict line.
+pub fn print_reports(reports: &[PartitionReport], started: Instant) {
     let records: u64 = reports.iter().map(|r| r.records).sum();
     let anchors: usize = reports.iter().map(|r| r.anchors).sum();
-    for r in &reports {
+    for r in reports {
         let status = match &r.finding {
             None => "ok".to_string(),
             Some(f) => format!("TAMPERED: {f}"),
@@ -184,7 +223,6 @@ pub fn verify(
             format!("{} partition(s) disagree", findings.len())
         }
     );
-    Ok(reports)
 }
 
 /// Copies every audited topic and `audit.anchors` into a log file.

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod bench;
 pub mod demo;
+pub mod erasure;
 pub mod gdpr;
 pub mod inspect;
 pub mod measure;

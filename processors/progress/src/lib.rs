@@ -191,6 +191,24 @@ pub(crate) fn learner_prefix(tenant: &str, learner: &str) -> Vec<u8> {
     keys::key(keys::ROW, &[tenant, learner], true)
 }
 
+/// How many progress rows `store` holds for `learner` in `tenant` (an
+/// erasure verifier expects none).
+///
+/// # Errors
+/// [`StateError`] if the store cannot be read.
+pub fn learner_rows(
+    store: &trellis_runtime::state::StateStore,
+    tenant: &str,
+    learner: &str,
+) -> Result<u64, StateError> {
+    let mut rows = 0;
+    for entry in store.scan_prefix(&learner_prefix(tenant, learner)) {
+        entry?;
+        rows += 1;
+    }
+    Ok(rows)
+}
+
 fn encode_state<T: Serialize>(value: &T) -> Result<Vec<u8>, ProcessError> {
     postcard::to_stdvec(value).map_err(|e| ProcessError::fatal("encoding state", e))
 }
