@@ -320,9 +320,12 @@ pub async fn verify(inputs: Inputs<'_>) -> anyhow::Result<Report> {
             "vault.no_old_material",
             problems.is_empty(),
             if problems.is_empty() {
-                format!(
-                    "the vault holds none of the subject's old key material; {renewed} identifier(s) came back since, under new random material and a new pseudonym"
-                )
+                match renewed {
+                    0 => "the vault holds none of the subject's key material: their identifiers would get new, random material and a new pseudonym".to_string(),
+                    n => format!(
+                        "the vault holds none of the subject's old key material; {n} identifier(s) came back since, under new random material and a new pseudonym"
+                    ),
+                }
             } else {
                 problems.join("; ")
             },
