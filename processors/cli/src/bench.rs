@@ -186,6 +186,7 @@ pub async fn privacy(
             vault_dir: state.join("vault"),
             no_ip_tenants: Vec::new(),
             reveal: None,
+            identity_links: Default::default(),
         },
         |config, stop| trellis_privacy::run(config, secrets, stop),
     )

@@ -561,6 +561,14 @@ pub async fn verify(inputs: Inputs<'_>) -> anyhow::Result<Report> {
 
     // Residual plaintext in restricted raw topics, for the record.
     let mut residual: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+    let collected_keys: Vec<Vec<u8>> = identifiers
+        .iter()
+        .map(|(k, i)| format!("{tenant}|{k}:{i}").into_bytes())
+        .collect();
+    let needles: Vec<String> = identifiers
+        .iter()
+        .map(|(_, i)| i.rsplit('|').next().unwrap_or(i).to_string())
+        .collect();
     // Read as generously as possible: any record naming the subject counts.
     let limits = trellis_collector::validate::Limits {
         max_event_bytes: usize::MAX,
@@ -575,7 +583,24 @@ pub async fn verify(inputs: Inputs<'_>) -> anyhow::Result<Report> {
         }
         let mut matching: Vec<OwnedRecord> = Vec::new();
         let mut raw = Vec::new();
-        read(kafka, name, &mut positions, |m| raw.push(m))?;
+        // Only records that can name the subject are parsed: `collected` is
+        // keyed `tenant|kind:id`; a raw event names the identifier (an
+        // account's name part) somewhere in its bytes.
+        read(kafka, name, &mut positions, |m| {
+            let candidate = if name == "collected" {
+                m.key
+                    .as_deref()
+                    .is_some_and(|k| collected_keys.iter().any(|c| c == k))
+            } else {
+                m.value.as_deref().is_some_and(|v| {
+                    let text = String::from_utf8_lossy(v);
+                    needles.iter().any(|n| text.contains(n.as_str()))
+                })
+            };
+            if candidate {
+                raw.push(m);
+            }
+        })?;
         for record in raw {
             let actor = if name == "collected" {
                 match record.value.as_deref() {

@@ -28,6 +28,7 @@
 //! received before the erasure are dropped on replay, never re-protected.
 
 pub mod crypto;
+pub mod links;
 pub mod reveal;
 pub mod vault;
 
@@ -148,11 +149,15 @@ pub struct Settings {
     /// The operators' decrypt gate ([`reveal`]); off when absent.
     #[serde(default)]
     pub reveal: Option<reveal::RevealSettings>,
+    /// Per tenant, identifiers that name one person ([`links`]).
+    #[serde(default)]
+    pub identity_links: links::IdentityLinks,
 }
 
 /// The privacy processor's logic.
 pub struct Privacy {
     vault: Arc<Mutex<Vault>>,
+    links: links::IdentityLinks,
     ip: IpHasher,
     no_ip: BTreeSet<String>,
     protected: AvroEncoder,
@@ -243,6 +248,7 @@ impl Privacy {
     ) -> Self {
         Self {
             vault,
+            links: settings.identity_links.clone(),
             ip: IpHasher::new(ip_salt),
             no_ip: settings.no_ip_tenants.iter().cloned().collect(),
             protected: encoders.protected,
@@ -289,7 +295,10 @@ impl Privacy {
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
         let tenant = event.tenant_id.as_str();
-        let (kind, id) = (event.actor.id_kind.as_str(), event.actor.id.as_str());
+        let (kind, id) = self
+            .links
+            .canonical(tenant, &event.actor.id_kind, &event.actor.id);
+        let (kind, id) = (kind.as_ref(), id.as_ref());
         // Each vault call takes the lock for that call only (the decrypt gate
         // shares the vault); never hold a guard across another call.
         let erased = self.vault().erased_at(tenant, kind, id).map_err(fatal)?;
@@ -435,10 +444,10 @@ impl Privacy {
 
     fn execute(&mut self, request: &ShredRequest, at: i64) -> Result<Receipt, ProcessError> {
         let tenant = request.tenant_id.as_str();
-        let (kind, id) = (
-            request.subject_id_kind.as_str(),
-            request.subject_id.as_str(),
-        );
+        let (kind, id) =
+            self.links
+                .canonical(tenant, &request.subject_id_kind, &request.subject_id);
+        let (kind, id) = (kind.as_ref(), id.as_ref());
         let mut ack = self
             .acks
             .ack(&request.command_id, &request.request_id, tenant, None, at);
@@ -541,6 +550,11 @@ pub async fn run(
     secrets: Secrets,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Exit, Failure> {
+    config
+        .settings
+        .identity_links
+        .check()
+        .map_err(|problems| StartError::Misconfigured(problems.join("; ")))?;
     let runtime = Runtime::start(NAME, &config).await?;
     let collected_schema = runtime
         .topology
