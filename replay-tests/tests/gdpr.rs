@@ -89,8 +89,9 @@ impl Topology {
             // northwind-uni declares its Moodle site: the xAPI account and
             // the Moodle user id of a learner are one subject.
             "privacy" => format!(
-                "{{vault_dir: '{}', identity_links: {{northwind-uni: [{{account_home_page: 'https://moodle.northwind-uni.example'}}]}}}}",
-                self.vault_dir().display()
+                "{{vault_dir: '{}', export_dir: '{}', identity_links: {{northwind-uni: [{{account_home_page: 'https://moodle.northwind-uni.example'}}]}}}}",
+                self.vault_dir().display(),
+                self.export_dir.display()
             ),
             "gdpr" => format!(
                 "{{tenants: [northwind-uni, riverside-college, acme-learning], participants: [progress, analytics, warehouse], retry_after_ms: 3000, tick_ms: 200, export_dir: '{}'}}",
@@ -369,6 +370,39 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
         assert!(
             document["held_by"]["progress"]["records"].as_i64().unwrap() > 0,
             "{document}"
+        );
+        // Every event of theirs, as received, decrypted; nobody else's.
+        let events_file = document["held_by"]["privacy"]["data"]["events_file"]
+            .as_str()
+            .expect("privacy exported the events");
+        let events: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(events_file).unwrap()).unwrap();
+        let events = events["events"].as_array().unwrap();
+        let theirs: BTreeSet<String> = decode_all::<ProtectedEvent>(&t.stack, "protected")
+            .await
+            .into_iter()
+            .filter(|(_, e)| e.learner == pseudonym)
+            .map(|(_, e)| e.event_id)
+            .collect();
+        assert_eq!(events.len(), theirs.len(), "every event of theirs");
+        assert_eq!(
+            document["held_by"]["privacy"]["records"].as_i64().unwrap() as usize,
+            theirs.len()
+        );
+        for event in events {
+            let received = &event["as_received"];
+            let actor = &received["actor"];
+            let names_them = actor["user_id"] == USER
+                || (actor["account"]["homePage"] == "https://moodle.northwind-uni.example"
+                    && actor["account"]["name"] == USER);
+            assert!(names_them, "only their events: {event}");
+            assert!(theirs.contains(event["event_id"].as_str().unwrap()));
+        }
+        assert!(
+            events
+                .iter()
+                .any(|e| e["email"].is_string() && e["name"].is_string()),
+            "plaintext fields restored"
         );
         pseudonyms.insert(kind, pseudonym);
     }

@@ -187,6 +187,7 @@ pub async fn privacy(
             no_ip_tenants: Vec::new(),
             reveal: None,
             identity_links: Default::default(),
+            export_dir: None,
         },
         |config, stop| trellis_privacy::run(config, secrets, stop),
     )

@@ -659,7 +659,7 @@ impl Gdpr {
             "{}.json",
             hex::encode(request.request_id.as_bytes())
         ));
-        write_private(
+        trellis_runtime::files::write_private(
             &dir,
             &path,
             &serde_json::to_vec_pretty(&document).map_err(state_err)?,
@@ -759,29 +759,6 @@ impl Gdpr {
         }
         Ok(())
     }
-}
-
-fn write_private(
-    dir: &std::path::Path,
-    path: &std::path::Path,
-    bytes: &[u8],
-) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let partial = path.with_extension("partial");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&partial)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(partial, path)
 }
 
 /// What the runtime decodes each input into, by topic.

@@ -28,6 +28,7 @@
 //! received before the erasure are dropped on replay, never re-protected.
 
 pub mod crypto;
+pub mod export;
 pub mod links;
 pub mod reveal;
 pub mod vault;
@@ -152,12 +153,18 @@ pub struct Settings {
     /// Per tenant, identifiers that name one person ([`links`]).
     #[serde(default)]
     pub identity_links: links::IdentityLinks,
+    /// Where access requests' events go, decrypted ([`export`]): the gdpr
+    /// processor's `export_dir`, so both halves of an export sit together.
+    /// Without it an access request reports the subject's key only.
+    #[serde(default)]
+    pub export_dir: Option<PathBuf>,
 }
 
 /// The privacy processor's logic.
 pub struct Privacy {
     vault: Arc<Mutex<Vault>>,
     links: links::IdentityLinks,
+    exporter: Option<export::Exporter>,
     ip: IpHasher,
     no_ip: BTreeSet<String>,
     protected: AvroEncoder,
@@ -249,6 +256,7 @@ impl Privacy {
         Self {
             vault,
             links: settings.identity_links.clone(),
+            exporter: None,
             ip: IpHasher::new(ip_salt),
             no_ip: settings.no_ip_tenants.iter().cloned().collect(),
             protected: encoders.protected,
@@ -260,6 +268,12 @@ impl Privacy {
             },
             erased_dropped,
         }
+    }
+
+    /// Exports access requests' events with `exporter`.
+    pub fn with_exporter(mut self, exporter: export::Exporter) -> Self {
+        self.exporter = Some(exporter);
+        self
     }
 
     /// The vault, shared with the decrypt gate. A poisoned lock is taken
@@ -463,6 +477,34 @@ impl Privacy {
                     keys.key_id()
                 );
                 ack.learner = Some(keys.pseudonym().to_string());
+                if let Some(exporter) = &self.exporter {
+                    // Rare, and answered once (the receipt serves re-sends):
+                    // reading `protected` here holds the loop for its
+                    // duration rather than answering before the file exists.
+                    let exported = tokio::task::block_in_place(|| {
+                        tokio::runtime::Handle::current().block_on(exporter.export(
+                            tenant,
+                            &keys,
+                            &request.request_id,
+                        ))
+                    })
+                    .map_err(|e| ProcessError::fatal("exporting a subject's events", e))?;
+                    ack.records_affected = i64::try_from(exported.events).unwrap_or(i64::MAX);
+                    ack.detail = format!(
+                        "{} events exported decrypted ({} bytes) from key {}",
+                        exported.events,
+                        exported.bytes,
+                        keys.key_id()
+                    );
+                    ack.export = Some(
+                        serde_json::json!({
+                            "events_file": exported.path.display().to_string(),
+                            "events": exported.events,
+                            "bytes": exported.bytes,
+                        })
+                        .to_string(),
+                    );
+                }
             }
             return Ok(Receipt { ack, audit });
         }
@@ -625,13 +667,20 @@ pub async fn run(
         .metrics
         .register(Box::new(erased_dropped.clone()))
         .map_err(|e| StartError::Misconfigured(e.to_string()))?;
-    let privacy = Privacy::new(
+    let mut privacy = Privacy::new(
         &config.settings,
         vault,
         secret_array(&secrets, IP_SALT),
         encoders,
         erased_dropped,
     );
+    if let Some(dir) = &config.settings.export_dir {
+        privacy = privacy.with_exporter(export::Exporter {
+            kafka: config.kafka.clone(),
+            decoder: runtime.decoder.clone(),
+            dir: dir.clone(),
+        });
+    }
     Ok(runtime.run(privacy, shutdown).await?)
 }
 

@@ -22,6 +22,7 @@
 //! - [`backoff`]: retries of faults that may mend.
 //! - [`error`]: error kinds (retryable, poison, fatal) and exit mapping.
 //! - [`failpoint`]: crash points at commit boundaries (debug builds only).
+//! - [`files`]: owner-only files (access exports).
 //! - [`offline`]: a processor over in-memory records (tests, benchmarks).
 //! - [`participant`]: answering GDPR saga commands once (receipts, acks).
 //! - [`kafka`]: client configs, topic checks, topology provisioning.
@@ -35,6 +36,7 @@ pub mod dead_letter;
 pub mod emitter;
 pub mod error;
 pub mod failpoint;
+pub mod files;
 pub mod kafka;
 pub mod lifecycle;
 pub mod metrics;
