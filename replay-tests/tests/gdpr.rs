@@ -486,6 +486,28 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
         ])
     );
     assert_eq!(answer.participants[0].shredded_key_ids.len(), 1);
+    // The answer says where plaintext may remain, and until when.
+    let residual: BTreeMap<&str, i64> = answer
+        .residual_plaintext
+        .iter()
+        .map(|c| (c.topic.as_str(), c.until))
+        .collect();
+    for (topic, retention) in [
+        ("collected", 259_200_000),
+        ("ingest.events", 86_400_000),
+        ("ingest.xapi", 86_400_000),
+        ("dlq", 604_800_000),
+    ] {
+        let until = residual
+            .get(topic)
+            .copied()
+            .unwrap_or_else(|| panic!("{topic}: {answer:?}"));
+        assert!(until >= first.requested_at + retention - 60_000, "{topic}");
+    }
+    assert!(
+        !residual.contains_key("protected"),
+        "only restricted topics"
+    );
 
     // The account identifier of the same learner: already erased with the
     // user id (one request erased the person); requests timed.

@@ -131,9 +131,13 @@ impl Requests {
 }
 
 /// One line per participant, for people.
-pub fn render(ack: &SubjectRequestAck) -> String {
+///
+/// `waited` is the time from filing to answer measured by the caller: the
+/// answer's own times come from record timestamps, which every hop copies
+/// from the request, so they cannot say how long it took.
+pub fn render(ack: &SubjectRequestAck, waited: Option<Duration>) -> String {
     let mut text = format!(
-        "{} {} for tenant {}: {}{} after {} ms\n",
+        "{} {} for tenant {}: {}{}{}\n",
         ack.kind,
         ack.request_id,
         ack.tenant_id,
@@ -142,7 +146,12 @@ pub fn render(ack: &SubjectRequestAck) -> String {
             .as_deref()
             .map(|r| format!(" ({r})"))
             .unwrap_or_default(),
-        ack.acknowledged_at - ack.requested_at
+        waited
+            .map(|w| format!(
+                ", answered {} ms after filing (measured here)",
+                w.as_millis()
+            ))
+            .unwrap_or_default()
     );
     for p in &ack.participants {
         text.push_str(&format!(
@@ -163,6 +172,23 @@ pub fn render(ack: &SubjectRequestAck) -> String {
     }
     if let Some(export) = &ack.export {
         text.push_str(&format!("  export written to {export}\n"));
+    }
+    if ack.kind == "erasure" && ack.status == "completed" {
+        if ack.residual_plaintext.is_empty() {
+            text.push_str("  no plaintext copy remains\n");
+        }
+        for copy in &ack.residual_plaintext {
+            text.push_str(&format!(
+                "  plaintext may remain in {} (restricted) until {}\n",
+                copy.topic,
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(copy.until) * 1_000_000)
+                    .ok()
+                    .and_then(|t| t
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .ok())
+                    .unwrap_or_else(|| copy.until.to_string())
+            ));
+        }
     }
     text
 }

@@ -802,11 +802,15 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
                 subject_id,
                 requested_at: trellis_runtime::ticker::now_ms(),
             };
+            let filed = Instant::now();
             requests.file(&request).await?;
             let answer = requests
                 .wait_for(&request.request_id, Duration::from_secs(timeout_secs))
                 .await?;
-            print!("{}", trellis_cli::gdpr::render(&answer));
+            print!(
+                "{}",
+                trellis_cli::gdpr::render(&answer, Some(filed.elapsed()))
+            );
             Ok(if answer.status == "completed" {
                 ExitStatus::Success
             } else {

@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 use trellis_audit::canonical::anchor_hash;
 use trellis_records::{
     ANCHORS_TOPIC, AUDIT_EVENTS_TOPIC, Anchor, AuditEvent, ERASE_COMMANDS_TOPIC, EraseCommand,
-    PARTICIPANT_ACKS_TOPIC, ParticipantAck, ParticipantResult, SHRED_REQUESTS_TOPIC,
+    PARTICIPANT_ACKS_TOPIC, ParticipantAck, ParticipantResult, ResidualCopy, SHRED_REQUESTS_TOPIC,
     SUBJECT_ACKS_TOPIC, SUBJECT_REQUESTS_TOPIC, ShredRequest, SubjectRequest, SubjectRequestAck,
     Tick,
 };
@@ -59,6 +59,7 @@ use trellis_runtime::pipeline::{Exit, Failure, StartError};
 use trellis_runtime::schema::{AvroDecoder, AvroEncoder, DecodeError};
 use trellis_runtime::state::StateError;
 use trellis_runtime::ticker::{Pending, TickRecord};
+use trellis_runtime::topology::Classification;
 use trellis_runtime::{
     Config, Emitter, InputRecord, OutputRecord, ProcessError, Processor, Runtime, StateStore,
     StateTxn,
@@ -257,6 +258,9 @@ pub struct Gdpr {
     pending: Pending,
     open: usize,
     topics: BTreeMap<&'static str, Arc<str>>,
+    /// Restricted topics and their retention (ms): where plaintext may
+    /// outlive an erasure, and for how long.
+    restricted: Vec<(String, i64)>,
 }
 
 fn encode<T: Serialize>(encoder: &AvroEncoder, value: &T) -> Result<Vec<u8>, ProcessError> {
@@ -281,7 +285,32 @@ impl Gdpr {
             pending,
             open: 0,
             topics,
+            restricted: Vec::new(),
         }
+    }
+
+    /// Names the restricted topics (and their retention) an erasure's
+    /// answer lists as residual copies of the subject's plaintext.
+    pub fn with_restricted(mut self, restricted: Vec<(String, i64)>) -> Self {
+        self.restricted = restricted;
+        self
+    }
+
+    /// Where the subject's plaintext may remain after an erasure of a
+    /// request received at `received_at`: every restricted topic, until
+    /// its retention has removed what was received before the request.
+    fn residual(&self, kind: &str, received_at: i64) -> Vec<ResidualCopy> {
+        if kind != "erasure" {
+            return Vec::new();
+        }
+        self.restricted
+            .iter()
+            .filter(|(_, retention)| *retention > 0)
+            .map(|(topic, retention)| ResidualCopy {
+                topic: topic.clone(),
+                until: received_at.saturating_add(*retention),
+            })
+            .collect()
     }
 
     fn topic(&self, name: &'static str) -> Arc<str> {
@@ -353,6 +382,7 @@ impl Gdpr {
                 export: None,
                 requested_at: request.requested_at,
                 acknowledged_at: received_at,
+                residual_plaintext: Vec::new(),
             };
             self.answer(&ack, out)?;
             let mut request = request;
@@ -615,6 +645,7 @@ impl Gdpr {
             export,
             requested_at: request.requested_at,
             acknowledged_at: answered.max(anchor.anchored_at),
+            residual_plaintext: self.residual(&request.kind, saga.received_at),
         })
     }
 
@@ -854,7 +885,14 @@ pub async fn run(
         acks: runtime.encoder(SUBJECT_ACKS_TOPIC).await?,
         audit: runtime.encoder(AUDIT_EVENTS_TOPIC).await?,
     };
-    let gdpr = Gdpr::new(config.settings.clone(), encoders, pending);
+    let restricted = runtime
+        .topology
+        .topics
+        .iter()
+        .filter(|(_, t)| t.classification == Classification::Restricted)
+        .map(|(name, t)| (name.clone(), t.retention_ms))
+        .collect();
+    let gdpr = Gdpr::new(config.settings.clone(), encoders, pending).with_restricted(restricted);
     Ok(runtime.run(gdpr, shutdown).await?)
 }
 

@@ -10,11 +10,13 @@
 //! cannot carry megabytes.
 //!
 //! Finding the events reads `protected` once, filtering by key before
-//! decoding anything (measured with 1M events in the README). An index by
-//! pseudonym would avoid the read, but it could only hold input positions
-//! (the runtime learns output offsets after the processor has run), and
-//! access requests are rare; the read happens once per request (the
-//! answer's receipt serves re-sends and replays).
+//! decoding anything: with 1M events in `protected` an access request took
+//! ~6 s from filing to answer, most of it this read, during which the
+//! processor's loop waits. Access requests are rare and the read happens
+//! once per request (the answer's receipt serves re-sends and replays), so
+//! that was kept. An index by pseudonym would avoid the read, but it could
+//! only hold input positions (the runtime learns output offsets after the
+//! processor has run); a log ten times larger would want one.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

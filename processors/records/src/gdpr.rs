@@ -74,6 +74,17 @@ pub struct EraseCommand {
     pub issued_at: i64,
 }
 
+/// A restricted topic that may still hold a subject's plaintext after an
+/// erasure, until its retention removes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResidualCopy {
+    /// The topic.
+    pub topic: String,
+    /// When its retention has removed every record received before the
+    /// request, ms since the epoch.
+    pub until: i64,
+}
+
 /// Where the saga's commands to pseudonym-keyed participants go.
 pub const ERASE_COMMANDS_TOPIC: &str = "gdpr.erase_commands";
 /// Where participants answer.
@@ -141,4 +152,8 @@ pub struct SubjectRequestAck {
     pub requested_at: i64,
     /// When answered.
     pub acknowledged_at: i64,
+    /// Erasures: restricted topics that may still hold the subject's
+    /// plaintext, and when retention removes it at the latest.
+    #[serde(default)]
+    pub residual_plaintext: Vec<ResidualCopy>,
 }

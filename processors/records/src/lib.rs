@@ -28,8 +28,8 @@ pub use collected::{Actor, CollectedEvent, StatementResult};
 pub use dead_letter::{DLQ_TOPIC, DeadLetter, OriginalHeader};
 pub use gdpr::{
     ERASE_COMMANDS_TOPIC, EraseCommand, PARTICIPANT_ACKS_TOPIC, ParticipantAck, ParticipantResult,
-    SHRED_REQUESTS_TOPIC, SUBJECT_ACKS_TOPIC, SUBJECT_REQUESTS_TOPIC, ShredRequest, SubjectRequest,
-    SubjectRequestAck,
+    ResidualCopy, SHRED_REQUESTS_TOPIC, SUBJECT_ACKS_TOPIC, SUBJECT_REQUESTS_TOPIC, ShredRequest,
+    SubjectRequest, SubjectRequestAck,
 };
 pub use progress::{COMPLETIONS_TOPIC, Completion, Evidence, LearnerProgress, PROGRESS_TOPIC};
 pub use protected::{IpHash, ProtectedEvent, ProtectedResult, Sealed};
@@ -393,6 +393,10 @@ mod tests {
                 export: None,
                 requested_at: 1,
                 acknowledged_at: 2,
+                residual_plaintext: vec![ResidualCopy {
+                    topic: "collected".into(),
+                    until: 3,
+                }],
             },
         );
     }
