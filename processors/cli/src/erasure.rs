@@ -239,15 +239,17 @@ pub async fn verify(inputs: Inputs<'_>) -> anyhow::Result<Report> {
             inputs.request_id
         ),
     };
+    // Every identifier the request named, and any the engineer adds.
     let mut identifiers = inputs.identifiers.clone();
-    if let Some(r) = &request
-        && !identifiers.contains(&(r.subject_id_kind.clone(), r.subject_id.clone()))
-    {
-        identifiers.push((r.subject_id_kind.clone(), r.subject_id.clone()));
+    for (kind, id) in request.iter().flat_map(|r| r.subject_ids()) {
+        let id = (kind.to_string(), id.to_string());
+        if !identifiers.contains(&id) {
+            identifiers.push(id);
+        }
     }
     if identifiers.is_empty() {
         bail!(
-            "the request record has expired from {SUBJECT_REQUESTS_TOPIC}: name the subject with --subject-kind and --subject-id"
+            "the request record has expired from {SUBJECT_REQUESTS_TOPIC}: name the subject with --identifier kind:id"
         );
     }
     match &answer {
@@ -708,15 +710,7 @@ fn raw_actor(
         .map(|e| (e.tenant_id, e.actor))
 }
 
-fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
-}
+use crate::rfc3339;
 
 fn progress(show: bool, what: &str) -> indicatif::ProgressBar {
     if !show {

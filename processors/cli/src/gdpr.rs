@@ -130,11 +130,8 @@ impl Requests {
     }
 }
 
-/// One line per participant, for people.
-///
-/// `waited` is the time from filing to answer measured by the caller: the
-/// answer's own times come from record timestamps, which every hop copies
-/// from the request, so they cannot say how long it took.
+/// One line per participant, for people. `waited`: the time from filing to
+/// answer as the caller measured it.
 pub fn render(ack: &SubjectRequestAck, waited: Option<Duration>) -> String {
     let mut text = format!(
         "{} {} for tenant {}: {}{}{}\n",
@@ -153,6 +150,12 @@ pub fn render(ack: &SubjectRequestAck, waited: Option<Duration>) -> String {
             ))
             .unwrap_or_default()
     );
+    text.push_str(&format!(
+        "  requested {}, answered {} ({} ms later by the saga's clock)\n",
+        crate::rfc3339(ack.requested_at),
+        crate::rfc3339(ack.acknowledged_at),
+        ack.acknowledged_at.saturating_sub(ack.requested_at)
+    ));
     for p in &ack.participants {
         text.push_str(&format!(
             "  {:<10} {:<10} {:>6} records  {}{}\n",
@@ -181,12 +184,7 @@ pub fn render(ack: &SubjectRequestAck, waited: Option<Duration>) -> String {
             text.push_str(&format!(
                 "  plaintext may remain in {} (restricted) until {}\n",
                 copy.topic,
-                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(copy.until) * 1_000_000)
-                    .ok()
-                    .and_then(|t| t
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .ok())
-                    .unwrap_or_else(|| copy.until.to_string())
+                crate::rfc3339(copy.until)
             ));
         }
     }

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use rdkafka::producer::FutureProducer;
 use trellis_cli::demo::{DemoSpec, Manifest};
 use trellis_cli::{demo, inspect, provision};
+use trellis_records::SubjectId;
 use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::kafka::producer_config;
 use trellis_runtime::lifecycle::{ExitStatus, init_tracing, shutdown_signal};
@@ -79,8 +80,8 @@ enum ErasureCommand {
         request: String,
         /// An identifier of the subject, `kind:id` (repeatable; needed once
         /// the request record has expired from its topic).
-        #[arg(long = "identifier")]
-        identifiers: Vec<String>,
+        #[arg(long = "identifier", value_parser = identifier)]
+        identifiers: Vec<SubjectId>,
         /// The privacy processor's vault directory.
         #[arg(long)]
         vault_dir: PathBuf,
@@ -232,6 +233,11 @@ enum GdprCommand {
         /// The identifier as the source system knows it.
         #[arg(long)]
         subject_id: String,
+        /// Another identifier of the same person, `kind:id` (repeatable),
+        /// e.g. `account:https://moodle.example|1014`,
+        /// `mbox:mailto:ann@example.org`: one request covers them all.
+        #[arg(long = "also", value_parser = identifier)]
+        also: Vec<SubjectId>,
         /// Request id (default: a new UUID).
         #[arg(long)]
         request_id: Option<String>,
@@ -239,6 +245,19 @@ enum GdprCommand {
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
     },
+}
+
+/// `kind:id` as an identifier (the id may hold colons: `mbox:mailto:…`).
+fn identifier(text: &str) -> Result<SubjectId, String> {
+    text.split_once(':')
+        .filter(|(kind, id)| !kind.is_empty() && !id.is_empty())
+        .map(|(kind, id)| SubjectId {
+            kind: kind.into(),
+            id: id.into(),
+        })
+        .ok_or_else(|| {
+            format!("`{text}` is not kind:id (e.g. user_id:1014, account:https://lms.example|1014)")
+        })
 }
 
 #[derive(Args)]
@@ -790,6 +809,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
             kind,
             subject_kind,
             subject_id,
+            also,
             request_id,
             timeout_secs,
         }) => {
@@ -801,6 +821,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
                 subject_id_kind: subject_kind,
                 subject_id,
                 requested_at: trellis_runtime::ticker::now_ms(),
+                other_subject_ids: also,
             };
             let filed = Instant::now();
             requests.file(&request).await?;
@@ -989,14 +1010,7 @@ async fn erasure(command: ErasureCommand) -> anyhow::Result<ExitStatus> {
             } else {
                 None
             };
-            let identifiers = identifiers
-                .iter()
-                .map(|i| {
-                    i.split_once(':')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .ok_or_else(|| anyhow::anyhow!("--identifier `{i}` is not kind:id"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let identifiers = identifiers.into_iter().map(|i| (i.kind, i.id)).collect();
             let topology = Topology::load_checked(&stack.file.topology)?;
             let kafka = KafkaConfig::new(stack.broker.bootstrap_servers);
             let started = Instant::now();

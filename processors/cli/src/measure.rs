@@ -249,6 +249,7 @@ pub async fn erasure(
             subject_id_kind: "user_id".into(),
             subject_id: demo::user_id(t, i),
             requested_at: trellis_runtime::ticker::now_ms(),
+            other_subject_ids: Vec::new(),
         };
         tokio::time::sleep_until(next.into()).await;
         next += gap;

@@ -1,36 +1,44 @@
 //! The GDPR processor: data-subject requests as a saga over the
 //! participants (DESIGN.md promise 5).
 //!
-//! A request on `gdpr.subject_request.received.v1` is checked (known tenant,
-//! well-formed subject; otherwise it is answered `rejected` with a reason)
-//! and checked against legal holds (answered `deferred` with the hold's
-//! reason). Then:
+//! A request on `gdpr.subject_request.received.v1` names a person by one
+//! identifier or several (`subject_id` and `other_subject_ids`: an LMS
+//! user id, an xAPI account, an mbox, …). It is checked (known tenant,
+//! well-formed identifiers; otherwise it is answered `rejected` with a
+//! reason) and checked against legal holds (answered `deferred` with the
+//! hold's reason). Then:
 //!
-//! 1. **privacy** gets a shred request (`gdpr.shred_requests`): it alone
-//!    can turn the identifier into the pseudonym, and for an erasure it
-//!    destroys the subject's key material and rotates the tenant KEK.
-//! 2. With the pseudonym from privacy's answer, every pseudonym-keyed
-//!    participant (`progress`, `analytics`) gets an erase command
-//!    (`gdpr.erase_commands`). A subject privacy never saw stops here.
+//! 1. **privacy** gets one shred request per identifier
+//!    (`gdpr.shred_requests`): it alone can turn an identifier into a
+//!    pseudonym (identifiers its identity links join resolve to one), and
+//!    for an erasure it destroys the subject's key material and rotates the
+//!    tenant KEK.
+//! 2. For every distinct pseudonym in privacy's answers, every
+//!    pseudonym-keyed participant (`progress`, `analytics`, `warehouse`)
+//!    gets an erase command (`gdpr.erase_commands`). A person privacy never
+//!    saw stops here.
 //! 3. Once everyone answered, the saga writes `subject_request.executed`
 //!    (or `subject.exported`) to `audit.events`, and waits for the first
 //!    anchor on `audit.anchors` that covers one of the request's audit
-//!    events (the shred, or that one).
-//! 4. It answers on `gdpr.subject_request.acknowledged.v1` with every
-//!    participant's result, the key ids shredded, the anchor's hash and
-//!    the times.
+//!    events (a shred, or that one).
+//! 4. It takes the time of its decision to answer from the wall clock, as
+//!    a *decision tick* on `gdpr.ticks`, and on reading it back answers on
+//!    `gdpr.subject_request.acknowledged.v1` with every participant's
+//!    result, the key ids shredded, the anchor's hash, where plaintext may
+//!    remain, and `acknowledged_at` = that tick's time.
 //!
 //! # State is facts, the saga is derived
 //! The store holds facts — the request, each participant's answer, the
 //! first anchor naming the request — each written the first time it is
 //! seen, whatever the order. After every fact, [`Gdpr::advance`] moves the
-//! saga as far as the facts allow. Timestamps in the answer come from the
-//! facts (answers' and anchor's times), never from whichever record
-//! happened to complete the saga. So a replay that meets the facts in
-//! another order across partitions reaches the same state, and a restart
-//! of the saga or of any participant mid-saga only delays it: commands and
-//! answers are in the log, participants answer a re-sent command with the
-//! same stored answer.
+//! saga as far as the facts allow. The answer's time is a fact too: the
+//! first decision tick for the request (outputs carry their input's
+//! timestamp, so no other record says when the saga decided; a decision
+//! written twice by a re-run batch is answered once, at the first time).
+//! So a replay that meets the facts in another order across partitions
+//! reaches the same state, and a restart of the saga or of any participant
+//! mid-saga only delays it: commands and answers are in the log,
+//! participants answer a re-sent command with the same stored answer.
 //!
 //! # Re-sends
 //! Commands still unanswered `retry_after_ms` after they were issued are
@@ -38,8 +46,8 @@
 //! `gdpr.ticks` is processed; ticks are written only while sagas are open.
 //!
 //! # What the store keeps
-//! The subject identifier is kept only while the saga is open: it is
-//! needed to re-send privacy's command. It is removed when the saga ends.
+//! The subject's identifiers are kept only while commands may need
+//! re-sending; they are removed once the saga has decided its answer.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -74,6 +82,8 @@ pub const PRIVACY: &str = "privacy";
 
 /// Identifier kinds the collector produces (`Actor::id_kind`).
 const SUBJECT_KINDS: &[&str] = &["user_id", "mbox", "mbox_sha1sum", "account", "openid"];
+/// Identifiers one request may name.
+const MAX_SUBJECT_IDS: usize = 20;
 
 /// A legal hold: erasure of matching subjects is deferred.
 #[derive(Debug, Clone, Deserialize)]
@@ -92,16 +102,14 @@ pub struct LegalHold {
 }
 
 impl LegalHold {
+    /// Whether the hold covers the request: its tenant, and (for a held
+    /// subject) any of the identifiers it names.
     fn holds(&self, request: &SubjectRequest) -> bool {
         self.tenant == request.tenant_id
-            && self
-                .subject_id_kind
-                .as_ref()
-                .is_none_or(|k| *k == request.subject_id_kind)
-            && self
-                .subject_id
-                .as_ref()
-                .is_none_or(|id| *id == request.subject_id)
+            && request.subject_ids().any(|(kind, id)| {
+                self.subject_id_kind.as_ref().is_none_or(|k| k == kind)
+                    && self.subject_id.as_ref().is_none_or(|i| i == id)
+            })
     }
 }
 
@@ -181,6 +189,7 @@ mod keys {
     pub const ANCHOR: u8 = b'n';
     pub const OPEN: u8 = b'o';
     pub const TICK: u8 = b't';
+    pub const DECISION: u8 = b'd';
 
     pub fn key(kind: u8, parts: &[&str]) -> Vec<u8> {
         let mut key = vec![kind];
@@ -201,6 +210,8 @@ pub enum Stage {
     Participants,
     /// Waiting for an anchor covering the request.
     Anchor,
+    /// The answer is ready; waiting for the decision tick that dates it.
+    Deciding(Box<SubjectRequestAck>),
     /// Answered.
     Answered(Box<SubjectRequestAck>),
 }
@@ -213,6 +224,43 @@ struct Saga {
     received_at: i64,
     stage: Stage,
 }
+
+impl Saga {
+    /// The identifiers, no longer needed once the answer is decided.
+    fn forget_identifiers(&mut self) {
+        self.request.subject_id.clear();
+        self.request.other_subject_ids.clear();
+    }
+}
+
+/// Privacy's command for the `index`th identifier of a request. The first
+/// keeps the id a one-identifier request always had.
+fn privacy_command_id(request_id: &str, index: usize) -> String {
+    match index {
+        0 => format!("{request_id}/{PRIVACY}"),
+        i => format!("{request_id}/{PRIVACY}/{i}"),
+    }
+}
+
+/// `participant`'s command for the `index`th distinct pseudonym.
+fn erase_command_id(request_id: &str, participant: &str, index: usize) -> String {
+    match index {
+        0 => format!("{request_id}/{participant}"),
+        i => format!("{request_id}/{participant}/{i}"),
+    }
+}
+
+/// The identifiers a request names, each once, in the order given.
+fn distinct_ids(request: &SubjectRequest) -> Vec<(&str, &str)> {
+    let mut seen = std::collections::BTreeSet::new();
+    request
+        .subject_ids()
+        .filter(|id| seen.insert(*id))
+        .collect()
+}
+
+/// Participants' answers to one request, by command id.
+type Answers = BTreeMap<String, ParticipantAck>;
 
 /// The first anchor naming a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,6 +295,8 @@ pub struct Encoders {
     pub erase: AvroEncoder,
     /// `gdpr.subject_request.acknowledged.v1`.
     pub acks: AvroEncoder,
+    /// `gdpr.ticks` (decision ticks).
+    pub ticks: AvroEncoder,
     /// `audit.events`.
     pub audit: AvroEncoder,
 }
@@ -275,6 +325,7 @@ impl Gdpr {
             ERASE_COMMANDS_TOPIC,
             SUBJECT_ACKS_TOPIC,
             AUDIT_EVENTS_TOPIC,
+            TICKS_TOPIC,
         ]
         .into_iter()
         .map(|t| (t, Arc::from(t)))
@@ -331,21 +382,26 @@ impl Gdpr {
                 request.kind
             ));
         }
-        if !SUBJECT_KINDS.contains(&request.subject_id_kind.as_str()) {
+        if request.other_subject_ids.len() >= MAX_SUBJECT_IDS {
             return Some(format!(
-                "unknown subject_id_kind `{}` ({})",
-                request.subject_id_kind,
-                SUBJECT_KINDS.join(", ")
+                "a request names at most {MAX_SUBJECT_IDS} identifiers"
             ));
         }
-        let id = request.subject_id.trim();
-        if id.is_empty() || id != request.subject_id {
-            return Some("subject_id is empty or has surrounding whitespace".into());
-        }
-        if request.subject_id_kind == "mbox" && !(id.starts_with("mailto:") && id.contains('@')) {
-            return Some("an mbox subject_id must be a mailto: address".into());
-        }
-        None
+        request.subject_ids().find_map(|(kind, id)| {
+            if !SUBJECT_KINDS.contains(&kind) {
+                return Some(format!(
+                    "unknown subject_id_kind `{kind}` ({})",
+                    SUBJECT_KINDS.join(", ")
+                ));
+            }
+            if id.trim().is_empty() || id.trim() != id {
+                return Some("a subject_id is empty or has surrounding whitespace".into());
+            }
+            if kind == "mbox" && !(id.starts_with("mailto:") && id.contains('@')) {
+                return Some("an mbox subject_id must be a mailto: address".into());
+            }
+            None
+        })
     }
 
     fn on_request(
@@ -370,7 +426,16 @@ impl Gdpr {
                 .flatten()
                 .map(|h| ("deferred", format!("legal hold: {}", h.reason)))
         });
+        let request_id = request.request_id.clone();
+        let mut saga = Saga {
+            request,
+            received_at,
+            stage: Stage::Privacy,
+        };
+        self.open += 1;
+        txn.put(keys::key(keys::OPEN, &[&request_id]), Vec::new());
         if let Some((status, reason)) = refusal {
+            let request = &saga.request;
             let ack = SubjectRequestAck {
                 request_id: request.request_id.clone(),
                 tenant_id: request.tenant_id.clone(),
@@ -381,47 +446,42 @@ impl Gdpr {
                 audit_anchor: None,
                 export: None,
                 requested_at: request.requested_at,
-                acknowledged_at: received_at,
+                acknowledged_at: 0,
                 residual_plaintext: Vec::new(),
             };
-            self.answer(&ack, out)?;
-            let mut request = request;
-            request.subject_id.clear();
-            let saga = Saga {
-                request,
-                received_at,
-                stage: Stage::Answered(Box::new(ack)),
-            };
-            return put(txn, key, &saga);
+            if txn
+                .get(&keys::key(keys::DECISION, &[&request_id]))?
+                .is_none()
+            {
+                self.decide(&request_id, out)?;
+            }
+            saga.forget_identifiers();
+            saga.stage = Stage::Deciding(Box::new(ack));
+            put(txn, key, &saga)?;
+            return self.advance(&request_id, txn, out);
         }
-        let saga = Saga {
-            request,
-            received_at,
-            stage: Stage::Privacy,
-        };
-        self.shred_command(&saga.request, 1, out)?;
-        txn.put(
-            keys::key(keys::OPEN, &[&saga.request.request_id]),
-            Vec::new(),
-        );
-        self.open += 1;
-        put(txn, key.clone(), &saga)?;
-        self.advance(&saga.request.request_id.clone(), txn, out)
+        for index in 0..distinct_ids(&saga.request).len() {
+            self.shred_command(&saga.request, index, 1, out)?;
+        }
+        put(txn, key, &saga)?;
+        self.advance(&request_id, txn, out)
     }
 
     fn shred_command(
         &self,
         request: &SubjectRequest,
+        index: usize,
         attempt: i32,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
+        let (kind, id) = distinct_ids(request)[index];
         let command = ShredRequest {
-            command_id: format!("{}/{PRIVACY}", request.request_id),
+            command_id: privacy_command_id(&request.request_id, index),
             request_id: request.request_id.clone(),
             tenant_id: request.tenant_id.clone(),
             kind: request.kind.clone(),
-            subject_id_kind: request.subject_id_kind.clone(),
-            subject_id: request.subject_id.clone(),
+            subject_id_kind: kind.to_string(),
+            subject_id: id.to_string(),
             attempt,
             issued_at: request.requested_at,
         };
@@ -435,34 +495,54 @@ impl Gdpr {
         Ok(())
     }
 
-    fn erase_commands(
+    fn erase_command(
         &self,
         request: &SubjectRequest,
-        learner: &str,
-        participants: &[&String],
+        command: &Expected,
         attempt: i32,
         issued_at: i64,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        for participant in participants {
-            let command = EraseCommand {
-                command_id: format!("{}/{participant}", request.request_id),
-                request_id: request.request_id.clone(),
-                tenant_id: request.tenant_id.clone(),
-                participant: (*participant).clone(),
-                kind: request.kind.clone(),
-                learner: Some(learner.to_string()),
-                attempt,
-                issued_at,
-            };
-            out.emit(OutputRecord {
-                topic: self.topic(ERASE_COMMANDS_TOPIC),
-                key: request.request_id.clone().into_bytes(),
-                value: Some(encode(&self.encoders.erase, &command)?),
-                id: format!("{NAME}/{}/{attempt}", command.command_id),
-                tenant: Some(request.tenant_id.clone()),
-            });
-        }
+        let erase = EraseCommand {
+            command_id: command.command_id.clone(),
+            request_id: request.request_id.clone(),
+            tenant_id: request.tenant_id.clone(),
+            participant: command.participant.clone(),
+            kind: request.kind.clone(),
+            learner: Some(command.learner.clone()),
+            attempt,
+            issued_at,
+        };
+        out.emit(OutputRecord {
+            topic: self.topic(ERASE_COMMANDS_TOPIC),
+            key: request.request_id.clone().into_bytes(),
+            value: Some(encode(&self.encoders.erase, &erase)?),
+            id: format!("{NAME}/{}/{attempt}", erase.command_id),
+            tenant: Some(request.tenant_id.clone()),
+        });
+        Ok(())
+    }
+
+    /// Asks the clock when the saga decides to answer `request_id`: a
+    /// decision tick, answered when read back ([`Gdpr::on_decision`]).
+    fn decide(&self, request_id: &str, out: &mut Emitter) -> Result<(), ProcessError> {
+        let at = trellis_runtime::ticker::now_ms();
+        let tick = Tick {
+            processor: NAME.into(),
+            at,
+            request_id: Some(request_id.to_string()),
+        };
+        out.emit_at(
+            OutputRecord {
+                topic: self.topic(TICKS_TOPIC),
+                // The ticker's key: one partition, in order with its ticks.
+                key: NAME.as_bytes().to_vec(),
+                value: Some(encode(&self.encoders.ticks, &tick)?),
+                id: format!("{NAME}/decision/{request_id}"),
+                tenant: None,
+            },
+            Some(at),
+        );
         Ok(())
     }
 
@@ -477,22 +557,65 @@ impl Gdpr {
         Ok(())
     }
 
-    fn answers(
+    /// Every answer to the commands of `request_id`, by command id.
+    fn answers(&self, request_id: &str, txn: &StateTxn<'_>) -> Result<Answers, ProcessError> {
+        txn.scan_prefix(&keys::key(keys::ANSWER, &[request_id]))?
+            .into_iter()
+            .map(|(_, bytes)| {
+                let ack: ParticipantAck = postcard::from_bytes(&bytes).map_err(state_err)?;
+                Ok((ack.command_id.clone(), ack))
+            })
+            .collect()
+    }
+
+    /// Privacy's answers, one per identifier, once all are in.
+    fn privacy_answers<'a>(
         &self,
-        request_id: &str,
-        txn: &StateTxn<'_>,
-    ) -> Result<BTreeMap<String, ParticipantAck>, ProcessError> {
-        let mut answers = BTreeMap::new();
-        for participant in
-            std::iter::once(PRIVACY).chain(self.settings.participants.iter().map(String::as_str))
-        {
-            if let Some(ack) =
-                get::<ParticipantAck>(txn, &keys::key(keys::ANSWER, &[request_id, participant]))?
+        request: &SubjectRequest,
+        answers: &'a Answers,
+    ) -> Option<Vec<&'a ParticipantAck>> {
+        (0..distinct_ids(request).len())
+            .map(|i| answers.get(&privacy_command_id(&request.request_id, i)))
+            .collect()
+    }
+
+    /// The erase commands the request calls for: every participant, for
+    /// every distinct pseudonym privacy named (in identifier order). `None`
+    /// until privacy answered for every identifier.
+    fn expected(&self, request: &SubjectRequest, answers: &Answers) -> Option<Vec<Expected>> {
+        let privacy = self.privacy_answers(request, answers)?;
+        let mut learners: Vec<&str> = Vec::new();
+        for answer in privacy {
+            if let (Some(learner), "done") = (&answer.learner, answer.outcome.as_str())
+                && !learners.contains(&learner.as_str())
             {
-                answers.insert(participant.to_string(), ack);
+                learners.push(learner);
             }
         }
-        Ok(answers)
+        Some(
+            learners
+                .iter()
+                .enumerate()
+                .flat_map(|(index, learner)| {
+                    self.settings.participants.iter().map(move |p| Expected {
+                        command_id: erase_command_id(&request.request_id, p, index),
+                        participant: p.clone(),
+                        learner: learner.to_string(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// When privacy's last answer came: erase commands are issued (and
+    /// re-sent) from then.
+    fn privacy_answered_at(&self, request: &SubjectRequest, answers: &Answers) -> i64 {
+        self.privacy_answers(request, answers)
+            .into_iter()
+            .flatten()
+            .map(|a| a.acked_at)
+            .max()
+            .unwrap_or_default()
     }
 
     /// Moves the saga of `request_id` as far as the stored facts allow.
@@ -509,46 +632,41 @@ impl Gdpr {
         let answers = self.answers(request_id, txn)?;
         let stage_before = saga.stage.clone();
         if saga.stage == Stage::Privacy
-            && let Some(privacy) = answers.get(PRIVACY)
+            && let Some(expected) = self.expected(&saga.request, &answers)
         {
-            match (&privacy.learner, privacy.outcome.as_str()) {
-                (Some(learner), "done") => {
-                    let participants: Vec<&String> = self.settings.participants.iter().collect();
-                    self.erase_commands(
-                        &saga.request,
-                        learner,
-                        &participants,
-                        1,
-                        privacy.acked_at,
-                        out,
-                    )?;
-                    saga.stage = Stage::Participants;
-                }
-                // Never seen (or nothing left to do): nobody else can hold
-                // anything keyed by a pseudonym that never existed.
-                _ => saga.stage = Stage::Anchor,
+            let issued_at = self.privacy_answered_at(&saga.request, &answers);
+            for command in &expected {
+                self.erase_command(&saga.request, command, 1, issued_at, out)?;
             }
-            if saga.stage == Stage::Anchor {
-                self.executed(&saga, &answers, out)?;
-            }
+            // A person privacy never saw: nobody else can hold anything
+            // keyed by a pseudonym that never existed.
+            saga.stage = Stage::Participants;
         }
         if saga.stage == Stage::Participants
             && self
-                .settings
-                .participants
-                .iter()
-                .all(|p| answers.contains_key(p))
+                .expected(&saga.request, &answers)
+                .is_some_and(|e| e.iter().all(|c| answers.contains_key(&c.command_id)))
         {
             saga.stage = Stage::Anchor;
             self.executed(&saga, &answers, out)?;
         }
+        let decision = get::<i64>(txn, &keys::key(keys::DECISION, &[request_id]))?;
         if saga.stage == Stage::Anchor
             && let Some(anchor) = get::<AnchorFact>(txn, &keys::key(keys::ANCHOR, &[request_id]))?
         {
             let ack = self.complete(&saga, &answers, anchor)?;
+            if decision.is_none() {
+                self.decide(request_id, out)?;
+            }
+            saga.forget_identifiers();
+            saga.stage = Stage::Deciding(Box::new(ack));
+        }
+        // The decision is in the log (read back, or met first on replay).
+        if let (Stage::Deciding(ack), Some(at)) = (&saga.stage, decision) {
+            let mut ack = ack.clone();
+            ack.acknowledged_at = at;
             self.answer(&ack, out)?;
-            saga.request.subject_id.clear();
-            saga.stage = Stage::Answered(Box::new(ack));
+            saga.stage = Stage::Answered(ack);
             txn.delete(keys::key(keys::OPEN, &[request_id]));
             self.open = self.open.saturating_sub(1);
         }
@@ -559,11 +677,29 @@ impl Gdpr {
         Ok(())
     }
 
+    /// A decision tick: a fact like the others, the first one per request
+    /// dates its answer; one a re-run batch wrote again changes nothing.
+    fn on_decision(
+        &mut self,
+        request_id: &str,
+        at: i64,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let key = keys::key(keys::DECISION, &[request_id]);
+        if txn.get(&key)?.is_some() {
+            out.dropped_duplicate();
+            return Ok(());
+        }
+        put(txn, key, &at)?;
+        self.advance(request_id, txn, out)
+    }
+
     /// The audit event saying every participant answered.
     fn executed(
         &self,
         saga: &Saga,
-        answers: &BTreeMap<String, ParticipantAck>,
+        answers: &Answers,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
         let request = &saga.request;
@@ -577,20 +713,27 @@ impl Gdpr {
         } else {
             "subject_request.executed"
         };
-        let learner = answers.get(PRIVACY).and_then(|a| a.learner.clone());
+        let learners = self.learners(request, answers);
         let mut details = BTreeMap::from([
             ("request_id".to_string(), request.request_id.clone()),
             ("kind".to_string(), request.kind.clone()),
+            (
+                "identifiers".to_string(),
+                distinct_ids(request).len().to_string(),
+            ),
         ]);
-        for (participant, answer) in answers {
-            details.insert(format!("outcome.{participant}"), answer.outcome.clone());
+        for result in self.results(request, answers) {
+            details.insert(format!("outcome.{}", result.participant), result.outcome);
+        }
+        if learners.len() > 1 {
+            details.insert("pseudonyms".into(), learners.join(","));
         }
         let event = AuditEvent {
             event_id: format!("{NAME}/{}/executed", request.request_id),
             tenant_id: Some(request.tenant_id.clone()),
             actor: NAME.to_string(),
             action: action.to_string(),
-            subject: learner,
+            subject: learners.first().cloned(),
             field: None,
             reason: None,
             occurred_at: at,
@@ -606,29 +749,52 @@ impl Gdpr {
         Ok(())
     }
 
+    /// The distinct pseudonyms privacy named for the request.
+    fn learners(&self, request: &SubjectRequest, answers: &Answers) -> Vec<String> {
+        let mut learners: Vec<String> = Vec::new();
+        for e in self.expected(request, answers).unwrap_or_default() {
+            if !learners.contains(&e.learner) {
+                learners.push(e.learner);
+            }
+        }
+        learners
+    }
+
+    /// One result per participant, over all its commands: `failed` if one
+    /// failed, else `done` if one did; details, key ids and counts of
+    /// distinct answers (two identifiers of one subject are one export).
+    fn results(&self, request: &SubjectRequest, answers: &Answers) -> Vec<ParticipantResult> {
+        let privacy = self.privacy_answers(request, answers).unwrap_or_else(|| {
+            answers
+                .values()
+                .filter(|a| a.participant == PRIVACY)
+                .collect()
+        });
+        let expected = self.expected(request, answers).unwrap_or_default();
+        std::iter::once(PRIVACY)
+            .chain(self.settings.participants.iter().map(String::as_str))
+            .filter_map(|participant| {
+                let acks: Vec<&ParticipantAck> = if participant == PRIVACY {
+                    privacy.clone()
+                } else {
+                    expected
+                        .iter()
+                        .filter(|e| e.participant == participant)
+                        .filter_map(|e| answers.get(&e.command_id))
+                        .collect()
+                };
+                merge(participant, &acks)
+            })
+            .collect()
+    }
+
     fn complete(
         &self,
         saga: &Saga,
-        answers: &BTreeMap<String, ParticipantAck>,
+        answers: &Answers,
         anchor: AnchorFact,
     ) -> Result<SubjectRequestAck, ProcessError> {
         let request = &saga.request;
-        let participants: Vec<ParticipantResult> = std::iter::once(PRIVACY)
-            .chain(self.settings.participants.iter().map(String::as_str))
-            .filter_map(|p| answers.get(p))
-            .map(|a| ParticipantResult {
-                participant: a.participant.clone(),
-                outcome: a.outcome.clone(),
-                detail: a.detail.clone(),
-                shredded_key_ids: a.shredded_key_ids.clone(),
-                records_affected: a.records_affected,
-            })
-            .collect();
-        let answered = answers
-            .values()
-            .map(|a| a.acked_at)
-            .max()
-            .unwrap_or(saga.received_at);
         let export = if request.kind == "access" {
             Some(self.export(saga, answers)?)
         } else {
@@ -640,50 +806,66 @@ impl Gdpr {
             kind: request.kind.clone(),
             status: "completed".into(),
             reason: None,
-            participants,
+            participants: self.results(request, answers),
             audit_anchor: Some(anchor.hash),
             export,
             requested_at: request.requested_at,
-            acknowledged_at: answered.max(anchor.anchored_at),
+            // Dated by the decision tick.
+            acknowledged_at: 0,
             residual_plaintext: self.residual(&request.kind, saga.received_at),
         })
     }
 
     /// Writes the access export: one JSON document, owner-only, under
-    /// `export_dir/<tenant>/`. Returns its path. Written again on replay
-    /// with the same content.
-    fn export(
-        &self,
-        saga: &Saga,
-        answers: &BTreeMap<String, ParticipantAck>,
-    ) -> Result<String, ProcessError> {
+    /// `export_dir/<tenant>/`: the identifiers and what each resolved to,
+    /// and per pseudonym what every participant holds. Returns its path.
+    /// Written again on replay with the same content.
+    fn export(&self, saga: &Saga, answers: &Answers) -> Result<String, ProcessError> {
         let request = &saga.request;
-        let parts: BTreeMap<&String, serde_json::Value> = answers
+        let part = |a: &ParticipantAck| {
+            let held = a
+                .export
+                .as_deref()
+                .and_then(|e| serde_json::from_str(e).ok())
+                .unwrap_or(serde_json::Value::Null);
+            serde_json::json!({
+                "outcome": a.outcome,
+                "detail": a.detail,
+                "records": a.records_affected,
+                "data": held,
+            })
+        };
+        let privacy = self.privacy_answers(request, answers).unwrap_or_default();
+        let identifiers: Vec<serde_json::Value> = distinct_ids(request)
             .iter()
-            .map(|(participant, a)| {
-                let held = a
-                    .export
-                    .as_deref()
-                    .and_then(|e| serde_json::from_str(e).ok())
-                    .unwrap_or(serde_json::Value::Null);
-                (
-                    participant,
-                    serde_json::json!({
-                        "outcome": a.outcome,
-                        "detail": a.detail,
-                        "records": a.records_affected,
-                        "data": held,
-                    }),
-                )
+            .zip(&privacy)
+            .map(|((kind, id), a)| {
+                serde_json::json!({"kind": kind, "id": id, "pseudonym": a.learner})
+            })
+            .collect();
+        let expected = self.expected(request, answers).unwrap_or_default();
+        let subjects: Vec<serde_json::Value> = self
+            .learners(request, answers)
+            .iter()
+            .map(|learner| {
+                let mut held_by = serde_json::Map::new();
+                if let Some(a) = privacy.iter().find(|a| a.learner.as_ref() == Some(learner)) {
+                    held_by.insert(PRIVACY.into(), part(a));
+                }
+                for e in expected.iter().filter(|e| &e.learner == learner) {
+                    if let Some(a) = answers.get(&e.command_id) {
+                        held_by.insert(e.participant.clone(), part(a));
+                    }
+                }
+                serde_json::json!({"pseudonym": learner, "held_by": held_by})
             })
             .collect();
         let document = serde_json::json!({
             "request_id": request.request_id,
             "tenant_id": request.tenant_id,
-            "subject": {"id_kind": request.subject_id_kind, "id": request.subject_id},
-            "pseudonym": answers.get(PRIVACY).and_then(|a| a.learner.clone()),
             "requested_at": request.requested_at,
-            "held_by": parts,
+            "identifiers": identifiers,
+            "subjects": subjects,
         });
         let dir = self.settings.export_dir.join(&request.tenant_id);
         let path = dir.join(format!(
@@ -705,7 +887,7 @@ impl Gdpr {
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        let key = keys::key(keys::ANSWER, &[&ack.request_id, &ack.participant]);
+        let key = keys::key(keys::ANSWER, &[&ack.request_id, &ack.command_id]);
         if txn.get(&key)?.is_some() {
             // A re-sent command's answer: the first one stands.
             out.dropped_duplicate();
@@ -744,6 +926,9 @@ impl Gdpr {
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
+        if let Some(request_id) = &tick.request_id {
+            return self.on_decision(request_id, tick.at, txn, out);
+        }
         let retry = self.settings.retry_after_ms;
         // Ticks are one partition, in order: the previous tick's time is a
         // fact like any other. A command is re-sent once per period of
@@ -759,30 +944,25 @@ impl Gdpr {
                 continue;
             };
             let answers = self.answers(&request_id, txn)?;
+            let request = &saga.request;
             match saga.stage {
                 Stage::Privacy if due(saga.received_at) => {
-                    self.shred_command(&saga.request, attempt(saga.received_at), out)?;
+                    for index in 0..distinct_ids(request).len() {
+                        if !answers.contains_key(&privacy_command_id(&request_id, index)) {
+                            let attempt = attempt(saga.received_at);
+                            self.shred_command(request, index, attempt, out)?;
+                        }
+                    }
                 }
                 Stage::Participants => {
-                    let privacy = &answers[PRIVACY];
-                    if !due(privacy.acked_at) {
+                    let since = self.privacy_answered_at(request, &answers);
+                    if !due(since) {
                         continue;
                     }
-                    let silent: Vec<&String> = self
-                        .settings
-                        .participants
-                        .iter()
-                        .filter(|p| !answers.contains_key(*p))
-                        .collect();
-                    if let Some(learner) = &privacy.learner {
-                        self.erase_commands(
-                            &saga.request,
-                            learner,
-                            &silent,
-                            attempt(privacy.acked_at),
-                            privacy.acked_at,
-                            out,
-                        )?;
+                    for command in self.expected(request, &answers).unwrap_or_default() {
+                        if !answers.contains_key(&command.command_id) {
+                            self.erase_command(request, &command, attempt(since), since, out)?;
+                        }
                     }
                 }
                 _ => {}
@@ -790,6 +970,51 @@ impl Gdpr {
         }
         Ok(())
     }
+}
+
+/// An erase command the saga issues: to `participant`, for `learner`.
+struct Expected {
+    command_id: String,
+    participant: String,
+    learner: String,
+}
+
+/// `participant`'s answers as one result (see [`Gdpr::results`]).
+fn merge(participant: &str, acks: &[&ParticipantAck]) -> Option<ParticipantResult> {
+    let first = acks.first()?;
+    let outcome = ["failed", "done"]
+        .into_iter()
+        .find(|o| acks.iter().any(|a| a.outcome == *o))
+        .unwrap_or(&first.outcome);
+    // Two identifiers of one subject: privacy answered twice for one
+    // pseudonym (an access exported it twice); count it once.
+    let mut seen = Vec::new();
+    let distinct: Vec<&&ParticipantAck> = acks
+        .iter()
+        .filter(|a| {
+            a.learner.is_none() || {
+                let new = !seen.contains(&a.learner);
+                seen.push(a.learner.clone());
+                new
+            }
+        })
+        .collect();
+    let mut details: Vec<&str> = Vec::new();
+    for a in &distinct {
+        if !details.contains(&a.detail.as_str()) {
+            details.push(&a.detail);
+        }
+    }
+    Some(ParticipantResult {
+        participant: participant.to_string(),
+        outcome: outcome.to_string(),
+        detail: details.join("; "),
+        shredded_key_ids: distinct
+            .iter()
+            .flat_map(|a| a.shredded_key_ids.iter().cloned())
+            .collect(),
+        records_affected: distinct.iter().map(|a| a.records_affected).sum(),
+    })
 }
 
 /// What the runtime decodes each input into, by topic.
@@ -874,6 +1099,7 @@ pub async fn run(
                     .encode(&Tick {
                         processor: NAME.into(),
                         at,
+                        request_id: None,
                     })
                     .map_err(|e| e.to_string())?,
             })
@@ -884,6 +1110,7 @@ pub async fn run(
         erase: runtime.encoder(ERASE_COMMANDS_TOPIC).await?,
         acks: runtime.encoder(SUBJECT_ACKS_TOPIC).await?,
         audit: runtime.encoder(AUDIT_EVENTS_TOPIC).await?,
+        ticks: runtime.encoder(TICKS_TOPIC).await?,
     };
     let restricted = runtime
         .topology

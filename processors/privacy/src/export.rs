@@ -38,7 +38,7 @@ pub struct Exporter {
     pub kafka: KafkaConfig,
     /// Decodes `protected` records.
     pub decoder: AvroDecoder,
-    /// The export directory (`<dir>/<tenant>/<request>.events.json`).
+    /// The export directory (`<dir>/<tenant>/<command>.events.json`).
     pub dir: PathBuf,
 }
 
@@ -115,7 +115,8 @@ fn event_json(keys: &SubjectKeys, e: &ProtectedEvent) -> Value {
 
 impl Exporter {
     /// Exports the events of the subject `keys` belongs to in `tenant` for
-    /// `request_id`. Blocks while it reads `protected`.
+    /// `request_id`, answering `command_id` (one per identifier the request
+    /// names). Blocks while it reads `protected`.
     ///
     /// # Errors
     /// [`ExportError`] when `protected` cannot be read or the file written.
@@ -124,6 +125,7 @@ impl Exporter {
         tenant: &str,
         keys: &SubjectKeys,
         request_id: &str,
+        command_id: &str,
     ) -> Result<Exported, ExportError> {
         let key = format!("{tenant}|{}", keys.pseudonym()).into_bytes();
         let mut values = Vec::new();
@@ -162,7 +164,7 @@ impl Exporter {
         });
         let bytes = serde_json::to_vec_pretty(&document).unwrap_or_default();
         let dir = self.dir.join(tenant);
-        let path = events_path(&self.dir, tenant, request_id);
+        let path = events_path(&self.dir, tenant, command_id);
         trellis_runtime::files::write_private(&dir, &path, &bytes).map_err(|source| {
             ExportError::Write {
                 path: path.clone(),
@@ -177,11 +179,11 @@ impl Exporter {
     }
 }
 
-/// Where the events of `request_id`'s export go (beside the saga's
-/// document, named the same way).
-pub fn events_path(dir: &Path, tenant: &str, request_id: &str) -> PathBuf {
+/// Where the events exported for `command_id` go (beside the saga's
+/// document, named the same way: hex of the id).
+pub fn events_path(dir: &Path, tenant: &str, command_id: &str) -> PathBuf {
     dir.join(tenant).join(format!(
         "{}.events.json",
-        hex::encode(request_id.as_bytes())
+        hex::encode(command_id.as_bytes())
     ))
 }

@@ -486,6 +486,7 @@ impl Privacy {
                             tenant,
                             &keys,
                             &request.request_id,
+                            &request.command_id,
                         ))
                     })
                     .map_err(|e| ProcessError::fatal("exporting a subject's events", e))?;

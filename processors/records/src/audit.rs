@@ -69,4 +69,7 @@ pub struct Tick {
     pub processor: String,
     /// Wall-clock time it was written, ms since the epoch.
     pub at: i64,
+    /// Set on the saga's decision ticks: the request decided at `at`.
+    #[serde(default)]
+    pub request_id: Option<String>,
 }

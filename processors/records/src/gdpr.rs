@@ -112,6 +112,29 @@ pub struct SubjectRequest {
     pub subject_id: String,
     /// When filed, ms since the epoch.
     pub requested_at: i64,
+    /// Further identifiers of the same person.
+    #[serde(default)]
+    pub other_subject_ids: Vec<SubjectId>,
+}
+
+/// One identifier of a data subject.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SubjectId {
+    /// `user_id`, `mbox`, `mbox_sha1sum`, `account` or `openid`.
+    pub kind: String,
+    /// The identifier as the source system knows it.
+    pub id: String,
+}
+
+impl SubjectRequest {
+    /// Every identifier the request names, the first one first.
+    pub fn subject_ids(&self) -> impl Iterator<Item = (&str, &str)> {
+        std::iter::once((self.subject_id_kind.as_str(), self.subject_id.as_str())).chain(
+            self.other_subject_ids
+                .iter()
+                .map(|s| (s.kind.as_str(), s.id.as_str())),
+        )
+    }
 }
 
 /// One participant's part of an acknowledgement.

@@ -29,7 +29,7 @@ pub use dead_letter::{DLQ_TOPIC, DeadLetter, OriginalHeader};
 pub use gdpr::{
     ERASE_COMMANDS_TOPIC, EraseCommand, PARTICIPANT_ACKS_TOPIC, ParticipantAck, ParticipantResult,
     ResidualCopy, SHRED_REQUESTS_TOPIC, SUBJECT_ACKS_TOPIC, SUBJECT_REQUESTS_TOPIC, ShredRequest,
-    SubjectRequest, SubjectRequestAck,
+    SubjectId, SubjectRequest, SubjectRequestAck,
 };
 pub use progress::{COMPLETIONS_TOPIC, Completion, Evidence, LearnerProgress, PROGRESS_TOPIC};
 pub use protected::{IpHash, ProtectedEvent, ProtectedResult, Sealed};
@@ -359,8 +359,9 @@ mod tests {
         round_trip(
             "tick.avsc",
             &Tick {
-                processor: "audit".into(),
+                processor: "gdpr".into(),
                 at: 5,
+                request_id: Some("r1".into()),
             },
         );
         round_trip(
@@ -372,6 +373,10 @@ mod tests {
                 subject_id_kind: "user_id".into(),
                 subject_id: "42".into(),
                 requested_at: 1,
+                other_subject_ids: vec![SubjectId {
+                    kind: "account".into(),
+                    id: "https://lms.example.org|42".into(),
+                }],
             },
         );
         round_trip(
