@@ -170,6 +170,54 @@ fn generate() -> Vec<(i32, ProtectedEvent)> {
         .collect()
 }
 
+/// `records` and, on every partition, an event of another tenant thirty
+/// days after the last one: every revision of every window becomes final.
+async fn with_closers(stack: &Stack, records: &[OwnedRecord]) -> Vec<OwnedRecord> {
+    let decoder = AvroDecoder::new(registry_settings(&stack.registry_url).unwrap());
+    let encoder = encoder(stack, "protected").await;
+    let mut out = records.to_vec();
+    for partition in 0..PARTITIONS {
+        let Some(last) = records.iter().rfind(|r| r.partition == partition) else {
+            continue;
+        };
+        let mut event: ProtectedEvent = decoder
+            .decode_blocking(last.value.as_deref().unwrap())
+            .unwrap();
+        event.tenant_id = "closer".into();
+        event.event_id = format!("closer-{partition}");
+        event.occurred_at += 30 * 24 * H;
+        out.push(OwnedRecord {
+            offset: last.offset + 1,
+            value: Some(encoder.encode(&event).unwrap()),
+            headers: Vec::new(),
+            ..last.clone()
+        });
+    }
+    out
+}
+
+/// The last revision of every cell in `outputs`, by record key (revision
+/// numbers aside: they say when, not what).
+fn final_cells(decoder: &AvroDecoder, outputs: &[OutputRecord]) -> BTreeMap<String, Aggregate> {
+    outputs
+        .iter()
+        .filter(|r| &*r.topic == AGGREGATES_TOPIC)
+        .map(|r| {
+            let cell: Aggregate = decoder
+                .decode_blocking(r.value.as_deref().unwrap())
+                .unwrap();
+            (
+                String::from_utf8(r.key.clone()).unwrap(),
+                Aggregate {
+                    revision: 0,
+                    ..cell
+                },
+            )
+        })
+        .filter(|(_, cell)| cell.tenant_id != "closer")
+        .collect()
+}
+
 async fn encoder(stack: &Stack, topic: &str) -> AvroEncoder {
     stack.encoder(topic).await
 }
@@ -575,6 +623,12 @@ async fn projectors_survive_kills_rebuild_by_replay_and_keep_tenants_apart() {
     // cells, and a run over one tenant's events alone gives that tenant's
     // rows and cells unchanged.
     let decoder = AvroDecoder::new(registry_settings(&stack.registry_url).unwrap());
+    let (_, outputs) = clean_run(
+        &stack,
+        (trellis_analytics::NAME, analytics_logic(&stack).await),
+        &with_closers(&stack, &log).await,
+    );
+    let mixed = final_cells(&decoder, &outputs);
     for tenant in TENANTS {
         let own = read_all(&stack, &trellis_records::tenant_aggregates_topic(tenant));
         assert!(!own.is_empty());
@@ -611,35 +665,30 @@ async fn projectors_survive_kills_rebuild_by_replay_and_keep_tenants_apart() {
             separate.upserts,
             "{tenant}: progress rows"
         );
+        // A tenant's cells, every revision made final (events far ahead on
+        // every partition), are the same alone as among the others:
+        // watermarks are shared by the tenants of a partition, so the others
+        // decide *when* a straggler is counted (which revision), never what
+        // the final revision counts (docs/architecture.md).
         let (_, outputs) = clean_run(
             &stack,
             (trellis_analytics::NAME, analytics_logic(&stack).await),
-            &alone,
+            &with_closers(&stack, &alone).await,
         );
-        let separate = offline_final(&outputs, AGGREGATES_TOPIC, AGGREGATES_TOPIC);
-        let mixed: BTreeMap<String, Vec<u8>> = analytics_live
-            .1
-            .stream
-            .iter()
-            .filter(|(id, _)| id.starts_with(&format!("{tenant}/")))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        // Alone, a tenant's windows close as its own partitions pass them;
-        // every cell closed in both runs must count the same. Watermarks are
-        // per partition, shared by the tenants in it, so the other tenant's
-        // clock may decide whether a straggler is late (`revision`): timing,
-        // never content (docs/architecture.md).
-        let cell = |v: &[u8]| Aggregate {
-            revision: 0,
-            ..decoder.decode_blocking::<Aggregate>(v).unwrap()
-        };
+        let separate = final_cells(&decoder, &outputs);
         let mut compared = 0;
-        for (id, value) in &separate.stream {
-            if let Some(live) = mixed.get(id) {
-                assert_eq!(cell(live), cell(value), "{tenant}: cell {id}");
-                compared += 1;
-            }
+        for (cell, value) in &separate {
+            assert_eq!(mixed.get(cell), Some(value), "{tenant}: cell {cell}");
+            compared += 1;
         }
+        assert_eq!(
+            mixed
+                .keys()
+                .filter(|k| k.starts_with(&format!("{tenant}|")))
+                .count(),
+            compared,
+            "{tenant}: the same cells"
+        );
         assert!(compared > 100, "{tenant}: {compared} cells compared");
     }
 

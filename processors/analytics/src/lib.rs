@@ -3,38 +3,49 @@
 //!
 //! Per tenant, hour and day windows by event time, cells by `tenant`
 //! (totals), `verb`, `course` and `activity`: events, distinct active
-//! learners, completions, passes, fails and mean scaled score. Lateness and
-//! closing are event-time rules ([`windows`]); a closed cell is emitted once,
-//! final, on `analytics.aggregates` (key `tenant|window|start|dimension|value`,
-//! `tenant` header) and on the tenant's own `analytics.<tenant>.aggregates`
-//! when topology.yaml declares it among this processor's outputs, so a
-//! warehouse can be given one tenant's topic only. Cells with fewer than k
-//! distinct learners (per tenant, default 5) are published suppressed.
+//! learners, completions, passes, fails and mean scaled score. A cell is
+//! published when its window closes and **re-published with a higher
+//! `revision`** when late events change it, up to a revision horizon (default
+//! seven days after the window's end); the rules are in [`windows`]. Cells
+//! go on `analytics.aggregates` (key `tenant|window|start|dimension|value`,
+//! `tenant` header, the same key for every revision so a compacted topic or
+//! an upsert keeps the latest) and on the tenant's own
+//! `analytics.<tenant>.aggregates` when topology.yaml declares it among this
+//! processor's outputs, so a warehouse can be given one tenant's topic only.
+//! Cells with fewer than k distinct learners (per tenant, default 5) are
+//! published suppressed, in every revision.
 //!
-//! # Distinct learners without keeping learners
-//! Distinctness needs to remember who was counted, but only while a cell can
-//! still change. Each open cell keeps a set of 8-byte hashes of
-//! `cell key ‖ pseudonym`: salted by the cell, so the sets of two cells (two
-//! hours, two courses) cannot be joined to follow a learner, and holding no
-//! pseudonym. The set is deleted when the cell closes — at most a day plus
-//! the allowed lateness after its start — leaving only counts. After an
-//! erasure the pseudonym itself is unlinkable (the privacy processor shreds
-//! its secret), the published counts stay as anonymous aggregates (promise 5),
-//! and nothing here needs rewriting: the state stays a function of
-//! `protected` alone, so a rebuild still reaches the live digest. An HLL
-//! sketch would bound memory further but is approximate exactly where it
-//! matters, at the k threshold for small cells.
+//! Events beyond the horizon change no cell; they are counted in the
+//! tenant's **late cell** for their window (dimension `late`, value the
+//! tenant, `events` = how many came too late, revised like any cell), so a
+//! warehouse sees what the cells miss: per window, the tenant cell's events
+//! plus its late cell's events are every event received.
+//!
+//! # Distinct learners, and erasure
+//! Distinctness needs to remember who was counted while a cell can still
+//! change: until the horizon. Each live cell keeps a set of 8-byte hashes of
+//! `cell key ‖ pseudonym` (salted by the cell, so the sets of two cells
+//! cannot be joined to follow a learner, and holding no pseudonym), each
+//! with the class it was first counted in. An erase command turns the
+//! learner's entry in every live cell of the tenant into an anonymous one
+//! (same class, a name that no pseudonym hashes to), so every revision
+//! still counts their past activity once — the promise keeps an erased
+//! learner's past activity in aggregates, anonymised — but no one holding
+//! the old pseudonym can find the cells they were in. The processor keeps
+//! the SHA-256 of `tenant ‖ pseudonym` of erased learners, so an event of
+//! theirs it reads only after the erasure (it lagged behind `protected`)
+//! counts without joining a set: such a learner may be missing from a
+//! cell's distinct count, never counted twice, never linkable.
 //!
 //! # Delivery semantics
-//! A cell's output id is the cell itself; it is produced once, with final
-//! values that do not depend on partition interleaving or batch boundaries,
-//! so a re-run after a crash reproduces it byte for byte (promise 3).
-//! Windows span partitions, so the aggregator runs as one instance; it
-//! refuses `kafka.instances > 1`.
+//! A revision's output id is the cell and the revision; its values do not
+//! depend on partition interleaving or batch boundaries, so a re-run after a
+//! crash reproduces it byte for byte (promise 3). Windows span partitions,
+//! so the aggregator runs as one instance; it refuses `kafka.instances > 1`.
 
 pub mod windows;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -43,7 +54,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use trellis_records::{
-    AGGREGATES_TOPIC, EraseCommand, PARTICIPANT_ACKS_TOPIC, ProtectedEvent, tenant_aggregates_topic,
+    AGGREGATES_TOPIC, Aggregate, EraseCommand, PARTICIPANT_ACKS_TOPIC, ProtectedEvent,
+    tenant_aggregates_topic,
 };
 use trellis_runtime::participant::{Acks, CommandOr, answer_once};
 use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
@@ -51,7 +63,7 @@ use trellis_runtime::schema::AvroEncoder;
 use trellis_runtime::state::StateError;
 use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};
 
-use crate::windows::{Cell, SCORE_SCALE, Timing, Window, crosses_close_point, timing};
+use crate::windows::{Cell, Counts, Rules, Timing, Window, crosses_close_point};
 
 /// The processor's name in topology.yaml, metrics and logs.
 pub const NAME: &str = "analytics";
@@ -64,15 +76,47 @@ const ADL: &str = "http://adlnet.gov/expapi/verbs/";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// How long after a window's end its events still count, in seconds.
+    /// How long after a window's end its events still count in its first
+    /// publication, in seconds.
     #[serde(default = "default_lateness_secs")]
     pub allowed_lateness_secs: u64,
+    /// How long after a window's end late events still revise its cells, in
+    /// seconds, per window length; later events count in the late cells.
+    #[serde(default)]
+    pub revision_horizon_secs: Horizons,
     /// Fewest distinct learners a published cell may have.
     #[serde(default = "default_k")]
     pub k: u32,
     /// Per-tenant overrides.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSettings>,
+}
+
+/// Revision horizons per window length, in seconds.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Horizons {
+    /// Hour windows.
+    #[serde(default = "default_horizon_secs")]
+    pub hour: u64,
+    /// Day windows.
+    #[serde(default = "default_horizon_secs")]
+    pub day: u64,
+}
+
+impl Default for Horizons {
+    fn default() -> Self {
+        Self {
+            hour: default_horizon_secs(),
+            day: default_horizon_secs(),
+        }
+    }
+}
+
+/// Seven days: an app that syncs after a weekend, a plugin queue flushed
+/// after an outage, a re-import of last week's statements.
+const fn default_horizon_secs() -> u64 {
+    7 * 24 * 3600
 }
 
 /// One tenant's overrides.
@@ -98,6 +142,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             allowed_lateness_secs: default_lateness_secs(),
+            revision_horizon_secs: Horizons::default(),
             k: default_k(),
             tenants: BTreeMap::new(),
         }
@@ -116,6 +161,17 @@ impl Settings {
                 "k is {}; below 2 a cell can single out a learner",
                 self.k
             ));
+        }
+        for (name, horizon) in [
+            ("hour", self.revision_horizon_secs.hour),
+            ("day", self.revision_horizon_secs.day),
+        ] {
+            if horizon < self.allowed_lateness_secs {
+                problems.push(format!(
+                    "revision_horizon_secs.{name} is {horizon}, below allowed_lateness_secs ({}): a window would stop taking events before it is first published",
+                    self.allowed_lateness_secs
+                ));
+            }
         }
         for (tenant, t) in &self.tenants {
             if t.k < 2 {
@@ -137,13 +193,23 @@ impl Settings {
 mod keys {
     /// Watermarks: `wm ‖ topic ‖ partition` → i64.
     pub const WATERMARK: u8 = b'w';
-    /// Open cells: `cell ‖ tenant ‖ window ‖ start ‖ dimension ‖ value` → [`super::Cell`].
+    /// Live cells: `cell ‖ tenant ‖ window ‖ start ‖ dimension ‖ value` →
+    /// [`super::Cell`] (the classes published so far).
     pub const CELL: u8 = b'c';
-    /// Close index: `open ‖ closes_at ‖ cell key` → ().
+    /// What a class not yet published adds: `delta ‖ cell key ‖ class` →
+    /// [`super::Counts`].
+    pub const DELTA: u8 = b'v';
+    /// Publication index: `open ‖ point ‖ class ‖ cell key` → ().
     pub const OPEN: u8 = b'o';
-    /// Distinct sets: `member ‖ h(cell key) ‖ h(cell key ‖ pseudonym)` → ().
+    /// Expiry index: `expire ‖ expiry ‖ cell key` → ().
+    pub const EXPIRE: u8 = b'x';
+    /// Distinct sets: `member ‖ h(cell key) ‖ h(cell key ‖ pseudonym)` →
+    /// class; anonymous (erased) entries `member ‖ h(cell key) ‖ anon ‖
+    /// class ‖ n` → class.
     pub const MEMBER: u8 = b'm';
-    /// Late events: `late ‖ tenant ‖ window` → count.
+    /// Erased learners: `erased ‖ SHA-256(tenant ‖ 0 ‖ pseudonym)` → ().
+    pub const ERASED: u8 = b'e';
+    /// Too-late events: `late ‖ tenant ‖ window ‖ start` → count.
     pub const LATE: u8 = b'l';
 }
 
@@ -269,11 +335,32 @@ pub struct Analytics {
     aggregates: Arc<str>,
     acks: Acks,
     lateness: i64,
+    hour: Rules,
+    day: Rules,
     k: u32,
     tenant_k: HashMap<String, u32>,
     /// Watermark keys of every assigned partition of `protected`.
     partitions: Vec<Vec<u8>>,
+    /// The erased learners' hashes (see the module docs), as in the store;
+    /// `None` after an abandoned batch, reloaded on the next event.
+    erased: Option<HashSet<[u8; 32]>>,
     counters: Counters,
+}
+
+/// `SHA-256(tenant ‖ 0 ‖ pseudonym)`: how erased learners are remembered.
+fn erased_hash(tenant: &str, learner: &str) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(tenant.as_bytes())
+        .chain_update([0])
+        .chain_update(learner.as_bytes())
+        .finalize()
+        .into()
+}
+
+/// The class a member entry was first counted in (entries written before
+/// classes existed are empty: class 0).
+fn member_class(value: &[u8]) -> u32 {
+    <[u8; 4]>::try_from(value).map_or(0, u32::from_be_bytes)
 }
 
 impl Analytics {
@@ -284,12 +371,19 @@ impl Analytics {
             tenants,
             acks,
         } = encoders;
+        let lateness = settings.allowed_lateness_secs as i64 * 1000;
+        let rules = |secs: u64| Rules {
+            lateness,
+            horizon: (secs as i64 * 1000).max(lateness),
+        };
         Self {
             aggregates_encoder: aggregates,
             tenants,
             aggregates: Arc::from(AGGREGATES_TOPIC),
             acks: Acks::new(NAME, Arc::from(PARTICIPANT_ACKS_TOPIC), acks),
-            lateness: settings.allowed_lateness_secs as i64 * 1000,
+            lateness,
+            hour: rules(settings.revision_horizon_secs.hour),
+            day: rules(settings.revision_horizon_secs.day),
             k: settings.k,
             tenant_k: settings
                 .tenants
@@ -297,7 +391,15 @@ impl Analytics {
                 .map(|(t, s)| (t.clone(), s.k))
                 .collect(),
             partitions: Vec::new(),
+            erased: None,
             counters,
+        }
+    }
+
+    fn rules(&self, window: Window) -> Rules {
+        match window {
+            Window::Hour => self.hour,
+            Window::Day => self.day,
         }
     }
 
@@ -306,6 +408,24 @@ impl Analytics {
             keys::WATERMARK,
             &[topic.as_bytes(), &partition.to_be_bytes()],
         )
+    }
+
+    fn is_erased(
+        &mut self,
+        txn: &StateTxn<'_>,
+        tenant: &str,
+        learner: &str,
+    ) -> Result<bool, ProcessError> {
+        let erased = match &mut self.erased {
+            Some(erased) => erased,
+            erased @ None => erased.insert(
+                txn.scan_prefix(&[keys::ERASED])?
+                    .into_iter()
+                    .filter_map(|(k, _)| <[u8; 32]>::try_from(&k[1..]).ok())
+                    .collect(),
+            ),
+        };
+        Ok(!erased.is_empty() && erased.contains(&erased_hash(tenant, learner)))
     }
 
     fn on_event(
@@ -324,29 +444,18 @@ impl Analytics {
         dims.extend(verb.map(|v| ("verb", v)));
         dims.extend(event.course_id.as_deref().map(|c| ("course", c)));
         dims.extend(event.object_id.as_deref().map(|a| ("activity", a)));
+        let learner = (!self.is_erased(txn, tenant, &event.learner)?).then_some(&event.learner);
         for window in Window::ALL {
             let start = window.start(at);
-            match timing(start + window.len_ms(), self.lateness, watermark) {
-                Timing::TooLate => {
-                    self.counters
-                        .late
-                        .with_label_values(&[window.as_str()])
-                        .inc();
-                    let late = key(keys::LATE, &[tenant.as_bytes(), window.as_str().as_bytes()]);
-                    let count = read_i64(txn.get(&late)?)?.unwrap_or(0) + 1;
-                    txn.put(late, count.to_be_bytes().to_vec());
-                }
-                timing => {
+            match self
+                .rules(window)
+                .timing(start + window.len_ms(), watermark)
+            {
+                Timing::TooLate => self.too_late(tenant, window, start, txn, out)?,
+                Timing::Class(class) => {
                     for (dimension, value) in &dims {
-                        self.add(
-                            event,
-                            window,
-                            start,
-                            dimension,
-                            value,
-                            timing == Timing::Late,
-                            txn,
-                        )?;
+                        let cell = CellRef::new(tenant, window, start, dimension, value);
+                        self.add(event, verb, learner, &cell, class, txn)?;
                     }
                 }
             }
@@ -360,77 +469,118 @@ impl Analytics {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Counts `event` in `cell`, class `class`; `learner` joins its
+    /// distinct set unless erased.
     fn add(
         &self,
         event: &ProtectedEvent,
-        window: Window,
-        start: i64,
-        dimension: &str,
-        value: &str,
-        late: bool,
+        verb: Option<&str>,
+        learner: Option<&String>,
+        cell: &CellRef<'_>,
+        class: u32,
         txn: &mut StateTxn<'_>,
     ) -> Result<(), ProcessError> {
-        let tenant = event.tenant_id.as_str();
-        let cell_key = key(
-            keys::CELL,
+        let cell_key = cell.key();
+        let mut state = match txn.get(&cell_key)? {
+            Some(bytes) => decode_state::<Cell>(&bytes)?,
+            None => {
+                let new = Cell::new(
+                    cell.tenant,
+                    cell.window,
+                    cell.start,
+                    cell.dimension,
+                    cell.value,
+                );
+                let rules = self.rules(cell.window);
+                txn.put(
+                    publication_key(rules.point(new.end(), 0), 0, &cell_key),
+                    Vec::new(),
+                );
+                txn.put(
+                    [
+                        &[keys::EXPIRE][..],
+                        &sortable(rules.expiry(new.end())),
+                        &cell_key,
+                    ]
+                    .concat(),
+                    Vec::new(),
+                );
+                new
+            }
+        };
+        if class == 0 {
+            state.counts.add(event, verb);
+        } else {
+            let delta_key = delta_key(&cell_key, class);
+            let mut delta = match txn.get(&delta_key)? {
+                Some(bytes) => decode_state::<Counts>(&bytes)?,
+                None => {
+                    let point = self.rules(cell.window).point(state.end(), class);
+                    txn.put(publication_key(point, class, &cell_key), Vec::new());
+                    Counts::default()
+                }
+            };
+            delta.add(event, verb);
+            txn.put(delta_key, encode_state(&delta)?);
+        }
+        if let Some(learner) = learner {
+            let member = key(
+                keys::MEMBER,
+                &[
+                    &hash8(&[&cell_key]),
+                    &hash8(&[&cell_key, learner.as_bytes()]),
+                ],
+            );
+            let counted = txn.get(&member)?.map(|v| member_class(&v));
+            if counted.is_none_or(|c| c > class) {
+                txn.put(member, class.to_be_bytes().to_vec());
+                if class == 0 {
+                    state.distinct += 1;
+                }
+            }
+        }
+        if class == 0 || state.counts.events == 0 {
+            txn.put(cell_key, encode_state(&state)?);
+        }
+        Ok(())
+    }
+
+    /// Counts an event too late for its window in the tenant's late cell
+    /// and publishes the cell's next revision (revision n counts n events,
+    /// whatever order they came in).
+    fn too_late(
+        &self,
+        tenant: &str,
+        window: Window,
+        start: i64,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        self.counters
+            .late
+            .with_label_values(&[window.as_str()])
+            .inc();
+        let late = key(
+            keys::LATE,
             &[
                 tenant.as_bytes(),
                 window.as_str().as_bytes(),
                 &sortable(start),
-                dimension.as_bytes(),
-                value.as_bytes(),
             ],
         );
-        let mut cell = match txn.get(&cell_key)? {
-            Some(bytes) => decode_state::<Cell>(&bytes)?,
-            None => {
-                let cell = Cell::new(tenant, window, start, dimension, value);
-                txn.put(self.open_key(&cell, &cell_key), Vec::new());
-                cell
-            }
-        };
-        let cell_id = hash8(&[&cell_key]);
-        let member = key(
-            keys::MEMBER,
-            &[&cell_id, &hash8(&[&cell_key, event.learner.as_bytes()])],
-        );
-        if txn.get(&member)?.is_none() {
-            txn.put(member, Vec::new());
-            cell.distinct += 1;
-        }
-        cell.events += 1;
-        let verb = event.verb.as_deref().map(verb_name);
-        let result = event.result.as_ref();
-        match verb {
-            Some("completed") if result.and_then(|r| r.completion) != Some(false) => {
-                cell.completions += 1
-            }
-            Some("passed") if result.and_then(|r| r.success) != Some(false) => cell.passes += 1,
-            Some("passed" | "failed") => cell.fails += 1,
-            _ => {}
-        }
-        if let Some(score) = result.and_then(|r| r.score_scaled)
-            && score.is_finite()
-        {
-            cell.score_micros += (score * SCORE_SCALE).round() as i64;
-            cell.scored += 1;
-        }
-        if late {
-            cell.revision += 1;
-        }
-        txn.put(cell_key, encode_state(&cell)?);
-        Ok(())
+        let count = read_i64(txn.get(&late)?)?.unwrap_or(0) + 1;
+        txn.put(late, count.to_be_bytes().to_vec());
+        let mut cell = Cell::new(tenant, window, start, "late", tenant);
+        cell.counts.events = count;
+        cell.revision = i32::try_from(count).unwrap_or(i32::MAX);
+        // Counts of events, no learner in them: nothing to suppress.
+        let mut aggregate = cell.aggregate(0);
+        aggregate.suppressed = false;
+        self.publish(&cell, &aggregate, out)
     }
 
-    fn open_key(&self, cell: &Cell, cell_key: &[u8]) -> Vec<u8> {
-        let mut open = vec![keys::OPEN];
-        open.extend_from_slice(&sortable(cell.closes_at(self.lateness)));
-        open.extend_from_slice(cell_key);
-        open
-    }
-
-    /// Publishes and forgets every cell that no partition can change any more.
+    /// Publishes every revision no partition can change any more, in order,
+    /// and forgets the cells past their horizon.
     fn close_ready(
         &mut self,
         txn: &mut StateTxn<'_>,
@@ -446,39 +596,73 @@ impl Analytics {
             }
         }
         let bound = sortable(global);
-        for (open, _) in txn.scan_prefix(&[keys::OPEN])? {
-            if open[1..9] > bound[..] {
+        for (entry, _) in txn.scan_prefix(&[keys::OPEN])? {
+            if entry[1..9] > bound[..] {
                 break;
             }
-            let cell_key = open[9..].to_vec();
-            txn.delete(open);
+            let class = u32::from_be_bytes(entry[9..13].try_into().expect("4 bytes"));
+            let cell_key = entry[13..].to_vec();
+            txn.delete(entry);
             let Some(bytes) = txn.get(&cell_key)?.map(|b| b.into_owned()) else {
                 continue;
             };
-            let cell: Cell = decode_state(&bytes)?;
-            self.publish(&cell, out)?;
+            let mut cell: Cell = decode_state(&bytes)?;
+            if class > 0 {
+                let delta_key = delta_key(&cell_key, class);
+                if let Some(delta) = txn.get(&delta_key)? {
+                    cell.counts.merge(&decode_state(&delta)?);
+                }
+                txn.delete(delta_key);
+                let members = key(keys::MEMBER, &[&hash8(&[&cell_key])]);
+                cell.distinct = txn
+                    .scan_prefix(&members)?
+                    .iter()
+                    .filter(|(_, v)| member_class(v) <= class)
+                    .count() as i64;
+                cell.revision = i32::try_from(class).unwrap_or(i32::MAX);
+            }
+            // A cell only late events created has no first publication.
+            if cell.counts.events > 0 {
+                let k = self.tenant_k.get(&cell.tenant).copied().unwrap_or(self.k);
+                let aggregate = cell.aggregate(k);
+                if aggregate.suppressed {
+                    self.counters.suppressed.inc();
+                }
+                self.publish(&cell, &aggregate, out)?;
+            }
+            txn.put(cell_key, encode_state(&cell)?);
+        }
+        for (entry, _) in txn.scan_prefix(&[keys::EXPIRE])? {
+            if entry[1..9] > bound[..] {
+                break;
+            }
+            let cell_key = entry[9..].to_vec();
+            txn.delete(entry);
             let members = key(keys::MEMBER, &[&hash8(&[&cell_key])]);
             for (member, _) in txn.scan_prefix(&members)? {
                 txn.delete(member);
             }
+            // No delta is left: every class's point is at or before expiry,
+            // so the loop above has published it.
             txn.delete(cell_key);
         }
         Ok(())
     }
 
-    fn publish(&self, cell: &Cell, out: &mut Emitter) -> Result<(), ProcessError> {
-        let k = self.tenant_k.get(&cell.tenant).copied().unwrap_or(self.k);
-        let aggregate = cell.aggregate(k);
-        if aggregate.suppressed {
-            self.counters.suppressed.inc();
-        }
+    fn publish(
+        &self,
+        cell: &Cell,
+        aggregate: &Aggregate,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
         let id = format!(
-            "{}/{}/{}/{}/{}",
+            "{}/{}/{}/{}/{}/r{}",
             cell.tenant,
             cell.window.as_str(),
             cell.start,
             cell.dimension,
-            cell.value
+            cell.value,
+            cell.revision
         );
         let record_key = format!(
             "{}|{}|{}|{}|{}",
@@ -489,7 +673,7 @@ impl Analytics {
             cell.value
         )
         .into_bytes();
-        let encode = |encoder: &AvroEncoder| encoder.encode(&aggregate).map_err(ProcessError::from);
+        let encode = |encoder: &AvroEncoder| encoder.encode(aggregate).map_err(ProcessError::from);
         out.emit(OutputRecord {
             topic: self.aggregates.clone(),
             key: record_key.clone(),
@@ -510,6 +694,41 @@ impl Analytics {
         Ok(())
     }
 
+    /// Turns `learner`'s entries in every live cell of `tenant` into
+    /// anonymous ones, and remembers them as erased. Returns how many
+    /// entries it changed.
+    fn anonymise(
+        &mut self,
+        tenant: &str,
+        learner: &str,
+        txn: &mut StateTxn<'_>,
+    ) -> Result<i64, ProcessError> {
+        let hash = erased_hash(tenant, learner);
+        txn.put([&[keys::ERASED][..], &hash].concat(), Vec::new());
+        self.erased = None;
+        let mut changed = 0;
+        let cells = [&key(keys::CELL, &[tenant.as_bytes()])[..], &[0]].concat();
+        for (cell_key, _) in txn.scan_prefix(&cells)? {
+            let cell_id = hash8(&[&cell_key]);
+            let member = key(
+                keys::MEMBER,
+                &[&cell_id, &hash8(&[&cell_key, learner.as_bytes()])],
+            );
+            let Some(value) = txn.get(&member)?.map(|v| v.into_owned()) else {
+                continue;
+            };
+            txn.delete(member);
+            // Named by class and count: the same set whatever order
+            // erasures come in, and nothing a pseudonym hashes to.
+            let class = member_class(&value).to_be_bytes();
+            let anonymous = key(keys::MEMBER, &[&cell_id, b"anon", &class]);
+            let n = txn.scan_prefix(&anonymous)?.len() as u32;
+            txn.put([&anonymous[..], &[0], &n.to_be_bytes()].concat(), value);
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
     fn on_command(
         &mut self,
         command: EraseCommand,
@@ -520,7 +739,7 @@ impl Analytics {
         if !self.acks.addressed_to_me(&command.participant) {
             return Ok(());
         }
-        let ack = answer_once(txn, &command.command_id, |_| {
+        let ack = answer_once(txn, &command.command_id, |txn| {
             let mut ack = self.acks.ack(
                 &command.command_id,
                 &command.request_id,
@@ -528,14 +747,22 @@ impl Analytics {
                 command.learner.clone(),
                 at,
             );
-            match command.kind.as_str() {
-                "erasure" | "access" => {
-                    ack.detail = "analytics keeps no pseudonym: open windows hold per-cell \
-                                  hashes, dropped at close; published aggregates are anonymous \
-                                  and stay"
+            match (command.kind.as_str(), &command.learner) {
+                ("erasure", Some(learner)) => {
+                    let changed = self.anonymise(&command.tenant_id, learner, txn)?;
+                    ack.records_affected = changed;
+                    ack.detail = format!(
+                        "{changed} cell memberships made anonymous (cells within the revision \
+                         horizon still count the learner's past activity, and no pseudonym \
+                         finds them); published aggregates are anonymous and stay"
+                    );
+                }
+                ("erasure" | "access", _) => {
+                    ack.detail = "analytics keeps no pseudonym: live cells hold per-cell \
+                                  hashes only; published aggregates are anonymous"
                         .into();
                 }
-                other => {
+                (other, _) => {
                     ack.outcome = "failed".into();
                     ack.detail = format!("unknown command kind `{other}`");
                 }
@@ -546,8 +773,69 @@ impl Analytics {
     }
 }
 
+/// A cell's coordinates.
+struct CellRef<'a> {
+    tenant: &'a str,
+    window: Window,
+    start: i64,
+    dimension: &'a str,
+    value: &'a str,
+}
+
+impl<'a> CellRef<'a> {
+    fn new(
+        tenant: &'a str,
+        window: Window,
+        start: i64,
+        dimension: &'a str,
+        value: &'a str,
+    ) -> Self {
+        Self {
+            tenant,
+            window,
+            start,
+            dimension,
+            value,
+        }
+    }
+
+    fn key(&self) -> Vec<u8> {
+        key(
+            keys::CELL,
+            &[
+                self.tenant.as_bytes(),
+                self.window.as_str().as_bytes(),
+                &sortable(self.start),
+                self.dimension.as_bytes(),
+                self.value.as_bytes(),
+            ],
+        )
+    }
+}
+
+/// `open ‖ point ‖ class ‖ cell key`: revisions in the order they become final.
+fn publication_key(point: i64, class: u32, cell_key: &[u8]) -> Vec<u8> {
+    [
+        &[keys::OPEN][..],
+        &sortable(point),
+        &class.to_be_bytes(),
+        cell_key,
+    ]
+    .concat()
+}
+
+/// `delta ‖ cell key ‖ class`.
+fn delta_key(cell_key: &[u8], class: u32) -> Vec<u8> {
+    [&[keys::DELTA][..], cell_key, &class.to_be_bytes()].concat()
+}
+
 impl Processor for Analytics {
     type Input = CommandOr<ProtectedEvent>;
+
+    fn abandoned(&mut self) {
+        // The batch's erasures were rolled back with it.
+        self.erased = None;
+    }
 
     fn assigned(&mut self, partitions: &BTreeMap<String, Vec<i32>>) -> Result<(), ProcessError> {
         self.partitions = partitions

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use apache_avro::Schema;
-use trellis_records::{Aggregate, ProtectedResult, Sealed, schema_text};
+use trellis_records::{Aggregate, ParticipantAck, ProtectedResult, Sealed, schema_text};
 use trellis_runtime::pipeline::{OwnedRecord, run_offline};
 use trellis_runtime::schema::{AvroDecoder, registry_settings};
 use trellis_runtime::state::StateStore;
@@ -22,6 +22,7 @@ fn decoder() -> AvroDecoder {
         (1, "protected.avsc"),
         (2, "aggregate.avsc"),
         (3, "participant_ack.avsc"),
+        (4, "erase_command.avsc"),
     ] {
         decoder.insert(id, schema(file)).unwrap();
     }
@@ -161,6 +162,24 @@ impl Run {
                     decoder.decode_blocking(r.value.as_ref().unwrap()).unwrap(),
                 )
             })
+            .collect()
+    }
+
+    /// Every revision published of a cell, in order.
+    fn revisions(
+        &self,
+        tenant: &str,
+        window: &str,
+        start: i64,
+        dimension: &str,
+        value: &str,
+    ) -> Vec<Aggregate> {
+        let key = format!("{tenant}|{window}|{start}|{dimension}|{value}");
+        let decoder = decoder();
+        self.outputs
+            .iter()
+            .filter(|r| &*r.topic == AGGREGATES_TOPIC && r.key == key.as_bytes())
+            .map(|r| decoder.decode_blocking(r.value.as_ref().unwrap()).unwrap())
             .collect()
     }
 
@@ -314,7 +333,15 @@ fn distinct_learners_count_each_learner_once_per_cell() {
         })
         .collect();
     events.extend(closers(1, T0 + 3 * H));
-    let run = run_with(&Settings::default(), 1, &events);
+    // No revisions: a closed window's set goes at once.
+    let settings = Settings {
+        revision_horizon_secs: Horizons {
+            hour: 600,
+            day: 600,
+        },
+        ..Settings::default()
+    };
+    let run = run_with(&settings, 1, &events);
     let cell = run.cell("acme", "hour", T0, "tenant", "acme").unwrap();
     assert_eq!((cell.events, cell.distinct_learners), (12, 6));
     assert!(
@@ -329,46 +356,40 @@ fn distinct_learners_count_each_learner_once_per_cell() {
 }
 
 #[test]
-fn late_events_inside_the_lateness_update_the_window_and_later_ones_are_counted_late() {
-    let settings = Settings::default(); // 10 minutes
+fn late_events_revise_the_cell_up_to_the_horizon_and_later_ones_go_to_the_late_cell() {
+    let mut settings = Settings::default(); // 10 minutes' lateness
+    settings.revision_horizon_secs.hour = 2 * 3600;
+    let ev = |learner: &str, n, at| (0, event("acme", learner, n, at, "attempted", None));
     let mut events: Vec<(i32, ProtectedEvent)> = (0..5)
-        .map(|l| {
-            (
-                0,
-                event("acme", &format!("p_{l}"), 0, T0 + 1000, "attempted", None),
-            )
-        })
+        .map(|l| ev(&format!("p_{l}"), 0, T0 + 1000))
         .collect();
-    // The partition moves 5 minutes into the next hour …
-    events.push((
-        0,
-        event("acme", "p_0", 1, T0 + H + 300_000, "attempted", None),
-    ));
-    // … a straggler for the first hour is within the lateness,
-    events.push((0, event("acme", "p_5", 0, T0 + 2000, "attempted", None)));
-    // the partition moves on past the lateness, and another straggler is too late.
-    events.push((
-        0,
-        event("acme", "p_1", 2, T0 + H + 700_000, "attempted", None),
-    ));
-    events.push((0, event("acme", "p_6", 0, T0 + 3000, "attempted", None)));
+    // The partition moves 5 minutes into the next hour; a straggler for
+    // the first hour is within the lateness: first publication.
+    events.push(ev("p_0", 1, T0 + H + 300_000));
+    events.push(ev("p_5", 0, T0 + 2000));
+    // Past the lateness (published: 6), a straggler revises the cell,
+    events.push(ev("p_1", 2, T0 + H + 700_000));
+    events.push(ev("p_6", 0, T0 + 3000));
+    // and another an hour later (revision 1 is out: 7),
+    events.push(ev("p_2", 3, T0 + 2 * H + 700_000));
+    events.push(ev("p_7", 0, T0 + 4000));
+    // until the horizon (2 hours after the end): then it is too late.
+    events.push(ev("p_3", 4, T0 + 3 * H + 700_000));
+    events.push(ev("p_8", 0, T0 + 5000));
     let run = run_with(&settings, 1, &events);
-    let cell = run.cell("acme", "hour", T0, "tenant", "acme").unwrap();
-    assert_eq!(
-        (cell.events, cell.distinct_learners, cell.revision),
-        (6, 6, 1)
-    );
+    let revisions: Vec<(i32, i64, i64)> = run
+        .revisions("acme", "hour", T0, "tenant", "acme")
+        .iter()
+        .map(|a| (a.revision, a.events, a.distinct_learners))
+        .collect();
+    assert_eq!(revisions, [(0, 6, 6), (1, 7, 7), (2, 8, 8)]);
     assert_eq!(run.late, 1);
-    let late = run
-        .store
-        .get(&key(keys::LATE, &[b"acme", b"hour"]))
-        .unwrap()
-        .map(|v| i64::from_be_bytes(v.as_ref().try_into().unwrap()));
-    assert_eq!(
-        late,
-        Some(1),
-        "late events are kept count of in the store too"
-    );
+    let late = run.cell("acme", "hour", T0, "late", "acme").unwrap();
+    assert_eq!((late.events, late.revision, late.suppressed), (1, 1, false));
+    // Every event of the hour is in its tenant cell or its late cell.
+    assert_eq!(8 + late.events, 9);
+    // The day is well within its horizon: nothing late there.
+    assert_eq!(run.cell("acme", "day", T0, "late", "acme"), None);
 }
 
 #[test]
@@ -513,4 +534,390 @@ fn verbs_are_named_briefly() {
         "paused"
     );
     assert_eq!(verb_name("app.lesson_opened"), "app.lesson_opened");
+}
+
+mod recomputed {
+    //! The final revision of every cell equals a plain fold over every
+    //! event, for in-order, shuffled and backfilled inputs.
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+
+    const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
+    const PARTITIONS: i32 = 4;
+    const DAY: i64 = 86_400_000;
+
+    /// A day and a half of traffic from three tenants, in event-time order.
+    fn traffic(rng: &mut StdRng, from: i64, n: usize) -> Vec<ProtectedEvent> {
+        let mut events: Vec<ProtectedEvent> = (0..n)
+            .map(|i| {
+                let tenant = TENANTS[rng.random_range(0..TENANTS.len())];
+                let verb = ["attempted", "completed", "passed", "failed", "answered"]
+                    [rng.random_range(0..5)];
+                let score = matches!(verb, "passed" | "failed")
+                    .then(|| f64::from(rng.random_range(0..=100u32)) / 100.0);
+                let at = from + rng.random_range(0..36 * H);
+                let mut e = event(
+                    tenant,
+                    &format!("p_{}", rng.random_range(0..40)),
+                    i,
+                    at,
+                    verb,
+                    score,
+                );
+                e.event_id = format!("{from}-{i}");
+                e.course_id = Some(format!("course-{}", rng.random_range(0..3)));
+                e.object_id = Some(format!("quiz-{}", rng.random_range(0..6)));
+                e
+            })
+            .collect();
+        events.sort_by_key(|e| e.occurred_at);
+        events
+    }
+
+    /// Events on partitions by learner (as the privacy processor keys
+    /// them), then one event per partition far ahead, which makes every
+    /// revision final and expires every cell.
+    fn on_partitions(events: &[ProtectedEvent]) -> Vec<(i32, ProtectedEvent)> {
+        let mut placed: Vec<(i32, ProtectedEvent)> = events
+            .iter()
+            .map(|e| {
+                let p = (hash8(&[e.learner.as_bytes()])[0] as i32) % PARTITIONS;
+                (p, e.clone())
+            })
+            .collect();
+        let end = events.iter().map(|e| e.occurred_at).max().unwrap_or(T0);
+        placed.extend(closers(PARTITIONS, end + 10 * DAY));
+        placed
+    }
+
+    /// The cells a plain fold over `events` gives, by record key.
+    fn fold(events: &[ProtectedEvent], k: u32) -> BTreeMap<String, Aggregate> {
+        let mut cells: BTreeMap<String, (Cell, BTreeSet<String>)> = BTreeMap::new();
+        for e in events {
+            let verb = e.verb.as_deref().map(verb_name);
+            for window in Window::ALL {
+                let start = window.start(e.occurred_at);
+                let dims = [
+                    ("tenant", e.tenant_id.as_str()),
+                    ("verb", verb.unwrap()),
+                    ("course", e.course_id.as_deref().unwrap()),
+                    ("activity", e.object_id.as_deref().unwrap()),
+                ];
+                for (dimension, value) in dims {
+                    let key = format!(
+                        "{}|{}|{start}|{dimension}|{value}",
+                        e.tenant_id,
+                        window.as_str()
+                    );
+                    let (cell, learners) = cells.entry(key).or_insert_with(|| {
+                        (
+                            Cell::new(&e.tenant_id, window, start, dimension, value),
+                            BTreeSet::new(),
+                        )
+                    });
+                    cell.counts.add(e, verb);
+                    learners.insert(e.learner.clone());
+                    cell.distinct = learners.len() as i64;
+                }
+            }
+        }
+        cells
+            .into_iter()
+            .map(|(key, (cell, _))| (key, cell.aggregate(k)))
+            .collect()
+    }
+
+    /// The last revision published of every cell of the three tenants
+    /// (late cells apart).
+    fn finals(run: &Run) -> BTreeMap<String, Aggregate> {
+        run.cells(AGGREGATES_TOPIC)
+            .into_iter()
+            .filter(|(_, a)| a.tenant_id != "other" && a.dimension != "late")
+            .map(|(key, mut a)| {
+                a.revision = 0;
+                (key, a)
+            })
+            .collect()
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            k: 3,
+            ..Settings::default()
+        }
+    }
+
+    fn check(name: &str, events: &[ProtectedEvent], placed: &[(i32, ProtectedEvent)]) -> Run {
+        let run = run_with(&settings(), PARTITIONS, placed);
+        let expected = fold(events, 3);
+        let mut got = finals(&run);
+        for a in expected.values() {
+            assert!(
+                TENANTS.contains(&a.tenant_id.as_str()),
+                "{name}: fold covers the tenants"
+            );
+        }
+        assert_eq!(got.len(), expected.len(), "{name}: the same cells");
+        for (key, want) in &expected {
+            let mut want = want.clone();
+            want.revision = 0;
+            assert_eq!(got.remove(key).as_ref(), Some(&want), "{name}: {key}");
+        }
+        run
+    }
+
+    #[test]
+    fn final_revisions_equal_a_fold_over_the_log_in_order_shuffled_and_backfilled() {
+        let mut rng = StdRng::seed_from_u64(16);
+        let live = traffic(&mut rng, T0, 3_000);
+
+        // In order.
+        let in_order = check("in order", &live, &on_partitions(&live));
+        assert_eq!(in_order.late, 0);
+
+        // Stragglers: a quarter of the events arrive minutes to a day late.
+        let mut shuffled = live.clone();
+        shuffled.sort_by_cached_key(|e| {
+            let delay = if rng.random_bool(0.25) {
+                rng.random_range(60_000..DAY)
+            } else {
+                0
+            };
+            e.occurred_at + delay
+        });
+        let stragglers = check("stragglers", &live, &on_partitions(&shuffled));
+        assert!(
+            stragglers
+                .cells(AGGREGATES_TOPIC)
+                .values()
+                .any(|a| a.revision > 0),
+            "stragglers revise cells"
+        );
+        assert_eq!(stragglers.late, 0, "a day late is within the horizon");
+
+        // A backfill of statements from two to five days before, imported
+        // after the live traffic.
+        let old = traffic(&mut rng, T0 - 5 * DAY, 1_000)
+            .into_iter()
+            .filter(|e| e.occurred_at < T0 - 2 * DAY)
+            .collect::<Vec<_>>();
+        let mut all = live.clone();
+        all.extend(old.iter().cloned());
+        let mut backfilled = live.clone();
+        backfilled.extend(old);
+        check("backfilled", &all, &on_partitions(&backfilled));
+
+        // The same revisions, whatever the interleaving of partitions.
+        let mut placed = on_partitions(&shuffled);
+        let mut reference: Vec<(String, Vec<u8>)> = stragglers
+            .outputs
+            .iter()
+            .map(|r| (r.id.clone(), r.value.clone().unwrap()))
+            .collect();
+        reference.sort();
+        placed.sort_by_key(|(p, _)| -*p);
+        let by_partition = run_with(&settings(), PARTITIONS, &placed);
+        let mut outputs: Vec<(String, Vec<u8>)> = by_partition
+            .outputs
+            .iter()
+            .map(|r| (r.id.clone(), r.value.clone().unwrap()))
+            .collect();
+        outputs.sort();
+        assert_eq!(outputs, reference, "same revisions, same ids, same bytes");
+        assert_eq!(
+            by_partition.store.digest().unwrap(),
+            stragglers.store.digest().unwrap()
+        );
+    }
+
+    #[test]
+    fn events_beyond_the_horizon_are_in_the_late_cells_and_nothing_is_lost() {
+        let mut rng = StdRng::seed_from_u64(17);
+        let live = traffic(&mut rng, T0, 2_000);
+        // Imported three to five days late, with a one-day horizon.
+        let old = traffic(&mut rng, T0 - 5 * DAY, 600)
+            .into_iter()
+            .filter(|e| e.occurred_at < T0 - 3 * DAY)
+            .collect::<Vec<_>>();
+        let mut settings = settings();
+        settings.revision_horizon_secs = Horizons {
+            hour: 86_400,
+            day: 86_400,
+        };
+        let mut sent = live.clone();
+        sent.extend(old.iter().cloned());
+        let run = run_with(&settings, PARTITIONS, &on_partitions(&sent));
+        assert!(run.late > 0);
+        for tenant in TENANTS {
+            for window in ["hour", "day"] {
+                let counted: i64 = run
+                    .cells(AGGREGATES_TOPIC)
+                    .values()
+                    .filter(|a| a.tenant_id == tenant && a.window == window)
+                    .filter(|a| matches!(a.dimension.as_str(), "tenant" | "late"))
+                    .map(|a| a.events)
+                    .sum();
+                let sent = sent.iter().filter(|e| e.tenant_id == tenant).count() as i64;
+                assert_eq!(counted, sent, "{tenant} {window}: cells + late = sent");
+            }
+        }
+    }
+
+    #[test]
+    fn after_an_erasure_revisions_still_count_the_learner_once_and_no_pseudonym_finds_a_cell() {
+        let mut rng = StdRng::seed_from_u64(18);
+        let mut live = traffic(&mut rng, T0, 2_000);
+        let erased = "p_7";
+        // After the erasure the learner's identifiers get a new pseudonym.
+        for e in live.iter_mut().filter(|e| e.occurred_at >= T0 + 20 * H) {
+            if e.learner == erased {
+                e.learner = "p_7_new".into();
+            }
+        }
+        let (before, after): (Vec<_>, Vec<_>) = live
+            .iter()
+            .cloned()
+            .partition(|e| e.occurred_at < T0 + 20 * H);
+        // Stragglers of the first 20 hours, from everyone but the erased
+        // learner, arrive after the erasure and revise the cells they were
+        // counted in.
+        let (stragglers, on_time): (Vec<_>, Vec<_>) = before
+            .into_iter()
+            .partition(|e| e.learner != erased && e.event_id.ends_with('3'));
+        let mut placed = on_partitions(&on_time);
+        placed.truncate(placed.len() - PARTITIONS as usize);
+        let mut log = records(&placed);
+        log.push(erase_command("r1", "acme", erased));
+        let mut tail = on_partitions(&[after.clone(), stragglers].concat());
+        // Offsets continue per partition.
+        let continued = records(&[placed.clone(), std::mem::take(&mut tail)].concat());
+        log.extend(continued.into_iter().skip(placed.len()));
+
+        let run = run_log(&log);
+        // Before the far-ahead events expire them, the cells are live.
+        let live_run = run_log(&log[..log.len() - PARTITIONS as usize]);
+        let acks: Vec<ParticipantAck> = run
+            .outputs
+            .iter()
+            .filter(|r| &*r.topic == PARTICIPANT_ACKS_TOPIC)
+            .map(|r| {
+                decoder()
+                    .decode_blocking(r.value.as_ref().unwrap())
+                    .unwrap()
+            })
+            .collect();
+        assert!(acks[0].records_affected > 0, "{acks:?}");
+
+        // Every final revision equals the fold over everything, the erased
+        // learner's past activity counted once.
+        let expected = fold(&live, 3);
+        let mut got = finals(&run);
+        for (key, want) in &expected {
+            let mut want = want.clone();
+            want.revision = 0;
+            assert_eq!(got.remove(key).as_ref(), Some(&want), "{key}");
+        }
+        assert!(
+            run.cells(AGGREGATES_TOPIC)
+                .values()
+                .any(|a| a.tenant_id == "acme" && a.revision > 0),
+            "revisions after the erasure"
+        );
+
+        // Holding the old pseudonym, try to find a cell they were in: the
+        // hash of every cell key with it names no entry.
+        let mut tried = 0;
+        let live_cells: Vec<Vec<u8>> = live_run
+            .store
+            .scan_prefix(&[keys::CELL])
+            .map(|entry| entry.unwrap().0)
+            .collect();
+        // (`p_7` of the other tenants is someone else: pseudonyms are per tenant.)
+        let acme = [&key(keys::CELL, &[b"acme"])[..], &[0]].concat();
+        for cell_key in live_cells
+            .iter()
+            .chain(&cell_keys(&live))
+            .filter(|k| k.starts_with(&acme))
+        {
+            let member = key(
+                keys::MEMBER,
+                &[&hash8(&[cell_key]), &hash8(&[cell_key, erased.as_bytes()])],
+            );
+            assert!(live_run.store.get(&member).unwrap().is_none());
+            tried += 1;
+        }
+        assert!(tried > 0);
+        let anonymous = live_run
+            .store
+            .scan_prefix(&[keys::MEMBER])
+            .filter(|entry| entry.as_ref().unwrap().0.windows(4).any(|w| w == b"anon"))
+            .count();
+        assert!(anonymous > 0, "the learner is still counted, anonymously");
+    }
+
+    fn run_log(log: &[OwnedRecord]) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut analytics = analytics(&settings(), PARTITIONS);
+        let outputs = run_offline(NAME, &mut analytics, &store, &decoder(), log, 7)
+            .unwrap()
+            .outputs;
+        Run {
+            store,
+            _dir: dir,
+            outputs,
+            late: 0,
+        }
+    }
+
+    /// Every cell key the events could have made (for a searcher who
+    /// guesses cells rather than reading them from the store).
+    fn cell_keys(events: &[ProtectedEvent]) -> Vec<Vec<u8>> {
+        fold(events, 3)
+            .values()
+            .map(|a| {
+                let window = if a.window == "hour" {
+                    Window::Hour
+                } else {
+                    Window::Day
+                };
+                CellRef::new(
+                    &a.tenant_id,
+                    window,
+                    a.window_start,
+                    &a.dimension,
+                    &a.dimension_value,
+                )
+                .key()
+            })
+            .collect()
+    }
+
+    fn erase_command(request: &str, tenant: &str, learner: &str) -> OwnedRecord {
+        let encoder = AvroEncoder::with_id("e".into(), 4, schema("erase_command.avsc")).unwrap();
+        let command = EraseCommand {
+            command_id: format!("{request}/analytics"),
+            request_id: request.into(),
+            tenant_id: tenant.into(),
+            participant: NAME.into(),
+            kind: "erasure".into(),
+            learner: Some(learner.into()),
+            attempt: 1,
+            issued_at: T0,
+        };
+        OwnedRecord {
+            topic: trellis_records::ERASE_COMMANDS_TOPIC.into(),
+            partition: 0,
+            offset: 0,
+            timestamp_ms: Some(T0 + 21 * H),
+            key: None,
+            value: Some(encoder.encode(&command).unwrap()),
+            headers: Vec::new(),
+        }
+    }
 }
