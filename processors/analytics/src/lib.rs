@@ -267,7 +267,7 @@ pub fn verb_name(verb: &str) -> &str {
 /// Counters beyond the runtime's.
 #[derive(Clone)]
 pub struct Counters {
-    /// Events beyond the allowed lateness, by window.
+    /// Events beyond the revision horizon, by window.
     pub late: IntCounterVec,
     /// Cells published suppressed.
     pub suppressed: IntCounter,
@@ -285,7 +285,7 @@ impl Counters {
             late: IntCounterVec::new(
                 prometheus::Opts::new(
                     "trellis_late_events_total",
-                    "Events beyond the allowed lateness, by window; counted, not aggregated.",
+                    "Events beyond the revision horizon, by window: counted in the tenant's late cell, not in their window's cells.",
                 ),
                 &["window"],
             )

@@ -236,11 +236,27 @@ pub async fn analytics(
         registry_url,
         topology,
         ends,
-        |_| trellis_analytics::Settings::default(),
+        |_| analytics_settings(),
         trellis_analytics::run,
     )
     .await
     .map(|(timing, _)| timing)
+}
+
+/// The aggregator's defaults; `TRELLIS_BENCH_HORIZON_SECS` sets both
+/// revision horizons (what the horizon costs: compare with 600, none).
+fn analytics_settings() -> trellis_analytics::Settings {
+    let mut settings = trellis_analytics::Settings::default();
+    if let Some(secs) = std::env::var("TRELLIS_BENCH_HORIZON_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        settings.revision_horizon_secs = trellis_analytics::Horizons {
+            hour: secs,
+            day: secs,
+        };
+    }
+    settings
 }
 
 /// Reads all of `protected` into memory, then times `name` (`progress` or
@@ -316,7 +332,7 @@ pub async fn rebuild(
         time(trellis_progress::NAME, progress, &store, &decoder, &records)
     } else {
         let mut analytics = trellis_analytics::Analytics::new(
-            &trellis_analytics::Settings::default(),
+            &analytics_settings(),
             trellis_analytics::Encoders {
                 aggregates: encoder("analytics.aggregates").await?,
                 tenants: std::collections::HashMap::new(),

@@ -22,6 +22,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use trellis_records::Aggregate;
 use trellis_runtime::kafka::TENANT_HEADER;
 use uuid::Uuid;
 
@@ -64,6 +65,9 @@ pub struct Manifest {
     pub identifiers: BTreeSet<String>,
     /// Valid events per tenant.
     pub per_tenant: BTreeMap<String, usize>,
+    /// Valid events per tenant and hour of event time (hour start, ms).
+    #[serde(default)]
+    pub per_hour: BTreeMap<String, BTreeMap<i64, usize>>,
 }
 
 /// Demo parameters.
@@ -85,10 +89,13 @@ pub struct DemoSpec {
     pub rate: Option<u32>,
     /// RNG seed.
     pub seed: u64,
-    /// Spread event times over this many hours before now, in order with a
-    /// little jitter and a few stragglers (a backfill, so hour windows close
-    /// during the run). 0: every event within the last 10 minutes.
+    /// Spread event times over this many hours before now (before
+    /// `ago_hours`), mostly in order, with stragglers minutes to a day late.
+    /// 0: every event within the last 10 minutes.
     pub span_hours: u32,
+    /// Shift the span this many hours into the past: a backfill of older
+    /// statements (other events of the same learners).
+    pub ago_hours: u32,
 }
 
 impl Default for DemoSpec {
@@ -103,6 +110,7 @@ impl Default for DemoSpec {
             rate: None,
             seed: 7,
             span_hours: 0,
+            ago_hours: 0,
         }
     }
 }
@@ -189,6 +197,8 @@ pub struct Outgoing {
     pub timestamp: i64,
     /// `Some(id)` for a valid, new event; `None` otherwise.
     pub valid_id: Option<String>,
+    /// When a valid event happened (ms).
+    pub occurred_at: Option<i64>,
     /// Expected reason code for a malformed record.
     pub expected_reason: Option<&'static str>,
     /// True when this re-sends an earlier valid record.
@@ -204,6 +214,7 @@ impl Clone for Outgoing {
             tenant_header: self.tenant_header.clone(),
             timestamp: self.timestamp,
             valid_id: self.valid_id.clone(),
+            occurred_at: self.occurred_at,
             expected_reason: self.expected_reason,
             duplicate: self.duplicate,
         }
@@ -304,6 +315,10 @@ impl Generator {
                 }
             })
             .collect();
+        // A backfill: the same learners, other events.
+        if spec.ago_hours > 0 {
+            rng = StdRng::seed_from_u64(spec.seed ^ (u64::from(spec.ago_hours) << 32));
+        }
         Self {
             spec,
             rng,
@@ -350,14 +365,21 @@ impl Generator {
         if self.spec.span_hours == 0 {
             return now - self.rng.random_range(0..600_000);
         }
+        const MINUTE: i64 = 60_000;
         let span = i64::from(self.spec.span_hours) * 3_600_000;
+        let ago = i64::from(self.spec.ago_hours) * 3_600_000;
         let progress = self.generated as f64 / self.spec.events.max(1) as f64;
-        let on_time = now - span + (span as f64 * progress.min(1.0)) as i64;
-        // Most events arrive within two minutes; a few are hours late.
-        let delay = if self.rng.random_bool(0.003) {
-            3 * 3_600_000
+        let on_time = now - ago - span + (span as f64 * progress.min(1.0)) as i64;
+        // Most events arrive within two minutes; some minutes to hours late
+        // (a phone out of coverage, a plugin's queue), a few a day late (an
+        // app that syncs the next morning).
+        let roll: f64 = self.rng.random();
+        let delay = if roll < 0.02 {
+            self.rng.random_range(3 * 60 * MINUTE..24 * 60 * MINUTE)
+        } else if roll < 0.07 {
+            self.rng.random_range(2 * MINUTE..3 * 60 * MINUTE)
         } else {
-            self.rng.random_range(0..120_000)
+            self.rng.random_range(0..2 * MINUTE)
         };
         on_time - delay
     }
@@ -386,6 +408,7 @@ impl Generator {
             tenant_header: Some(tenant.id.clone()),
             timestamp: now,
             valid_id: Some(format!("{}/{event_id}", tenant.id)),
+            occurred_at: Some(occurred),
             expected_reason: None,
             duplicate: false,
         }
@@ -759,6 +782,15 @@ async fn settle(
         }
         if let Some(id) = record.valid_id {
             let tenant = id.split('/').next().unwrap_or_default().to_string();
+            if let Some(at) = record.occurred_at {
+                let hour = at.div_euclid(3_600_000) * 3_600_000;
+                *manifest
+                    .per_hour
+                    .entry(tenant.clone())
+                    .or_default()
+                    .entry(hour)
+                    .or_default() += 1;
+            }
             *manifest.per_tenant.entry(tenant).or_default() += 1;
             manifest.valid.insert(id);
         }
@@ -766,10 +798,197 @@ async fn settle(
     Ok(())
 }
 
+/// One tenant's hour of event time: what the generator sent, what the
+/// newest revision of its `tenant` cell counts, and its late cell.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct HourLine {
+    /// Valid events the generator sent with an event time in the hour.
+    pub sent: usize,
+    /// The newest revision of the tenant's hour cell (`None`: not yet
+    /// published, its window still open).
+    pub cell: Option<Aggregate>,
+    /// Events too late for the hour, from its late cell.
+    pub late: i64,
+}
+
+/// The hour cells the aggregator published, against `manifests`, per
+/// tenant and hour. `aggregates` are the decoded `analytics.aggregates`
+/// records in log order.
+pub fn hour_lines(
+    manifests: &[Manifest],
+    aggregates: impl IntoIterator<Item = Aggregate>,
+) -> BTreeMap<String, BTreeMap<i64, HourLine>> {
+    let mut lines: BTreeMap<String, BTreeMap<i64, HourLine>> = BTreeMap::new();
+    for manifest in manifests {
+        for (tenant, hours) in &manifest.per_hour {
+            for (hour, sent) in hours {
+                let line = lines
+                    .entry(tenant.clone())
+                    .or_default()
+                    .entry(*hour)
+                    .or_default();
+                line.sent += sent;
+            }
+        }
+    }
+    for cell in aggregates {
+        let Some(hours) = lines.get_mut(&cell.tenant_id) else {
+            continue;
+        };
+        if cell.window != "hour" || cell.dimension_value != cell.tenant_id {
+            continue;
+        }
+        let line = hours.entry(cell.window_start).or_default();
+        match cell.dimension.as_str() {
+            "late" => line.late = line.late.max(cell.events),
+            "tenant"
+                if line
+                    .cell
+                    .as_ref()
+                    .is_none_or(|c| c.revision <= cell.revision) =>
+            {
+                line.cell = Some(cell);
+            }
+            _ => {}
+        }
+    }
+    lines
+}
+
+/// [`hour_lines`] for people: per tenant a summary, and every hour of
+/// `detail` (a tenant).
+pub fn render_hours(
+    lines: &BTreeMap<String, BTreeMap<i64, HourLine>>,
+    detail: Option<&str>,
+) -> String {
+    let mut text = String::new();
+    for (tenant, hours) in lines {
+        let (mut sent, mut counted, mut late, mut open, mut suppressed) = (0, 0, 0, 0, 0);
+        let (mut revised, mut top, mut differ) = (0, 0, Vec::new());
+        for (hour, line) in hours {
+            late += line.late;
+            match &line.cell {
+                None => open += 1,
+                Some(c) if c.suppressed => suppressed += 1,
+                Some(c) => {
+                    sent += line.sent as i64;
+                    counted += c.events;
+                    if c.revision > 0 {
+                        revised += 1;
+                        top = top.max(c.revision);
+                    }
+                    if c.events + line.late != line.sent as i64 {
+                        differ.push(*hour);
+                    }
+                }
+            }
+        }
+        text.push_str(&format!(
+            "  {tenant:<18} {} hours: their cells count {counted} of the {sent} events sent for them, \
+             {late} too late; {revised} cells revised by late events (up to revision {top}); \
+             {open} still open, {suppressed} suppressed (< k learners){}\n",
+            hours.len(),
+            if differ.is_empty() {
+                String::new()
+            } else {
+                format!("; {} hours DIFFER", differ.len())
+            }
+        ));
+        if detail == Some(tenant.as_str()) || !differ.is_empty() {
+            for (hour, line) in hours {
+                let shown = match &line.cell {
+                    None => "not published yet (window open)".to_string(),
+                    Some(c) if c.suppressed => "suppressed".to_string(),
+                    Some(c) => format!(
+                        "counts {:>5} (revision {:>3}){}{}",
+                        c.events,
+                        c.revision,
+                        if line.late > 0 {
+                            format!(", {} too late", line.late)
+                        } else {
+                            String::new()
+                        },
+                        if c.events + line.late == line.sent as i64 {
+                            ""
+                        } else {
+                            "  DIFFERS"
+                        }
+                    ),
+                };
+                if detail == Some(tenant.as_str()) || shown.ends_with("DIFFERS") {
+                    text.push_str(&format!(
+                        "    {}  sent {:>5}  {shown}\n",
+                        rfc3339(*hour),
+                        line.sent
+                    ));
+                }
+            }
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use trellis_collector::validate::{Envelope, IngestFormat, Limits, validate};
+
+    #[test]
+    fn hour_lines_take_each_cells_newest_revision_and_its_late_cell() {
+        const H: i64 = 3_600_000;
+        let mut manifest = Manifest::default();
+        manifest.per_hour.insert(
+            "acme".into(),
+            BTreeMap::from([(0, 10), (H, 7), (2 * H, 3), (3 * H, 1)]),
+        );
+        let mut backfill = Manifest::default();
+        backfill
+            .per_hour
+            .insert("acme".into(), BTreeMap::from([(0, 2)]));
+        let cell = |start, dimension: &str, events, revision, suppressed| Aggregate {
+            tenant_id: "acme".into(),
+            window_start: start,
+            window: "hour".into(),
+            dimension: dimension.into(),
+            dimension_value: "acme".into(),
+            events,
+            distinct_learners: if suppressed { 0 } else { 5 },
+            completions: 0,
+            passes: 0,
+            fails: 0,
+            avg_score_scaled: None,
+            suppressed,
+            revision,
+        };
+        let lines = hour_lines(
+            &[manifest, backfill],
+            [
+                cell(0, "tenant", 10, 0, false),
+                cell(0, "tenant", 12, 2, false),
+                cell(H, "tenant", 6, 0, false),
+                cell(H, "late", 1, 1, false),
+                cell(2 * H, "tenant", 0, 0, true),
+                cell(0, "verb", 99, 0, false),
+            ],
+        );
+        let acme = &lines["acme"];
+        assert_eq!(acme[&0].sent, 12, "live and backfill");
+        assert_eq!(
+            acme[&0].cell.as_ref().unwrap().events,
+            12,
+            "newest revision"
+        );
+        assert_eq!(
+            (acme[&H].cell.as_ref().unwrap().events, acme[&H].late),
+            (6, 1)
+        );
+        assert!(acme[&(3 * H)].cell.is_none());
+        let text = render_hours(&lines, Some("acme"));
+        assert!(text.contains("count 18 of the 19 events sent"), "{text}");
+        assert!(text.contains("1 too late"), "{text}");
+        assert!(text.contains("1 still open, 1 suppressed"), "{text}");
+        assert!(!text.contains("DIFFER"), "{text}");
+    }
 
     /// The generator's own labels agree with the collector's verdicts: a
     /// record it calls valid validates, a malformed one fails with the reason

@@ -351,9 +351,29 @@ enum DemoCommand {
         /// so analytics windows close during the run); 0: the last 10 minutes.
         #[arg(long, default_value_t = 0)]
         span_hours: u32,
+        /// Shift the span this many hours into the past: a backfill of older
+        /// statements by the same learners (another seed's events).
+        #[arg(long, default_value_t = 0)]
+        ago_hours: u32,
         /// Where to write the manifest (JSON).
         #[arg(long)]
         manifest: Option<PathBuf>,
+    },
+    /// Compare the hour cells the aggregator published (newest revision of
+    /// each tenant's hour cell, and its late cell) with what `demo produce`
+    /// sent for each hour of event time.
+    Hours {
+        #[command(flatten)]
+        broker: Broker,
+        #[command(flatten)]
+        registry: RegistryUrl,
+        /// Manifests written by `demo produce` (repeatable: live traffic and
+        /// a backfill).
+        #[arg(long, required = true)]
+        manifest: Vec<PathBuf>,
+        /// Print every hour of this tenant.
+        #[arg(long)]
+        detail: Option<String>,
     },
     /// Wait until a processor has consumed every record of a manifest.
     Wait {
@@ -598,6 +618,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
             duplicates,
             seed,
             span_hours,
+            ago_hours,
             manifest,
         }) => {
             let kafka = KafkaConfig::new(broker.bootstrap_servers);
@@ -613,6 +634,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
                 rate,
                 seed,
                 span_hours,
+                ago_hours,
             };
             let result = demo::produce(&producer, spec)
                 .await
@@ -630,6 +652,48 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
                 std::fs::write(&path, serde_json::to_vec_pretty(&result)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
+            Ok(ExitStatus::Success)
+        }
+        Command::Demo(DemoCommand::Hours {
+            broker,
+            registry,
+            manifest,
+            detail,
+        }) => {
+            let manifests = manifest
+                .iter()
+                .map(|path| {
+                    let bytes = std::fs::read(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    serde_json::from_slice(&bytes)
+                        .with_context(|| format!("{} is not a demo manifest", path.display()))
+                })
+                .collect::<anyhow::Result<Vec<Manifest>>>()?;
+            let kafka = KafkaConfig::new(broker.bootstrap_servers);
+            let decoder = trellis_runtime::schema::AvroDecoder::new(
+                trellis_runtime::schema::registry_settings(&registry.registry_url)?,
+            );
+            let values = tokio::task::spawn_blocking(move || {
+                let mut values = Vec::new();
+                trellis_runtime::kafka::scan_topic(
+                    &kafka,
+                    trellis_records::AGGREGATES_TOPIC,
+                    Duration::from_secs(2),
+                    |m| {
+                        use rdkafka::Message;
+                        values.extend(m.payload().map(<[u8]>::to_vec));
+                    },
+                    || false,
+                )
+                .map(|_| values)
+            })
+            .await??;
+            let mut cells = Vec::with_capacity(values.len());
+            for value in &values {
+                cells.push(decoder.decode::<trellis_records::Aggregate>(value).await?);
+            }
+            let lines = demo::hour_lines(&manifests, cells);
+            print!("{}", demo::render_hours(&lines, detail.as_deref()));
             Ok(ExitStatus::Success)
         }
         Command::Demo(DemoCommand::Wait {
