@@ -595,11 +595,10 @@ impl Analytics {
                 None => return Ok(()),
             }
         }
-        let bound = sortable(global);
-        for (entry, _) in txn.scan_prefix(&[keys::OPEN])? {
-            if entry[1..9] > bound[..] {
-                break;
-            }
+        // Index entries up to and including `global`: `[index] ‖ sortable(t)…`
+        // for t ≤ global sorts below `[index] ‖ sortable(global + 1)`.
+        let upto = |index: u8| [&[index][..], &sortable(global.saturating_add(1))].concat();
+        for (entry, _) in txn.range(&[keys::OPEN], &upto(keys::OPEN))? {
             let class = u32::from_be_bytes(entry[9..13].try_into().expect("4 bytes"));
             let cell_key = entry[13..].to_vec();
             txn.delete(entry);
@@ -632,10 +631,7 @@ impl Analytics {
             }
             txn.put(cell_key, encode_state(&cell)?);
         }
-        for (entry, _) in txn.scan_prefix(&[keys::EXPIRE])? {
-            if entry[1..9] > bound[..] {
-                break;
-            }
+        for (entry, _) in txn.range(&[keys::EXPIRE], &upto(keys::EXPIRE))? {
             let cell_key = entry[9..].to_vec();
             txn.delete(entry);
             let members = key(keys::MEMBER, &[&hash8(&[&cell_key])]);

@@ -243,6 +243,22 @@ impl StateStore {
             })
     }
 
+    /// Committed data entries with keys in `start..end`, in key order, with
+    /// the namespace byte stripped.
+    pub fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, sled::IVec), StateError>> + '_ {
+        self.db
+            .range(Self::data_key(start)..Self::data_key(end))
+            .map(move |entry| {
+                entry
+                    .map(|(k, v)| (k[1..].to_vec(), v))
+                    .map_err(|e| self.err(e))
+            })
+    }
+
     /// Starts a set of changes that reads through to this store.
     pub fn begin(&self) -> StateTxn<'_> {
         StateTxn {
@@ -403,6 +419,30 @@ impl StateTxn<'_> {
         Ok(merged.into_iter().collect())
     }
 
+    /// Entries with keys in `start..end`, in key order, seeing this
+    /// transaction's own writes and deletes: an index read up to a bound
+    /// without collecting what lies beyond it.
+    ///
+    /// # Errors
+    /// [`StateError`] on read failure.
+    pub fn range(&self, start: &[u8], end: &[u8]) -> Result<Vec<Entry>, StateError> {
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for entry in self.store.range(start, end) {
+            let (key, value) = entry?;
+            merged.insert(key, value.to_vec());
+        }
+        for (key, change) in self.changes.range::<[u8], _>((
+            std::ops::Bound::Included(start),
+            std::ops::Bound::Excluded(end),
+        )) {
+            match change {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().collect())
+    }
+
     /// Number of pending changes.
     pub fn len(&self) -> usize {
         self.changes.len()
@@ -459,6 +499,15 @@ mod tests {
                 (b"a/3".to_vec(), b"new".to_vec())
             ]
         );
+        // A range stops at its end, committed and pending entries alike.
+        let keys: Vec<Vec<u8>> = txn
+            .range(b"a/", b"a/3")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, [b"a/2".to_vec()]);
+        assert_eq!(txn.range(b"a/3", b"b/2").unwrap().len(), 2, "a/3 and b/1");
     }
 
     #[test]
