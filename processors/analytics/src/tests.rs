@@ -191,8 +191,8 @@ impl Run {
         dimension: &str,
         value: &str,
     ) -> Option<Aggregate> {
-        self.cells(AGGREGATES_TOPIC)
-            .remove(&format!("{tenant}|{window}|{start}|{dimension}|{value}"))
+        self.revisions(tenant, window, start, dimension, value)
+            .pop()
     }
 }
 

@@ -168,6 +168,11 @@ fn settled(log: &mut Vec<OwnedRecord>, export_dir: &std::path::Path, at: i64) ->
 }
 
 fn decision(offset: i64, request_id: &str, at: i64) -> OwnedRecord {
+    tick_record(offset, at, Some(request_id))
+}
+
+/// A clock tick on `gdpr.ticks` (a decision tick when it names a request).
+fn tick_record(offset: i64, at: i64, request_id: Option<&str>) -> OwnedRecord {
     record(
         TICKS_TOPIC,
         offset,
@@ -175,7 +180,7 @@ fn decision(offset: i64, request_id: &str, at: i64) -> OwnedRecord {
         &Tick {
             processor: NAME.into(),
             at,
-            request_id: Some(request_id.into()),
+            request_id: request_id.map(str::to_string),
         },
     )
 }
@@ -556,18 +561,7 @@ fn a_subject_never_seen_completes_empty_without_other_participants() {
 #[test]
 fn unanswered_commands_are_resent_on_ticks_and_refiling_repeats_the_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let tick = |offset, at| {
-        record(
-            TICKS_TOPIC,
-            offset,
-            at,
-            &Tick {
-                processor: NAME.into(),
-                at,
-                request_id: None,
-            },
-        )
-    };
+    let tick = |offset, at| tick_record(offset, at, None);
     let mut log = vec![
         record(
             SUBJECT_REQUESTS_TOPIC,
