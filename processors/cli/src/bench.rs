@@ -508,17 +508,12 @@ where
     )?;
     let client = reqwest::Client::new();
     let total: i64 = ends.values().sum();
-    let launched = Instant::now();
     let mut started = None;
-    let mut polled = false;
     let (elapsed, text) = loop {
         let text = processor.metrics(&client).await?;
         if started.is_none() && sample(&text, "trellis_records_in_total").unwrap_or(0.0) > 0.0 {
-            // Records already flowed at the first answer (a busy processor
-            // can starve this poll): count from its launch, not from now.
-            started = Some(if polled { Instant::now() } else { launched });
+            started = Some(Instant::now());
         }
-        polled = true;
         let position = sample(&text, "trellis_consumer_position").unwrap_or(0.0) as i64;
         if position >= total {
             break (started.map_or(Duration::ZERO, |s| s.elapsed()), text);
