@@ -15,12 +15,20 @@
 //! same anchors with the same roots. One global chain would order anchors
 //! by how fetches from different partitions happened to interleave.
 //!
-//! # Keeping `audit.events` anchored
-//! A quiet partition's last records wait for the next record (or the
-//! `anchor_every`-th). `audit.events` cannot wait: the GDPR saga cites the
-//! anchor that covers an erasure. While it has unanchored records the
+//! # Quiet partitions: cuts on the processor's clock, recorded
+//! A partition that goes quiet must not leave its newest records
+//! unanchored. While any audited partition has unanchored records the
 //! processor's [`Ticker`](trellis_runtime::ticker::Ticker) writes an
-//! `audit.heartbeat` event to it, and a heartbeat closes its range.
+//! `audit.heartbeat` event to `audit.events`; processing it closes that
+//! range (the GDPR saga waits for it) and cuts every partition whose first
+//! unanchored record is `anchor_interval_ms` older than the heartbeat, at
+//! the last record processed. Where that is depends on how partitions
+//! interleaved, so the decision is recorded — the anchors on
+//! `audit.anchors` *are* the record — and a replay honours them: at start
+//! the processor reads the cuts on `audit.anchors`, and for a partition
+//! below its last recorded cut it anchors exactly at the recorded offsets
+//! (with the recorded times), deciding nothing itself. Beyond them it
+//! decides as live.
 //!
 //! [`verify`] re-reads the logs and checks them against the anchors;
 //! `trellis audit` is its command line.
@@ -29,6 +37,7 @@ pub mod canonical;
 pub mod merkle;
 pub mod verify;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,6 +131,18 @@ mod keys {
         key
     }
 
+    /// The partition a [`partition`] key names.
+    pub fn parse_partition(key: &[u8]) -> (String, i32) {
+        let body = &key[1..];
+        let split = body.len().saturating_sub(5);
+        let topic = String::from_utf8_lossy(&body[..split]).into_owned();
+        let partition = body[split + 1..]
+            .try_into()
+            .map(i32::from_be_bytes)
+            .unwrap_or_default();
+        (topic, partition)
+    }
+
     pub fn anchor(topic: &str, partition: i32, sequence: i64) -> Vec<u8> {
         let mut key = vec![ANCHOR];
         key.extend_from_slice(topic.as_bytes());
@@ -142,12 +163,18 @@ pub struct PartitionState {
     /// First unanchored offset and its timestamp.
     pub first_offset: i64,
     first_timestamp: i64,
+    /// The last offset processed.
+    pub last_offset: i64,
     /// Next anchor's sequence.
     pub sequence: i64,
     /// Hex hash of the last anchor (or [`GENESIS`]).
     pub last_hash: String,
     request_ids: Vec<String>,
 }
+
+/// Cuts recorded on `audit.anchors`: per partition, each anchor's last
+/// offset and time.
+pub type Cuts = BTreeMap<(String, i32), BTreeMap<i64, i64>>;
 
 /// The processor.
 pub struct Audit {
@@ -156,7 +183,20 @@ pub struct Audit {
     anchors: AvroEncoder,
     anchors_topic: Arc<str>,
     pending: Pending,
+    /// Partitions with unanchored records, and when each needs a heartbeat
+    /// (wall clock: `audit.events` at once, others an interval after their
+    /// first unanchored record); `None`: recount from the store.
+    unanchored: Option<BTreeMap<(String, i32), i64>>,
+    recorded: Cuts,
     buf: Vec<u8>,
+}
+
+/// Where the next anchor of a partition comes from.
+enum Rule<'a> {
+    /// Replay: exactly at these recorded offsets (→ time).
+    Recorded(&'a BTreeMap<i64, i64>),
+    /// Live: the processor decides.
+    Decide,
 }
 
 impl Audit {
@@ -168,8 +208,117 @@ impl Audit {
             anchors,
             anchors_topic: Arc::from(ANCHORS_TOPIC),
             pending,
+            unanchored: None,
+            recorded: Cuts::new(),
             buf: Vec::with_capacity(2048),
         }
+    }
+
+    /// Cuts to honour where a replay meets them (see the module docs).
+    pub fn with_recorded(mut self, recorded: Cuts) -> Self {
+        self.recorded = recorded;
+        self
+    }
+
+    /// How `offset` of a partition is cut: by the recorded cuts while any
+    /// lies at or beyond it.
+    fn rule(&self, topic: &str, partition: i32, offset: i64) -> Rule<'_> {
+        match self.recorded.get(&(topic.to_string(), partition)) {
+            Some(cuts)
+                if cuts
+                    .last_key_value()
+                    .is_some_and(|(last, _)| *last >= offset) =>
+            {
+                Rule::Recorded(cuts)
+            }
+            _ => Rule::Decide,
+        }
+    }
+
+    /// When a partition in `state` needs a heartbeat, if it does.
+    fn due(&self, topic: &str, state: &PartitionState) -> Option<i64> {
+        (state.pending > 0).then(|| {
+            if topic == AUDIT_EVENTS_TOPIC {
+                // The saga may be waiting: at once.
+                i64::MIN
+            } else {
+                state
+                    .first_timestamp
+                    .saturating_add(self.settings.anchor_interval_ms)
+            }
+        })
+    }
+
+    /// Keeps the heartbeat schedule: due when the earliest partition is.
+    fn track(
+        &mut self,
+        txn: &StateTxn<'_>,
+        topic: &str,
+        partition: i32,
+        state: &PartitionState,
+    ) -> Result<(), ProcessError> {
+        let due = self.due(topic, state);
+        let map = match self.unanchored.take() {
+            Some(map) => map,
+            None => {
+                let mut map = BTreeMap::new();
+                for (key, bytes) in txn.scan_prefix(&[keys::PARTITION])? {
+                    let state: PartitionState = postcard::from_bytes(&bytes)
+                        .map_err(|e| StateError::corrupt(format!("audit partition state: {e}")))?;
+                    let (topic, partition) = keys::parse_partition(&key);
+                    if let Some(due) = self.due(&topic, &state) {
+                        map.insert((topic, partition), due);
+                    }
+                }
+                map
+            }
+        };
+        let map = self.unanchored.insert(map);
+        let id = (topic.to_string(), partition);
+        match due {
+            Some(due) => map.insert(id, due),
+            None => map.remove(&id),
+        };
+        self.pending.set_due(map.values().min().copied());
+        Ok(())
+    }
+
+    /// On a heartbeat at `at`: cuts every other partition whose first
+    /// unanchored record is at least an interval older, at the last record
+    /// processed (partitions under recorded cuts excepted).
+    fn cut_quiet(
+        &mut self,
+        at: i64,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        for (key, bytes) in txn.scan_prefix(&[keys::PARTITION])? {
+            let (topic, partition) = keys::parse_partition(&key);
+            if topic == AUDIT_EVENTS_TOPIC {
+                continue;
+            }
+            let mut state: PartitionState = postcard::from_bytes(&bytes)
+                .map_err(|e| StateError::corrupt(format!("audit partition state: {e}")))?;
+            let quiet = state.pending > 0
+                && at.saturating_sub(state.first_timestamp) >= self.settings.anchor_interval_ms;
+            if !quiet
+                || matches!(
+                    self.rule(&topic, partition, state.last_offset + 1),
+                    Rule::Recorded(_)
+                )
+            {
+                continue;
+            }
+            let last = state.last_offset;
+            self.anchor(&topic, partition, last, at, &mut state, txn, out)?;
+            txn.put(
+                key,
+                postcard::to_allocvec(&state)
+                    .map_err(|e| ProcessError::fatal("encoding audit state", e))?,
+            );
+            self.track(txn, &topic, partition, &state)?;
+        }
+        Ok(())
     }
 
     fn state(txn: &StateTxn<'_>, key: &[u8]) -> Result<PartitionState, ProcessError> {
@@ -183,24 +332,28 @@ impl Audit {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn anchor(
         &self,
-        record: &InputRecord<'_>,
+        topic: &str,
+        partition: i32,
+        last_offset: i64,
+        anchored_at: i64,
         state: &mut PartitionState,
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
         let mut anchor = Anchor {
             sequence: state.sequence,
-            topic: record.topic.to_string(),
-            partition: record.partition,
+            topic: topic.to_string(),
+            partition,
             first_offset: state.first_offset,
-            last_offset: record.offset,
+            last_offset,
             tree_size: state.frontier.size() as i64,
             root: hex::encode(state.frontier.root()),
             previous_hash: std::mem::take(&mut state.last_hash),
             request_ids: std::mem::take(&mut state.request_ids),
-            anchored_at: record.timestamp_ms.unwrap_or_default(),
+            anchored_at,
             key_id: String::new(),
             signature: String::new(),
         };
@@ -209,7 +362,7 @@ impl Audit {
         state.sequence += 1;
         state.pending = 0;
         txn.put(
-            keys::anchor(record.topic, record.partition, anchor.sequence),
+            keys::anchor(topic, partition, anchor.sequence),
             postcard::to_allocvec(&anchor)
                 .map_err(|e| ProcessError::fatal("encoding an anchor", e))?,
         );
@@ -253,13 +406,24 @@ impl Processor for Audit {
 
     fn restore(&mut self, store: &StateStore) -> Result<(), StateError> {
         // A heartbeat may be owed for records committed before a restart.
-        let key = keys::partition(AUDIT_EVENTS_TOPIC, 0);
-        if let Some(bytes) = store.get(&key)? {
+        let mut map = BTreeMap::new();
+        for entry in store.scan_prefix(&[keys::PARTITION]) {
+            let (key, bytes) = entry?;
             let state: PartitionState = postcard::from_bytes(&bytes)
                 .map_err(|e| StateError::corrupt(format!("audit partition state: {e}")))?;
-            self.pending.set(state.pending > 0);
+            let (topic, partition) = keys::parse_partition(&key);
+            if let Some(due) = self.due(&topic, &state) {
+                map.insert((topic, partition), due);
+            }
         }
+        self.pending.set_due(map.values().min().copied());
+        self.unanchored = Some(map);
         Ok(())
+    }
+
+    fn abandoned(&mut self) {
+        // Recounted from the store with the next record.
+        self.unanchored = None;
     }
 
     fn process(
@@ -288,13 +452,17 @@ impl Processor for Audit {
             state.first_timestamp = at;
         }
         state.pending += 1;
+        state.last_offset = record.offset;
 
         // A heartbeat, or an event a GDPR answer will cite, closes the range
         // at once: the saga is waiting for its anchor.
         let mut close = false;
-        let events = record.topic == AUDIT_EVENTS_TOPIC;
-        if let Some(event) = event {
-            close = event.action == HEARTBEAT;
+        let mut heartbeat_at = None;
+        if let Some(event) = &event {
+            if event.action == HEARTBEAT {
+                close = true;
+                heartbeat_at = Some(event.occurred_at);
+            }
             if let Some(id) = event.details.get("request_id") {
                 close = true;
                 if !state.request_ids.contains(id) {
@@ -302,20 +470,33 @@ impl Processor for Audit {
                 }
             }
         }
-        if close
-            || state.pending >= self.settings.anchor_every
-            || at >= state.first_timestamp + self.settings.anchor_interval_ms
-        {
-            self.anchor(record, &mut state, txn, out)?;
-        }
-        if events {
-            self.pending.set(state.pending > 0);
+        let cut = match self.rule(record.topic, record.partition, record.offset) {
+            Rule::Recorded(cuts) => cuts.get(&record.offset).copied(),
+            Rule::Decide => (close
+                || state.pending >= self.settings.anchor_every
+                || at >= state.first_timestamp + self.settings.anchor_interval_ms)
+                .then_some(at),
+        };
+        if let Some(anchored_at) = cut {
+            self.anchor(
+                record.topic,
+                record.partition,
+                record.offset,
+                anchored_at,
+                &mut state,
+                txn,
+                out,
+            )?;
         }
         txn.put(
             key,
             postcard::to_allocvec(&state)
                 .map_err(|e| ProcessError::fatal("encoding audit state", e))?,
         );
+        self.track(txn, record.topic, record.partition, &state)?;
+        if let Some(at) = heartbeat_at {
+            self.cut_quiet(at, txn, out)?;
+        }
         Ok(())
     }
 }
@@ -383,13 +564,56 @@ pub async fn run(
                 value: events.encode(&event).map_err(|e| e.to_string())?,
             })
         });
+    let recorded = recorded_cuts(&config).await?;
     let audit = Audit::new(
         config.settings.clone(),
         signer,
         runtime.encoder(ANCHORS_TOPIC).await?,
         pending,
-    );
+    )
+    .with_recorded(recorded);
     Ok(runtime.run(audit, shutdown).await?)
+}
+
+/// The cuts on `audit.anchors`, for a replay to honour.
+async fn recorded_cuts(config: &Config<Settings>) -> Result<Cuts, Failure> {
+    let unreadable = |e: String| {
+        StartError::Misconfigured(format!("reading the recorded cuts on {ANCHORS_TOPIC}: {e}"))
+    };
+    let kafka = config.kafka.clone();
+    let values = tokio::task::spawn_blocking(move || {
+        let mut values = Vec::new();
+        trellis_runtime::kafka::scan_topic(
+            &kafka,
+            ANCHORS_TOPIC,
+            Duration::from_secs(2),
+            |m| {
+                use rdkafka::Message;
+                values.extend(m.payload().map(<[u8]>::to_vec));
+            },
+            || false,
+        )
+        .map(|_| values)
+        .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| unreadable(e.to_string()))?
+    .map_err(unreadable)?;
+    let decoder = AvroDecoder::new(
+        trellis_runtime::schema::registry_settings(&config.registry.url)
+            .map_err(|e| unreadable(e.to_string()))?,
+    );
+    let mut cuts = Cuts::new();
+    for value in values {
+        let anchor: Anchor = decoder
+            .decode(&value)
+            .await
+            .map_err(|e| unreadable(e.to_string()))?;
+        cuts.entry((anchor.topic, anchor.partition))
+            .or_default()
+            .insert(anchor.last_offset, anchor.anchored_at);
+    }
+    Ok(cuts)
 }
 
 #[cfg(test)]

@@ -302,3 +302,84 @@ fn settings_are_checked_and_the_key_never_prints() {
         "{shown}"
     );
 }
+
+/// Records on two quiet partitions of `protected`, then a heartbeat an
+/// interval later: `heartbeat_after` protected records precede it.
+fn quiet_log(heartbeat_after: usize) -> Vec<OwnedRecord> {
+    let mut protected: Vec<OwnedRecord> = log(6)
+        .into_iter()
+        .filter(|r| r.topic == "protected")
+        .collect();
+    let beat = OwnedRecord {
+        topic: AUDIT_EVENTS_TOPIC.into(),
+        partition: 0,
+        offset: 0,
+        timestamp_ms: Some(70_000),
+        key: None,
+        value: Some(events_encoder().encode(&heartbeat(70_000)).unwrap()),
+        headers: Vec::new(),
+    };
+    protected.insert(heartbeat_after, beat);
+    protected
+}
+
+fn cuts_of(anchors: &[Anchor]) -> Cuts {
+    let mut cuts = Cuts::new();
+    for a in anchors {
+        cuts.entry((a.topic.clone(), a.partition))
+            .or_default()
+            .insert(a.last_offset, a.anchored_at);
+    }
+    cuts
+}
+
+fn run_with_cuts(records: &[OwnedRecord], cuts: Cuts) -> (Vec<Anchor>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    let mut audit = audit(1000).with_recorded(cuts);
+    let run = run_offline(NAME, &mut audit, &store, &decoder(), records, 3).unwrap();
+    let decoder = AvroDecoder::new(registry_settings("http://127.0.0.1:9").unwrap());
+    decoder.insert(1, schema("anchor.avsc")).unwrap();
+    let mut anchors: Vec<Anchor> = run
+        .outputs
+        .iter()
+        .map(|o| {
+            decoder
+                .decode_blocking(o.value.as_deref().unwrap())
+                .unwrap()
+        })
+        .collect();
+    anchors.sort_by_key(|a| (a.topic.clone(), a.partition, a.sequence));
+    (anchors, store.digest().unwrap().to_string())
+}
+
+#[test]
+fn a_heartbeat_cuts_quiet_partitions_and_a_replay_honours_the_recorded_cuts() {
+    // Live: the heartbeat comes after every record; both quiet partitions
+    // are cut at their last record, an interval after their first.
+    let live = quiet_log(12);
+    let (anchors, digest) = run_with_cuts(&live, Cuts::new());
+    let protected: Vec<(i32, i64, i64, i64)> = anchors
+        .iter()
+        .filter(|a| a.topic == "protected")
+        .map(|a| (a.partition, a.first_offset, a.last_offset, a.anchored_at))
+        .collect();
+    assert_eq!(protected, [(0, 0, 5, 70_000), (1, 0, 5, 70_000)]);
+    let reports = verify_records(&audited(), anchors.clone(), &signer(), &live);
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.finding.is_none() && r.unanchored == 0),
+        "{reports:?}"
+    );
+
+    // A replay meets the heartbeat earlier (another interleaving): deciding
+    // again would cut elsewhere; honouring the recorded cuts gives the same
+    // anchors and the same state.
+    let replay = quiet_log(7);
+    let (decided, _) = run_with_cuts(&replay, Cuts::new());
+    assert_ne!(decided, anchors, "the decision depends on the interleaving");
+    let (honoured, replay_digest) = run_with_cuts(&replay, cuts_of(&anchors));
+    assert_eq!(honoured, anchors);
+    assert_eq!(replay_digest, digest);
+}

@@ -14,7 +14,7 @@
 //! events to `audit.events`, the saga [`trellis_records::Tick`]s).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::producer::{Outgoing, TrellisProducer};
@@ -39,20 +39,32 @@ pub struct TickRecord {
     pub value: Vec<u8>,
 }
 
-/// Set by a processor while it has timed work pending; the ticker only
-/// writes while it is set.
-#[derive(Clone, Default)]
-pub struct Pending(Arc<AtomicBool>);
+/// Set by a processor while it has timed work pending (now, or from a
+/// wall-clock time on); the ticker only writes while it is due.
+#[derive(Clone)]
+pub struct Pending(Arc<AtomicI64>);
+
+impl Default for Pending {
+    fn default() -> Self {
+        Self(Arc::new(AtomicI64::new(i64::MAX)))
+    }
+}
 
 impl Pending {
-    /// Timed work is (or is no longer) pending.
+    /// Timed work is (or is no longer) pending, now.
     pub fn set(&self, pending: bool) {
-        self.0.store(pending, Ordering::Relaxed);
+        self.set_due(pending.then_some(i64::MIN));
     }
 
-    /// Whether timed work is pending.
+    /// Timed work is due from `at` (ms since the epoch) on, or none.
+    pub fn set_due(&self, at: Option<i64>) {
+        self.0.store(at.unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// Whether timed work is due now.
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        let due = self.0.load(Ordering::Relaxed);
+        due != i64::MAX && due <= now_ms()
     }
 }
 
@@ -101,5 +113,24 @@ impl Ticker {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_work_is_due_now_or_from_a_time_on() {
+        let pending = Pending::default();
+        assert!(!pending.get(), "nothing pending at first");
+        pending.set(true);
+        assert!(pending.get());
+        pending.set_due(Some(now_ms() + 60_000));
+        assert!(!pending.get(), "not yet due");
+        pending.set_due(Some(now_ms() - 1));
+        assert!(pending.get());
+        pending.set(false);
+        assert!(!pending.get());
     }
 }
