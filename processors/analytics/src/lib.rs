@@ -606,6 +606,10 @@ impl Analytics {
                 continue;
             };
             let mut cell: Cell = decode_state(&bytes)?;
+            let k = self.tenant_k.get(&cell.tenant).copied().unwrap_or(self.k);
+            // What was published last (nothing if no event counted yet).
+            let was_suppressed =
+                class > 0 && cell.counts.events > 0 && cell.distinct < i64::from(k);
             if class > 0 {
                 let delta_key = delta_key(&cell_key, class);
                 if let Some(delta) = txn.get(&delta_key)? {
@@ -620,10 +624,11 @@ impl Analytics {
                     .count() as i64;
                 cell.revision = i32::try_from(class).unwrap_or(i32::MAX);
             }
-            // A cell only late events created has no first publication.
-            if cell.counts.events > 0 {
-                let k = self.tenant_k.get(&cell.tenant).copied().unwrap_or(self.k);
-                let aggregate = cell.aggregate(k);
+            // A cell only late events created has no first publication, and
+            // a suppressed cell that stays suppressed has nothing new to
+            // show: its published form would differ in the revision alone.
+            let aggregate = cell.aggregate(k);
+            if cell.counts.events > 0 && !(aggregate.suppressed && was_suppressed) {
                 if aggregate.suppressed {
                     self.counters.suppressed.inc();
                 }

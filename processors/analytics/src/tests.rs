@@ -921,3 +921,24 @@ mod recomputed {
         }
     }
 }
+
+#[test]
+fn a_suppressed_cell_is_republished_only_when_late_events_lift_it_over_k() {
+    let ev = |learner: &str, n, at| (0, event("acme", learner, n, at, "attempted", None));
+    // Three learners in the first hour: suppressed at k = 5.
+    let mut events: Vec<(i32, ProtectedEvent)> = (0..3)
+        .map(|l| ev(&format!("p_{l}"), 0, T0 + 1000))
+        .collect();
+    events.push(ev("p_0", 1, T0 + H + 700_000)); // published: suppressed
+    events.push(ev("p_3", 0, T0 + 2000)); // class 1: four learners, still suppressed
+    events.push(ev("p_0", 2, T0 + 2 * H + 700_000)); // revision 1 due: nothing new to show
+    events.push(ev("p_4", 0, T0 + 3000)); // class 2: five learners
+    events.push(ev("p_0", 3, T0 + 3 * H + 700_000)); // revision 2 due: shown
+    let run = run_with(&Settings::default(), 1, &events);
+    let revisions: Vec<(i32, bool, i64)> = run
+        .revisions("acme", "hour", T0, "tenant", "acme")
+        .iter()
+        .map(|a| (a.revision, a.suppressed, a.events))
+        .collect();
+    assert_eq!(revisions, [(0, true, 0), (2, false, 5)]);
+}

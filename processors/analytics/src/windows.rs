@@ -22,7 +22,9 @@
 //! can carry an event of class `c` or lower, so revision `c` holds exactly
 //! the events of classes `0..=c` — a function of the log, whatever the
 //! interleaving, batch boundaries or restarts. Only classes that received
-//! events are published, so revision numbers can skip; they only grow. A
+//! events are published, and a suppressed cell that stays suppressed is not
+//! re-published (its published form would change in the revision alone),
+//! so revision numbers can skip; they only grow. A
 //! cell's state (counts, and the distinct-learner memberships) is kept
 //! until the last point at or after `end + horizon`, then dropped.
 
