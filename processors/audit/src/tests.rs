@@ -92,18 +92,21 @@ fn anchors_of(every: u64, records: &[OwnedRecord]) -> (Vec<Anchor>, StateStore, 
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
     let run = run_offline(NAME, &mut audit(every), &store, &decoder(), records, 7).unwrap();
+    (decode_anchors(&run.outputs), store, dir)
+}
+
+/// The anchors among a run's outputs, in output order.
+fn decode_anchors(outputs: &[OutputRecord]) -> Vec<Anchor> {
     let decoder = AvroDecoder::new(registry_settings("http://127.0.0.1:9").unwrap());
     decoder.insert(1, schema("anchor.avsc")).unwrap();
-    let anchors = run
-        .outputs
+    outputs
         .iter()
         .map(|o| {
             decoder
                 .decode_blocking(o.value.as_deref().unwrap())
                 .unwrap()
         })
-        .collect();
-    (anchors, store, dir)
+        .collect()
 }
 
 fn audited() -> Vec<String> {
@@ -338,17 +341,7 @@ fn run_with_cuts(records: &[OwnedRecord], cuts: Cuts) -> (Vec<Anchor>, String) {
     let store = StateStore::open(dir.path()).unwrap();
     let mut audit = audit(1000).with_recorded(cuts);
     let run = run_offline(NAME, &mut audit, &store, &decoder(), records, 3).unwrap();
-    let decoder = AvroDecoder::new(registry_settings("http://127.0.0.1:9").unwrap());
-    decoder.insert(1, schema("anchor.avsc")).unwrap();
-    let mut anchors: Vec<Anchor> = run
-        .outputs
-        .iter()
-        .map(|o| {
-            decoder
-                .decode_blocking(o.value.as_deref().unwrap())
-                .unwrap()
-        })
-        .collect();
+    let mut anchors = decode_anchors(&run.outputs);
     anchors.sort_by_key(|a| (a.topic.clone(), a.partition, a.sequence));
     (anchors, store.digest().unwrap().to_string())
 }

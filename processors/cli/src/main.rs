@@ -673,23 +673,12 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
             let decoder = trellis_runtime::schema::AvroDecoder::new(
                 trellis_runtime::schema::registry_settings(&registry.registry_url)?,
             );
-            let values = tokio::task::spawn_blocking(move || {
-                let mut values = Vec::new();
-                trellis_runtime::kafka::scan_topic(
-                    &kafka,
-                    trellis_records::AGGREGATES_TOPIC,
-                    Duration::from_secs(2),
-                    |m| {
-                        use rdkafka::Message;
-                        values.extend(m.payload().map(<[u8]>::to_vec));
-                    },
-                    || false,
-                )
-                .map(|_| values)
+            let records = tokio::task::spawn_blocking(move || {
+                trellis_cli::audit::read_topic(&kafka, trellis_records::AGGREGATES_TOPIC)
             })
             .await??;
-            let mut cells = Vec::with_capacity(values.len());
-            for value in &values {
+            let mut cells = Vec::with_capacity(records.len());
+            for value in records.iter().filter_map(|r| r.value.as_deref()) {
                 cells.push(decoder.decode::<trellis_records::Aggregate>(value).await?);
             }
             let lines = demo::hour_lines(&manifests, cells);
