@@ -764,12 +764,8 @@ impl Gdpr {
     /// failed, else `done` if one did; details, key ids and counts of
     /// distinct answers (two identifiers of one subject are one export).
     fn results(&self, request: &SubjectRequest, answers: &Answers) -> Vec<ParticipantResult> {
-        let privacy = self.privacy_answers(request, answers).unwrap_or_else(|| {
-            answers
-                .values()
-                .filter(|a| a.participant == PRIVACY)
-                .collect()
-        });
+        // Called once privacy answered for every identifier.
+        let privacy = self.privacy_answers(request, answers).unwrap_or_default();
         let expected = self.expected(request, answers).unwrap_or_default();
         std::iter::once(PRIVACY)
             .chain(self.settings.participants.iter().map(String::as_str))
