@@ -30,9 +30,69 @@ struct Topology {
     stack: Stack,
     export_dir: PathBuf,
     warehouse: Postgres,
+    /// Where the audit processor serves its checkpoint.
+    checkpoint_port: u16,
 }
 
+/// The audit log's public key: all a verifier is given.
+fn audit_public_key() -> String {
+    let seed =
+        trellis_runtime::secret::Secret::from_bytes(hex::decode(test_secret("anchors")).unwrap());
+    trellis_audit::signing::NoteKey::new("test-anchors", &seed)
+        .unwrap()
+        .vkey()
+}
+
+const WITNESS: &str = "witness.test/w1";
+
 impl Topology {
+    fn checkpoint_file(&self) -> PathBuf {
+        self.stack.dir.path().join("audit-checkpoint")
+    }
+
+    fn witness_state(&self) -> PathBuf {
+        self.stack.dir.path().join("witness-state")
+    }
+
+    /// `trellis audit witness --once` against the running audit processor.
+    fn witness_once(&self) -> (bool, String) {
+        let output = Command::new(binary("trellis"))
+            .args([
+                "audit",
+                "witness",
+                "--once",
+                "--name",
+                WITNESS,
+                "--log",
+                &format!("http://127.0.0.1:{}", self.checkpoint_port),
+                "--log-key",
+                &audit_public_key(),
+                "--state",
+                self.witness_state().to_str().unwrap(),
+            ])
+            .env("TRELLIS_WITNESS_SIGNING_KEY", test_secret("witness"))
+            .env_remove(trellis_audit::SIGNING_KEY)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    }
+
+    fn witness_key(&self) -> String {
+        let seed = trellis_runtime::secret::Secret::from_bytes(
+            hex::decode(test_secret("witness")).unwrap(),
+        );
+        trellis_audit::signing::Cosigner::new(WITNESS, &seed)
+            .unwrap()
+            .vkey()
+    }
+
     fn vault_dir(&self) -> PathBuf {
         self.stack.dir.path().join("vault")
     }
@@ -97,7 +157,11 @@ impl Topology {
                 "{{tenants: [northwind-uni, riverside-college, acme-learning], participants: [progress, analytics, warehouse], retry_after_ms: 3000, tick_ms: 200, export_dir: '{}'}}",
                 self.export_dir.display()
             ),
-            "audit" => "{key_id: test-anchors, anchor_every: 64, anchor_interval_ms: 200}".into(),
+            "audit" => format!(
+                "{{key_id: test-anchors, anchor_every: 64, anchor_interval_ms: 200, origin: test.localhost/audit, checkpoint_addr: '127.0.0.1:{}', checkpoint_file: '{}'}}",
+                self.checkpoint_port,
+                self.checkpoint_file().display()
+            ),
             _ => "{}".into(),
         }
     }
@@ -141,8 +205,10 @@ impl Topology {
                 "TRELLIS_TOPOLOGY",
                 trellis_replay_tests::repo_root().join("topology.yaml"),
             )
-            .env(trellis_audit::SIGNING_KEY, test_secret("anchors"))
-            .env("TRELLIS_AUDIT_KEY_ID", "test-anchors")
+            // A verifier holds the public key, never the signing key.
+            .env_remove(trellis_audit::SIGNING_KEY)
+            .env_remove(format!("{}_FILE", trellis_audit::SIGNING_KEY))
+            .env("TRELLIS_AUDIT_PUBLIC_KEY", audit_public_key())
             .env("TRELLIS_REGISTRY_URL", &self.stack.registry_url)
             .env(trellis_privacy::MASTER_KEY, test_secret("master"))
             .env(trellis_privacy::INDEX_KEY, test_secret("index"))
@@ -296,6 +362,7 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
         stack,
         export_dir,
         warehouse,
+        checkpoint_port: free_port(),
     };
     let kafka = t.stack.kafka.clone();
 
@@ -324,6 +391,14 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
     analytics
         .wait_caught_up(&t.ends(&["protected"]), long)
         .await;
+    // A witness sees the audit log for the first time (trusted on first
+    // use); it will check that what it is shown later only grew from this.
+    audit.wait_caught_up(&t.ends(&["protected"]), long).await;
+    let (ok, text) = t.witness_once();
+    assert!(
+        ok && text.starts_with("cosigned test.localhost/audit size "),
+        "{text}"
+    );
 
     // Before: the subject's vault entries (to try later against every KEK
     // left), the progress table and the aggregates.
@@ -594,6 +669,18 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
         })
         .expect("the cited anchor is on audit.anchors");
     assert!(cited.1.request_ids.contains(&"erase-user".to_string()));
+    // The answer cites the anchor log's signed checkpoint that includes the
+    // anchor: it opens with the public key alone.
+    let cited_checkpoint = answer
+        .audit_checkpoint
+        .clone()
+        .expect("a checkpoint is cited");
+    assert_eq!(cited_checkpoint, cited.1.checkpoint);
+    let mut public = trellis_audit::signing::Keys::default();
+    public.trust_vkey(&audit_public_key()).unwrap();
+    let body = public.open_note(cited_checkpoint.as_bytes()).unwrap();
+    let cited_at = trellis_audit::checkpoint::Checkpoint::parse(&body).unwrap();
+    assert_eq!(cited_at.origin, "test.localhost/audit");
 
     // Quiesce: every processor caught up, audit.events fully anchored.
     progress
@@ -621,6 +708,38 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
         },
     )
     .await;
+    // The witness again: the log grew, a consistency proof shows it only
+    // grew, and the witness cosigns the new checkpoint. The file and the
+    // endpoint publish the same checkpoint.
+    let (ok, text) = t.witness_once();
+    assert!(
+        ok && text.starts_with("cosigned test.localhost/audit size "),
+        "{text}"
+    );
+    let served = reqwest::get(format!("http://127.0.0.1:{}/checkpoint", t.checkpoint_port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        served,
+        std::fs::read_to_string(t.checkpoint_file()).unwrap()
+    );
+    let grown =
+        trellis_audit::checkpoint::Checkpoint::parse(&public.open_note(served.as_bytes()).unwrap())
+            .unwrap();
+    assert!(grown.size > cited_at.size, "{grown} after {cited_at}");
+    let witnessed = trellis_audit::checkpoint::Checkpoint::parse(
+        &public
+            .open_note(
+                std::fs::read_to_string(t.witness_state())
+                    .unwrap()
+                    .as_bytes(),
+            )
+            .unwrap(),
+    )
+    .unwrap();
     audit
         .wait_caught_up(
             &t.ends(&[
@@ -780,9 +899,25 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
         "closed cells cover the erased learner's past events"
     );
 
-    // The audit chain still verifies: crypto-shredding changed no record.
-    let (ok, report) = t.trellis(&["audit", "verify"]);
+    // The audit chain still verifies: crypto-shredding changed no record;
+    // and the log contains the tree the witness cosigned.
+    let witness_state = t.witness_state();
+    let witness_key = t.witness_key();
+    let with_witness = [
+        "--witness",
+        witness_state.to_str().unwrap(),
+        "--witness-key",
+        witness_key.as_str(),
+    ];
+    let (ok, report) = t.trellis(&[&["audit", "verify"][..], &with_witness].concat());
     assert!(ok, "{report}");
+    assert!(
+        report.contains(&format!(
+            "witness {WITNESS} cosigned test.localhost/audit size {}",
+            witnessed.size
+        )),
+        "{report}"
+    );
 
     // Tamper with a copy of the logs: change a byte, drop a record, swap
     // two records. Each is detected and located.
@@ -842,6 +977,33 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
     }
     let (ok, report) = t.trellis(&["audit", "verify", "--log", log.to_str().unwrap()]);
     assert!(ok, "the untouched copy verifies\n{report}");
+
+    // The newest anchors removed: every chain still links (a shorter log is
+    // a valid log), but not past the witness.
+    let truncated = t.stack.dir.path().join("truncated.log");
+    let mut seen = 0;
+    tampered(&log, &truncated, |r: &mut Vec<_>| {
+        r.retain(|record: &trellis_runtime::pipeline::OwnedRecord| {
+            if record.topic != "audit.anchors" {
+                return true;
+            }
+            seen += 1;
+            seen < witnessed.size
+        })
+    });
+    let (ok, report) = t.trellis(&["audit", "verify", "--log", truncated.to_str().unwrap()]);
+    assert!(ok, "without the witness a truncation passes\n{report}");
+    let (ok, report) = t.trellis(
+        &[
+            &["audit", "verify", "--log", truncated.to_str().unwrap()][..],
+            &with_witness,
+        ]
+        .concat(),
+    );
+    assert!(
+        !ok && report.contains("TRUNCATED: the witness saw"),
+        "{report}"
+    );
 
     // Proofs: inclusion of one record and consistency of two anchors,
     // checked from the proof and the anchors alone.

@@ -1,14 +1,10 @@
 //! The bytes that get hashed and signed. Every variable-length part is
 //! length-prefixed so no two different records share an encoding.
 
-use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use trellis_records::Anchor;
-use trellis_runtime::secret::Secret;
 
 use crate::merkle::Hash;
-
-type HmacSha256 = hmac::Hmac<Sha256>;
 
 fn put(buf: &mut Vec<u8>, bytes: &[u8]) {
     buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
@@ -100,45 +96,3 @@ fn put_hash_input(h: &mut Sha256, bytes: &[u8]) {
 
 /// The previous-hash of a chain's first anchor.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// Signs and checks anchors with HMAC-SHA256 under a named key.
-#[derive(Debug)]
-pub struct Signer {
-    key_id: String,
-    key: Secret,
-}
-
-impl Signer {
-    /// A signer for `key_id` holding `key`.
-    pub fn new(key_id: impl Into<String>, key: Secret) -> Self {
-        Self {
-            key_id: key_id.into(),
-            key,
-        }
-    }
-
-    /// The key id anchors name.
-    pub fn key_id(&self) -> &str {
-        &self.key_id
-    }
-
-    fn mac(&self, anchor: &Anchor) -> HmacSha256 {
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(self.key.expose())
-            .expect("HMAC takes keys of any length");
-        mac.update(&anchor_body(anchor));
-        mac
-    }
-
-    /// Sets `key_id` and `signature`.
-    pub fn sign(&self, anchor: &mut Anchor) {
-        anchor.key_id = self.key_id.clone();
-        anchor.signature = hex::encode(self.mac(anchor).finalize().into_bytes());
-    }
-
-    /// Whether `anchor` carries this key's valid signature (constant time).
-    pub fn verify(&self, anchor: &Anchor) -> bool {
-        anchor.key_id == self.key_id
-            && hex::decode(&anchor.signature)
-                .is_ok_and(|sig| self.mac(anchor).verify_slice(&sig).is_ok())
-    }
-}

@@ -34,11 +34,16 @@
 //! `trellis audit` is its command line.
 
 pub mod canonical;
+pub mod checkpoint;
 pub mod merkle;
+pub mod signing;
 pub mod verify;
+pub mod witness;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,8 +59,10 @@ use trellis_runtime::{
     StateTxn,
 };
 
-use crate::canonical::{GENESIS, Signer, anchor_hash, record_bytes};
+use crate::canonical::{GENESIS, anchor_hash, record_bytes};
+use crate::checkpoint::AnchorLog;
 use crate::merkle::{Frontier, leaf_hash};
+use crate::signing::{KeyError, Signer};
 
 /// Processor name (topology.yaml).
 pub const NAME: &str = "audit";
@@ -65,23 +72,51 @@ pub const SIGNING_KEY: &str = "TRELLIS_AUDIT_SIGNING_KEY";
 pub const SECRETS: &[SecretSpec] = &[SecretSpec {
     env: SIGNING_KEY,
     format: SecretFormat::Hex32,
-    purpose: "signs audit anchors (HMAC-SHA256)",
+    purpose: "signs audit anchors and checkpoints (the Ed25519 seed, or the HMAC-SHA256 key)",
 }];
 /// The action of the events that close `audit.events` ranges.
 pub const HEARTBEAT: &str = "audit.heartbeat";
+
+/// How anchors are signed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Ed25519 signed notes: anyone with the public key verifies.
+    #[default]
+    Ed25519,
+    /// HMAC-SHA256: whoever verifies holds the key (older deployments).
+    Hmac,
+}
 
 /// `settings:` of the audit processor's config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Id of the signing key, written into every anchor.
+    /// The signing key's name (Ed25519: anchors carry `name+hexid`;
+    /// HMAC: the id written into every anchor).
     pub key_id: String,
+    /// `ed25519` (default) or `hmac`.
+    #[serde(default)]
+    pub signature: Algorithm,
+    /// The anchor log's origin line (a schema-less URL naming this log).
+    #[serde(default = "default_origin")]
+    pub origin: String,
+    /// Where `GET /checkpoint` is served (none: not served).
+    #[serde(default)]
+    pub checkpoint_addr: Option<SocketAddr>,
+    /// Where the latest checkpoint is written (none: not written).
+    #[serde(default)]
+    pub checkpoint_file: Option<PathBuf>,
     /// Anchor a partition after this many new records.
     #[serde(default = "default_every")]
     pub anchor_every: u64,
     /// …or once a record is this much younger than the first unanchored one.
     #[serde(default = "default_interval")]
     pub anchor_interval_ms: i64,
+}
+
+fn default_origin() -> String {
+    "trellis.localhost/audit".to_string()
 }
 
 fn default_every() -> u64 {
@@ -101,6 +136,9 @@ impl Settings {
         let mut problems = Vec::new();
         if self.key_id.trim().is_empty() {
             problems.push("settings.key_id is empty".to_string());
+        }
+        if self.origin.trim().is_empty() || self.origin.contains('\n') {
+            problems.push("settings.origin must be one non-empty line".to_string());
         }
         if self.anchor_every == 0 {
             problems.push("settings.anchor_every must be at least 1".to_string());
@@ -188,6 +226,7 @@ pub struct Audit {
     /// first unanchored record); `None`: recount from the store.
     unanchored: Option<BTreeMap<(String, i32), i64>>,
     recorded: Cuts,
+    log: AnchorLog,
     buf: Vec<u8>,
 }
 
@@ -202,7 +241,13 @@ enum Rule<'a> {
 impl Audit {
     /// An audit processor.
     pub fn new(settings: Settings, signer: Signer, anchors: AvroEncoder, pending: Pending) -> Self {
+        let log = AnchorLog::new(
+            &settings.origin,
+            signer.note_key().cloned(),
+            settings.checkpoint_file.clone(),
+        );
         Self {
+            log,
             settings,
             signer,
             anchors,
@@ -214,10 +259,27 @@ impl Audit {
         }
     }
 
-    /// Cuts to honour where a replay meets them (see the module docs).
-    pub fn with_recorded(mut self, recorded: Cuts) -> Self {
-        self.recorded = recorded;
-        self
+    /// The anchors on `audit.anchors`, in topic order: cuts to honour where
+    /// a replay meets them (see the module docs), and the anchor log so far.
+    ///
+    /// # Errors
+    /// The topic holds two different anchors for one chain position, or
+    /// the checkpoint cannot be signed or written.
+    pub fn with_recorded(mut self, anchors: &[Anchor]) -> Result<Self, KeyError> {
+        for anchor in anchors {
+            self.recorded
+                .entry((anchor.topic.clone(), anchor.partition))
+                .or_default()
+                .insert(anchor.last_offset, anchor.anchored_at);
+            self.log.append(anchor)?;
+        }
+        self.log.commit()?;
+        Ok(self)
+    }
+
+    /// What the checkpoint endpoint serves.
+    pub fn published(&self) -> checkpoint::Shared {
+        self.log.shared()
     }
 
     /// How `offset` of a partition is cut: by the recorded cuts while any
@@ -334,7 +396,7 @@ impl Audit {
 
     #[allow(clippy::too_many_arguments)]
     fn anchor(
-        &self,
+        &mut self,
         topic: &str,
         partition: i32,
         last_offset: i64,
@@ -356,8 +418,13 @@ impl Audit {
             anchored_at,
             key_id: String::new(),
             signature: String::new(),
+            checkpoint: String::new(),
         };
         self.signer.sign(&mut anchor);
+        anchor.checkpoint = self
+            .log
+            .append(&anchor)
+            .map_err(|e| ProcessError::fatal("the anchor log", e))?;
         state.last_hash = hex::encode(anchor_hash(&anchor));
         state.sequence += 1;
         state.pending = 0;
@@ -421,9 +488,17 @@ impl Processor for Audit {
         Ok(())
     }
 
+    fn committed(&mut self) {
+        if let Err(e) = self.log.commit() {
+            // The anchors are on the topic; the next commit publishes them.
+            tracing::error!(error = %e, "publishing the checkpoint failed");
+        }
+    }
+
     fn abandoned(&mut self) {
         // Recounted from the store with the next record.
         self.unanchored = None;
+        self.log.rollback();
     }
 
     fn process(
@@ -546,11 +621,15 @@ pub async fn run(
         )
         .into());
     }
+    let signer = match config.settings.signature {
+        Algorithm::Ed25519 => Signer::ed25519(&config.settings.key_id, secrets.get(SIGNING_KEY))
+            .map_err(|e| StartError::Misconfigured(format!("{SIGNING_KEY}: {e}")))?,
+        Algorithm::Hmac => Signer::hmac(
+            config.settings.key_id.clone(),
+            secrets.get(SIGNING_KEY).clone(),
+        ),
+    };
     let runtime = Runtime::start(NAME, &config).await?;
-    let signer = Signer::new(
-        config.settings.key_id.clone(),
-        secrets.get(SIGNING_KEY).clone(),
-    );
     let pending = Pending::default();
     let events = runtime.encoder(AUDIT_EVENTS_TOPIC).await?;
     let every = Duration::from_millis(config.settings.anchor_interval_ms as u64);
@@ -564,21 +643,33 @@ pub async fn run(
                 value: events.encode(&event).map_err(|e| e.to_string())?,
             })
         });
-    let recorded = recorded_cuts(&config).await?;
+    let recorded = recorded_anchors(&config).await?;
     let audit = Audit::new(
         config.settings.clone(),
         signer,
         runtime.encoder(ANCHORS_TOPIC).await?,
         pending,
     )
-    .with_recorded(recorded);
+    .with_recorded(&recorded)
+    .map_err(|e| StartError::Misconfigured(format!("{ANCHORS_TOPIC}: {e}")))?;
+    if let Some(addr) = config.settings.checkpoint_addr {
+        let bound = checkpoint::serve(audit.published(), addr)
+            .await
+            .map_err(|e| {
+                StartError::Misconfigured(format!("serving checkpoints on {addr}: {e}"))
+            })?;
+        tracing::info!(addr = %bound, origin = %config.settings.origin, "checkpoints served at /checkpoint");
+    }
     Ok(runtime.run(audit, shutdown).await?)
 }
 
-/// The cuts on `audit.anchors`, for a replay to honour.
-async fn recorded_cuts(config: &Config<Settings>) -> Result<Cuts, Failure> {
+/// The anchors on `audit.anchors` in topic order: the recorded cuts for a
+/// replay to honour, and the anchor log.
+async fn recorded_anchors(config: &Config<Settings>) -> Result<Vec<Anchor>, Failure> {
     let unreadable = |e: String| {
-        StartError::Misconfigured(format!("reading the recorded cuts on {ANCHORS_TOPIC}: {e}"))
+        StartError::Misconfigured(format!(
+            "reading the recorded anchors on {ANCHORS_TOPIC}: {e}"
+        ))
     };
     let kafka = config.kafka.clone();
     let values = tokio::task::spawn_blocking(move || {
@@ -603,17 +694,16 @@ async fn recorded_cuts(config: &Config<Settings>) -> Result<Cuts, Failure> {
         trellis_runtime::schema::registry_settings(&config.registry.url)
             .map_err(|e| unreadable(e.to_string()))?,
     );
-    let mut cuts = Cuts::new();
+    let mut anchors = Vec::with_capacity(values.len());
     for value in values {
-        let anchor: Anchor = decoder
-            .decode(&value)
-            .await
-            .map_err(|e| unreadable(e.to_string()))?;
-        cuts.entry((anchor.topic, anchor.partition))
-            .or_default()
-            .insert(anchor.last_offset, anchor.anchored_at);
+        anchors.push(
+            decoder
+                .decode(&value)
+                .await
+                .map_err(|e| unreadable(e.to_string()))?,
+        );
     }
-    Ok(cuts)
+    Ok(anchors)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use trellis_runtime::schema::registry_settings;
 use trellis_runtime::secret::Secret;
 use trellis_runtime::state::StateStore;
 
+use super::signing::Keys;
 use super::verify::{Problem, verify_proof, verify_records};
 use super::*;
 
@@ -13,12 +14,20 @@ fn schema(file: &str) -> Schema {
 }
 
 fn signer() -> Signer {
-    Signer::new("k1", Secret::from_bytes(vec![7; 32]))
+    Signer::ed25519("k1", &Secret::from_bytes(vec![7; 32])).unwrap()
+}
+
+fn keys() -> Keys {
+    signer().keys()
 }
 
 fn settings(every: u64) -> Settings {
     Settings {
         key_id: "k1".into(),
+        signature: Algorithm::Ed25519,
+        origin: "test.example/audit".into(),
+        checkpoint_addr: None,
+        checkpoint_file: None,
         anchor_every: every,
         anchor_interval_ms: 60_000,
     }
@@ -138,7 +147,7 @@ fn anchors_every_n_records_and_on_a_heartbeat_and_verify_passes() {
     assert!(events[1].request_ids.is_empty());
     assert_eq!(stored_anchors(&store).unwrap().len(), anchors.len());
 
-    let reports = verify_records(&audited(), anchors.clone(), &signer(), &records);
+    let reports = verify_records(&audited(), anchors.clone(), &keys(), &records);
     assert!(reports.iter().all(|r| r.finding.is_none()), "{reports:?}");
     let p0 = reports
         .iter()
@@ -155,16 +164,26 @@ fn replay_in_another_interleaving_cuts_the_same_anchors() {
     // Same per-partition order, partitions interleaved differently.
     reordered.sort_by_key(|r| (r.topic.clone(), std::cmp::Reverse(r.partition), r.offset));
     let (again, _s, _d) = anchors_of(16, &reordered);
-    let key = |a: &Anchor| (a.topic.clone(), a.partition, a.sequence);
-    let mut a = anchors.clone();
-    let mut b = again.clone();
-    a.sort_by_key(key);
-    b.sort_by_key(key);
-    assert_eq!(a, b);
+    // The chains are the same; where each anchor stands in the anchor log
+    // (its checkpoint) is the order they were written in, which
+    // `audit.anchors` records and a replay reads back (next test).
+    let chains = |anchors: &[Anchor]| {
+        let mut anchors: Vec<Anchor> = anchors
+            .iter()
+            .map(|a| Anchor {
+                checkpoint: String::new(),
+                ..a.clone()
+            })
+            .collect();
+        anchors.sort_by_key(|a| (a.topic.clone(), a.partition, a.sequence));
+        anchors
+    };
+    assert_eq!(chains(&anchors), chains(&again));
+    assert_ne!(anchors, again);
 }
 
 fn first_problem(records: &[OwnedRecord], anchors: &[Anchor]) -> Problem {
-    verify_records(&audited(), anchors.to_vec(), &signer(), records)
+    verify_records(&audited(), anchors.to_vec(), &keys(), records)
         .into_iter()
         .find_map(|r| r.finding)
         .expect("a finding")
@@ -262,17 +281,24 @@ fn proofs_verify_from_anchors_alone_and_fail_when_tampered() {
         .cloned()
         .collect();
     let proof = verify::prove_inclusion(&anchors, &partition, 20, None).unwrap();
-    assert!(verify_proof(&proof, &anchors, Some(&signer())).is_ok());
+    assert!(verify_proof(&proof, &anchors, Some(&keys())).is_ok());
     let mut bad = proof.clone();
     if let verify::Proof::Inclusion { record, .. } = &mut bad {
         record.replace_range(0..2, "ff");
     }
-    assert!(verify_proof(&bad, &anchors, Some(&signer())).is_err());
+    assert!(verify_proof(&bad, &anchors, Some(&keys())).is_err());
 
     let proof = verify::prove_consistency(&anchors, &partition, 0, 1).unwrap();
-    assert!(verify_proof(&proof, &anchors, Some(&signer())).is_ok());
-    let wrong_key = Signer::new("k1", Secret::from_bytes(vec![8; 32]));
+    assert!(verify_proof(&proof, &anchors, Some(&keys())).is_ok());
+    let wrong_key = Signer::ed25519("k1", &Secret::from_bytes(vec![8; 32]))
+        .unwrap()
+        .keys();
     assert!(verify_proof(&proof, &anchors, Some(&wrong_key)).is_err());
+    // HMAC anchors are not accepted by a verifier that holds public keys.
+    let hmac = Signer::hmac("k1", Secret::from_bytes(vec![7; 32]));
+    let mut anchor = anchors[0].clone();
+    hmac.sign(&mut anchor);
+    assert!(hmac.keys().verify(&anchor) && !keys().verify(&anchor));
 }
 
 #[test]
@@ -288,12 +314,15 @@ fn log_files_round_trip() {
 fn settings_are_checked_and_the_key_never_prints() {
     let bad = Settings {
         key_id: " ".into(),
+        origin: String::new(),
         anchor_every: 0,
         anchor_interval_ms: 0,
+        ..settings(1)
     };
     let message = bad.check().unwrap_err();
     assert!(
         message.contains("key_id")
+            && message.contains("origin")
             && message.contains("anchor_every")
             && message.contains("anchor_interval_ms")
     );
@@ -326,24 +355,22 @@ fn quiet_log(heartbeat_after: usize) -> Vec<OwnedRecord> {
     protected
 }
 
-fn cuts_of(anchors: &[Anchor]) -> Cuts {
-    let mut cuts = Cuts::new();
-    for a in anchors {
-        cuts.entry((a.topic.clone(), a.partition))
-            .or_default()
-            .insert(a.last_offset, a.anchored_at);
-    }
-    cuts
-}
-
-fn run_with_cuts(records: &[OwnedRecord], cuts: Cuts) -> (Vec<Anchor>, String) {
+/// Runs the processor over `records` with `recorded` anchors already on
+/// `audit.anchors`; the anchors it writes, in the order written.
+fn run_with_recorded(records: &[OwnedRecord], recorded: &[Anchor]) -> (Vec<Anchor>, String) {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
-    let mut audit = audit(1000).with_recorded(cuts);
+    let mut audit = audit(1000).with_recorded(recorded).unwrap();
     let run = run_offline(NAME, &mut audit, &store, &decoder(), records, 3).unwrap();
-    let mut anchors = decode_anchors(&run.outputs);
+    (
+        decode_anchors(&run.outputs),
+        store.digest().unwrap().to_string(),
+    )
+}
+
+fn sorted(mut anchors: Vec<Anchor>) -> Vec<Anchor> {
     anchors.sort_by_key(|a| (a.topic.clone(), a.partition, a.sequence));
-    (anchors, store.digest().unwrap().to_string())
+    anchors
 }
 
 #[test]
@@ -351,14 +378,14 @@ fn a_heartbeat_cuts_quiet_partitions_and_a_replay_honours_the_recorded_cuts() {
     // Live: the heartbeat comes after every record; both quiet partitions
     // are cut at their last record, an interval after their first.
     let live = quiet_log(12);
-    let (anchors, digest) = run_with_cuts(&live, Cuts::new());
-    let protected: Vec<(i32, i64, i64, i64)> = anchors
+    let (anchors, digest) = run_with_recorded(&live, &[]);
+    let protected: Vec<(i32, i64, i64, i64)> = sorted(anchors.clone())
         .iter()
         .filter(|a| a.topic == "protected")
         .map(|a| (a.partition, a.first_offset, a.last_offset, a.anchored_at))
         .collect();
     assert_eq!(protected, [(0, 0, 5, 70_000), (1, 0, 5, 70_000)]);
-    let reports = verify_records(&audited(), anchors.clone(), &signer(), &live);
+    let reports = verify_records(&audited(), anchors.clone(), &keys(), &live);
     assert!(
         reports
             .iter()
@@ -370,9 +397,188 @@ fn a_heartbeat_cuts_quiet_partitions_and_a_replay_honours_the_recorded_cuts() {
     // again would cut elsewhere; honouring the recorded cuts gives the same
     // anchors and the same state.
     let replay = quiet_log(7);
-    let (decided, _) = run_with_cuts(&replay, Cuts::new());
-    assert_ne!(decided, anchors, "the decision depends on the interleaving");
-    let (honoured, replay_digest) = run_with_cuts(&replay, cuts_of(&anchors));
-    assert_eq!(honoured, anchors);
+    let (decided, _) = run_with_recorded(&replay, &[]);
+    assert_ne!(
+        sorted(decided),
+        sorted(anchors.clone()),
+        "the decision depends on the interleaving"
+    );
+    let (honoured, replay_digest) = run_with_recorded(&replay, &anchors);
+    // Same anchors, each with the checkpoint of its place in the log.
+    assert_eq!(sorted(honoured), sorted(anchors));
     assert_eq!(replay_digest, digest);
+}
+
+fn witness_key() -> crate::signing::Cosigner {
+    crate::signing::Cosigner::new("witness.test/w1", &Secret::from_bytes(vec![9; 32])).unwrap()
+}
+
+/// The anchor log of `anchors` (in topic order), committed.
+fn anchor_log(anchors: &[Anchor]) -> checkpoint::AnchorLog {
+    let mut log =
+        checkpoint::AnchorLog::new("test.example/audit", signer().note_key().cloned(), None);
+    for anchor in anchors {
+        log.append(anchor).unwrap();
+    }
+    log.commit().unwrap();
+    log
+}
+
+/// The witness's view after seeing the checkpoint of `anchors`.
+fn witnessed(last: Option<&str>, anchors: &[Anchor]) -> Result<witness::Outcome, witness::Refusal> {
+    let log = anchor_log(anchors);
+    let shared = log.shared();
+    witness::observe(
+        last,
+        shared.note().unwrap().as_bytes(),
+        &keys(),
+        &witness_key(),
+        |old, new| shared.consistency(old, new),
+    )
+}
+
+fn cosigned(outcome: witness::Outcome) -> String {
+    match outcome {
+        witness::Outcome::Cosigned { note, .. } => note,
+        other => panic!("not cosigned: {other:?}"),
+    }
+}
+
+#[test]
+fn every_anchor_carries_a_checkpoint_of_the_log_that_verifies_with_the_public_key_alone() {
+    let records = log(40);
+    let (anchors, _store, _dir) = anchors_of(16, &records);
+    // Only the public key: a verifier never holds the signing key.
+    let mut public = Keys::default();
+    public
+        .trust_vkey(&signer().note_key().unwrap().vkey())
+        .unwrap();
+    let report = checkpoint::check_log(&anchors, &public, None);
+    assert_eq!(report.problem, None);
+    assert_eq!((report.size, report.checkpoints), (6, 6));
+    assert_eq!(report.origin.as_deref(), Some("test.example/audit"));
+    assert_eq!(report.keys, [("k1+667551a4".to_string(), 0)]);
+    let reports = verify_records(&audited(), anchors.clone(), &public, &records);
+    assert!(reports.iter().all(|r| r.finding.is_none()), "{reports:?}");
+    // The last anchor's checkpoint is what the log publishes.
+    let log = anchor_log(&anchors);
+    assert_eq!(
+        log.shared().note().unwrap(),
+        anchors.last().unwrap().checkpoint
+    );
+    // A changed checkpoint (size bumped, signature kept) is found.
+    let mut bumped = anchors.clone();
+    bumped[2].checkpoint = bumped[2].checkpoint.replacen("\n3\n", "\n4\n", 1);
+    let problem = checkpoint::check_log(&bumped, &public, None)
+        .problem
+        .unwrap();
+    assert!(problem.contains("does not verify"), "{problem}");
+    // Another key's checkpoints are not trusted.
+    let mut other = Keys::default();
+    other
+        .trust_vkey(
+            &crate::signing::NoteKey::new("k1", &Secret::from_bytes(vec![8; 32]))
+                .unwrap()
+                .vkey(),
+        )
+        .unwrap();
+    assert!(
+        checkpoint::check_log(&anchors, &other, None)
+            .problem
+            .is_some()
+    );
+}
+
+#[test]
+fn an_abandoned_batch_leaves_the_published_checkpoint_alone() {
+    let (anchors, _store, _dir) = anchors_of(16, &log(40));
+    let mut log = anchor_log(&anchors[..3]);
+    let before = log.shared().note().unwrap();
+    log.append(&anchors[3]).unwrap();
+    log.rollback();
+    log.commit().unwrap();
+    assert_eq!(log.shared().note().unwrap(), before);
+    assert_eq!(log.size(), 3);
+    // The same anchor appended again keeps its place and checkpoint.
+    assert_eq!(log.append(&anchors[3]).unwrap(), anchors[3].checkpoint);
+    assert_eq!(log.append(&anchors[3]).unwrap(), anchors[3].checkpoint);
+    assert_eq!(log.size(), 4);
+    // A different anchor for a chain position already in the log is refused.
+    let mut changed = anchors[1].clone();
+    changed.anchored_at += 1;
+    signer().sign(&mut changed);
+    assert!(log.append(&changed).is_err());
+}
+
+#[test]
+fn the_witness_cosigns_extensions_and_refuses_rollbacks_and_forks() {
+    let records = log(40);
+    let (anchors, _store, _dir) = anchors_of(16, &records);
+    let first = cosigned(witnessed(None, &anchors[..2]).unwrap());
+    let second = cosigned(witnessed(Some(&first), &anchors).unwrap());
+    assert!(matches!(
+        witnessed(Some(&second), &anchors).unwrap(),
+        witness::Outcome::Unchanged
+    ));
+    assert!(matches!(
+        witnessed(Some(&second), &anchors[..4]),
+        Err(witness::Refusal::Rollback {
+            cosigned: 6,
+            shown: 4
+        })
+    ));
+
+    // A fork: one record changed, the log re-anchored under the same key.
+    // On its own it verifies; the witness refuses it, and a verifier holding
+    // the witness's checkpoint detects it.
+    let mut changed = records.clone();
+    changed[3].value.as_mut().unwrap()[0] ^= 1;
+    let (forked, _s, _d) = anchors_of(16, &changed);
+    assert_eq!(checkpoint::check_log(&forked, &keys(), None).problem, None);
+    assert!(
+        verify_records(&audited(), forked.clone(), &keys(), &changed)
+            .iter()
+            .all(|r| r.finding.is_none())
+    );
+    let refused = witnessed(Some(&first), &forked).unwrap_err();
+    assert!(matches!(refused, witness::Refusal::Fork(_)), "{refused}");
+    let w = crate::signing::CosignatureVerifier::new(&witness_key().vkey()).unwrap();
+    let fork = checkpoint::check_log(&forked, &keys(), Some((second.as_bytes(), &w)));
+    assert!(
+        fork.problem.as_ref().unwrap().starts_with("FORK"),
+        "{fork:?}"
+    );
+
+    // Truncation: the newest anchors dropped from audit.anchors.
+    let cut = checkpoint::check_log(&anchors[..4], &keys(), Some((second.as_bytes(), &w)));
+    assert!(
+        cut.problem.as_ref().unwrap().starts_with("TRUNCATED"),
+        "{cut:?}"
+    );
+    // Undetectable without the witness: a shorter log is a valid log.
+    assert_eq!(
+        checkpoint::check_log(&anchors[..4], &keys(), None).problem,
+        None
+    );
+
+    // The honest log passes, and says what the witness saw.
+    let honest = checkpoint::check_log(&anchors, &keys(), Some((second.as_bytes(), &w)));
+    assert_eq!(honest.problem, None);
+    let seen = honest.witnessed.unwrap();
+    assert_eq!(
+        (seen.witness.as_str(), seen.checkpoint.size),
+        ("witness.test/w1", 6)
+    );
+    // A checkpoint cosigned by someone else is not the witness's.
+    let stranger = crate::signing::CosignatureVerifier::new(
+        &crate::signing::Cosigner::new("witness.test/w1", &Secret::from_bytes(vec![1; 32]))
+            .unwrap()
+            .vkey(),
+    )
+    .unwrap();
+    assert!(
+        checkpoint::check_log(&anchors, &keys(), Some((second.as_bytes(), &stranger)))
+            .problem
+            .is_some()
+    );
 }

@@ -27,8 +27,9 @@ use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::kafka::{ADMIN_TIMEOUT, KafkaError, client_config};
 use trellis_runtime::pipeline::OwnedRecord;
 
-use crate::canonical::{GENESIS, Signer, anchor_hash, record_bytes};
+use crate::canonical::{GENESIS, anchor_hash, record_bytes};
 use crate::merkle::{self, Frontier, Hash, leaf_hash};
+use crate::signing::Keys;
 
 /// The canonical bytes of a record read back.
 pub fn canonical(record: &OwnedRecord, buf: &mut Vec<u8>) {
@@ -176,7 +177,7 @@ pub struct PartitionCheck {
 impl PartitionCheck {
     /// Checks the chain of `anchors` (this partition's, any order) now; the
     /// records follow through [`Self::feed`].
-    pub fn new(topic: &str, partition: i32, mut anchors: Vec<Anchor>, signer: &Signer) -> Self {
+    pub fn new(topic: &str, partition: i32, mut anchors: Vec<Anchor>, keys: &Keys) -> Self {
         anchors.sort_by_key(|a| a.sequence);
         let mut check = Self {
             topic: topic.to_string(),
@@ -190,9 +191,7 @@ impl PartitionCheck {
             finding: None,
             buf: Vec::with_capacity(2048),
         };
-        check.finding = check
-            .check_chain(signer)
-            .map(|problem| check.found(problem));
+        check.finding = check.check_chain(keys).map(|problem| check.found(problem));
         check
     }
 
@@ -204,7 +203,7 @@ impl PartitionCheck {
         }
     }
 
-    fn check_chain(&self, signer: &Signer) -> Option<Problem> {
+    fn check_chain(&self, keys: &Keys) -> Option<Problem> {
         let mut previous: Option<&Anchor> = None;
         for (i, anchor) in self.anchors.iter().enumerate() {
             let sequence = anchor.sequence;
@@ -214,7 +213,7 @@ impl PartitionCheck {
                     "expected anchor {i} here (missing or repeated anchor)"
                 ));
             }
-            if !signer.verify(anchor) {
+            if !keys.verify(anchor) {
                 return Some(Problem::BadSignature { sequence });
             }
             let (link, next_offset, size) = match previous {
@@ -312,13 +311,13 @@ pub fn by_partition(anchors: Vec<Anchor>) -> BTreeMap<(String, i32), Vec<Anchor>
 pub fn verify_records<'a>(
     audited: &[String],
     anchors: Vec<Anchor>,
-    signer: &Signer,
+    keys: &Keys,
     records: impl IntoIterator<Item = &'a OwnedRecord>,
 ) -> Vec<PartitionReport> {
     let mut checks: HashMap<(String, i32), PartitionCheck> = by_partition(anchors)
         .into_iter()
         .map(|((topic, partition), anchors)| {
-            let check = PartitionCheck::new(&topic, partition, anchors, signer);
+            let check = PartitionCheck::new(&topic, partition, anchors, keys);
             ((topic, partition), check)
         })
         .collect();
@@ -329,7 +328,7 @@ pub fn verify_records<'a>(
         checks
             .entry((record.topic.clone(), record.partition))
             .or_insert_with(|| {
-                PartitionCheck::new(&record.topic, record.partition, Vec::new(), signer)
+                PartitionCheck::new(&record.topic, record.partition, Vec::new(), keys)
             })
             .feed(record);
     }
@@ -681,16 +680,16 @@ pub fn prove_consistency(
 }
 
 /// Checks `proof` against `anchors` alone. The anchors it relies on must
-/// carry valid signatures under `signer`, when one is given.
+/// carry valid signatures under `keys`, when one is given.
 ///
 /// # Errors
 /// [`ProofError`] saying why the proof does not hold.
 pub fn verify_proof(
     proof: &Proof,
     anchors: &[Anchor],
-    signer: Option<&Signer>,
+    keys: Option<&Keys>,
 ) -> Result<String, ProofError> {
-    let signed = |a: &Anchor| match signer {
+    let signed = |a: &Anchor| match keys {
         Some(s) if !s.verify(a) => Err(ProofError(format!(
             "anchor {} of {}/{} has an invalid signature",
             a.sequence, a.topic, a.partition

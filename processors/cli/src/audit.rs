@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use trellis_audit::canonical::Signer;
+use trellis_audit::checkpoint::{LogReport, check_log};
+use trellis_audit::signing::{CosignatureVerifier, Keys};
 use trellis_audit::verify::{
     PartitionCheck, PartitionReport, Proof, by_partition, read_log, read_partitions, verify_proof,
     verify_records, write_log,
@@ -21,19 +22,59 @@ use trellis_runtime::topology::Topology;
 /// The env var holding the anchor signing key (as the processor reads it).
 pub const SIGNING_KEY: &str = trellis_audit::SIGNING_KEY;
 
-/// The signer to check anchors with: `key_id` and the key in
-/// `TRELLIS_AUDIT_SIGNING_KEY` (or the file `TRELLIS_AUDIT_SIGNING_KEY_FILE`
-/// names), or none when neither is set.
+/// The keys a verifier trusts: the public verifier keys given (every key a
+/// rotated log was signed with) and, for HMAC deployments only, the secret
+/// in `TRELLIS_AUDIT_SIGNING_KEY[_FILE]` under `hmac_key_id`.
 ///
 /// # Errors
-/// If the key is set but malformed.
-pub fn signer(key_id: &str) -> anyhow::Result<Option<Signer>> {
-    let file = format!("{SIGNING_KEY}_FILE");
-    if std::env::var_os(SIGNING_KEY).is_none() && std::env::var_os(&file).is_none() {
-        return Ok(None);
+/// A malformed key, or no key at all.
+pub fn keys(public_keys: &[String], hmac_key_id: Option<&str>) -> anyhow::Result<Keys> {
+    let mut keys = Keys::default();
+    for vkey in public_keys.iter().filter(|k| !k.trim().is_empty()) {
+        keys.trust_vkey(vkey)?;
     }
+    if let Some(id) = hmac_key_id {
+        let secrets = load_secrets(trellis_audit::SECRETS)?;
+        keys.trust_hmac(id, secrets.get(SIGNING_KEY).clone());
+    }
+    if keys.is_empty() {
+        bail!(
+            "no key to check anchors with: give --public-key (the audit log's verifier key; the operator prints it with `trellis audit public-key`), or --hmac-key-id for an HMAC deployment"
+        );
+    }
+    Ok(keys)
+}
+
+/// The audit log's public verifier key, from the signing key in
+/// `TRELLIS_AUDIT_SIGNING_KEY[_FILE]` (operators run this, once).
+///
+/// # Errors
+/// The key is missing or malformed.
+pub fn public_key(key_name: &str) -> anyhow::Result<String> {
     let secrets = load_secrets(trellis_audit::SECRETS)?;
-    Ok(Some(Signer::new(key_id, secrets.get(SIGNING_KEY).clone())))
+    Ok(
+        trellis_audit::signing::NoteKey::new(key_name, secrets.get(SIGNING_KEY))
+            .context(SIGNING_KEY)?
+            .vkey(),
+    )
+}
+
+/// A witness's cosigned checkpoint, from a file or an `http://` URL.
+///
+/// # Errors
+/// Unreadable.
+pub async fn read_witness_checkpoint(at: &str) -> anyhow::Result<Vec<u8>> {
+    if at.starts_with("http://") || at.starts_with("https://") {
+        let response = reqwest::get(at)
+            .await
+            .with_context(|| format!("fetching {at}"))?;
+        if !response.status().is_success() {
+            bail!("fetching {at}: {}", response.status());
+        }
+        Ok(response.bytes().await?.to_vec())
+    } else {
+        std::fs::read(at).with_context(|| format!("reading {at}"))
+    }
 }
 
 /// Decodes anchors with the compiled-in schema: verification needs no
@@ -96,18 +137,65 @@ pub enum Source<'a> {
     File(&'a Path),
 }
 
-/// Checks every audited partition; prints one line per partition and the
-/// findings. Returns the reports.
+/// A witness's cosigned checkpoint and the witness's key.
+pub struct WitnessView<'a> {
+    /// The cosigned note.
+    pub note: &'a [u8],
+    /// The witness's verifier key.
+    pub key: &'a CosignatureVerifier,
+}
+
+/// Checks every audited partition and the anchor log; prints one line per
+/// partition, one for the log and the verdict. Returns the reports.
 pub fn verify(
     source: Source<'_>,
     topology: &Topology,
-    signer: &Signer,
+    keys: &Keys,
+    witness: Option<WitnessView<'_>>,
     progress: bool,
-) -> anyhow::Result<Vec<PartitionReport>> {
+) -> anyhow::Result<(Vec<PartitionReport>, LogReport)> {
     let started = Instant::now();
-    let reports = check(source, topology, signer, progress)?;
+    let (reports, anchors) = check_with_anchors(source, topology, keys, progress)?;
+    let log = check_log(&anchors, keys, witness.map(|w| (w.note, w.key)));
     print_reports(&reports, started);
-    Ok(reports)
+    print_log(&log);
+    Ok((reports, log))
+}
+
+/// The anchor log's lines.
+pub fn print_log(log: &LogReport) {
+    let keys: Vec<String> = log
+        .keys
+        .iter()
+        .map(|(key, from)| format!("{key} from anchor {from}"))
+        .collect();
+    println!(
+        "anchor log {}: {} anchors, {} checkpoints checked; signed by {}",
+        log.origin.as_deref().unwrap_or("(no checkpoints: HMAC)"),
+        log.size,
+        log.checkpoints,
+        if keys.is_empty() {
+            "-".to_string()
+        } else {
+            keys.join(", ")
+        }
+    );
+    if let Some(w) = &log.witnessed {
+        println!(
+            "witness {} cosigned {} at {}: this log contains that tree",
+            w.witness,
+            w.checkpoint,
+            time::OffsetDateTime::from_unix_timestamp(w.time as i64)
+                .ok()
+                .and_then(|t| t
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .ok())
+                .unwrap_or_else(|| w.time.to_string())
+        );
+    }
+    if let Some(problem) = &log.problem {
+        println!("anchor log: {problem}");
+    }
 }
 
 /// The newest anchor of every anchored partition, `topic/partition` → hex
@@ -136,19 +224,30 @@ pub fn newest_anchors(
 pub fn check(
     source: Source<'_>,
     topology: &Topology,
-    signer: &Signer,
+    keys: &Keys,
     progress: bool,
 ) -> anyhow::Result<Vec<PartitionReport>> {
+    Ok(check_with_anchors(source, topology, keys, progress)?.0)
+}
+
+/// [`check`], also returning the anchors in `audit.anchors` order.
+fn check_with_anchors(
+    source: Source<'_>,
+    topology: &Topology,
+    keys: &Keys,
+    progress: bool,
+) -> anyhow::Result<(Vec<PartitionReport>, Vec<Anchor>)> {
     let audited = audited(topology);
     let reports = match source {
         Source::File(path) => {
             let records = read_log(path).with_context(|| format!("reading {}", path.display()))?;
             let anchors = decode_anchors(&records)?;
-            verify_records(&audited, anchors, signer, &records)
+            let reports = verify_records(&audited, anchors.clone(), keys, &records);
+            (reports, anchors)
         }
         Source::Broker(kafka) => {
             let anchors = decode_anchors(&read_topic(kafka, ANCHORS_TOPIC)?)?;
-            let mut grouped = by_partition(anchors);
+            let mut grouped = by_partition(anchors.clone());
             let mut reports = Vec::new();
             for topic in &audited {
                 let mut checks: std::collections::BTreeMap<i32, PartitionCheck> = grouped
@@ -159,7 +258,7 @@ pub fn check(
                     .into_iter()
                     .map(|p| {
                         let anchors = grouped.remove(&(topic.clone(), p)).unwrap_or_default();
-                        (p, PartitionCheck::new(topic, p, anchors, signer))
+                        (p, PartitionCheck::new(topic, p, anchors, keys))
                     })
                     .collect();
                 let progress_bar = progress.then(|| bar(0));
@@ -180,7 +279,7 @@ pub fn check(
                         checks
                             .entry(record.partition)
                             .or_insert_with(|| {
-                                PartitionCheck::new(topic, record.partition, Vec::new(), signer)
+                                PartitionCheck::new(topic, record.partition, Vec::new(), keys)
                             })
                             .feed(&record);
                     },
@@ -190,7 +289,7 @@ pub fn check(
                 }
                 reports.extend(checks.into_values().map(PartitionCheck::finish));
             }
-            reports
+            (reports, anchors)
         }
     };
     Ok(reports)
@@ -282,7 +381,7 @@ pub fn prove(
 pub fn check_proof(
     proof: &Path,
     anchors: Source<'_>,
-    signer: Option<&Signer>,
+    keys: Option<&Keys>,
 ) -> anyhow::Result<String> {
     let proof: Proof = serde_json::from_slice(
         &std::fs::read(proof).with_context(|| format!("reading {}", proof.display()))?,
@@ -293,7 +392,7 @@ pub fn check_proof(
         Source::File(path) => read_log(path)?,
     };
     let anchors = decode_anchors(&records)?;
-    Ok(verify_proof(&proof, &anchors, signer)?)
+    Ok(verify_proof(&proof, &anchors, keys)?)
 }
 
 /// Where the proof goes.
@@ -308,12 +407,141 @@ pub fn write_proof(proof: &Proof, out: Option<&PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fails unless a signer is available.
-pub fn require(signer: Option<Signer>) -> anyhow::Result<Signer> {
-    match signer {
-        Some(s) => Ok(s),
-        None => bail!(
-            "{SIGNING_KEY} is not set: anchors cannot be checked without the key that signed them"
-        ),
+/// The witness's signing key (TRELLIS_WITNESS_SIGNING_KEY[_FILE]).
+pub const WITNESS_KEY: trellis_runtime::secret::SecretSpec = trellis_runtime::secret::SecretSpec {
+    env: "TRELLIS_WITNESS_SIGNING_KEY",
+    format: trellis_runtime::secret::SecretFormat::Hex32,
+    purpose: "the witness's Ed25519 seed: cosigns the audit log's checkpoints",
+};
+
+/// The witness's cosigner named `name`.
+///
+/// # Errors
+/// The key is missing or malformed, or the name is invalid.
+pub fn witness_signer(name: &str) -> anyhow::Result<trellis_audit::signing::Cosigner> {
+    let secrets = load_secrets(&[WITNESS_KEY])?;
+    Ok(trellis_audit::signing::Cosigner::new(
+        name,
+        secrets.get(WITNESS_KEY.env),
+    )?)
+}
+
+/// What `trellis audit witness` runs with.
+pub struct WitnessOptions {
+    /// The checkpoint endpoint, without a trailing slash.
+    pub log_url: String,
+    /// The log's public keys.
+    pub log_keys: Keys,
+    /// The witness's key.
+    pub cosigner: trellis_audit::signing::Cosigner,
+    /// The state file: the last cosigned checkpoint.
+    pub state: PathBuf,
+    /// Between fetches.
+    pub interval: std::time::Duration,
+    /// One fetch, then exit.
+    pub once: bool,
+}
+
+async fn fetch_text(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("fetching {url}"))?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        bail!("{url}: {status}: {}", text.trim());
+    }
+    Ok(text)
+}
+
+/// Runs the witness (see `trellis_audit::witness`); with `once`, returns
+/// whether the one checkpoint was accepted. A fetch that fails is retried
+/// at the next interval; a refused checkpoint is reported and never
+/// cosigned, and the witness keeps its last one.
+///
+/// # Errors
+/// The state file cannot be read or written.
+pub async fn witness(options: WitnessOptions) -> anyhow::Result<bool> {
+    use trellis_audit::witness::{Outcome, observe};
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let mut last = match std::fs::read_to_string(&options.state) {
+        Ok(note) => Some(note),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", options.state.display())),
+    };
+    let mut clean = true;
+    loop {
+        let url = format!("{}/checkpoint", options.log_url);
+        let step: anyhow::Result<bool> = async {
+            let shown = fetch_text(&client, &url).await?;
+            // The proof is fetched before deciding: the decision is pure.
+            let sizes = |note: &str| {
+                options
+                    .log_keys
+                    .open_note(note.as_bytes())
+                    .ok()
+                    .and_then(|b| trellis_audit::checkpoint::Checkpoint::parse(&b).ok())
+                    .map(|c| c.size)
+            };
+            let proof = match (last.as_deref().and_then(sizes), sizes(&shown)) {
+                (Some(old), Some(new)) if old > 0 && new > old => Some(
+                    fetch_text(
+                        &client,
+                        &format!("{}/proof/consistency?old={old}&new={new}", options.log_url),
+                    )
+                    .await
+                    .map_err(|e| format!("{e:#}")),
+                ),
+                _ => None,
+            };
+            let outcome = observe(
+                last.as_deref(),
+                shown.as_bytes(),
+                &options.log_keys,
+                &options.cosigner,
+                |_, _| match proof {
+                    Some(text) => trellis_audit::checkpoint::parse_proof(&text?),
+                    None => Err("no proof fetched".into()),
+                },
+            );
+            match outcome {
+                Ok(Outcome::Unchanged) => {
+                    if options.once {
+                        println!("unchanged since the last cosigned checkpoint");
+                    }
+                    Ok(true)
+                }
+                Ok(Outcome::Cosigned { note, checkpoint }) => {
+                    let tmp = options.state.with_extension("tmp");
+                    if let Some(dir) = options.state.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    std::fs::write(&tmp, &note)
+                        .and_then(|()| std::fs::rename(&tmp, &options.state))
+                        .with_context(|| format!("writing {}", options.state.display()))?;
+                    println!("cosigned {checkpoint}");
+                    last = Some(note);
+                    Ok(true)
+                }
+                Err(refusal) => {
+                    println!("REFUSED {refusal}");
+                    Ok(false)
+                }
+            }
+        }
+        .await;
+        match step {
+            Ok(accepted) => clean &= accepted,
+            Err(e) if options.once => return Err(e),
+            Err(e) => eprintln!("witness: {e:#} (retrying)"),
+        }
+        if options.once {
+            return Ok(clean);
+        }
+        tokio::time::sleep(options.interval).await;
     }
 }

@@ -147,8 +147,8 @@ pub struct Inputs<'a> {
     pub progress_state: Option<&'a Path>,
     /// The warehouse (its owner's connection).
     pub warehouse: Option<trellis_warehouse::connection::ConnectionString>,
-    /// Anchor key id and signer.
-    pub audit: &'a trellis_audit::canonical::Signer,
+    /// The keys anchors are checked with.
+    pub audit: &'a trellis_audit::signing::Keys,
     /// Check the audit chain against this exported log instead of the broker.
     pub audit_log: Option<&'a Path>,
     /// Show progress bars.

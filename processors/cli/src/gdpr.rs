@@ -173,6 +173,14 @@ pub fn render(ack: &SubjectRequestAck, waited: Option<Duration>) -> String {
     if let Some(anchor) = &ack.audit_anchor {
         text.push_str(&format!("  audit anchor {anchor}\n"));
     }
+    if let Some(note) = &ack.audit_checkpoint {
+        // Origin, size and root: the first three lines of the signed note.
+        let head: Vec<&str> = note.lines().take(3).collect();
+        text.push_str(&format!(
+            "  in the audit log's signed checkpoint {}\n",
+            head.join(" ")
+        ));
+    }
     if let Some(export) = &ack.export {
         text.push_str(&format!("  export written to {export}\n"));
     }

@@ -67,14 +67,14 @@ enum ErasureCommand {
     /// subject can be read or linked any more, and write a signed report
     /// (report.json, report.json.sig, report.txt). Exit 0 only if every
     /// check passes. Needs TRELLIS_VAULT_MASTER_KEY, TRELLIS_SUBJECT_INDEX_KEY,
-    /// TRELLIS_AUDIT_SIGNING_KEY and TRELLIS_EVIDENCE_SIGNING_KEY (each or
-    /// its _FILE); the privacy and progress processors stopped (or copies of
-    /// their directories).
+    /// the audit log's public key (--public-key) and
+    /// TRELLIS_EVIDENCE_SIGNING_KEY (or its _FILE); the privacy and progress
+    /// processors stopped (or copies of their directories).
     Verify {
         #[command(flatten)]
         stack: StackArgs,
         #[command(flatten)]
-        key: KeyId,
+        key: AnchorKeys,
         /// The erasure request to verify.
         #[arg(long)]
         request: String,
@@ -140,10 +140,26 @@ impl StackArgs {
 }
 
 #[derive(Args)]
-struct KeyId {
-    /// Id of the anchor signing key (the audit processor's `key_id`).
-    #[arg(long, default_value = "anchors-local-1", env = "TRELLIS_AUDIT_KEY_ID")]
-    key_id: String,
+struct AnchorKeys {
+    /// The audit log's public verifier key (`name+hexid+base64`, printed by
+    /// `trellis audit public-key`); give it again for every key a rotated
+    /// log was signed with. Only public keys are needed.
+    #[arg(
+        long = "public-key",
+        env = "TRELLIS_AUDIT_PUBLIC_KEY",
+        value_delimiter = ','
+    )]
+    public_keys: Vec<String>,
+    /// HMAC deployments only (`settings.signature: hmac`): the key id; the
+    /// secret is read from TRELLIS_AUDIT_SIGNING_KEY[_FILE].
+    #[arg(long)]
+    hmac_key_id: Option<String>,
+}
+
+impl AnchorKeys {
+    fn keys(&self) -> anyhow::Result<trellis_audit::signing::Keys> {
+        trellis_cli::audit::keys(&self.public_keys, self.hmac_key_id.as_deref())
+    }
 }
 
 #[derive(Subcommand)]
@@ -157,10 +173,60 @@ enum AuditCommand {
         #[command(flatten)]
         broker: Broker,
         #[command(flatten)]
-        key: KeyId,
+        key: AnchorKeys,
         /// Check a log file written by `export-log` instead of the broker.
         #[arg(long)]
         log: Option<PathBuf>,
+        /// A witness's cosigned checkpoint (its state file, or an http://
+        /// URL): detects a log cut short or rewritten after the witness saw it.
+        #[arg(long, requires = "witness_key")]
+        witness: Option<String>,
+        /// The witness's verifier key (cosignature type, `trellis audit
+        /// witness-key` prints it).
+        #[arg(long, requires = "witness")]
+        witness_key: Option<String>,
+    },
+    /// Print the audit log's public verifier key, from the signing key in
+    /// TRELLIS_AUDIT_SIGNING_KEY[_FILE]: give it to verifiers and witnesses.
+    PublicKey {
+        /// The key's name (the audit processor's `settings.key_id`).
+        #[arg(long, default_value = "anchors-local-1", env = "TRELLIS_AUDIT_KEY_ID")]
+        key_name: String,
+    },
+    /// Print a witness's public verifier key, from its signing key in
+    /// TRELLIS_WITNESS_SIGNING_KEY[_FILE].
+    WitnessKey {
+        /// The witness's name (a schema-less URL naming it).
+        #[arg(long, default_value = "witness.localhost/trellis")]
+        name: String,
+    },
+    /// Run a witness: fetch the log's checkpoint, check it extends the last
+    /// one cosigned (consistency proof), cosign it (C2SP tlog-cosignature)
+    /// and keep it in the state file. Signs with TRELLIS_WITNESS_SIGNING_KEY.
+    Witness {
+        /// The audit processor's checkpoint endpoint (serves /checkpoint).
+        #[arg(long, default_value = "http://127.0.0.1:9115")]
+        log: String,
+        /// The log's public verifier key.
+        #[arg(
+            long = "log-key",
+            env = "TRELLIS_AUDIT_PUBLIC_KEY",
+            value_delimiter = ',',
+            required = true
+        )]
+        log_keys: Vec<String>,
+        /// The witness's name.
+        #[arg(long, default_value = "witness.localhost/trellis")]
+        name: String,
+        /// Where the last cosigned checkpoint is kept (and read at start).
+        #[arg(long)]
+        state: PathBuf,
+        /// How often to fetch.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Fetch once and exit (status 1 if the checkpoint was refused).
+        #[arg(long)]
+        once: bool,
     },
     /// Copy every audited topic and the anchors into one log file.
     ExportLog {
@@ -208,7 +274,7 @@ enum AuditCommand {
         #[command(flatten)]
         broker: Broker,
         #[command(flatten)]
-        key: KeyId,
+        key: AnchorKeys,
         /// Read the anchors from a log file instead of the broker.
         #[arg(long)]
         log: Option<PathBuf>,
@@ -750,6 +816,17 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
                 figures.threads,
                 figures.records as f64 / figures.verify.as_secs_f64()
             );
+            println!(
+                "anchor log: {} checkpoints signed at {:.0}/s; checked with a witness's checkpoint in {:.2}s; total verify {:.2}s",
+                figures.anchors,
+                figures.checkpoints_per_sec,
+                figures.log_check.as_secs_f64(),
+                (figures.verify + figures.log_check).as_secs_f64()
+            );
+            println!(
+                "witness: {:.0} checkpoints/s checked (signature, consistency proof) and cosigned",
+                figures.witness_checks_per_sec
+            );
             Ok(ExitStatus::Success)
         }
         Command::Bench(BenchCommand::Xapi { statements, rounds }) => {
@@ -910,6 +987,40 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
 /// offset in `manifest`.
 async fn audit(command: AuditCommand) -> anyhow::Result<ExitStatus> {
     use trellis_cli::audit::{self as a, ProofRequest, Source};
+    let mut command = command;
+    match &mut command {
+        AuditCommand::Witness {
+            log,
+            log_keys,
+            name,
+            state,
+            interval_ms,
+            once,
+        } => {
+            let clean = a::witness(a::WitnessOptions {
+                log_url: log.trim_end_matches('/').to_string(),
+                log_keys: a::keys(log_keys, None)?,
+                cosigner: a::witness_signer(name)?,
+                state: state.clone(),
+                interval: Duration::from_millis(*interval_ms),
+                once: *once,
+            })
+            .await?;
+            return Ok(if clean {
+                ExitStatus::Success
+            } else {
+                ExitStatus::Failure
+            });
+        }
+        // Read before the blocking section: the witness's note may be a URL.
+        AuditCommand::Verify {
+            witness: Some(at), ..
+        } => {
+            let note = a::read_witness_checkpoint(at).await?;
+            *at = String::from_utf8(note).context("the witness's checkpoint is not text")?;
+        }
+        _ => {}
+    }
     // The audit commands read whole logs with blocking clients.
     tokio::task::spawn_blocking(move || match command {
         AuditCommand::Verify {
@@ -917,22 +1028,47 @@ async fn audit(command: AuditCommand) -> anyhow::Result<ExitStatus> {
             broker,
             key,
             log,
+            witness,
+            witness_key,
         } => {
             let topology = Topology::load_checked(&file.topology)?;
-            let signer = a::require(a::signer(&key.key_id)?)?;
+            let keys = key.keys()?;
+            let witness = match (witness, witness_key) {
+                (Some(note), Some(key)) => Some((
+                    note,
+                    trellis_audit::signing::CosignatureVerifier::new(&key)
+                        .context("--witness-key")?,
+                )),
+                _ => None,
+            };
             let kafka = KafkaConfig::new(broker.bootstrap_servers);
             let source = match &log {
                 Some(path) => Source::File(path),
                 None => Source::Broker(&kafka),
             };
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let reports = a::verify(source, &topology, &signer, progress)?;
-            Ok(if reports.iter().any(|r| r.finding.is_some()) {
-                ExitStatus::Failure
-            } else {
-                ExitStatus::Success
-            })
+            let view = witness.as_ref().map(|(note, key)| a::WitnessView {
+                note: note.as_bytes(),
+                key,
+            });
+            let (reports, log) = a::verify(source, &topology, &keys, view, progress)?;
+            Ok(
+                if reports.iter().any(|r| r.finding.is_some()) || log.problem.is_some() {
+                    ExitStatus::Failure
+                } else {
+                    ExitStatus::Success
+                },
+            )
         }
+        AuditCommand::PublicKey { key_name } => {
+            println!("{}", a::public_key(&key_name)?);
+            Ok(ExitStatus::Success)
+        }
+        AuditCommand::WitnessKey { name } => {
+            println!("{}", a::witness_signer(&name)?.vkey());
+            Ok(ExitStatus::Success)
+        }
+        AuditCommand::Witness { .. } => unreachable!("run before the blocking section"),
         AuditCommand::ExportLog { file, broker, out } => {
             let topology = Topology::load_checked(&file.topology)?;
             let kafka = KafkaConfig::new(broker.bootstrap_servers);
@@ -967,20 +1103,14 @@ async fn audit(command: AuditCommand) -> anyhow::Result<ExitStatus> {
             log,
         } => {
             let kafka = KafkaConfig::new(broker.bootstrap_servers);
-            let signer = a::signer(&key.key_id)?;
+            let keys = key.keys()?;
             let source = match &log {
                 Some(path) => Source::File(path),
                 None => Source::Broker(&kafka),
             };
-            match a::check_proof(&proof, source, signer.as_ref()) {
+            match a::check_proof(&proof, source, Some(&keys)) {
                 Ok(message) => {
                     println!("valid: {message}");
-                    if signer.is_none() {
-                        println!(
-                            "(anchor signatures not checked: {} is not set)",
-                            a::SIGNING_KEY
-                        );
-                    }
                     Ok(ExitStatus::Success)
                 }
                 Err(e) => {
@@ -1048,7 +1178,7 @@ async fn erasure(command: ErasureCommand) -> anyhow::Result<ExitStatus> {
         } => {
             // Every secret first: a missing one must not cost a replay.
             let signing = e::signing_key()?;
-            let signer = trellis_cli::audit::require(trellis_cli::audit::signer(&key.key_id)?)?;
+            let anchor_keys = key.keys()?;
             let warehouse = if warehouse {
                 let secrets =
                     trellis_runtime::secret::load_secrets(&[trellis_warehouse::WAREHOUSE_URL])?;
@@ -1076,7 +1206,7 @@ async fn erasure(command: ErasureCommand) -> anyhow::Result<ExitStatus> {
                 vault_dir: &vault_dir,
                 progress_state: progress_state.as_deref(),
                 warehouse,
-                audit: &signer,
+                audit: &anchor_keys,
                 audit_log: audit_log.as_deref(),
                 progress_bars: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             })

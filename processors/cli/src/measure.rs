@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::FutureProducer;
-use trellis_audit::canonical::Signer;
 use trellis_audit::merkle::{Frontier, leaf_hash};
+use trellis_audit::signing::Signer;
 use trellis_audit::verify::{PartitionCheck, canonical};
 use trellis_records::{Anchor, SubjectRequest};
 use trellis_runtime::pipeline::OwnedRecord;
@@ -73,12 +73,24 @@ pub struct AuditFigures {
     pub verify: Duration,
     /// Threads used for verify.
     pub threads: usize,
+    /// Anchors in the anchor log (all partitions).
+    pub anchors: u64,
+    /// Time to check the anchor log: every anchor's checkpoint, signature
+    /// and root, and a witness's checkpoint of the whole log.
+    pub log_check: Duration,
+    /// Checkpoints appended and signed per second (the processor's cost
+    /// per anchor beyond the anchor's own signature).
+    pub checkpoints_per_sec: f64,
+    /// Witness decisions per second: fetch-free `observe` of a checkpoint
+    /// 1 anchor ahead, consistency proof made and checked, cosigned.
+    pub witness_checks_per_sec: f64,
 }
 
 /// Times leaf hashing on one core and a full verify of `records` records
 /// spread over `partitions` partitions.
 pub fn audit(records: u64, partitions: i32, value_bytes: usize) -> AuditFigures {
-    let signer = Signer::new("bench", Secret::from_bytes(vec![1; 32]));
+    let signer = Signer::ed25519("bench", &Secret::from_bytes(vec![1; 32])).expect("valid name");
+    let keys = signer.keys();
     let per_partition = records / partitions as u64;
 
     // One core, one partition: the processor's per-record work.
@@ -105,11 +117,11 @@ pub fn audit(records: u64, partitions: i32, value_bytes: usize) -> AuditFigures 
     let started = Instant::now();
     std::thread::scope(|scope| {
         for worker in 0..threads {
-            let (anchors, signer) = (&anchors, &signer);
+            let (anchors, keys) = (&anchors, &keys);
             scope.spawn(move || {
                 for p in (0..partitions).filter(|p| *p as usize % threads == worker) {
                     let mut check =
-                        PartitionCheck::new("protected", p, anchors[p as usize].clone(), signer);
+                        PartitionCheck::new("protected", p, anchors[p as usize].clone(), keys);
                     let mut record = template(p, value_bytes);
                     for offset in 0..per_partition as i64 {
                         at(&mut record, offset);
@@ -121,11 +133,73 @@ pub fn audit(records: u64, partitions: i32, value_bytes: usize) -> AuditFigures 
             });
         }
     });
+    let verify = started.elapsed();
+
+    // The anchor log over every partition's anchors, interleaved as the
+    // processor writes them: signing checkpoints, then checking them all.
+    let mut in_log: Vec<Anchor> = Vec::new();
+    let longest = anchors.iter().map(Vec::len).max().unwrap_or(0);
+    for i in 0..longest {
+        in_log.extend(anchors.iter().filter_map(|a| a.get(i).cloned()));
+    }
+    let note_key = signer.note_key().cloned();
+    let mut log =
+        trellis_audit::checkpoint::AnchorLog::new("bench.localhost/audit", note_key, None);
+    let started = Instant::now();
+    for anchor in &mut in_log {
+        anchor.checkpoint = log.append(anchor).expect("signs");
+    }
+    log.commit().expect("commits");
+    let checkpoints_per_sec = in_log.len() as f64 / started.elapsed().as_secs_f64();
+
+    // A witness following the log anchor by anchor.
+    let witness_secret = Secret::from_bytes(vec![2; 32]);
+    let cosigner =
+        trellis_audit::signing::Cosigner::new("bench.localhost/witness", &witness_secret)
+            .expect("valid name");
+    let shared = log.shared();
+    let steps = in_log.len().min(2_000);
+    let mut last: Option<String> = None;
+    let started = Instant::now();
+    for anchor in &in_log[..steps] {
+        match trellis_audit::witness::observe(
+            last.as_deref(),
+            anchor.checkpoint.as_bytes(),
+            &keys,
+            &cosigner,
+            |old, new| shared.consistency(old, new),
+        ) {
+            Ok(trellis_audit::witness::Outcome::Cosigned { note, .. }) => last = Some(note),
+            other => panic!("the witness refused an honest log: {other:?}"),
+        }
+    }
+    let witness_checks_per_sec = steps as f64 / started.elapsed().as_secs_f64();
+    let cosigned = trellis_audit::witness::observe(
+        None,
+        shared.note().expect("signed").as_bytes(),
+        &keys,
+        &cosigner,
+        |_, _| Ok(Vec::new()),
+    );
+    let Ok(trellis_audit::witness::Outcome::Cosigned { note, .. }) = cosigned else {
+        panic!("cosigning the latest checkpoint failed");
+    };
+    let witness_key =
+        trellis_audit::signing::CosignatureVerifier::new(&cosigner.vkey()).expect("valid key");
+    let started = Instant::now();
+    let report =
+        trellis_audit::checkpoint::check_log(&in_log, &keys, Some((note.as_bytes(), &witness_key)));
+    let log_check = started.elapsed();
+    assert!(report.problem.is_none(), "{:?}", report.problem);
     AuditFigures {
         leaves_per_sec_core,
         records: per_partition * partitions as u64,
-        verify: started.elapsed(),
+        verify,
         threads,
+        anchors: in_log.len() as u64,
+        log_check,
+        checkpoints_per_sec,
+        witness_checks_per_sec,
     }
 }
 
@@ -154,6 +228,7 @@ fn anchors_for(partition: i32, records: u64, value_bytes: usize, signer: &Signer
                 anchored_at: offset,
                 key_id: String::new(),
                 signature: String::new(),
+                checkpoint: String::new(),
             };
             signer.sign(&mut anchor);
             previous = hex::encode(trellis_audit::canonical::anchor_hash(&anchor));

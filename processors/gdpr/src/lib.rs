@@ -267,6 +267,8 @@ type Answers = BTreeMap<String, ParticipantAck>;
 struct AnchorFact {
     hash: String,
     anchored_at: i64,
+    /// The anchor log's signed checkpoint including the anchor.
+    checkpoint: String,
 }
 
 fn state_err(e: impl std::fmt::Display) -> ProcessError {
@@ -444,6 +446,7 @@ impl Gdpr {
                 reason: Some(reason),
                 participants: Vec::new(),
                 audit_anchor: None,
+                audit_checkpoint: None,
                 export: None,
                 requested_at: request.requested_at,
                 acknowledged_at: 0,
@@ -804,6 +807,7 @@ impl Gdpr {
             reason: None,
             participants: self.results(request, answers),
             audit_anchor: Some(anchor.hash),
+            audit_checkpoint: (!anchor.checkpoint.is_empty()).then_some(anchor.checkpoint),
             export,
             requested_at: request.requested_at,
             // Dated by the decision tick.
@@ -905,6 +909,7 @@ impl Gdpr {
         let fact = AnchorFact {
             hash: hex::encode(anchor_hash(&anchor)),
             anchored_at: anchor.anchored_at,
+            checkpoint: anchor.checkpoint.clone(),
         };
         for request_id in &anchor.request_ids {
             let key = keys::key(keys::ANCHOR, &[request_id]);

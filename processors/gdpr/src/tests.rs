@@ -121,6 +121,10 @@ fn anchor(sequence: i64, request_ids: &[&str], at: i64) -> Anchor {
         anchored_at: at,
         key_id: "k".into(),
         signature: "cd".repeat(32),
+        checkpoint: format!(
+            "log.test/audit\n{}\nq83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=\n\n— k sig{sequence}\n",
+            sequence + 1
+        ),
     }
 }
 
@@ -257,6 +261,11 @@ fn an_erasure_runs_through_every_participant_and_cites_the_anchor() {
     assert_eq!(
         ack.audit_anchor,
         Some(hex::encode(anchor_hash(&anchor(0, &["r1"], 1_400))))
+    );
+    // …and the anchor log's checkpoint that includes it.
+    assert_eq!(
+        ack.audit_checkpoint,
+        Some(anchor(0, &["r1"], 1_400).checkpoint)
     );
     assert_eq!(
         ack.participants

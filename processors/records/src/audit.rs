@@ -58,8 +58,12 @@ pub struct Anchor {
     pub anchored_at: i64,
     /// Signing key id.
     pub key_id: String,
-    /// Hex HMAC-SHA256 over the canonical bytes.
+    /// Hex Ed25519 signature (or HMAC-SHA256) over the canonical bytes.
     pub signature: String,
+    /// The anchor log's signed checkpoint (C2SP tlog-checkpoint in a
+    /// signed note) once this anchor is in it; empty under HMAC.
+    #[serde(default)]
+    pub checkpoint: String,
 }
 
 /// A processor's clock record (schemas/tick.avsc).

@@ -179,4 +179,8 @@ pub struct SubjectRequestAck {
     /// plaintext, and when retention removes it at the latest.
     #[serde(default)]
     pub residual_plaintext: Vec<ResidualCopy>,
+    /// The signed checkpoint of the audit anchor log that includes the
+    /// anchor (C2SP tlog-checkpoint note); none under HMAC anchors.
+    #[serde(default)]
+    pub audit_checkpoint: Option<String>,
 }

@@ -354,6 +354,7 @@ mod tests {
                 anchored_at: 7,
                 key_id: "k1".into(),
                 signature: "cd".repeat(32),
+                checkpoint: String::new(),
             },
         );
         round_trip(
@@ -395,6 +396,7 @@ mod tests {
                     records_affected: 1,
                 }],
                 audit_anchor: Some("ef".repeat(32)),
+                audit_checkpoint: Some("trellis.localhost/audit\n7\nAAAA\n\n— k AAAA\n".into()),
                 export: None,
                 requested_at: 1,
                 acknowledged_at: 2,
