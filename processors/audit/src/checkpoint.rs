@@ -143,8 +143,9 @@ pub struct AnchorLog {
     key: Option<NoteKey>,
     leaves: Vec<Hash>,
     frontier: Frontier,
-    /// Position and leaf of every anchor, by chain position.
-    index: HashMap<(String, i32, i64), (u64, Hash)>,
+    /// Position, leaf and signed checkpoint of every anchor, by chain
+    /// position.
+    index: HashMap<(String, i32, i64), (u64, Hash, String)>,
     committed: usize,
     shared: Shared,
     file: Option<PathBuf>,
@@ -191,23 +192,57 @@ impl AnchorLog {
     /// The same chain position already holds a different anchor (the
     /// recorded anchors and the ones made now disagree), or signing failed.
     pub fn append(&mut self, anchor: &Anchor) -> Result<String, KeyError> {
-        let leaf = anchor_leaf(anchor);
-        let at = (anchor.topic.clone(), anchor.partition, anchor.sequence);
-        if let Some(&(position, recorded)) = self.index.get(&at) {
-            if recorded != leaf {
-                return Err(KeyError::from(format!(
-                    "anchor {} of {}/{} differs from the one on audit.anchors (another key, or a changed log)",
-                    anchor.sequence, anchor.topic, anchor.partition
-                )));
-            }
-            let size = position + 1;
-            let root = crate::merkle::root_of(&self.leaves[..size as usize]);
-            return self.note(size, root);
+        if let Some(note) = self.recorded(anchor)? {
+            return Ok(note);
         }
-        self.index.insert(at, (self.leaves.len() as u64, leaf));
+        let leaf = anchor_leaf(anchor);
         self.leaves.push(leaf);
         self.frontier.push(leaf);
-        self.note(self.size(), self.frontier.root())
+        let note = self.note(self.size(), self.frontier.root())?;
+        self.index.insert(
+            (anchor.topic.clone(), anchor.partition, anchor.sequence),
+            (self.size() - 1, leaf, note.clone()),
+        );
+        Ok(note)
+    }
+
+    /// Appends an anchor read back from `audit.anchors`, with the
+    /// checkpoint it carries (nothing is signed again).
+    ///
+    /// # Errors
+    /// As [`Self::append`].
+    pub fn load(&mut self, anchor: &Anchor) -> Result<(), KeyError> {
+        if self.recorded(anchor)?.is_none() {
+            let leaf = anchor_leaf(anchor);
+            self.index.insert(
+                (anchor.topic.clone(), anchor.partition, anchor.sequence),
+                (self.size(), leaf, anchor.checkpoint.clone()),
+            );
+            self.leaves.push(leaf);
+            self.frontier.push(leaf);
+        }
+        Ok(())
+    }
+
+    /// The checkpoint of `anchor` if the log holds it already.
+    fn recorded(&self, anchor: &Anchor) -> Result<Option<String>, KeyError> {
+        let at = (anchor.topic.clone(), anchor.partition, anchor.sequence);
+        match self.index.get(&at) {
+            None => Ok(None),
+            Some((_, leaf, note)) if *leaf == anchor_leaf(anchor) => Ok(Some(note.clone())),
+            Some(_) => Err(KeyError::from(format!(
+                "anchor {} of {}/{} differs from the one on audit.anchors (another key, or a changed log)",
+                anchor.sequence, anchor.topic, anchor.partition
+            ))),
+        }
+    }
+
+    /// Whether the log holds anchor `sequence` of a partition with this
+    /// hash (start-up: the store's anchors must all be on the topic).
+    pub fn holds(&self, topic: &str, partition: i32, sequence: i64, hash: &Hash) -> bool {
+        self.index
+            .get(&(topic.to_string(), partition, sequence))
+            .is_some_and(|(_, leaf, _)| *leaf == leaf_hash(hash))
     }
 
     /// Everything appended so far is committed: publish it.
@@ -246,7 +281,8 @@ impl AnchorLog {
             return;
         }
         let committed = self.committed as u64;
-        self.index.retain(|_, (position, _)| *position < committed);
+        self.index
+            .retain(|_, (position, _, _)| *position < committed);
         self.leaves.truncate(self.committed);
         self.frontier = Frontier::default();
         for leaf in &self.leaves {
@@ -385,6 +421,15 @@ pub fn check_log(
     for anchor in anchors {
         let leaf = anchor_leaf(anchor);
         let at = (anchor.topic.as_str(), anchor.partition, anchor.sequence);
+        if anchor.checkpoint.is_empty() && keys.is_ed25519(&anchor.key_id) {
+            // The checkpoint is outside the signed bytes: removing it must
+            // not remove the check.
+            report.problem = Some(format!(
+                "anchor {} of {}/{} is Ed25519-signed but carries no checkpoint",
+                anchor.sequence, anchor.topic, anchor.partition
+            ));
+            return report;
+        }
         match seen.get(&at) {
             Some(first) if *first == leaf => continue, // written again by a replay
             Some(_) => {

@@ -271,7 +271,7 @@ impl Audit {
                 .entry((anchor.topic.clone(), anchor.partition))
                 .or_default()
                 .insert(anchor.last_offset, anchor.anchored_at);
-            self.log.append(anchor)?;
+            self.log.load(anchor)?;
         }
         self.log.commit()?;
         Ok(self)
@@ -479,6 +479,22 @@ impl Processor for Audit {
             let state: PartitionState = postcard::from_bytes(&bytes)
                 .map_err(|e| StateError::corrupt(format!("audit partition state: {e}")))?;
             let (topic, partition) = keys::parse_partition(&key);
+            // Every anchor the store made is on audit.anchors (outputs are
+            // acknowledged before state commits): if the read at start
+            // missed one, new anchors would get other places in the anchor
+            // log than the ones already published. Refuse to sign then.
+            if state.sequence > 0 {
+                let hash: Option<crate::merkle::Hash> = hex::decode(&state.last_hash)
+                    .ok()
+                    .and_then(|h| h.try_into().ok());
+                if !hash.is_some_and(|h| self.log.holds(&topic, partition, state.sequence - 1, &h))
+                {
+                    return Err(StateError::corrupt(format!(
+                        "anchor {} of {topic}/{partition} is in the store but was not read from {ANCHORS_TOPIC} at start (the topic was not read to its end, or lost records): refusing to extend the anchor log",
+                        state.sequence - 1
+                    )));
+                }
+            }
             if let Some(due) = self.due(&topic, &state) {
                 map.insert((topic, partition), due);
             }

@@ -262,8 +262,22 @@ impl Keys {
     /// A malformed key.
     pub fn trust_vkey(&mut self, vkey: &str) -> Result<(), KeyError> {
         let (name, id, public) = parse_vkey(vkey, ALG_ED25519)?;
-        self.ed25519.push((format!("{name}+{id:08x}"), public));
+        let key_ref = format!("{name}+{id:08x}");
+        // The same key given twice would make every note ambiguous.
+        if !self
+            .ed25519
+            .iter()
+            .any(|(r, p)| *r == key_ref && *p == public)
+        {
+            self.ed25519.push((key_ref, public));
+        }
         Ok(())
+    }
+
+    /// Whether anchors naming `key_id` are Ed25519-signed by a trusted key
+    /// (and so must carry a checkpoint).
+    pub fn is_ed25519(&self, key_id: &str) -> bool {
+        self.ed25519.iter().any(|(r, _)| r == key_id)
     }
 
     /// Trusts an HMAC secret named `key_id`.

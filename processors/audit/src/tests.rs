@@ -6,7 +6,7 @@ use trellis_runtime::secret::Secret;
 use trellis_runtime::state::StateStore;
 
 use super::signing::Keys;
-use super::verify::{Problem, verify_proof, verify_records};
+use super::verify::{Finding, Problem, verify_proof, verify_records};
 use super::*;
 
 fn schema(file: &str) -> Schema {
@@ -473,6 +473,18 @@ fn every_anchor_carries_a_checkpoint_of_the_log_that_verifies_with_the_public_ke
         .problem
         .unwrap();
     assert!(problem.contains("does not verify"), "{problem}");
+    // …and so is a removed one (the checkpoint is outside the signed bytes).
+    let mut stripped = anchors.clone();
+    stripped[4].checkpoint.clear();
+    let problem = checkpoint::check_log(&stripped, &public, None)
+        .problem
+        .unwrap();
+    assert!(problem.contains("carries no checkpoint"), "{problem}");
+    // The same public key given twice is still one key.
+    public
+        .trust_vkey(&signer().note_key().unwrap().vkey())
+        .unwrap();
+    assert_eq!(checkpoint::check_log(&anchors, &public, None).problem, None);
     // Another key's checkpoints are not trusted.
     let mut other = Keys::default();
     other
@@ -581,4 +593,84 @@ fn the_witness_cosigns_extensions_and_refuses_rollbacks_and_forks() {
             .problem
             .is_some()
     );
+}
+
+#[test]
+fn a_key_rotation_is_recorded_in_the_chain_and_both_public_keys_verify_it() {
+    let records = log(40);
+    let (first, second) = records.split_at(40);
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    let run = run_offline(NAME, &mut audit(16), &store, &decoder(), first, 7).unwrap();
+    let mut anchors = decode_anchors(&run.outputs);
+    // The processor restarts with a new key; the store and the anchors on
+    // audit.anchors carry over.
+    let rotated = Signer::ed25519("k2", &Secret::from_bytes(vec![5; 32])).unwrap();
+    let mut after = Audit::new(
+        settings(16),
+        rotated,
+        AvroEncoder::with_id("a".into(), 1, schema("anchor.avsc")).unwrap(),
+        Pending::default(),
+    )
+    .with_recorded(&anchors)
+    .unwrap();
+    let run = run_offline(NAME, &mut after, &store, &decoder(), second, 7).unwrap();
+    anchors.extend(decode_anchors(&run.outputs));
+
+    let k2 = Signer::ed25519("k2", &Secret::from_bytes(vec![5; 32])).unwrap();
+    let mut both = Keys::default();
+    for key in [
+        signer().note_key().unwrap().vkey(),
+        k2.note_key().unwrap().vkey(),
+    ] {
+        both.trust_vkey(&key).unwrap();
+    }
+    let report = checkpoint::check_log(&anchors, &both, None);
+    assert_eq!(report.problem, None);
+    let first_k2 = anchors
+        .iter()
+        .position(|a| a.key_id.starts_with("k2+"))
+        .unwrap() as u64;
+    assert_eq!(report.keys.len(), 2, "{:?}", report.keys);
+    assert_eq!(report.keys[1].1, first_k2);
+    let chains = verify_records(&audited(), anchors.clone(), &both, &records);
+    assert!(chains.iter().all(|r| r.finding.is_none()), "{chains:?}");
+    // With the old key alone, the anchors after the rotation do not verify.
+    assert!(
+        verify_records(&audited(), anchors.clone(), &keys(), &records)
+            .iter()
+            .any(|r| matches!(
+                r.finding,
+                Some(Finding {
+                    problem: Problem::BadSignature { .. },
+                    ..
+                })
+            ))
+    );
+}
+
+#[test]
+fn a_restart_that_missed_anchors_on_the_topic_refuses_to_extend_the_anchor_log() {
+    let records = log(40);
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    let run = run_offline(NAME, &mut audit(16), &store, &decoder(), &records[..40], 7).unwrap();
+    let anchors = decode_anchors(&run.outputs);
+    assert!(anchors.len() >= 2);
+    // The read of audit.anchors at start came back short.
+    let mut short = audit(16)
+        .with_recorded(&anchors[..anchors.len() - 1])
+        .unwrap();
+    let refused = run_offline(NAME, &mut short, &store, &decoder(), &records[40..], 7);
+    let message = match refused {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a short read of audit.anchors must be refused"),
+    };
+    assert!(
+        message.contains("refusing to extend the anchor log"),
+        "{message}"
+    );
+    // Read whole, it goes on.
+    let mut whole = audit(16).with_recorded(&anchors).unwrap();
+    assert!(run_offline(NAME, &mut whole, &store, &decoder(), &records[40..], 7).is_ok());
 }
