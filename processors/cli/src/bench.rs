@@ -428,13 +428,23 @@ impl InProcess {
             settings: settings(&state),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(run(
+        let processor = run(
             config,
             async {
                 let _ = stopped.await;
             }
             .boxed(),
-        ));
+        );
+        // On its own runtime, as in production: on the caller's, a busy
+        // processor starved the metrics poll that times it (its tasks ran
+        // first), so the clock started late and the rate came out too high.
+        let task = tokio::task::spawn_blocking(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime for the processor")
+                .block_on(processor)
+        });
         Ok(Self {
             name: name.to_string(),
             task,
