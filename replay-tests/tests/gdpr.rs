@@ -36,11 +36,21 @@ struct Topology {
 
 /// The audit log's public key: all a verifier is given.
 fn audit_public_key() -> String {
-    let seed =
-        trellis_runtime::secret::Secret::from_bytes(hex::decode(test_secret("anchors")).unwrap());
-    trellis_audit::signing::NoteKey::new("test-anchors", &seed)
+    trellis_audit::signing::NoteKey::new("test-anchors", &test_seed("anchors"))
         .unwrap()
         .vkey()
+}
+
+/// The witness's public key.
+fn witness_key() -> String {
+    trellis_audit::signing::Cosigner::new(WITNESS, &test_seed("witness"))
+        .unwrap()
+        .vkey()
+}
+
+/// The Ed25519 seed in `test_secret(label)`.
+fn test_seed(label: &str) -> trellis_runtime::secret::Secret {
+    trellis_runtime::secret::Secret::from_bytes(hex::decode(test_secret(label)).unwrap())
 }
 
 const WITNESS: &str = "witness.test/w1";
@@ -82,15 +92,6 @@ impl Topology {
                 String::from_utf8_lossy(&output.stderr)
             ),
         )
-    }
-
-    fn witness_key(&self) -> String {
-        let seed = trellis_runtime::secret::Secret::from_bytes(
-            hex::decode(test_secret("witness")).unwrap(),
-        );
-        trellis_audit::signing::Cosigner::new(WITNESS, &seed)
-            .unwrap()
-            .vkey()
     }
 
     fn vault_dir(&self) -> PathBuf {
@@ -902,7 +903,7 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
     // The audit chain still verifies: crypto-shredding changed no record;
     // and the log contains the tree the witness cosigned.
     let witness_state = t.witness_state();
-    let witness_key = t.witness_key();
+    let witness_key = witness_key();
     let with_witness = [
         "--witness",
         witness_state.to_str().unwrap(),

@@ -358,6 +358,19 @@ impl signed_note::Verifier for Ed25519Verifier {
     }
 }
 
+/// The signature lines of `note` (`parsed` from it): the crate keeps them
+/// private, and a cosigner must carry the others over.
+fn signatures<'a>(
+    note: &'a [u8],
+    parsed: &signed_note::Note,
+) -> impl Iterator<Item = signed_note::Signature> + 'a {
+    // The text ends with the newline before the blank line.
+    note[parsed.text().len() + 1..]
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| signed_note::Signature::from_bytes(line).ok())
+}
+
 /// The message a tlog-cosignature v1 signs: a header line, the time line,
 /// then the note body.
 fn cosigned_message(time: u64, body: &[u8]) -> Vec<u8> {
@@ -427,11 +440,7 @@ impl Cosigner {
             .map_err(|e| KeyError(format!("not a signed note: {e}")))?;
         let text = parsed.text().to_vec();
         // Keep the log's signature lines; drop an older cosignature of ours.
-        let body_len = text.len() + 1;
-        let others: Vec<signed_note::Signature> = note[body_len..]
-            .split(|b| *b == b'\n')
-            .filter(|line| !line.is_empty())
-            .filter_map(|line| signed_note::Signature::from_bytes(line).ok())
+        let others: Vec<signed_note::Signature> = signatures(note, &parsed)
             .filter(|s| !(s.name() == self.name && s.id() == self.id))
             .collect();
         let mut note =
@@ -493,9 +502,7 @@ impl CosignatureVerifier {
         let witness: Vec<Box<dyn signed_note::Verifier>> = vec![Box::new(self.clone())];
         open(note, witness).map_err(|e| KeyError(format!("the witness's cosignature: {e}")))?;
         let parsed = signed_note::Note::from_bytes(note).map_err(|e| KeyError(e.to_string()))?;
-        let time = note[parsed.text().len() + 1..]
-            .split(|b| *b == b'\n')
-            .filter_map(|line| signed_note::Signature::from_bytes(line).ok())
+        let time = signatures(note, &parsed)
             .find(|s| s.name() == self.name && s.id() == self.id)
             .and_then(|s| {
                 s.signature()

@@ -68,6 +68,18 @@ fn open(note: &[u8], log_keys: &Keys) -> Result<Checkpoint, Refusal> {
     Checkpoint::parse(&body).map_err(|e| Refusal::Invalid(e.to_string()))
 }
 
+/// The checkpoint in a witness's own state (its last cosigned note),
+/// trusted as is: the log's key may have rotated since.
+///
+/// # Errors
+/// The state is not a checkpoint note.
+pub fn cosigned_checkpoint(state: &str) -> Result<Checkpoint, Refusal> {
+    signed_note::Note::from_bytes(state.as_bytes())
+        .map_err(|e| e.to_string())
+        .and_then(|note| Checkpoint::parse(note.text()).map_err(|e| e.to_string()))
+        .map_err(|e| Refusal::Invalid(format!("the witness's state: {e}")))
+}
+
 /// Decides on `shown` given the last cosigned note (none: the first one
 /// is trusted on first use). `proof(old, new)` fetches a consistency proof.
 ///
@@ -82,12 +94,7 @@ pub fn observe(
 ) -> Result<Outcome, Refusal> {
     let new = open(shown, log_keys)?;
     if let Some(last) = last {
-        // The witness's own state: its body is trusted as is (the log's key
-        // may have rotated since).
-        let old = signed_note::Note::from_bytes(last.as_bytes())
-            .map_err(|e| e.to_string())
-            .and_then(|note| Checkpoint::parse(note.text()).map_err(|e| e.to_string()))
-            .map_err(|e| Refusal::Invalid(format!("the witness's state: {e}")))?;
+        let old = cosigned_checkpoint(last)?;
         if old.origin != new.origin {
             return Err(Refusal::Origin {
                 expected: old.origin,

@@ -479,15 +479,16 @@ pub async fn witness(options: WitnessOptions) -> anyhow::Result<bool> {
         let step: anyhow::Result<bool> = async {
             let shown = fetch_text(&client, &url).await?;
             // The proof is fetched before deciding: the decision is pure.
-            let sizes = |note: &str| {
-                options
-                    .log_keys
-                    .open_note(note.as_bytes())
-                    .ok()
-                    .and_then(|b| trellis_audit::checkpoint::Checkpoint::parse(&b).ok())
-                    .map(|c| c.size)
-            };
-            let proof = match (last.as_deref().and_then(sizes), sizes(&shown)) {
+            // Sizes only, to know which proof to fetch; `observe` checks.
+            let old = last
+                .as_deref()
+                .and_then(|l| trellis_audit::witness::cosigned_checkpoint(l).ok());
+            let new = options
+                .log_keys
+                .open_note(shown.as_bytes())
+                .ok()
+                .and_then(|b| trellis_audit::checkpoint::Checkpoint::parse(&b).ok());
+            let proof = match (old.map(|c| c.size), new.map(|c| c.size)) {
                 (Some(old), Some(new)) if old > 0 && new > old => Some(
                     fetch_text(
                         &client,
