@@ -43,6 +43,7 @@
 //! crash reproduces it byte for byte (promise 3). Windows span partitions,
 //! so the aggregator runs as one instance; it refuses `kafka.instances > 1`.
 
+mod live;
 pub mod windows;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -50,8 +51,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use prometheus::{IntCounter, IntCounterVec};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use trellis_records::{
     AGGREGATES_TOPIC, Aggregate, EraseCommand, PARTICIPANT_ACKS_TOPIC, ProtectedEvent,
@@ -63,7 +63,8 @@ use trellis_runtime::schema::AvroEncoder;
 use trellis_runtime::state::StateError;
 use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};
 
-use crate::windows::{Cell, Counts, Rules, Timing, Window, crosses_close_point};
+use crate::live::{LiveCell, WorkingSet};
+use crate::windows::{Cell, Rules, Timing, Window, crosses_close_point};
 
 /// The processor's name in topology.yaml, metrics and logs.
 pub const NAME: &str = "analytics";
@@ -194,19 +195,13 @@ mod keys {
     /// Watermarks: `wm ‖ topic ‖ partition` → i64.
     pub const WATERMARK: u8 = b'w';
     /// Live cells: `cell ‖ tenant ‖ window ‖ start ‖ dimension ‖ value` →
-    /// [`super::Cell`] (the classes published so far).
+    /// [`super::live::LiveCell`] (the classes published so far, what each
+    /// class not yet published adds, the distinct set).
     pub const CELL: u8 = b'c';
-    /// What a class not yet published adds: `delta ‖ cell key ‖ class` →
-    /// [`super::Counts`].
-    pub const DELTA: u8 = b'v';
     /// Publication index: `open ‖ point ‖ class ‖ cell key` → ().
     pub const OPEN: u8 = b'o';
     /// Expiry index: `expire ‖ expiry ‖ cell key` → ().
     pub const EXPIRE: u8 = b'x';
-    /// Distinct sets: `member ‖ h(cell key) ‖ h(cell key ‖ pseudonym)` →
-    /// class; anonymous (erased) entries `member ‖ h(cell key) ‖ anon ‖
-    /// class ‖ n` → class.
-    pub const MEMBER: u8 = b'm';
     /// Erased learners: `erased ‖ SHA-256(tenant ‖ 0 ‖ pseudonym)` → ().
     pub const ERASED: u8 = b'e';
     /// Too-late events: `late ‖ tenant ‖ window ‖ start` → count.
@@ -237,14 +232,6 @@ fn hash8(parts: &[&[u8]]) -> [u8; 8] {
 /// The sortable form of a timestamp (sign bit flipped).
 fn sortable(t: i64) -> [u8; 8] {
     ((t as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-fn encode_state<T: Serialize>(value: &T) -> Result<Vec<u8>, ProcessError> {
-    postcard::to_stdvec(value).map_err(|e| ProcessError::fatal("encoding state", e))
-}
-
-fn decode_state<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StateError> {
-    postcard::from_bytes(bytes).map_err(|e| StateError::corrupt(format!("analytics: {e}")))
 }
 
 fn read_i64(bytes: Option<std::borrow::Cow<'_, [u8]>>) -> Result<Option<i64>, StateError> {
@@ -339,8 +326,14 @@ pub struct Analytics {
     day: Rules,
     k: u32,
     tenant_k: HashMap<String, u32>,
-    /// Watermark keys of every assigned partition of `protected`.
-    partitions: Vec<Vec<u8>>,
+    /// Every assigned partition of `protected`.
+    partitions: Vec<i32>,
+    /// Partition watermarks read or changed since the last commit (`None`:
+    /// the partition has carried nothing yet), written back by
+    /// [`Processor::save`].
+    watermarks: HashMap<i32, Option<i64>>,
+    /// The live cells the batch touched, written back by [`Processor::save`].
+    cells: WorkingSet,
     /// The erased learners' hashes (see the module docs), as in the store;
     /// `None` after an abandoned batch, reloaded on the next event.
     erased: Option<HashSet<[u8; 32]>>,
@@ -355,12 +348,6 @@ fn erased_hash(tenant: &str, learner: &str) -> [u8; 32] {
         .chain_update(learner.as_bytes())
         .finalize()
         .into()
-}
-
-/// The class a member entry was first counted in (entries written before
-/// classes existed are empty: class 0).
-fn member_class(value: &[u8]) -> u32 {
-    <[u8; 4]>::try_from(value).map_or(0, u32::from_be_bytes)
 }
 
 impl Analytics {
@@ -391,6 +378,8 @@ impl Analytics {
                 .map(|(t, s)| (t.clone(), s.k))
                 .collect(),
             partitions: Vec::new(),
+            watermarks: HashMap::new(),
+            cells: WorkingSet::default(),
             erased: None,
             counters,
         }
@@ -428,6 +417,16 @@ impl Analytics {
         Ok(!erased.is_empty() && erased.contains(&erased_hash(tenant, learner)))
     }
 
+    /// Partition `partition`'s watermark (from memory, else the store).
+    fn watermark(&mut self, txn: &StateTxn<'_>, partition: i32) -> Result<Option<i64>, StateError> {
+        if let Some(known) = self.watermarks.get(&partition) {
+            return Ok(*known);
+        }
+        let stored = read_i64(txn.get(&Self::watermark_key(PROTECTED_TOPIC, partition))?)?;
+        self.watermarks.insert(partition, stored);
+        Ok(stored)
+    }
+
     fn on_event(
         &mut self,
         record: &InputRecord<'_>,
@@ -435,8 +434,7 @@ impl Analytics {
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        let wm_key = Self::watermark_key(record.topic, record.partition);
-        let watermark = read_i64(txn.get(&wm_key)?)?;
+        let watermark = self.watermark(txn, record.partition)?;
         let at = event.occurred_at;
         let tenant = event.tenant_id.as_str();
         let verb = event.verb.as_deref().map(verb_name);
@@ -461,7 +459,7 @@ impl Analytics {
             }
         }
         if watermark.is_none_or(|wm| at > wm) {
-            txn.put(wm_key, at.to_be_bytes().to_vec());
+            self.watermarks.insert(record.partition, Some(at));
             if crosses_close_point(watermark, at, self.lateness) {
                 self.close_ready(txn, out)?;
             }
@@ -472,7 +470,7 @@ impl Analytics {
     /// Counts `event` in `cell`, class `class`; `learner` joins its
     /// distinct set unless erased.
     fn add(
-        &self,
+        &mut self,
         event: &ProtectedEvent,
         verb: Option<&str>,
         learner: Option<&String>,
@@ -481,9 +479,16 @@ impl Analytics {
         txn: &mut StateTxn<'_>,
     ) -> Result<(), ProcessError> {
         let cell_key = cell.key();
-        let mut state = match txn.get(&cell_key)? {
-            Some(bytes) => decode_state::<Cell>(&bytes)?,
+        let rules = self.rules(cell.window);
+        let end = cell.start + cell.window.len_ms();
+        let live = match self.cells.get_mut(&cell_key, txn)? {
+            Some(live) => live,
             None => {
+                txn.put(publication_key(rules.point(end, 0), 0, &cell_key), Vec::new());
+                txn.put(
+                    [&[keys::EXPIRE][..], &sortable(rules.expiry(end)), &cell_key].concat(),
+                    Vec::new(),
+                );
                 let new = Cell::new(
                     cell.tenant,
                     cell.window,
@@ -491,56 +496,27 @@ impl Analytics {
                     cell.dimension,
                     cell.value,
                 );
-                let rules = self.rules(cell.window);
-                txn.put(
-                    publication_key(rules.point(new.end(), 0), 0, &cell_key),
-                    Vec::new(),
-                );
-                txn.put(
-                    [
-                        &[keys::EXPIRE][..],
-                        &sortable(rules.expiry(new.end())),
-                        &cell_key,
-                    ]
-                    .concat(),
-                    Vec::new(),
-                );
-                new
+                self.cells.insert(cell_key.clone(), LiveCell::new(new))
             }
         };
         if class == 0 {
-            state.counts.add(event, verb);
+            live.cell.counts.add(event, verb);
         } else {
-            let delta_key = delta_key(&cell_key, class);
-            let mut delta = match txn.get(&delta_key)? {
-                Some(bytes) => decode_state::<Counts>(&bytes)?,
-                None => {
-                    let point = self.rules(cell.window).point(state.end(), class);
-                    txn.put(publication_key(point, class, &cell_key), Vec::new());
-                    Counts::default()
-                }
-            };
-            delta.add(event, verb);
-            txn.put(delta_key, encode_state(&delta)?);
+            live.deltas
+                .entry(class)
+                .or_insert_with(|| {
+                    txn.put(
+                        publication_key(rules.point(end, class), class, &cell_key),
+                        Vec::new(),
+                    );
+                    Default::default()
+                })
+                .add(event, verb);
         }
-        if let Some(learner) = learner {
-            let member = key(
-                keys::MEMBER,
-                &[
-                    &hash8(&[&cell_key]),
-                    &hash8(&[&cell_key, learner.as_bytes()]),
-                ],
-            );
-            let counted = txn.get(&member)?.map(|v| member_class(&v));
-            if counted.is_none_or(|c| c > class) {
-                txn.put(member, class.to_be_bytes().to_vec());
-                if class == 0 {
-                    state.distinct += 1;
-                }
-            }
-        }
-        if class == 0 || state.counts.events == 0 {
-            txn.put(cell_key, encode_state(&state)?);
+        if let Some(learner) = learner
+            && live.join(hash8(&[&cell_key, learner.as_bytes()]), class)
+        {
+            live.cell.distinct += 1;
         }
         Ok(())
     }
@@ -587,8 +563,8 @@ impl Analytics {
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
         let mut global = i64::MAX;
-        for wm_key in &self.partitions {
-            match read_i64(txn.get(wm_key)?)? {
+        for partition in self.partitions.clone() {
+            match self.watermark(txn, partition)? {
                 Some(wm) => global = global.min(wm),
                 // A partition that has carried nothing yet could still
                 // carry anything: nothing is final.
@@ -600,30 +576,26 @@ impl Analytics {
         let upto = |index: u8| [&[index][..], &sortable(global.saturating_add(1))].concat();
         for (entry, _) in txn.range(&[keys::OPEN], &upto(keys::OPEN))? {
             let class = u32::from_be_bytes(entry[9..13].try_into().expect("4 bytes"));
-            let cell_key = entry[13..].to_vec();
-            txn.delete(entry);
-            let Some(bytes) = txn.get(&cell_key)?.map(|b| b.into_owned()) else {
+            let cell_key = &entry[13..];
+            let Some(live) = self.cells.get_mut(cell_key, txn)? else {
+                txn.delete(entry);
                 continue;
             };
-            let mut cell: Cell = decode_state(&bytes)?;
-            let k = self.tenant_k.get(&cell.tenant).copied().unwrap_or(self.k);
+            let k = (self.tenant_k.get(&live.cell.tenant).copied()).unwrap_or(self.k);
             // What was published last (nothing if no event counted yet).
-            let was_suppressed =
-                class > 0 && cell.counts.events > 0 && cell.distinct < i64::from(k);
+            let was_suppressed = class > 0
+                && live.cell.counts.events > 0
+                && live.cell.distinct < i64::from(k);
             if class > 0 {
-                let delta_key = delta_key(&cell_key, class);
-                if let Some(delta) = txn.get(&delta_key)? {
-                    cell.counts.merge(&decode_state(&delta)?);
+                if let Some(delta) = live.deltas.remove(&class) {
+                    live.cell.counts.merge(&delta);
                 }
-                txn.delete(delta_key);
-                let members = key(keys::MEMBER, &[&hash8(&[&cell_key])]);
-                cell.distinct = txn
-                    .scan_prefix(&members)?
-                    .iter()
-                    .filter(|(_, v)| member_class(v) <= class)
-                    .count() as i64;
+                let distinct = live.distinct_upto(class);
+                let cell = &mut live.cell;
+                cell.distinct = distinct;
                 cell.revision = i32::try_from(class).unwrap_or(i32::MAX);
             }
+            let cell = &live.cell;
             // A cell only late events created has no first publication, and
             // a suppressed cell that stays suppressed has nothing new to
             // show: its published form would differ in the revision alone.
@@ -632,19 +604,17 @@ impl Analytics {
                 if aggregate.suppressed {
                     self.counters.suppressed.inc();
                 }
+                let cell = cell.clone();
                 self.publish(&cell, &aggregate, out)?;
             }
-            txn.put(cell_key, encode_state(&cell)?);
+            txn.delete(entry);
         }
         for (entry, _) in txn.range(&[keys::EXPIRE], &upto(keys::EXPIRE))? {
             let cell_key = entry[9..].to_vec();
             txn.delete(entry);
-            let members = key(keys::MEMBER, &[&hash8(&[&cell_key])]);
-            for (member, _) in txn.scan_prefix(&members)? {
-                txn.delete(member);
-            }
             // No delta is left: every class's point is at or before expiry,
             // so the loop above has published it.
+            self.cells.forget(&cell_key);
             txn.delete(cell_key);
         }
         Ok(())
@@ -707,25 +677,16 @@ impl Analytics {
         let hash = erased_hash(tenant, learner);
         txn.put([&[keys::ERASED][..], &hash].concat(), Vec::new());
         self.erased = None;
+        // The scan below reads the store: give it the batch's cells first.
+        self.cells.save(txn)?;
         let mut changed = 0;
         let cells = [&key(keys::CELL, &[tenant.as_bytes()])[..], &[0]].concat();
-        for (cell_key, _) in txn.scan_prefix(&cells)? {
-            let cell_id = hash8(&[&cell_key]);
-            let member = key(
-                keys::MEMBER,
-                &[&cell_id, &hash8(&[&cell_key, learner.as_bytes()])],
-            );
-            let Some(value) = txn.get(&member)?.map(|v| v.into_owned()) else {
-                continue;
-            };
-            txn.delete(member);
-            // Named by class and count: the same set whatever order
-            // erasures come in, and nothing a pseudonym hashes to.
-            let class = member_class(&value).to_be_bytes();
-            let anonymous = key(keys::MEMBER, &[&cell_id, b"anon", &class]);
-            let n = txn.scan_prefix(&anonymous)?.len() as u32;
-            txn.put([&anonymous[..], &[0], &n.to_be_bytes()].concat(), value);
-            changed += 1;
+        for (cell_key, value) in txn.scan_prefix(&cells)? {
+            let mut live = LiveCell::decode(&value)?;
+            if live.anonymise(&hash8(&[&cell_key, learner.as_bytes()])) {
+                self.cells.insert(cell_key, live);
+                changed += 1;
+            }
         }
         Ok(changed)
     }
@@ -825,27 +786,36 @@ fn publication_key(point: i64, class: u32, cell_key: &[u8]) -> Vec<u8> {
     .concat()
 }
 
-/// `delta ‖ cell key ‖ class`.
-fn delta_key(cell_key: &[u8], class: u32) -> Vec<u8> {
-    [&[keys::DELTA][..], cell_key, &class.to_be_bytes()].concat()
-}
-
 impl Processor for Analytics {
     type Input = CommandOr<ProtectedEvent>;
 
+    fn save(&mut self, txn: &mut StateTxn<'_>) -> Result<(), ProcessError> {
+        for (&partition, &watermark) in &self.watermarks {
+            if let Some(wm) = watermark {
+                txn.put(
+                    Self::watermark_key(PROTECTED_TOPIC, partition),
+                    wm.to_be_bytes().to_vec(),
+                );
+            }
+        }
+        self.cells.save(txn)
+    }
+
+    fn committed(&mut self) {
+        self.cells.committed();
+    }
+
     fn abandoned(&mut self) {
-        // The batch's erasures were rolled back with it.
+        // The batch's erasures, cells and watermarks were rolled back with it.
         self.erased = None;
+        self.cells.clear();
+        self.watermarks.clear();
     }
 
     fn assigned(&mut self, partitions: &BTreeMap<String, Vec<i32>>) -> Result<(), ProcessError> {
         self.partitions = partitions
             .get(PROTECTED_TOPIC)
-            .map(|ps| {
-                ps.iter()
-                    .map(|p| Self::watermark_key(PROTECTED_TOPIC, *p))
-                    .collect()
-            })
+            .cloned()
             .unwrap_or_default();
         Ok(())
     }

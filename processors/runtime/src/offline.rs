@@ -73,6 +73,7 @@ pub fn run_offline<P: Processor>(
                 record.offset + 1,
             );
         }
+        processor.save(&mut txn)?;
         store.commit(txn, &positions)?;
         processor.committed();
     }

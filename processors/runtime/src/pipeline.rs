@@ -896,6 +896,7 @@ impl Runtime {
         cursors: &Cursors,
         processor: &mut P,
     ) -> Result<(), RunError> {
+        processor.save(&mut batch.txn)?;
         self.flush(&mut batch, processor).await?;
         let Batch {
             txn,

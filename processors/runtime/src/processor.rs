@@ -52,6 +52,19 @@ pub trait Processor: Send + 'static {
         out: &mut Emitter,
     ) -> Result<(), ProcessError>;
 
+    /// Writes into `txn` what the processor changed in memory during the
+    /// batch: called once per batch, after its last record and before
+    /// [`Processor::flush`] and the commit (live, replaying and offline
+    /// alike). A processor that keeps decoded state it changes many times
+    /// per batch (a working set) writes it here once instead of per record;
+    /// what it writes must not depend on where the batch boundaries fell.
+    ///
+    /// # Errors
+    /// [`ProcessError`] only for failures that make continuing unsafe.
+    fn save(&mut self, _txn: &mut StateTxn<'_>) -> Result<(), ProcessError> {
+        Ok(())
+    }
+
     /// Makes the batch's effects outside Kafka durable: a sink's database
     /// transaction. Called once per batch, after its last record was
     /// processed and before its outputs are awaited and its state and
