@@ -61,9 +61,10 @@ use trellis_runtime::participant::{Acks, CommandOr, answer_once};
 use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
 use trellis_runtime::state::StateError;
+use trellis_runtime::working_set::{Stored, WorkingSet};
 use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};
 
-use crate::live::{LiveCell, WorkingSet};
+use crate::live::LiveCell;
 use crate::windows::{Cell, Rules, Timing, Window, crosses_close_point};
 
 /// The processor's name in topology.yaml, metrics and logs.
@@ -333,7 +334,7 @@ pub struct Analytics {
     /// [`Processor::save`].
     watermarks: HashMap<i32, Option<i64>>,
     /// The live cells the batch touched, written back by [`Processor::save`].
-    cells: WorkingSet,
+    cells: WorkingSet<LiveCell>,
     /// The erased learners' hashes (see the module docs), as in the store;
     /// `None` after an abandoned batch, reloaded on the next event.
     erased: Option<HashSet<[u8; 32]>>,
@@ -379,7 +380,7 @@ impl Analytics {
                 .collect(),
             partitions: Vec::new(),
             watermarks: HashMap::new(),
-            cells: WorkingSet::default(),
+            cells: WorkingSet::new(live::CAPACITY),
             erased: None,
             counters,
         }
@@ -614,8 +615,7 @@ impl Analytics {
             txn.delete(entry);
             // No delta is left: every class's point is at or before expiry,
             // so the loop above has published it.
-            self.cells.forget(&cell_key);
-            txn.delete(cell_key);
+            self.cells.remove(cell_key);
         }
         Ok(())
     }

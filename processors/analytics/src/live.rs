@@ -1,27 +1,21 @@
 //! Live cells: what the aggregator counts into while a cell can still
-//! change, one stored value per cell, held decoded in memory and written
-//! back once per batch.
-//!
-//! A cell is touched by every event of its window and dimension, so
-//! decoding and writing it per event (and a store key per distinct learner)
-//! cost most of the processor's time. The [`WorkingSet`] keeps the cells a
-//! batch touches decoded; [`WorkingSet::save`] writes each changed cell to
-//! the batch's transaction once, just before the runtime commits it. What
-//! is stored is the same whatever the batch boundaries: each cell's value
-//! after the batch's last event.
+//! change, one stored value per cell (counts, distinct set and all), held
+//! decoded in a [`WorkingSet`](trellis_runtime::working_set::WorkingSet)
+//! and written back once per batch. A cell is touched by every event of its
+//! window and dimension: decoding and writing it per event, and a store key
+//! per distinct learner, cost most of the processor's time before.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use trellis_runtime::StateTxn;
 use trellis_runtime::pipeline::ProcessError;
 use trellis_runtime::state::StateError;
+use trellis_runtime::working_set::Stored;
 
 use crate::windows::{Cell, Counts};
 
-/// How many cells stay decoded between batches. Beyond it the (committed,
-/// clean) set is dropped after a commit and cells are read back as needed.
-const CAPACITY: usize = 100_000;
+/// How many cells stay decoded between batches.
+pub(crate) const CAPACITY: usize = 100_000;
 
 /// A cell that can still change, as stored under its cell key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,86 +73,15 @@ impl LiveCell {
         }
     }
 
-    pub fn encode(&self) -> Result<Vec<u8>, ProcessError> {
+}
+
+impl Stored for LiveCell {
+    fn encode(&self) -> Result<Vec<u8>, ProcessError> {
         postcard::to_stdvec(self).map_err(|e| ProcessError::fatal("encoding a live cell", e))
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, StateError> {
+    fn decode(bytes: &[u8]) -> Result<Self, StateError> {
         postcard::from_bytes(bytes)
             .map_err(|e| StateError::corrupt(format!("analytics: live cell: {e}")))
-    }
-}
-
-struct Slot {
-    live: LiveCell,
-    dirty: bool,
-}
-
-/// Decoded live cells by cell key; see the module docs.
-#[derive(Default)]
-pub(crate) struct WorkingSet {
-    cells: HashMap<Vec<u8>, Slot>,
-}
-
-impl WorkingSet {
-    /// The cell under `key` (from memory, else from `txn`), marked changed;
-    /// `None` if there is no such live cell.
-    pub fn get_mut(
-        &mut self,
-        key: &[u8],
-        txn: &StateTxn<'_>,
-    ) -> Result<Option<&mut LiveCell>, StateError> {
-        if !self.cells.contains_key(key) {
-            let Some(bytes) = txn.get(key)? else {
-                return Ok(None);
-            };
-            let live = LiveCell::decode(&bytes)?;
-            self.cells
-                .insert(key.to_vec(), Slot { live, dirty: false });
-        }
-        let slot = self.cells.get_mut(key).expect("just ensured");
-        slot.dirty = true;
-        Ok(Some(&mut slot.live))
-    }
-
-    /// Adds (or replaces) the cell under `key`, to be written.
-    pub fn insert(&mut self, key: Vec<u8>, live: LiveCell) -> &mut LiveCell {
-        &mut self
-            .cells
-            .entry(key)
-            .insert_entry(Slot { live, dirty: true })
-            .into_mut()
-            .live
-    }
-
-    /// Forgets the cell under `key` (its stored entry is the caller's to delete).
-    pub fn forget(&mut self, key: &[u8]) {
-        self.cells.remove(key);
-    }
-
-    /// Writes every changed cell into `txn`.
-    ///
-    /// # Errors
-    /// [`ProcessError`] if a cell cannot be encoded.
-    pub fn save(&mut self, txn: &mut StateTxn<'_>) -> Result<(), ProcessError> {
-        for (key, slot) in &mut self.cells {
-            if slot.dirty {
-                txn.put(key.clone(), slot.live.encode()?);
-                slot.dirty = false;
-            }
-        }
-        Ok(())
-    }
-
-    /// After a commit: bounds the memory held (every cell is clean now).
-    pub fn committed(&mut self) {
-        if self.cells.len() > CAPACITY {
-            self.cells.clear();
-        }
-    }
-
-    /// Drops everything: the batch that changed it was abandoned.
-    pub fn clear(&mut self) {
-        self.cells.clear();
     }
 }

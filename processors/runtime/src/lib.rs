@@ -52,6 +52,7 @@ pub mod secret;
 pub mod state;
 pub mod ticker;
 pub mod topology;
+pub mod working_set;
 
 pub use config::Config;
 pub use pipeline::{
