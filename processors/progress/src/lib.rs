@@ -53,6 +53,7 @@ use trellis_runtime::participant::{Acks, CommandOr, answer_once};
 use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
 use trellis_runtime::state::StateError;
+use trellis_runtime::working_set::{Stored, WorkingSet};
 use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};
 
 use crate::rules::{
@@ -148,6 +149,19 @@ pub struct RowState {
     /// The pass currently published, if any.
     pub passed: Option<Issued>,
 }
+
+impl Stored for RowState {
+    fn encode(&self) -> Result<Vec<u8>, ProcessError> {
+        encode_state(self)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StateError> {
+        decode_state(bytes)
+    }
+}
+
+/// Rows kept decoded between batches (a learner's rows change together).
+const ROWS_HELD: usize = 200_000;
 
 /// A completion or pass published on `completions`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -276,6 +290,8 @@ pub struct Progress {
     /// Activity → the declared courses that require it.
     course_of: HashMap<String, Vec<String>>,
     counters: Counters,
+    /// The rows the batch read or changed, written back by [`Processor::save`].
+    rows: WorkingSet<RowState>,
 }
 
 struct Topics {
@@ -329,6 +345,7 @@ impl Progress {
             courses,
             course_of,
             counters,
+            rows: WorkingSet::new(ROWS_HELD),
         }
     }
 
@@ -340,11 +357,9 @@ impl Progress {
         encoder.encode(value).map_err(ProcessError::from)
     }
 
-    fn load(txn: &StateTxn<'_>, key: &[u8]) -> Result<RowState, ProcessError> {
-        Ok(match txn.get(key)? {
-            Some(bytes) => decode_state(&bytes)?,
-            None => RowState::default(),
-        })
+    /// The row under `key`, to change and [`Progress::publish`].
+    fn load(&mut self, txn: &StateTxn<'_>, key: &[u8]) -> Result<RowState, ProcessError> {
+        Ok(self.rows.get(key, txn)?.cloned().unwrap_or_default())
     }
 
     fn on_event(
@@ -386,7 +401,7 @@ impl Progress {
         }
         txn.put(index, [learner, activity].join("\0").into_bytes());
         let key = row_key(tenant, learner, activity);
-        let mut row = Self::load(txn, &key)?;
+        let mut row = self.load(txn, &key)?;
         // The smallest course id any statement named: arrival order must
         // not matter (an activity sits in one course in practice).
         if let Some(course) = &event.course_id
@@ -436,7 +451,7 @@ impl Progress {
             return Err(StateError::corrupt("statement index entry").into());
         };
         let key = row_key(tenant, learner, activity);
-        let mut row = Self::load(txn, &key)?;
+        let mut row = self.load(txn, &key)?;
         row.facts.retain(|f| f.event_id != target);
         self.update(tenant, learner, activity, row, cause, txn, out)
     }
@@ -459,18 +474,18 @@ impl Progress {
         } else {
             derive(&row.facts, self.rule(activity))
         };
-        self.publish(tenant, learner, activity, row, derived, cause, txn, out)?;
+        self.publish(tenant, learner, activity, row, derived, cause, out)?;
         let courses = self.course_of.get(activity).cloned().unwrap_or_default();
         for course in courses {
-            let row = Self::load(txn, &row_key(tenant, learner, &course))?;
+            let row = self.load(txn, &row_key(tenant, learner, &course))?;
             let derived = self.derive_course(tenant, learner, &course, &row, txn)?;
-            self.publish(tenant, learner, &course, row, derived, cause, txn, out)?;
+            self.publish(tenant, learner, &course, row, derived, cause, out)?;
         }
         Ok(())
     }
 
     fn derive_course(
-        &self,
+        &mut self,
         tenant: &str,
         learner: &str,
         course: &str,
@@ -484,8 +499,12 @@ impl Progress {
             .map(Vec::as_slice)
             .unwrap_or_default()
         {
-            let state = Self::load(txn, &row_key(tenant, learner, activity))?;
-            required.push(derive(&state.facts, self.rule(activity)));
+            let rule = self.rules.get(activity).copied().unwrap_or_default();
+            let facts = match self.rows.get(&row_key(tenant, learner, activity), txn)? {
+                Some(state) => state.facts.as_slice(),
+                None => &[],
+            };
+            required.push(derive(facts, rule));
         }
         Ok(derive_course(&row.facts, &required))
     }
@@ -499,7 +518,6 @@ impl Progress {
         mut row: RowState,
         derived: Option<Derived>,
         cause: &str,
-        txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
         let key = row_key(tenant, learner, activity);
@@ -575,9 +593,9 @@ impl Progress {
             }
         }
         if gone {
-            txn.delete(key);
+            self.rows.remove(key);
         } else {
-            txn.put(key, encode_state(&row)?);
+            self.rows.insert(key, row);
         }
         Ok(())
     }
@@ -653,6 +671,8 @@ impl Progress {
             return Ok(ack);
         };
         let prefix = learner_prefix(tenant, learner);
+        // The scan reads the store: give it the batch's rows first.
+        self.rows.save(txn)?;
         let rows = txn.scan_prefix(&prefix)?;
         ack.records_affected = rows.len() as i64;
         match command.kind.as_str() {
@@ -662,7 +682,6 @@ impl Progress {
                     for fact in &row.facts {
                         txn.delete(keys::key(keys::EVENT, &[tenant, &fact.event_id], false));
                     }
-                    txn.delete(key.clone());
                     let activity = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
                     out.emit(OutputRecord {
                         topic: self.topics.progress.clone(),
@@ -671,6 +690,7 @@ impl Progress {
                         id: format!("{tenant}/{}/{activity}", command.command_id),
                         tenant: Some(tenant.to_string()),
                     });
+                    self.rows.remove(key);
                 }
                 txn.put(
                     keys::key(keys::ERASED, &[tenant, learner], false),
@@ -708,6 +728,18 @@ impl Progress {
 
 impl Processor for Progress {
     type Input = CommandOr<ProtectedEvent>;
+
+    fn save(&mut self, txn: &mut StateTxn<'_>) -> Result<(), ProcessError> {
+        self.rows.save(txn)
+    }
+
+    fn committed(&mut self) {
+        self.rows.committed();
+    }
+
+    fn abandoned(&mut self) {
+        self.rows.clear();
+    }
 
     fn process(
         &mut self,

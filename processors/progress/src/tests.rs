@@ -148,6 +148,11 @@ struct Run {
 }
 
 fn run(events: &[ProtectedEvent]) -> Run {
+    run_batched(events, 3)
+}
+
+/// [`run`], committing every `batch` records.
+fn run_batched(events: &[ProtectedEvent], batch: usize) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
     let offline = run_offline(
@@ -156,7 +161,7 @@ fn run(events: &[ProtectedEvent]) -> Run {
         &store,
         &decoder(),
         &records(events),
-        3,
+        batch,
     )
     .unwrap();
     assert!(offline.dead_letters.is_empty());
@@ -310,6 +315,24 @@ fn arrival_order_does_not_change_state_or_final_outputs() {
     );
     assert_eq!(in_order.progress(), reversed.progress());
     assert_eq!(in_order.net_completions(), reversed.net_completions());
+
+    // Rows are held in memory and written once per batch: where batches
+    // end changes neither the store nor any output.
+    for batch in [1, events.len()] {
+        let other = run_batched(&events, batch);
+        assert_eq!(
+            in_order.store.digest().unwrap(),
+            other.store.digest().unwrap(),
+            "batches of {batch}"
+        );
+        let all = |run: &Run| {
+            run.outputs
+                .iter()
+                .map(|r| (r.id.clone(), r.key.clone(), r.value.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all(&in_order), all(&other), "batches of {batch}");
+    }
 }
 
 #[test]
