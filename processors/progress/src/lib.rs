@@ -37,7 +37,7 @@
 pub mod rules;
 pub mod transcript;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -292,6 +292,9 @@ pub struct Progress {
     counters: Counters,
     /// The rows the batch read or changed, written back by [`Processor::save`].
     rows: WorkingSet<RowState>,
+    /// Every erasure and void mark in the store (see [`Progress::marked`]);
+    /// `None` until first asked, and after an abandoned batch.
+    marks: Option<HashSet<Vec<u8>>>,
 }
 
 struct Topics {
@@ -346,6 +349,7 @@ impl Progress {
             course_of,
             counters,
             rows: WorkingSet::new(ROWS_HELD),
+            marks: None,
         }
     }
 
@@ -355,6 +359,31 @@ impl Progress {
 
     fn encode<T: Serialize>(encoder: &AvroEncoder, value: &T) -> Result<Vec<u8>, ProcessError> {
         encoder.encode(value).map_err(ProcessError::from)
+    }
+
+    /// Whether the erasure or void mark `key` is set. Marks are few (one
+    /// per erased learner, one per void) and asked about on every event, so
+    /// they are held in memory, loaded on first use.
+    fn marked(&mut self, txn: &StateTxn<'_>, key: &[u8]) -> Result<bool, StateError> {
+        let marks = match &mut self.marks {
+            Some(marks) => marks,
+            marks @ None => {
+                let mut loaded = HashSet::new();
+                for kind in [keys::ERASED, keys::VOID] {
+                    loaded.extend(txn.scan_prefix(&[kind])?.into_iter().map(|(k, _)| k));
+                }
+                marks.insert(loaded)
+            }
+        };
+        Ok(!marks.is_empty() && marks.contains(key))
+    }
+
+    /// Sets the mark `key`.
+    fn mark(&mut self, txn: &mut StateTxn<'_>, key: Vec<u8>, value: Vec<u8>) {
+        if let Some(marks) = &mut self.marks {
+            marks.insert(key.clone());
+        }
+        txn.put(key, value);
     }
 
     /// The row under `key`, to change and [`Progress::publish`].
@@ -370,10 +399,7 @@ impl Progress {
     ) -> Result<(), ProcessError> {
         let tenant = event.tenant_id.as_str();
         let learner = event.learner.as_str();
-        if txn
-            .get(&keys::key(keys::ERASED, &[tenant, learner], false))?
-            .is_some()
-        {
+        if self.marked(txn, &keys::key(keys::ERASED, &[tenant, learner], false))? {
             self.counters.erased_dropped.inc();
             return Ok(());
         }
@@ -387,10 +413,7 @@ impl Progress {
             return Ok(());
         };
         let id = event.event_id.as_str();
-        if txn
-            .get(&keys::key(keys::VOID, &[tenant, id], false))?
-            .is_some()
-        {
+        if self.marked(txn, &keys::key(keys::VOID, &[tenant, id], false))? {
             // Voided before it arrived: it never counts.
             return Ok(());
         }
@@ -434,11 +457,11 @@ impl Progress {
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
         let mark = keys::key(keys::VOID, &[tenant, target], false);
-        if txn.get(&mark)?.is_some() {
+        if self.marked(txn, &mark)? {
             out.dropped_duplicate();
             return Ok(());
         }
-        txn.put(mark, cause.as_bytes().to_vec());
+        self.mark(txn, mark, cause.as_bytes().to_vec());
         let index = keys::key(keys::EVENT, &[tenant, target], false);
         let Some(location) = txn.get(&index)?.map(|l| l.into_owned()) else {
             self.counters.voids.with_label_values(&["pending"]).inc();
@@ -692,7 +715,8 @@ impl Progress {
                     });
                     self.rows.remove(key);
                 }
-                txn.put(
+                self.mark(
+                    txn,
                     keys::key(keys::ERASED, &[tenant, learner], false),
                     command.issued_at.to_be_bytes().to_vec(),
                 );
@@ -739,6 +763,7 @@ impl Processor for Progress {
 
     fn abandoned(&mut self) {
         self.rows.clear();
+        self.marks = None;
     }
 
     fn process(
