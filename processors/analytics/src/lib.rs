@@ -485,7 +485,10 @@ impl Analytics {
         let live = match self.cells.get_mut(&cell_key, txn)? {
             Some(live) => live,
             None => {
-                txn.put(publication_key(rules.point(end, 0), 0, &cell_key), Vec::new());
+                txn.put(
+                    publication_key(rules.point(end, 0), 0, &cell_key),
+                    Vec::new(),
+                );
                 txn.put(
                     [&[keys::EXPIRE][..], &sortable(rules.expiry(end)), &cell_key].concat(),
                     Vec::new(),
@@ -584,9 +587,8 @@ impl Analytics {
             };
             let k = (self.tenant_k.get(&live.cell.tenant).copied()).unwrap_or(self.k);
             // What was published last (nothing if no event counted yet).
-            let was_suppressed = class > 0
-                && live.cell.counts.events > 0
-                && live.cell.distinct < i64::from(k);
+            let was_suppressed =
+                class > 0 && live.cell.counts.events > 0 && live.cell.distinct < i64::from(k);
             if class > 0 {
                 if let Some(delta) = live.deltas.remove(&class) {
                     live.cell.counts.merge(&delta);
@@ -813,10 +815,7 @@ impl Processor for Analytics {
     }
 
     fn assigned(&mut self, partitions: &BTreeMap<String, Vec<i32>>) -> Result<(), ProcessError> {
-        self.partitions = partitions
-            .get(PROTECTED_TOPIC)
-            .cloned()
-            .unwrap_or_default();
+        self.partitions = partitions.get(PROTECTED_TOPIC).cloned().unwrap_or_default();
         Ok(())
     }
 

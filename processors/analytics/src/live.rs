@@ -72,7 +72,6 @@ impl LiveCell {
             None => false,
         }
     }
-
 }
 
 impl Stored for LiveCell {

@@ -54,8 +54,13 @@ impl<V: Stored> WorkingSet<V> {
     fn load(&mut self, key: &[u8], txn: &StateTxn<'_>) -> Result<&mut Slot<V>, StateError> {
         if !self.entries.contains_key(key) {
             let value = txn.get(key)?.map(|b| V::decode(&b)).transpose()?;
-            self.entries
-                .insert(key.to_vec(), Slot { value, dirty: false });
+            self.entries.insert(
+                key.to_vec(),
+                Slot {
+                    value,
+                    dirty: false,
+                },
+            );
         }
         Ok(self.entries.get_mut(key).expect("just loaded"))
     }
@@ -183,8 +188,14 @@ mod tests {
         assert_eq!(txn.len(), 3, "one write per changed entry");
         store.commit(txn, &Positions::new()).unwrap();
         set.committed();
-        assert_eq!(store.get(b"a").unwrap().as_deref(), Some(&6u64.to_be_bytes()[..]));
-        assert_eq!(store.get(b"b").unwrap().as_deref(), Some(&8u64.to_be_bytes()[..]));
+        assert_eq!(
+            store.get(b"a").unwrap().as_deref(),
+            Some(&6u64.to_be_bytes()[..])
+        );
+        assert_eq!(
+            store.get(b"b").unwrap().as_deref(),
+            Some(&8u64.to_be_bytes()[..])
+        );
         assert_eq!(store.get(b"gone").unwrap(), None);
 
         // Read without change: nothing to write.
