@@ -14,10 +14,16 @@
 //! partition's record sequence, so live and rebuilt stores hold the same
 //! entries and digest alike whatever the batch boundaries were.
 //!
-//! The window is mirrored in memory (lookups must not hit sled per record);
-//! changes of the open batch are kept apart until the batch commits.
+//! The window is mirrored in memory (lookups must not hit sled per record).
+//! It is stored in **segments**: the entries added by the records at offsets
+//! `n·SEGMENT .. (n+1)·SEGMENT` of a partition, in offset order, are one
+//! value. A batch rewrites the one or two segments it appended to, not one
+//! key per event (a sled insert per event was a third of the collector's
+//! time). Segments are a function of the record sequence too, so the digest
+//! still does not depend on batch boundaries. Changes of the open batch are
+//! kept apart until the batch commits.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sha2::{Digest, Sha256};
 use trellis_runtime::StateTxn;
@@ -25,8 +31,19 @@ use trellis_runtime::state::{StateError, StateStore};
 
 type EventHash = [u8; 16];
 
-const SEEN: &[u8] = b"seen/";
+/// `(hash, timestamp)` pairs in offset order.
+type Segment = Vec<(EventHash, i64)>;
+
+/// Offsets per stored segment: a segment's value stays under 100 kB.
+const SEGMENT: i64 = 4096;
+/// Bytes per stored entry: hash, then timestamp (big-endian).
+const ENTRY: usize = 24;
+
+/// `segment/ ‖ partition id ‖ segment number (u64 BE)` → entries.
+const SEGMENTS: &[u8] = b"segment/";
 const CLOCK: &[u8] = b"clock/";
+/// One key per event: the layout before segments.
+const OLD_SEEN: &[u8] = b"seen/";
 
 struct PartitionWindow {
     /// `topic ‖ 0x00 ‖ partition` as used in state keys.
@@ -36,6 +53,10 @@ struct PartitionWindow {
     /// Uncommitted changes: `None` is a prune.
     pending: HashMap<EventHash, Option<i64>>,
     pending_clock: Option<i64>,
+    /// Committed segments by number.
+    segments: BTreeMap<u64, Segment>,
+    /// Segments the open batch changed; `None` is one pruned empty.
+    pending_segments: BTreeMap<u64, Option<Segment>>,
 }
 
 impl PartitionWindow {
@@ -46,6 +67,8 @@ impl PartitionWindow {
             seen: HashMap::new(),
             pending: HashMap::new(),
             pending_clock: None,
+            segments: BTreeMap::new(),
+            pending_segments: BTreeMap::new(),
         }
     }
 
@@ -60,15 +83,85 @@ impl PartitionWindow {
         }
     }
 
-    fn key(&self, prefix: &[u8], hash: Option<&EventHash>) -> Vec<u8> {
-        let mut key = Vec::with_capacity(prefix.len() + self.id.len() + 16);
+    /// The open batch's copy of segment `n`, made on first change.
+    fn segment_mut(&mut self, n: u64) -> &mut Segment {
+        let committed = &self.segments;
+        self.pending_segments
+            .entry(n)
+            .or_insert_with(|| Some(committed.get(&n).cloned().unwrap_or_default()))
+            .get_or_insert_with(Vec::new)
+    }
+
+    fn key(&self, prefix: &[u8], segment: Option<u64>) -> Vec<u8> {
+        let mut key = Vec::with_capacity(prefix.len() + self.id.len() + 8);
         key.extend_from_slice(prefix);
         key.extend_from_slice(&self.id);
-        if let Some(hash) = hash {
-            key.extend_from_slice(hash);
+        if let Some(n) = segment {
+            key.extend_from_slice(&n.to_be_bytes());
         }
         key
     }
+
+    fn prune(&mut self, older_than: i64) {
+        let mut expired: Vec<EventHash> = self
+            .seen
+            .iter()
+            .filter(|(hash, ts)| **ts < older_than && !self.pending.contains_key(*hash))
+            .map(|(hash, _)| *hash)
+            .collect();
+        expired.extend(
+            self.pending
+                .iter()
+                .filter(|(_, change)| change.is_some_and(|ts| ts < older_than))
+                .map(|(hash, _)| *hash),
+        );
+        for hash in expired {
+            self.pending.insert(hash, None);
+        }
+        let mut numbers: Vec<u64> = self.segments.keys().copied().collect();
+        numbers.extend(self.pending_segments.keys().copied());
+        numbers.sort_unstable();
+        numbers.dedup();
+        for n in numbers {
+            let current = match self.pending_segments.get(&n) {
+                Some(change) => change.as_ref(),
+                None => self.segments.get(&n),
+            };
+            let Some(current) = current else { continue };
+            if current.iter().all(|(_, ts)| *ts >= older_than) {
+                continue;
+            }
+            let kept: Segment = current
+                .iter()
+                .filter(|(_, ts)| *ts >= older_than)
+                .copied()
+                .collect();
+            self.pending_segments
+                .insert(n, (!kept.is_empty()).then_some(kept));
+        }
+    }
+}
+
+fn encode(segment: &Segment) -> Vec<u8> {
+    let mut value = Vec::with_capacity(segment.len() * ENTRY);
+    for (hash, ts) in segment {
+        value.extend_from_slice(hash);
+        value.extend_from_slice(&ts.to_be_bytes());
+    }
+    value
+}
+
+fn decode(value: &[u8]) -> Option<Segment> {
+    if value.len() % ENTRY != 0 {
+        return None;
+    }
+    value
+        .chunks_exact(ENTRY)
+        .map(|entry| {
+            let (hash, ts) = entry.split_first_chunk::<16>()?;
+            Some((*hash, parse_i64(ts)?))
+        })
+        .collect()
 }
 
 /// The dedup window over every input partition.
@@ -126,9 +219,17 @@ impl DedupWindow {
     /// Loads the committed window from the store.
     ///
     /// # Errors
-    /// [`StateError`] on read failure.
+    /// [`StateError`] on read failure, on a segment that does not decode, and
+    /// on a store written with one key per event (an earlier build): it is
+    /// rebuilt by replay (`--rebuild`).
     pub fn restore(&mut self, store: &StateStore) -> Result<(), StateError> {
         self.partitions.clear();
+        if store.scan_prefix(OLD_SEEN).next().is_some() {
+            return Err(StateError::corrupt(
+                "the dedup window was stored by an earlier build (one key per event); \
+                 rebuild the collector's state by replay (--rebuild)",
+            ));
+        }
         for entry in store.scan_prefix(CLOCK) {
             let (key, value) = entry?;
             let id = key[CLOCK.len()..].to_vec();
@@ -136,29 +237,37 @@ impl DedupWindow {
             window.clock = parse_i64(&value).unwrap_or(i64::MIN);
             self.partitions.push(window);
         }
-        for entry in store.scan_prefix(SEEN) {
+        // Key order is segment order: a later entry for the same hash (seen
+        // again after it expired) overwrites an earlier one, as it did live.
+        for entry in store.scan_prefix(SEGMENTS) {
             let (key, value) = entry?;
-            let rest = &key[SEEN.len()..];
-            let Some((id, hash)) = rest.split_last_chunk::<16>() else {
-                continue;
+            let rest = &key[SEGMENTS.len()..];
+            let Some((id, n)) = rest.split_last_chunk::<8>() else {
+                return Err(StateError::corrupt("dedup segment key too short"));
             };
-            if let (Some(window), Some(ts)) = (
-                self.partitions.iter_mut().find(|p| p.id == id),
-                parse_i64(&value),
-            ) {
-                window.seen.insert(*hash, ts);
+            let segment = decode(&value)
+                .ok_or_else(|| StateError::corrupt("dedup segment is not whole entries"))?;
+            let Some(window) = self.partitions.iter_mut().find(|p| p.id == id) else {
+                return Err(StateError::corrupt(
+                    "dedup segment of a partition with no clock",
+                ));
+            };
+            for (hash, ts) in &segment {
+                window.seen.insert(*hash, *ts);
             }
+            window.segments.insert(u64::from_be_bytes(*n), segment);
         }
         Ok(())
     }
 
-    /// Records the event seen at `timestamp` in `topic`/`partition`; returns
-    /// `true` if it is new, `false` if it is a duplicate within the window.
+    /// Records the event seen at `timestamp` at `offset` of `topic`/`partition`;
+    /// returns `true` if it is new, `false` if it is a duplicate within the
+    /// window. Nothing is written until [`DedupWindow::save`].
     pub fn observe(
         &mut self,
-        txn: &mut StateTxn<'_>,
         topic: &str,
         partition: i32,
+        offset: i64,
         tenant: &str,
         event_id: &str,
         timestamp: i64,
@@ -170,11 +279,10 @@ impl DedupWindow {
         let clock = old_clock.max(timestamp);
         if clock != old_clock {
             window.pending_clock = Some(clock);
-            txn.put(window.key(CLOCK, None), clock.to_be_bytes().to_vec());
             if old_clock != i64::MIN
                 && clock.div_euclid(prune_every) != old_clock.div_euclid(prune_every)
             {
-                prune(window, txn, clock - window_ms);
+                window.prune(clock - window_ms);
             }
         }
         if window
@@ -184,11 +292,26 @@ impl DedupWindow {
             return false;
         }
         window.pending.insert(hash, Some(timestamp));
-        txn.put(
-            window.key(SEEN, Some(&hash)),
-            timestamp.to_be_bytes().to_vec(),
-        );
+        let n = (offset.max(0) / SEGMENT) as u64;
+        window.segment_mut(n).push((hash, timestamp));
         true
+    }
+
+    /// Writes the open batch's changes: each changed segment once, and the
+    /// clocks that moved.
+    pub fn save(&self, txn: &mut StateTxn<'_>) {
+        for window in &self.partitions {
+            if let Some(clock) = window.pending_clock {
+                txn.put(window.key(CLOCK, None), clock.to_be_bytes().to_vec());
+            }
+            for (n, segment) in &window.pending_segments {
+                let key = window.key(SEGMENTS, Some(*n));
+                match segment {
+                    Some(segment) => txn.put(key, encode(segment)),
+                    None => txn.delete(key),
+                }
+            }
+        }
     }
 
     /// The open batch committed: its changes become the committed window.
@@ -198,6 +321,12 @@ impl DedupWindow {
                 match change {
                     Some(ts) => window.seen.insert(hash, ts),
                     None => window.seen.remove(&hash),
+                };
+            }
+            for (n, segment) in std::mem::take(&mut window.pending_segments) {
+                match segment {
+                    Some(segment) => window.segments.insert(n, segment),
+                    None => window.segments.remove(&n),
                 };
             }
             if let Some(clock) = window.pending_clock.take() {
@@ -210,6 +339,7 @@ impl DedupWindow {
     pub fn abandoned(&mut self) {
         for window in &mut self.partitions {
             window.pending.clear();
+            window.pending_segments.clear();
             window.pending_clock = None;
         }
     }
@@ -234,26 +364,6 @@ impl DedupWindow {
     }
 }
 
-fn prune(window: &mut PartitionWindow, txn: &mut StateTxn<'_>, older_than: i64) {
-    let mut expired: Vec<EventHash> = window
-        .seen
-        .iter()
-        .filter(|(hash, ts)| **ts < older_than && !window.pending.contains_key(*hash))
-        .map(|(hash, _)| *hash)
-        .collect();
-    expired.extend(
-        window
-            .pending
-            .iter()
-            .filter(|(_, change)| change.is_some_and(|ts| ts < older_than))
-            .map(|(hash, _)| *hash),
-    );
-    for hash in expired {
-        txn.delete(window.key(SEEN, Some(&hash)));
-        window.pending.insert(hash, None);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,8 +379,12 @@ mod tests {
         for chunk in events.chunks(batch) {
             let mut txn = store.begin();
             for (id, ts) in chunk {
-                verdicts.push(window.observe(&mut txn, "ingest.events", 0, "acme", id, *ts));
+                // Spread over several segments, so that appends cross
+                // segment ends and prunes empty whole segments.
+                let offset = verdicts.len() as i64 * 97;
+                verdicts.push(window.observe("ingest.events", 0, offset, "acme", id, *ts));
             }
+            window.save(&mut txn);
             store.commit_for_test(txn, &Positions::new()).unwrap();
             window.committed();
         }
@@ -292,22 +406,19 @@ mod tests {
 
     #[test]
     fn drops_repeats_inside_the_window_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
         let mut window = DedupWindow::new(100_000);
-        let mut txn = store.begin();
-        assert!(window.observe(&mut txn, "t", 0, "acme", "a", 1_000));
+        assert!(window.observe("t", 0, 0, "acme", "a", 1_000));
         assert!(
-            !window.observe(&mut txn, "t", 0, "acme", "a", 2_000),
+            !window.observe("t", 0, 1, "acme", "a", 2_000),
             "repeat in window"
         );
         assert!(
-            window.observe(&mut txn, "t", 0, "beta", "a", 2_000),
+            window.observe("t", 0, 2, "beta", "a", 2_000),
             "other tenant, same id"
         );
-        assert!(window.observe(&mut txn, "t", 0, "acme", "b", 200_000));
+        assert!(window.observe("t", 0, 3, "acme", "b", 200_000));
         assert!(
-            window.observe(&mut txn, "t", 0, "acme", "a", 200_001),
+            window.observe("t", 0, 4, "acme", "a", 200_001),
             "outside the window"
         );
     }
@@ -343,15 +454,54 @@ mod tests {
     }
 
     #[test]
-    fn abandoned_batches_leave_no_trace_in_memory() {
+    fn a_batch_writes_one_value_per_segment_not_one_per_event() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
         let mut window = DedupWindow::new(100_000);
         let mut txn = store.begin();
-        assert!(window.observe(&mut txn, "t", 0, "acme", "a", 1_000));
-        drop(txn);
+        for offset in 0..10_000 {
+            assert!(window.observe("t", 0, offset, "acme", &format!("e{offset}"), 1_000));
+        }
+        window.save(&mut txn);
+        store.commit_for_test(txn, &Positions::new()).unwrap();
+        window.committed();
+        let segments = store.scan_prefix(SEGMENTS).count();
+        assert_eq!(segments, 3, "offsets 0..10,000 in segments of {SEGMENT}");
+        let mut restored = DedupWindow::new(100_000);
+        restored.restore(&store).unwrap();
+        assert_eq!(restored.len(), 10_000);
+        assert!(!restored.observe("t", 0, 10_000, "acme", "e9999", 2_000));
+    }
+
+    #[test]
+    fn a_store_with_one_key_per_event_is_refused_with_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut txn = store.begin();
+        txn.put(
+            b"seen/t\0\0\0\0\0aaaaaaaaaaaaaaaa".to_vec(),
+            1_000i64.to_be_bytes().to_vec(),
+        );
+        store.commit_for_test(txn, &Positions::new()).unwrap();
+        let error = DedupWindow::new(100_000).restore(&store).unwrap_err();
+        assert!(error.to_string().contains("--rebuild"), "{error}");
+    }
+
+    #[test]
+    fn abandoned_batches_leave_no_trace_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut window = DedupWindow::new(100_000);
+        assert!(window.observe("t", 0, 0, "acme", "a", 1_000));
         window.abandoned();
         let mut txn = store.begin();
-        assert!(window.observe(&mut txn, "t", 0, "acme", "a", 1_000));
+        window.save(&mut txn);
+        store.commit_for_test(txn, &Positions::new()).unwrap();
+        assert_eq!(
+            store.scan_prefix(SEGMENTS).count(),
+            0,
+            "nothing left to save"
+        );
+        assert!(window.observe("t", 0, 0, "acme", "a", 1_000));
     }
 }

@@ -190,7 +190,7 @@ impl Processor for Collector {
         &mut self,
         record: &InputRecord<'_>,
         (): (),
-        txn: &mut StateTxn<'_>,
+        _txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
         let format = if self.xapi_topics.iter().any(|t| t == record.topic) {
@@ -225,9 +225,9 @@ impl Processor for Collector {
             }
         };
         if !self.dedup.observe(
-            txn,
             record.topic,
             record.partition,
+            record.offset,
             &event.tenant_id,
             &event.event_id,
             received_at,
@@ -246,6 +246,11 @@ impl Processor for Collector {
             id: format!("{}/{}", event.tenant_id, event.event_id),
             tenant: Some(event.tenant_id),
         });
+        Ok(())
+    }
+
+    fn save(&mut self, txn: &mut StateTxn<'_>) -> Result<(), ProcessError> {
+        self.dedup.save(txn);
         Ok(())
     }
 
