@@ -152,7 +152,7 @@ fn encode(segment: &Segment) -> Vec<u8> {
 }
 
 fn decode(value: &[u8]) -> Option<Segment> {
-    if value.len() % ENTRY != 0 {
+    if !value.len().is_multiple_of(ENTRY) {
         return None;
     }
     value
