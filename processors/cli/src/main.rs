@@ -592,6 +592,7 @@ enum StateCommand {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    trellis_runtime::lifecycle::no_transparent_huge_pages();
     let cli = Cli::parse();
     init_tracing(trellis_runtime::config::LogFormat::Text);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -121,6 +121,23 @@ mod tests {
             .unwrap();
         let back: T = apache_avro::from_value(&decoded).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(&back, value, "{file}");
+
+        // The runtime encodes and decodes with serde_avro_fast, built from the
+        // same schema's JSON form: it must write the very bytes apache-avro
+        // writes, and read them back to the same value.
+        let fast: serde_avro_fast::Schema = serde_json::to_string(&schema)
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let written = serde_avro_fast::to_datum_vec(
+            value,
+            &mut serde_avro_fast::ser::SerializerConfig::new(&fast),
+        )
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(written, bytes, "{file}: serde_avro_fast writes other bytes");
+        let read: T = serde_avro_fast::from_datum_slice(&bytes, &fast)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(&read, value, "{file}: serde_avro_fast reads another value");
     }
 
     #[test]

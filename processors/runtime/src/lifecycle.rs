@@ -40,6 +40,21 @@ pub fn secrets_or_exit(specs: &[SecretSpec]) -> Result<Secrets, ExitCode> {
     load_secrets(specs).map_err(|e| report(&e, ExitStatus::Misconfigured))
 }
 
+/// Turns transparent huge pages off for this process; every binary does it
+/// first. mimalloc advises its arenas as huge pages, and each fresh 2 MB page
+/// is then zeroed whole on first touch: `clear_page_erms` under mimalloc's
+/// page faults was a fifth of a progress rebuild and of the collector's time,
+/// and turning it off made both 20–30% faster. This is what mimalloc itself
+/// does for `MIMALLOC_ALLOW_THP=0`, without relying on the environment.
+pub fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and sets a flag of the
+    // calling process; no memory is passed.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 /// The whole `main` of a processor: load the configuration, start logging,
 /// load `secrets` (none for processors without any), then run the future
 /// `run` makes until it ends (on SIGTERM/SIGINT for processors).
@@ -52,6 +67,7 @@ where
     S: DeserializeOwned,
     Fut: Future<Output = Result<Exit, Failure>>,
 {
+    no_transparent_huge_pages();
     let config = match args.load::<S>() {
         Ok(config) => config,
         Err(code) => return code,
@@ -161,5 +177,17 @@ pub fn block_on_processor(run: impl Future<Output = Result<Exit, Failure>>) -> E
             let status = e.status();
             report(&e, status)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn transparent_huge_pages_are_off_for_the_process() {
+        super::no_transparent_huge_pages();
+        // SAFETY: PR_GET_THP_DISABLE reads a flag of the calling process.
+        let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        assert_eq!(disabled, 1);
     }
 }

@@ -17,7 +17,6 @@ use std::sync::{Arc, RwLock};
 
 use apache_avro::Schema;
 use apache_avro::schema::ResolvedSchema;
-use apache_avro::writer::datum::GenericDatumWriter;
 use schema_registry_converter::async_impl::schema_registry::{
     SrSettings, get_schema_by_id, post_schema,
 };
@@ -233,7 +232,9 @@ pub fn registry_settings(url: &str) -> Result<SrSettings, SchemaError> {
 pub struct AvroEncoder {
     subject: String,
     id: u32,
-    writer: GenericDatumWriter<'static>,
+    /// serde_avro_fast writes straight from the value (no `Value` tree):
+    /// encoding was a sixth of the privacy processor's time.
+    schema: &'static serde_avro_fast::Schema,
 }
 
 impl AvroEncoder {
@@ -262,20 +263,16 @@ impl AvroEncoder {
     /// [`SchemaError::Invalid`] if the schema cannot be resolved.
     pub fn with_id(subject: String, id: u32, schema: Schema) -> Result<Self, SchemaError> {
         // A processor holds a handful of schemas for its whole life; leaking
-        // them gives the writer the 'static borrow it needs without a
+        // them gives the serializer the 'static borrow it needs without a
         // self-referential struct.
-        let schema: &'static Schema = Box::leak(Box::new(schema));
-        let writer = GenericDatumWriter::builder(schema)
-            .human_readable(false)
-            .build()
-            .map_err(|e| SchemaError::Invalid {
-                path: subject.clone(),
-                message: e.to_string(),
-            })?;
+        let schema = fast_schema(&schema).map_err(|message| SchemaError::Invalid {
+            path: subject.clone(),
+            message,
+        })?;
         Ok(Self {
             subject,
             id,
-            writer,
+            schema: Box::leak(Box::new(schema)),
         })
     }
 
@@ -294,13 +291,11 @@ impl AvroEncoder {
         let mut out = Vec::with_capacity(1024);
         out.push(MAGIC);
         out.extend_from_slice(&self.id.to_be_bytes());
-        self.writer
-            .write_ser(&mut out, value)
-            .map_err(|e| SchemaError::Encode {
-                subject: self.subject.clone(),
-                message: e.to_string(),
-            })?;
-        Ok(out)
+        let mut config = serde_avro_fast::ser::SerializerConfig::new(self.schema);
+        serde_avro_fast::to_datum(value, out, &mut config).map_err(|e| SchemaError::Encode {
+            subject: self.subject.clone(),
+            message: e.to_string(),
+        })
     }
 }
 
@@ -335,6 +330,14 @@ pub enum DecodeError {
         /// Why.
         source: apache_avro::Error,
     },
+    /// The schema parses but the deserializer cannot use it: bad input.
+    #[error("schema id {id} cannot be used: {reason}")]
+    UnusableSchema {
+        /// The id in the record.
+        id: u32,
+        /// Why.
+        reason: String,
+    },
     /// The registry could not be asked (down, slow, refusing): not the
     /// record's fault, so never a dead letter; retry later.
     #[error("schema id {id}: registry unavailable: {reason}")]
@@ -349,6 +352,12 @@ pub enum DecodeError {
     Datum {
         /// What the Avro reader said.
         source: apache_avro::Error,
+    },
+    /// The datum does not match its writer schema or the reader type: bad input.
+    #[error("malformed Avro datum: {message}")]
+    Malformed {
+        /// What the Avro deserializer said.
+        message: String,
     },
 }
 
@@ -370,7 +379,9 @@ impl DecodeError {
             Self::NotWireFormat
             | Self::UnexpectedTopic { .. }
             | Self::BadSchema { .. }
-            | Self::Datum { .. } => "UNDECODABLE",
+            | Self::UnusableSchema { .. }
+            | Self::Datum { .. }
+            | Self::Malformed { .. } => "UNDECODABLE",
         }
     }
 }
@@ -384,6 +395,36 @@ enum Lookup {
 struct WriterSchema {
     schema: &'static Schema,
     resolved: ResolvedSchema<'static>,
+    /// The same schema for serde_avro_fast, which deserializes straight into
+    /// the reader type: through apache-avro's `Value` tree, decoding was a
+    /// fifth of the privacy processor's and a sixth of each projector's time.
+    fast: serde_avro_fast::Schema,
+}
+
+impl WriterSchema {
+    fn new(id: u32, schema: Schema) -> Result<Self, DecodeError> {
+        let fast = fast_schema(&schema).map_err(|message| DecodeError::UnusableSchema {
+            id,
+            reason: message,
+        })?;
+        let schema: &'static Schema = Box::leak(Box::new(schema));
+        let resolved = ResolvedSchema::try_from(schema)
+            .map_err(|source| DecodeError::BadSchema { id, source })?;
+        Ok(Self {
+            schema,
+            resolved,
+            fast,
+        })
+    }
+}
+
+/// `schema` for serde_avro_fast, from its full JSON form (logical types
+/// and names kept).
+fn fast_schema(schema: &Schema) -> Result<serde_avro_fast::Schema, String> {
+    serde_json::to_string(schema)
+        .map_err(|e| e.to_string())?
+        .parse()
+        .map_err(|e: serde_avro_fast::schema::SchemaError| e.to_string())
 }
 
 /// Decodes wire-format values, fetching writer schemas by id on first sight.
@@ -446,10 +487,7 @@ impl AvroDecoder {
         };
         let schema = Schema::parse_str(&registered.schema)
             .map_err(|source| DecodeError::BadSchema { id, source })?;
-        let schema: &'static Schema = Box::leak(Box::new(schema));
-        let resolved = ResolvedSchema::try_from(schema)
-            .map_err(|source| DecodeError::BadSchema { id, source })?;
-        let entry = Arc::new(WriterSchema { schema, resolved });
+        let entry = Arc::new(WriterSchema::new(id, schema)?);
         if let Ok(mut cache) = self.schemas.write() {
             cache.insert(id, entry.clone());
         }
@@ -545,11 +583,9 @@ impl AvroDecoder {
     /// # Errors
     /// [`DecodeError::Schema`] if the schema cannot be resolved.
     pub fn insert(&self, id: u32, schema: Schema) -> Result<(), DecodeError> {
-        let schema: &'static Schema = Box::leak(Box::new(schema));
-        let resolved = ResolvedSchema::try_from(schema)
-            .map_err(|source| DecodeError::BadSchema { id, source })?;
+        let writer = WriterSchema::new(id, schema)?;
         if let Ok(mut cache) = self.schemas.write() {
-            cache.insert(id, Arc::new(WriterSchema { schema, resolved }));
+            cache.insert(id, Arc::new(writer));
         }
         Ok(())
     }
@@ -558,12 +594,11 @@ impl AvroDecoder {
         writer: &WriterSchema,
         bytes: &[u8],
     ) -> Result<T, DecodeError> {
-        let value = apache_avro::reader::datum::GenericDatumReader::builder(writer.schema)
-            .resolved_writer_schemata(writer.resolved.clone())
-            .build()
-            .and_then(|reader| reader.read_value(&mut &bytes[5..]))
-            .map_err(|source| DecodeError::Datum { source })?;
-        apache_avro::from_value(&value).map_err(|source| DecodeError::Datum { source })
+        serde_avro_fast::from_datum_slice(&bytes[5..], &writer.fast).map_err(|e| {
+            DecodeError::Malformed {
+                message: e.to_string(),
+            }
+        })
     }
 
     /// Decodes into a generic JSON value (tools, tests, access exports).
