@@ -51,7 +51,13 @@ pub fn no_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and sets a flag of the
     // calling process; no memory is passed.
     unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_THP_DISABLE,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        );
     }
 }
 

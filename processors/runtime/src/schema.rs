@@ -594,10 +594,18 @@ impl AvroDecoder {
         writer: &WriterSchema,
         bytes: &[u8],
     ) -> Result<T, DecodeError> {
-        serde_avro_fast::from_datum_slice(&bytes[5..], &writer.fast).map_err(|e| {
-            DecodeError::Malformed {
-                message: e.to_string(),
-            }
+        let datum = &bytes[5..];
+        let mut config = serde_avro_fast::de::DeserializerConfig::new(&writer.fast);
+        // An array or map block declares its length up front: cap it by the
+        // datum's size, so a forged count of zero-byte items (nulls) cannot
+        // spin the decoder through a billion of them.
+        config.max_seq_size = datum.len();
+        let mut state = serde_avro_fast::de::DeserializerState::with_config(
+            serde_avro_fast::de::read::SliceRead::new(datum),
+            config,
+        );
+        T::deserialize(state.deserializer()).map_err(|e| DecodeError::Malformed {
+            message: e.to_string(),
         })
     }
 
@@ -673,5 +681,38 @@ mod tests {
         assert_eq!(bytes, [0, 0, 0, 0, 7, 4, b'a', b'b']);
         assert_eq!(AvroDecoder::schema_id(&bytes).unwrap(), 7);
         assert!(AvroDecoder::schema_id(&[1, 0]).is_err());
+    }
+
+    #[test]
+    fn a_forged_array_length_is_refused_at_once() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct R {
+            xs: Vec<()>,
+        }
+        let decoder = AvroDecoder::new(registry_settings("http://127.0.0.1:9").unwrap());
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"R","fields":[{"name":"xs","type":{"type":"array","items":"null"}}]}"#,
+        )
+        .unwrap();
+        decoder.insert(3, schema).unwrap();
+        // One block of 999,999,999 nulls (zero bytes each): under the
+        // deserializer's own limit (10^9), and read item by item it takes
+        // seconds.
+        let mut bytes = vec![0, 0, 0, 0, 3];
+        let mut count = 999_999_999u64 << 1; // zigzag
+        while count >= 0x80 {
+            bytes.push((count as u8) | 0x80);
+            count >>= 7;
+        }
+        bytes.push(count as u8);
+        let started = std::time::Instant::now();
+        let error = decoder.decode_cached::<R>(&bytes).unwrap_err();
+        assert_eq!(error.reason(), "UNDECODABLE", "{error}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(200),
+            "refused only after {:?}",
+            started.elapsed()
+        );
     }
 }
