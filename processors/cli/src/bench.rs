@@ -243,6 +243,19 @@ pub async fn analytics(
     .map(|(timing, _)| timing)
 }
 
+/// The runtime's batch settings; `TRELLIS_BENCH_MAX_RECORDS` sets the
+/// batch size (`batch.max_records`) of the live run and of the rebuild.
+fn batch_config() -> trellis_runtime::config::BatchConfig {
+    let mut batch = trellis_runtime::config::BatchConfig::default();
+    if let Some(records) = std::env::var("TRELLIS_BENCH_MAX_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        batch.max_records = records;
+    }
+    batch
+}
+
 /// The aggregator's defaults; `TRELLIS_BENCH_HORIZON_SECS` sets both
 /// revision horizons (what the horizon costs: compare with 600, none).
 fn analytics_settings() -> trellis_analytics::Settings {
@@ -312,8 +325,15 @@ pub async fn rebuild(
         records: &[OwnedRecord],
     ) -> Result<Timing, String> {
         let started = Instant::now();
-        run_offline(name, &mut processor, store, decoder, records, 5_000)
-            .map_err(|e| e.to_string())?;
+        run_offline(
+            name,
+            &mut processor,
+            store,
+            decoder,
+            records,
+            batch_config().max_records,
+        )
+        .map_err(|e| e.to_string())?;
         Ok(Timing {
             records: records.len() as u64,
             elapsed: started.elapsed(),
@@ -512,7 +532,7 @@ where
         kafka,
         registry_url,
         topology,
-        trellis_runtime::config::BatchConfig::default(),
+        batch_config(),
         settings,
         run,
     )?;
