@@ -558,7 +558,7 @@ impl AvroDecoder {
     ///
     /// # Errors
     /// As [`AvroDecoder::decode`]; outside a multi-threaded Tokio runtime an
-    /// uncached id is a [`DecodeError::Schema`].
+    /// uncached id is [`DecodeError::RegistryUnavailable`].
     pub fn decode_blocking<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, DecodeError> {
         let id = Self::schema_id(bytes)?;
         let writer = match self.read_cache(id) {
@@ -581,7 +581,8 @@ impl AvroDecoder {
     /// that read a topic whose schema they ship).
     ///
     /// # Errors
-    /// [`DecodeError::Schema`] if the schema cannot be resolved.
+    /// [`DecodeError::BadSchema`] or [`DecodeError::UnusableSchema`] if the
+    /// schema cannot be resolved or used.
     pub fn insert(&self, id: u32, schema: Schema) -> Result<(), DecodeError> {
         let writer = WriterSchema::new(id, schema)?;
         if let Ok(mut cache) = self.schemas.write() {
