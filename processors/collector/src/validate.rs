@@ -199,10 +199,16 @@ pub fn validate(
             ),
         ));
     }
-    // Valid JSON is valid UTF-8, so once parsed the bytes are the payload:
-    // kept verbatim, they are what the producer sent and identical on every
-    // reprocessing.
-    let json: Value = serde_json::from_slice(bytes).map_err(|e| {
+    // JSON is UTF-8 (RFC 8259 §8.1). Checked once here, so the parser need
+    // not check each string again; the text is the payload, kept verbatim:
+    // what the producer sent, identical on every reprocessing.
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        reject(
+            Reason::MalformedJson,
+            format!("not valid JSON: not UTF-8 at byte {}", e.valid_up_to()),
+        )
+    })?;
+    let json: Value = serde_json::from_str(text).map_err(|e| {
         reject(
             Reason::MalformedJson,
             format!("not valid JSON: {}", e.classify_detail()),
@@ -215,7 +221,7 @@ pub fn validate(
         ));
     };
     let tenant = tenant(&object, envelope.tenant_header, format)?;
-    let payload = String::from_utf8_lossy(bytes).into_owned();
+    let payload = text.to_owned();
     let result = match format {
         IngestFormat::Xapi => crate::xapi::statement(&object, payload, &tenant, envelope),
         IngestFormat::Events => event(&object, payload, &tenant, envelope),
@@ -640,6 +646,7 @@ mod tests {
         let cases: &[(&[u8], Option<&str>, Reason)] = &[
             (b"", Some("acme"), Reason::EmptyValue),
             (b"{not json", Some("acme"), Reason::MalformedJson),
+            (b"{\"a\":\"\xff\"}", Some("acme"), Reason::MalformedJson),
             (b"[1,2]", Some("acme"), Reason::NotAnObject),
             (&moodle(""), None, Reason::MissingTenant),
             (&moodle(""), Some("Acme Corp"), Reason::InvalidTenant),
