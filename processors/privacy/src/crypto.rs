@@ -35,7 +35,7 @@ pub const KEY_LEN: usize = 32;
 ///
 /// The keys are held prepared (AES round keys and GHASH key, HMAC pads):
 /// setting them up cost more than sealing a field. Both wipe themselves on
-/// drop (the `zeroize` features of `aes`, `polyval` and `hmac`).
+/// drop (the `zeroize` features of `aes`, `polyval`, `hmac` and `sha2`).
 #[derive(Clone)]
 pub struct SubjectKeys {
     data: Aes256Gcm,
