@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
 
 use apache_avro::Schema;
-use trellis_records::{Aggregate, ParticipantAck, ProtectedResult, Sealed, schema_text};
+use trellis_records::{
+    Aggregate, ParticipantAck, ProtectedEvent, ProtectedResult, Sealed, schema_text,
+};
 use trellis_runtime::pipeline::{OwnedRecord, run_offline};
 use trellis_runtime::schema::{AvroDecoder, registry_settings};
 use trellis_runtime::state::StateStore;
@@ -666,7 +668,7 @@ mod recomputed {
                             BTreeSet::new(),
                         )
                     });
-                    cell.counts.add(e, verb);
+                    cell.counts.add(&e.facts(), verb);
                     learners.insert(e.learner.clone());
                     cell.distinct = learners.len() as i64;
                 }

@@ -29,7 +29,7 @@
 //! until the last point at or after `end + horizon`, then dropped.
 
 use serde::{Deserialize, Serialize};
-use trellis_records::{Aggregate, ProtectedEvent};
+use trellis_records::{Aggregate, ProtectedFacts};
 
 /// A window length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,7 +153,7 @@ pub struct Counts {
 
 impl Counts {
     /// Counts `event`, whose verb's short name is `verb`.
-    pub fn add(&mut self, event: &ProtectedEvent, verb: Option<&str>) {
+    pub fn add(&mut self, event: &ProtectedFacts<'_>, verb: Option<&str>) {
         self.events += 1;
         let result = event.result.as_ref();
         match verb {

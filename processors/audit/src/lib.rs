@@ -452,7 +452,7 @@ impl Audit {
 /// decides when to anchor).
 pub struct Input(Option<AuditEvent>);
 
-impl trellis_runtime::pipeline::Input for Input {
+impl trellis_runtime::pipeline::Input<'_> for Input {
     fn decode(record: &InputRecord<'_>, avro: &AvroDecoder) -> Result<Self, DecodeError> {
         if record.topic != AUDIT_EVENTS_TOPIC {
             return Ok(Self(None));
@@ -469,7 +469,7 @@ impl trellis_runtime::pipeline::Input for Input {
 }
 
 impl Processor for Audit {
-    type Input = Input;
+    type Input<'r> = Input;
 
     fn restore(&mut self, store: &StateStore) -> Result<(), StateError> {
         // A heartbeat may be owed for records committed before a restart.

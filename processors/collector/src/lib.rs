@@ -180,7 +180,7 @@ impl Collector {
 
 impl Processor for Collector {
     /// The collector parses its JSON input itself (validation is its job).
-    type Input = ();
+    type Input<'r> = ();
 
     fn restore(&mut self, store: &StateStore) -> Result<(), StateError> {
         self.dedup.restore(store)

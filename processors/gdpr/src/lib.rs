@@ -1030,7 +1030,7 @@ pub enum Input {
     Tick(Tick),
 }
 
-impl trellis_runtime::pipeline::Input for Input {
+impl trellis_runtime::pipeline::Input<'_> for Input {
     fn decode(record: &InputRecord<'_>, avro: &AvroDecoder) -> Result<Self, DecodeError> {
         match record.topic {
             SUBJECT_REQUESTS_TOPIC => record.avro(avro).map(Self::Request),
@@ -1043,7 +1043,7 @@ impl trellis_runtime::pipeline::Input for Input {
 }
 
 impl Processor for Gdpr {
-    type Input = Input;
+    type Input<'r> = Input;
 
     fn restore(&mut self, store: &StateStore) -> Result<(), StateError> {
         self.open = store.scan_prefix(&[keys::OPEN]).count();

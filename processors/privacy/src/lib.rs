@@ -190,7 +190,7 @@ pub enum Input {
     Command(ShredRequest),
 }
 
-impl trellis_runtime::pipeline::Input for Input {
+impl trellis_runtime::pipeline::Input<'_> for Input {
     fn decode(record: &InputRecord<'_>, avro: &AvroDecoder) -> Result<Self, DecodeError> {
         if record.topic == SHRED_TOPIC {
             record.avro(avro).map(Self::Command)
@@ -565,7 +565,7 @@ impl Privacy {
 }
 
 impl Processor for Privacy {
-    type Input = Input;
+    type Input<'r> = Input;
 
     fn process(
         &mut self,

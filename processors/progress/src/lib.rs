@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use trellis_records::{
     COMPLETIONS_TOPIC, Completion, EraseCommand, LearnerProgress, PARTICIPANT_ACKS_TOPIC,
-    PROGRESS_TOPIC, ParticipantAck, ProtectedEvent,
+    PROGRESS_TOPIC, ParticipantAck, ProtectedFacts,
 };
 use trellis_runtime::participant::{Acks, CommandOr, answer_once};
 use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
@@ -185,7 +185,9 @@ mod keys {
 
     /// `kind ‖ parts joined by 0x00`, with a trailing separator if `open`.
     pub fn key(kind: u8, parts: &[&str], open: bool) -> Vec<u8> {
-        let mut key = vec![kind];
+        let len = 1 + parts.iter().map(|p| p.len() + 1).sum::<usize>() + usize::from(open);
+        let mut key = Vec::with_capacity(len);
+        key.push(kind);
         for part in parts {
             key.push(0);
             key.extend_from_slice(part.as_bytes());
@@ -386,33 +388,35 @@ impl Progress {
         txn.put(key, value);
     }
 
-    /// The row under `key`, to change and [`Progress::publish`].
+    /// The row under `key`, taken out of the working set (not copied: a
+    /// row holds all its statements) to change; [`Progress::publish`] puts
+    /// it back or deletes it, and an error abandons the batch.
     fn load(&mut self, txn: &StateTxn<'_>, key: &[u8]) -> Result<RowState, ProcessError> {
-        Ok(self.rows.get(key, txn)?.cloned().unwrap_or_default())
+        Ok(self.rows.take(key, txn)?.unwrap_or_default())
     }
 
     fn on_event(
         &mut self,
-        event: ProtectedEvent,
+        event: ProtectedFacts<'_>,
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        let tenant = event.tenant_id.as_str();
-        let learner = event.learner.as_str();
+        let tenant = event.tenant_id;
+        let learner = event.learner;
         if self.marked(txn, &keys::key(keys::ERASED, &[tenant, learner], false))? {
             self.counters.erased_dropped.inc();
             return Ok(());
         }
-        if event.verb.as_deref() == Some(VOIDED_VERB) {
-            if let Some(target) = &event.voided_event_id {
-                self.void(tenant, target, &event.event_id, txn, out)?;
+        if event.verb == Some(VOIDED_VERB) {
+            if let Some(target) = event.voided_event_id {
+                self.void(tenant, target, event.event_id, txn, out)?;
             }
             return Ok(());
         }
-        let Some(activity) = event.object_id.as_deref() else {
+        let Some(activity) = event.object_id else {
             return Ok(());
         };
-        let id = event.event_id.as_str();
+        let id = event.event_id;
         if self.marked(txn, &keys::key(keys::VOID, &[tenant, id], false))? {
             // Voided before it arrived: it never counts.
             return Ok(());
@@ -427,18 +431,18 @@ impl Progress {
         let mut row = self.load(txn, &key)?;
         // The smallest course id any statement named: arrival order must
         // not matter (an activity sits in one course in practice).
-        if let Some(course) = &event.course_id
-            && row.course_id.as_ref().is_none_or(|c| course < c)
+        if let Some(course) = event.course_id
+            && row.course_id.as_deref().is_none_or(|c| course < c)
         {
-            row.course_id = Some(course.clone());
+            row.course_id = Some(course.to_string());
         }
         let result = event.result.as_ref();
         insert_fact(
             &mut row.facts,
             Fact {
-                event_id: event.event_id.clone(),
+                event_id: id.to_string(),
                 at: event.occurred_at,
-                verb: VerbClass::of(event.verb.as_deref()),
+                verb: VerbClass::of(event.verb),
                 success: result.and_then(|r| r.success),
                 completion: result.and_then(|r| r.completion),
                 score: result.and_then(|r| r.score_scaled),
@@ -751,7 +755,7 @@ impl Progress {
 }
 
 impl Processor for Progress {
-    type Input = CommandOr<ProtectedEvent>;
+    type Input<'r> = CommandOr<ProtectedFacts<'r>>;
 
     fn save(&mut self, txn: &mut StateTxn<'_>) -> Result<(), ProcessError> {
         self.rows.save(txn)
@@ -766,10 +770,10 @@ impl Processor for Progress {
         self.marks = None;
     }
 
-    fn process(
+    fn process<'r>(
         &mut self,
-        record: &InputRecord<'_>,
-        input: Self::Input,
+        record: &InputRecord<'r>,
+        input: Self::Input<'r>,
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {

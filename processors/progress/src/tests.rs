@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use apache_avro::Schema;
-use trellis_records::{ERASE_COMMANDS_TOPIC, ProtectedResult, Sealed, schema_text};
+use trellis_records::{ERASE_COMMANDS_TOPIC, ProtectedEvent, ProtectedResult, Sealed, schema_text};
 use trellis_runtime::pipeline::{OwnedRecord, run_offline};
 use trellis_runtime::schema::{AvroDecoder, registry_settings};
 use trellis_runtime::state::StateStore;

@@ -32,7 +32,7 @@ pub use gdpr::{
     SubjectId, SubjectRequest, SubjectRequestAck,
 };
 pub use progress::{COMPLETIONS_TOPIC, Completion, Evidence, LearnerProgress, PROGRESS_TOPIC};
-pub use protected::{IpHash, ProtectedEvent, ProtectedResult, Sealed};
+pub use protected::{IpHash, Outcome, ProtectedEvent, ProtectedFacts, ProtectedResult, Sealed};
 
 /// Text of every schema file, by file name, compiled in so tools and tests
 /// need no path to the repository.
@@ -196,45 +196,81 @@ mod tests {
         }
     }
 
+    fn protected_sample() -> ProtectedEvent {
+        ProtectedEvent {
+            event_id: "e".into(),
+            tenant_id: "acme".into(),
+            source: "lrs".into(),
+            kind: "xapi.statement".into(),
+            occurred_at: 1,
+            received_at: 2,
+            request_id: Some("r".into()),
+            learner: "p".into(),
+            subject_key_id: "k1".into(),
+            actor_name: Some(sealed(1)),
+            actor_email: None,
+            ip_hash: Some(IpHash {
+                salt_id: "s1".into(),
+                hash: "ab".into(),
+            }),
+            verb: Some("http://adlnet.gov/expapi/verbs/passed".into()),
+            object_id: Some("https://x/a".into()),
+            object_type: None,
+            course_id: None,
+            registration: None,
+            result: Some(ProtectedResult {
+                success: Some(true),
+                completion: None,
+                score_scaled: Some(0.5),
+                score_raw: None,
+                score_min: None,
+                score_max: None,
+                duration_ms: Some(3),
+                response: Some(sealed(2)),
+            }),
+            voided_event_id: Some("v".into()),
+            payload: sealed(3),
+        }
+    }
+
     #[test]
     fn protected_event_matches_its_schema() {
-        round_trip(
-            "protected.avsc",
-            &ProtectedEvent {
-                event_id: "e".into(),
-                tenant_id: "acme".into(),
-                source: "lrs".into(),
-                kind: "xapi.statement".into(),
-                occurred_at: 1,
-                received_at: 2,
-                request_id: Some("r".into()),
-                learner: "p".into(),
-                subject_key_id: "k1".into(),
-                actor_name: Some(sealed(1)),
-                actor_email: None,
-                ip_hash: Some(IpHash {
-                    salt_id: "s1".into(),
-                    hash: "ab".into(),
-                }),
-                verb: Some("http://adlnet.gov/expapi/verbs/passed".into()),
-                object_id: Some("https://x/a".into()),
-                object_type: None,
+        round_trip("protected.avsc", &protected_sample());
+    }
+
+    #[test]
+    fn protected_facts_borrow_from_a_protected_record() {
+        let schema: serde_avro_fast::Schema =
+            schema_text("protected.avsc").unwrap().parse().unwrap();
+        let event = protected_sample();
+        let bytes = serde_avro_fast::to_datum_vec(
+            &event,
+            &mut serde_avro_fast::ser::SerializerConfig::new(&schema),
+        )
+        .unwrap();
+        let facts: ProtectedFacts<'_> = serde_avro_fast::from_datum_slice(&bytes, &schema).unwrap();
+        let result = event.result.as_ref().unwrap();
+        assert_eq!(
+            facts,
+            ProtectedFacts {
+                event_id: &event.event_id,
+                tenant_id: &event.tenant_id,
+                occurred_at: event.occurred_at,
+                learner: &event.learner,
+                verb: event.verb.as_deref(),
+                object_id: event.object_id.as_deref(),
                 course_id: None,
-                registration: None,
-                result: Some(ProtectedResult {
-                    success: Some(true),
-                    completion: None,
-                    score_scaled: Some(0.5),
-                    score_raw: None,
-                    score_min: None,
-                    score_max: None,
-                    duration_ms: Some(3),
-                    response: Some(sealed(2)),
+                result: Some(Outcome {
+                    success: result.success,
+                    completion: result.completion,
+                    score_scaled: result.score_scaled,
                 }),
-                voided_event_id: None,
-                payload: sealed(3),
-            },
+                voided_event_id: Some("v"),
+            }
         );
+        assert_eq!(facts, event.facts());
+        // Borrowed, not copied: the strings point into the record's bytes.
+        assert!(bytes.as_ptr_range().contains(&facts.learner.as_ptr()));
     }
 
     #[test]

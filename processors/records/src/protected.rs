@@ -48,6 +48,27 @@ pub struct ProtectedEvent {
     pub payload: Sealed,
 }
 
+impl ProtectedEvent {
+    /// Its [`ProtectedFacts`], borrowed.
+    pub fn facts(&self) -> ProtectedFacts<'_> {
+        ProtectedFacts {
+            event_id: &self.event_id,
+            tenant_id: &self.tenant_id,
+            occurred_at: self.occurred_at,
+            learner: &self.learner,
+            verb: self.verb.as_deref(),
+            object_id: self.object_id.as_deref(),
+            course_id: self.course_id.as_deref(),
+            result: self.result.as_ref().map(|r| Outcome {
+                success: r.success,
+                completion: r.completion,
+                score_scaled: r.score_scaled,
+            }),
+            voided_event_id: self.voided_event_id.as_deref(),
+        }
+    }
+}
+
 /// AES-256-GCM ciphertext of one field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sealed {
@@ -89,4 +110,46 @@ pub struct ProtectedResult {
     pub duration_ms: Option<i64>,
     /// Free-text answer, sealed.
     pub response: Option<Sealed>,
+}
+
+/// The learning facts of a `protected` event, borrowed from the record's
+/// bytes: what the projectors read. The sealed fields (payload, name,
+/// email, response) and the IP hash are skipped, not copied, which is most
+/// of a record's size.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct ProtectedFacts<'a> {
+    /// UUID of the original event.
+    pub event_id: &'a str,
+    /// Owning tenant.
+    pub tenant_id: &'a str,
+    /// When it happened, ms since the epoch.
+    pub occurred_at: i64,
+    /// Per-tenant pseudonym of the actor.
+    pub learner: &'a str,
+    /// xAPI verb IRI or Moodle event name.
+    #[serde(borrow)]
+    pub verb: Option<&'a str>,
+    /// Activity IRI.
+    #[serde(borrow)]
+    pub object_id: Option<&'a str>,
+    /// Parent or grouping activity.
+    #[serde(borrow)]
+    pub course_id: Option<&'a str>,
+    /// The outcome's unsealed part.
+    pub result: Option<Outcome>,
+    /// Statement voided by this one.
+    #[serde(borrow)]
+    pub voided_event_id: Option<&'a str>,
+}
+
+/// The unsealed part of a [`ProtectedResult`] that progress and analytics
+/// count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+pub struct Outcome {
+    /// Passed.
+    pub success: Option<bool>,
+    /// Completed.
+    pub completion: Option<bool>,
+    /// Scaled score in [-1, 1].
+    pub score_scaled: Option<f64>,
 }

@@ -96,7 +96,7 @@ mod tests {
         Greeting(Greeting),
     }
 
-    impl crate::processor::Input for Input {
+    impl crate::processor::Input<'_> for Input {
         fn decode(record: &InputRecord<'_>, avro: &AvroDecoder) -> Result<Self, DecodeError> {
             match record.topic {
                 "greetings" => record.avro(avro).map(Self::Greeting),
@@ -112,7 +112,7 @@ mod tests {
     }
 
     impl Processor for Echo {
-        type Input = Input;
+        type Input<'r> = Input;
 
         fn process(
             &mut self,

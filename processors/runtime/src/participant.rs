@@ -10,8 +10,8 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use trellis_records::{ERASE_COMMANDS_TOPIC, EraseCommand, ParticipantAck};
 
 use crate::emitter::{Emitter, OutputRecord};
@@ -30,8 +30,8 @@ pub enum CommandOr<T> {
     Record(T),
 }
 
-impl<T: DeserializeOwned> Input for CommandOr<T> {
-    fn decode(record: &InputRecord<'_>, avro: &AvroDecoder) -> Result<Self, DecodeError> {
+impl<'r, T: Deserialize<'r>> Input<'r> for CommandOr<T> {
+    fn decode(record: &InputRecord<'r>, avro: &AvroDecoder) -> Result<Self, DecodeError> {
         if record.topic == ERASE_COMMANDS_TOPIC {
             record.avro(avro).map(Self::Command)
         } else {

@@ -1093,7 +1093,7 @@ processors:
     struct EmitTo(&'static str);
 
     impl Processor for EmitTo {
-        type Input = ();
+        type Input<'r> = ();
 
         fn process(
             &mut self,

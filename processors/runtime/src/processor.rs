@@ -17,8 +17,10 @@ use crate::state::{StateError, StateStore, StateTxn};
 /// same changes and outputs).
 pub trait Processor: Send + 'static {
     /// What each input record is decoded into before [`Processor::process`]
-    /// sees it (usually an enum with a variant per input topic).
-    type Input: Input;
+    /// sees it (usually an enum with a variant per input topic). It may
+    /// borrow from the record's bytes (`'r`), so a processor that reads a
+    /// few fields of a large record copies only those.
+    type Input<'r>: Input<'r>;
 
     /// Rebuilds in-memory indexes from the committed store; called once
     /// before the first record.
@@ -44,10 +46,10 @@ pub trait Processor: Send + 'static {
     ///
     /// # Errors
     /// [`ProcessError`] only for failures that make continuing unsafe.
-    fn process(
+    fn process<'r>(
         &mut self,
-        record: &InputRecord<'_>,
-        input: Self::Input,
+        record: &InputRecord<'r>,
+        input: Self::Input<'r>,
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError>;
@@ -103,17 +105,17 @@ pub trait Processor: Send + 'static {
 /// [`DecodeError`] is a verdict on the record (dead letter with
 /// [`DecodeError::reason`]), except [`DecodeError::RegistryUnavailable`],
 /// which pauses the processor and never judges the record.
-pub trait Input: Sized {
+pub trait Input<'r>: Sized {
     /// Decodes `record` (typically by its topic, with [`InputRecord::avro`]).
     ///
     /// # Errors
     /// [`DecodeError`] when the record is not what its topic carries.
-    fn decode(record: &InputRecord<'_>, avro: &AvroDecoder) -> Result<Self, DecodeError>;
+    fn decode(record: &InputRecord<'r>, avro: &AvroDecoder) -> Result<Self, DecodeError>;
 }
 
 /// No decoding: for processors that read the record's bytes themselves (the
 /// collector parses JSON; the audit processor hashes bytes).
-impl Input for () {
+impl Input<'_> for () {
     fn decode(_: &InputRecord<'_>, _: &AvroDecoder) -> Result<Self, DecodeError> {
         Ok(())
     }
@@ -135,10 +137,10 @@ impl From<ProcessError> for Halt {
 
 /// The per-record contract, the same live and offline: decode, dead-letter
 /// what is bad input, process the rest. `out` must be cleared by the caller.
-pub(crate) fn apply<P: Processor>(
+pub(crate) fn apply<'r, P: Processor>(
     processor: &mut P,
     decoder: &AvroDecoder,
-    record: &InputRecord<'_>,
+    record: &InputRecord<'r>,
     txn: &mut StateTxn<'_>,
     out: &mut Emitter,
 ) -> Result<(), Halt> {

@@ -4,7 +4,7 @@
 use rdkafka::Message;
 use rdkafka::Timestamp;
 use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers};
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use trellis_records::OriginalHeader;
 
 use crate::schema::{AvroDecoder, DecodeError};
@@ -76,7 +76,7 @@ impl<'a> InputRecord<'a> {
     /// # Errors
     /// [`DecodeError::MissingValue`] for a record without a value; otherwise
     /// as [`AvroDecoder::decode_blocking`].
-    pub fn avro<T: DeserializeOwned>(&self, decoder: &AvroDecoder) -> Result<T, DecodeError> {
+    pub fn avro<T: Deserialize<'a>>(&self, decoder: &AvroDecoder) -> Result<T, DecodeError> {
         decoder.decode_blocking(self.value.ok_or(DecodeError::MissingValue)?)
     }
 

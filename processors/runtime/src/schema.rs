@@ -21,8 +21,8 @@ use schema_registry_converter::async_impl::schema_registry::{
     SrSettings, get_schema_by_id, post_schema,
 };
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// Magic byte of the Confluent wire format.
 const MAGIC: u8 = 0;
@@ -559,7 +559,10 @@ impl AvroDecoder {
     /// # Errors
     /// As [`AvroDecoder::decode`]; outside a multi-threaded Tokio runtime an
     /// uncached id is [`DecodeError::RegistryUnavailable`].
-    pub fn decode_blocking<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, DecodeError> {
+    pub fn decode_blocking<'b, T: Deserialize<'b>>(
+        &self,
+        bytes: &'b [u8],
+    ) -> Result<T, DecodeError> {
         let id = Self::schema_id(bytes)?;
         let writer = match self.read_cache(id) {
             Some(Lookup::Found(writer)) => writer,
@@ -591,9 +594,9 @@ impl AvroDecoder {
         Ok(())
     }
 
-    fn read_with<T: DeserializeOwned>(
+    fn read_with<'b, T: Deserialize<'b>>(
         writer: &WriterSchema,
-        bytes: &[u8],
+        bytes: &'b [u8],
     ) -> Result<T, DecodeError> {
         let datum = &bytes[5..];
         let mut config = serde_avro_fast::de::DeserializerConfig::new(&writer.fast);

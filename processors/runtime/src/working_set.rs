@@ -12,6 +12,11 @@
 
 use std::collections::HashMap;
 
+/// Keys are hashed several times per record, so not with SipHash; foldhash
+/// is seeded at random per process, which keeps the bucket layout unknown to
+/// producers choosing the strings keys are built from.
+type Hasher = foldhash::quality::RandomState;
+
 use crate::error::ProcessError;
 use crate::state::{StateError, StateTxn};
 
@@ -38,7 +43,7 @@ struct Slot<V> {
 
 /// Decoded entries by key; see the module docs.
 pub struct WorkingSet<V> {
-    entries: HashMap<Vec<u8>, Slot<V>>,
+    entries: HashMap<Vec<u8>, Slot<V>, Hasher>,
     capacity: usize,
 }
 
@@ -46,7 +51,7 @@ impl<V: Stored> WorkingSet<V> {
     /// An empty set that keeps at most `capacity` entries between batches.
     pub fn new(capacity: usize) -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             capacity,
         }
     }
@@ -85,6 +90,19 @@ impl<V: Stored> WorkingSet<V> {
         let slot = self.load(key, txn)?;
         slot.dirty |= slot.value.is_some();
         Ok(slot.value.as_mut())
+    }
+
+    /// Takes the value under `key` out, to change and put back with
+    /// [`WorkingSet::insert`] (no copy); until then it reads as deleted, and
+    /// is written as deleted if not put back.
+    ///
+    /// # Errors
+    /// [`StateError`] if it cannot be read or decoded.
+    pub fn take(&mut self, key: &[u8], txn: &StateTxn<'_>) -> Result<Option<V>, StateError> {
+        let slot = self.load(key, txn)?;
+        let value = slot.value.take();
+        slot.dirty |= value.is_some();
+        Ok(value)
     }
 
     /// Sets the value under `key` (it will be written).
@@ -203,6 +221,32 @@ mod tests {
         assert_eq!(set.get(b"a", &txn).unwrap(), Some(&6));
         set.save(&mut txn).unwrap();
         assert!(txn.is_empty());
+    }
+
+    #[test]
+    fn a_taken_value_is_written_back_or_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut txn = store.begin();
+        txn.put(b"kept".to_vec(), 1u64.encode().unwrap());
+        txn.put(b"dropped".to_vec(), 2u64.encode().unwrap());
+        store.commit(txn, &Positions::new()).unwrap();
+
+        let mut set = WorkingSet::<u64>::new(10);
+        let mut txn = store.begin();
+        let kept = set.take(b"kept", &txn).unwrap().unwrap();
+        assert_eq!(set.get(b"kept", &txn).unwrap(), None, "out while taken");
+        set.insert(b"kept".to_vec(), kept + 10);
+        assert_eq!(set.take(b"dropped", &txn).unwrap(), Some(2));
+        assert_eq!(set.take(b"absent", &txn).unwrap(), None);
+        set.save(&mut txn).unwrap();
+        assert_eq!(txn.len(), 2, "the absent key was never there: no write");
+        store.commit(txn, &Positions::new()).unwrap();
+        assert_eq!(
+            store.get(b"kept").unwrap().as_deref(),
+            Some(&11u64.to_be_bytes()[..])
+        );
+        assert_eq!(store.get(b"dropped").unwrap(), None, "taken, not put back");
     }
 
     #[test]

@@ -132,7 +132,7 @@ pub enum SinkInput {
     Undecodable(DecodeError),
 }
 
-impl Input for SinkInput {
+impl Input<'_> for SinkInput {
     fn decode(record: &InputRecord<'_>, avro: &AvroDecoder) -> Result<Self, DecodeError> {
         let decoded = match record.topic {
             PROGRESS_TOPIC if record.value.is_none() => Ok(Self::Progress(None)),
@@ -515,7 +515,7 @@ impl std::fmt::Display for PostgresFault<'_> {
 }
 
 impl Processor for Sink {
-    type Input = SinkInput;
+    type Input<'r> = SinkInput;
 
     fn process(
         &mut self,
