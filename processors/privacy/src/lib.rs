@@ -315,7 +315,8 @@ impl Privacy {
         let (kind, id) = (kind.as_ref(), id.as_ref());
         // Each vault call takes the lock for that call only (the decrypt gate
         // shares the vault); never hold a guard across another call.
-        let erased = self.vault().erased_at(tenant, kind, id).map_err(fatal)?;
+        let entry = self.vault().entry(tenant, kind, id);
+        let erased = self.vault().entry_erased_at(&entry).map_err(fatal)?;
         if let Some(erased_at) = erased
             && event.received_at <= erased_at
         {
@@ -325,7 +326,7 @@ impl Privacy {
         let coordinate = format!("{}/{}/{}", record.topic, record.partition, record.offset);
         let lookup = self
             .vault()
-            .subject(tenant, kind, id, &coordinate)
+            .entry_subject(tenant, entry, &coordinate)
             .map_err(fatal)?;
         let keys = &lookup.keys;
         if let Some(version) = lookup.kek_created {

@@ -34,6 +34,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -111,8 +112,9 @@ impl Kek {
 /// A subject's keys, and what the lookup did.
 #[derive(Debug)]
 pub struct SubjectLookup {
-    /// The subject's derived keys.
-    pub keys: SubjectKeys,
+    /// The subject's derived keys, shared with the vault's cache (wiped
+    /// when the last holder drops them).
+    pub keys: Arc<SubjectKeys>,
     /// The KEK version created for the tenant by this input (first subject).
     pub kek_created: Option<u32>,
     /// The subject's material was created by this input.
@@ -137,11 +139,17 @@ pub struct Shredded {
     pub rewrapped: usize,
 }
 
+/// Where a subject's entry is kept: `tenant ‖ 0 ‖ HMAC(index key,
+/// tenant, kind, id)`.
+pub struct Entry(Vec<u8>);
+
 /// The embedded key vault: a KEK file and a sled database of wrapped entries.
 pub struct Vault {
     dir: PathBuf,
     master: Zeroizing<[u8; KEY_LEN]>,
-    index_key: Zeroizing<[u8; KEY_LEN]>,
+    /// HMAC keyed with the index key, pads computed once (wiped on drop,
+    /// like the subject keys: see `crypto`).
+    index: Hmac<Sha256>,
     keks: KekFile,
     db: sled::Db,
     subjects: sled::Tree,
@@ -151,7 +159,10 @@ pub struct Vault {
     reveals: sled::Tree,
     /// Unwrapped subjects by entry key, with the input that created them:
     /// saves an unwrap and four HKDF expansions per record. Shreds evict.
-    cache: HashMap<Vec<u8>, (SubjectKeys, Box<str>)>,
+    cache: HashMap<Vec<u8>, (Arc<SubjectKeys>, Box<str>)>,
+    /// The `erased` tree in memory (entry key → erasure time): asked about
+    /// on every record, changed only by [`Vault::shred`] in this process.
+    erased_at: HashMap<Vec<u8>, i64>,
 }
 
 /// Subjects kept unwrapped in memory (about 200 bytes each).
@@ -188,7 +199,8 @@ impl Vault {
         let mut vault = Self {
             dir: dir.to_path_buf(),
             master: array(master),
-            index_key: array(index_key),
+            index: <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(index_key)
+                .expect("HMAC takes keys of any length"),
             keks: KekFile::default(),
             subjects: db.open_tree("subjects").map_err(|e| io(&e))?,
             erased: db.open_tree("erased").map_err(|e| io(&e))?,
@@ -196,8 +208,14 @@ impl Vault {
             key_ids: db.open_tree("key_ids").map_err(|e| io(&e))?,
             reveals: db.open_tree("reveals").map_err(|e| io(&e))?,
             cache: HashMap::new(),
+            erased_at: HashMap::new(),
             db,
         };
+        for entry in vault.erased.iter() {
+            let (key, at) = entry.map_err(|e| io(&e))?;
+            let at = <[u8; 8]>::try_from(at.as_ref()).map_err(|_| io(&"corrupt erasure marker"))?;
+            vault.erased_at.insert(key.to_vec(), i64::from_be_bytes(at));
+        }
         vault.keks = vault.read_keks()?;
         let rotating: Vec<String> = vault
             .keks
@@ -278,9 +296,14 @@ impl Vault {
             .map_err(|e| self.io(e))
     }
 
+    /// The subject's entry, to ask [`Vault::entry_erased_at`] and then
+    /// [`Vault::entry_subject`] with one keyed hash.
+    pub fn entry(&self, tenant: &str, id_kind: &str, id: &str) -> Entry {
+        Entry(self.lookup_key(tenant, id_kind, id))
+    }
+
     fn lookup_key(&self, tenant: &str, id_kind: &str, id: &str) -> Vec<u8> {
-        let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(self.index_key.as_ref())
-            .expect("HMAC takes keys of any length");
+        let mut mac = self.index.clone();
         for part in [tenant, id_kind, id] {
             mac.update(part.as_bytes());
             mac.update(&[0]);
@@ -384,7 +407,20 @@ impl Vault {
         id: &str,
         created_by: &str,
     ) -> Result<SubjectLookup, VaultError> {
-        let entry_key = self.lookup_key(tenant, id_kind, id);
+        let entry = self.entry(tenant, id_kind, id);
+        self.entry_subject(tenant, entry, created_by)
+    }
+
+    /// [`Vault::subject`] for an [`Entry`] of `tenant`.
+    ///
+    /// # Errors
+    /// [`VaultError`] on storage failure.
+    pub fn entry_subject(
+        &mut self,
+        tenant: &str,
+        Entry(entry_key): Entry,
+        created_by: &str,
+    ) -> Result<SubjectLookup, VaultError> {
         let kek_created = match self.current_kek(tenant) {
             Some((version, kek)) => (kek.created_by == created_by).then_some(version),
             None => {
@@ -415,7 +451,7 @@ impl Vault {
         if let Some(value) = self.subjects.get(&entry_key).map_err(|e| self.io(e))? {
             let material = self.unwrap(tenant, &entry_key, &value)?;
             let by = value.get(4 + NONCE_LEN + WRAPPED_LEN..).unwrap_or_default();
-            let keys = SubjectKeys::derive(tenant, &material);
+            let keys = Arc::new(SubjectKeys::derive(tenant, &material));
             self.remember(entry_key, &keys, by);
             return Ok(SubjectLookup {
                 keys,
@@ -424,7 +460,7 @@ impl Vault {
             });
         }
         let material = Zeroizing::new(rand::random::<[u8; KEY_LEN]>());
-        let keys = SubjectKeys::derive(tenant, &material);
+        let keys = Arc::new(SubjectKeys::derive(tenant, &material));
         let mut value = self.wrap(tenant, &entry_key, &material)?;
         value.extend_from_slice(created_by.as_bytes());
         // The key-id index first: an index entry without a subject is
@@ -445,7 +481,7 @@ impl Vault {
         })
     }
 
-    fn remember(&mut self, entry_key: Vec<u8>, keys: &SubjectKeys, created_by: &[u8]) {
+    fn remember(&mut self, entry_key: Vec<u8>, keys: &Arc<SubjectKeys>, created_by: &[u8]) {
         if self.cache.len() >= CACHE_CAPACITY {
             self.cache.clear();
         }
@@ -483,13 +519,15 @@ impl Vault {
         id_kind: &str,
         id: &str,
     ) -> Result<Option<i64>, VaultError> {
-        let key = self.lookup_key(tenant, id_kind, id);
-        Ok(self
-            .erased
-            .get(key)
-            .map_err(|e| self.io(e))?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(i64::from_be_bytes))
+        self.entry_erased_at(&self.entry(tenant, id_kind, id))
+    }
+
+    /// [`Vault::erased_at`] for an [`Entry`].
+    ///
+    /// # Errors
+    /// [`VaultError`] on storage failure.
+    pub fn entry_erased_at(&self, entry: &Entry) -> Result<Option<i64>, VaultError> {
+        Ok(self.erased_at.get(&entry.0).copied())
     }
 
     /// Destroys the subject's material and rotates the tenant's KEK (see the
@@ -605,6 +643,9 @@ impl Vault {
         self.erased
             .apply_batch(erased_batch)
             .map_err(|e| self.io(e))?;
+        if let Some((shredded, at_ms)) = shred {
+            self.erased_at.insert(shredded.to_vec(), at_ms);
+        }
         self.subjects.apply_batch(batch).map_err(|e| self.io(e))?;
         self.db.flush().map_err(|e| self.io(e))?;
         if shred.is_some() {
@@ -851,6 +892,11 @@ mod tests {
         // entry opens under no KEK, and the user id alone leads nowhere.
         let mut v = open(dir.path());
         assert!(!v.opens_with_any_kek("acme", &key, &captured));
+        assert_eq!(
+            v.erased_at("acme", "mbox", "mailto:ann@x").unwrap(),
+            Some(1000),
+            "the erasure is remembered across a restart"
+        );
         assert!(
             v.existing("acme", "mbox", "mailto:ann@x")
                 .unwrap()
