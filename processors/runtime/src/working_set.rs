@@ -183,14 +183,26 @@ mod tests {
         }
     }
 
+    /// A store holding `entries`, committed.
+    fn store_with(dir: &tempfile::TempDir, entries: &[(&[u8], u64)]) -> StateStore {
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut txn = store.begin();
+        for (key, value) in entries {
+            txn.put(key.to_vec(), value.encode().unwrap());
+        }
+        store.commit(txn, &Positions::new()).unwrap();
+        store
+    }
+
+    /// The committed value under `key`.
+    fn stored(store: &StateStore, key: &[u8]) -> Option<u64> {
+        store.get(key).unwrap().map(|v| u64::decode(&v).unwrap())
+    }
+
     #[test]
     fn changes_reach_the_store_only_when_saved_and_each_entry_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
-        let mut txn = store.begin();
-        txn.put(b"a".to_vec(), 1u64.encode().unwrap());
-        txn.put(b"gone".to_vec(), 9u64.encode().unwrap());
-        store.commit(txn, &Positions::new()).unwrap();
+        let store = store_with(&dir, &[(b"a", 1), (b"gone", 9)]);
 
         let mut set = WorkingSet::<u64>::new(10);
         let mut txn = store.begin();
@@ -206,15 +218,9 @@ mod tests {
         assert_eq!(txn.len(), 3, "one write per changed entry");
         store.commit(txn, &Positions::new()).unwrap();
         set.committed();
-        assert_eq!(
-            store.get(b"a").unwrap().as_deref(),
-            Some(&6u64.to_be_bytes()[..])
-        );
-        assert_eq!(
-            store.get(b"b").unwrap().as_deref(),
-            Some(&8u64.to_be_bytes()[..])
-        );
-        assert_eq!(store.get(b"gone").unwrap(), None);
+        assert_eq!(stored(&store, b"a"), Some(6));
+        assert_eq!(stored(&store, b"b"), Some(8));
+        assert_eq!(stored(&store, b"gone"), None);
 
         // Read without change: nothing to write.
         let mut txn = store.begin();
@@ -226,11 +232,7 @@ mod tests {
     #[test]
     fn a_taken_value_is_written_back_or_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
-        let mut txn = store.begin();
-        txn.put(b"kept".to_vec(), 1u64.encode().unwrap());
-        txn.put(b"dropped".to_vec(), 2u64.encode().unwrap());
-        store.commit(txn, &Positions::new()).unwrap();
+        let store = store_with(&dir, &[(b"kept", 1), (b"dropped", 2)]);
 
         let mut set = WorkingSet::<u64>::new(10);
         let mut txn = store.begin();
@@ -242,11 +244,8 @@ mod tests {
         set.save(&mut txn).unwrap();
         assert_eq!(txn.len(), 2, "the absent key was never there: no write");
         store.commit(txn, &Positions::new()).unwrap();
-        assert_eq!(
-            store.get(b"kept").unwrap().as_deref(),
-            Some(&11u64.to_be_bytes()[..])
-        );
-        assert_eq!(store.get(b"dropped").unwrap(), None, "taken, not put back");
+        assert_eq!(stored(&store, b"kept"), Some(11));
+        assert_eq!(stored(&store, b"dropped"), None, "taken, not put back");
     }
 
     #[test]
