@@ -316,7 +316,7 @@ impl Privacy {
         // Each vault call takes the lock for that call only (the decrypt gate
         // shares the vault); never hold a guard across another call.
         let entry = self.vault().entry(tenant, kind, id);
-        let erased = self.vault().entry_erased_at(&entry).map_err(fatal)?;
+        let erased = self.vault().entry_erased_at(&entry);
         if let Some(erased_at) = erased
             && event.received_at <= erased_at
         {
@@ -550,12 +550,7 @@ impl Privacy {
                 ));
             }
             None => {
-                if self
-                    .vault()
-                    .erased_at(tenant, kind, id)
-                    .map_err(fatal)?
-                    .is_some()
-                {
+                if self.vault().erased_at(tenant, kind, id).is_some() {
                     ack.outcome = "done".into();
                     ack.detail = "subject was already erased".into();
                 }
