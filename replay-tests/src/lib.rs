@@ -699,6 +699,13 @@ pub fn positions(metrics: &str) -> HashMap<(String, i32), i64> {
         .collect()
 }
 
+/// How long a test's read of a topic waits without records before it gives
+/// up on a partition it has not yet read to its high watermark. Reads end
+/// at the watermarks (plus a short settle), so this bounds only a stalled
+/// broker: under CI load tansu can go seconds without answering a fetch,
+/// and a shorter wait once cut a read short there.
+pub const READ_IDLE: Duration = Duration::from_secs(30);
+
 /// A topic read back from offset 0.
 pub struct TopicContents {
     /// Every record's value, with its `trellis.id` header.
@@ -708,14 +715,15 @@ pub struct TopicContents {
 }
 
 impl TopicContents {
-    /// Reads `topic` until it has been idle for two seconds.
+    /// Reads `topic` up to where it ended when the read began (see
+    /// [`READ_IDLE`]).
     pub fn read(kafka: &KafkaConfig, topic: &str) -> Self {
         let mut records = Vec::new();
         let mut keys_and_headers = Vec::new();
         scan_topic(
             kafka,
             topic,
-            Duration::from_secs(2),
+            READ_IDLE,
             |m| {
                 let id = m
                     .headers()

@@ -289,7 +289,7 @@ fn progress_table(kafka: &KafkaConfig) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
     trellis_runtime::kafka::scan_topic(
         kafka,
         "progress",
-        Duration::from_secs(2),
+        trellis_replay_tests::READ_IDLE,
         |m| {
             use rdkafka::Message;
             table.insert(

@@ -385,7 +385,7 @@ async fn no_plaintext_past_collection_and_shred_makes_erasure_real() {
         trellis_runtime::kafka::scan_topic(
             &stack.kafka,
             "protected",
-            Duration::from_secs(1),
+            trellis_replay_tests::READ_IDLE,
             |m| {
                 use rdkafka::Message;
                 if found.is_none() {

@@ -243,7 +243,7 @@ fn read_all(stack: &Stack, topic: &str) -> Vec<OwnedRecord> {
     scan_topic(
         &stack.kafka,
         topic,
-        Duration::from_secs(2),
+        trellis_replay_tests::READ_IDLE,
         |m| records.push(OwnedRecord::from_message(m)),
         || false,
     )

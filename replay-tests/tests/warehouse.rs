@@ -214,7 +214,7 @@ async fn expected(stack: &Stack) -> (ProgressTable, CompletionTable, AggregateTa
     trellis_runtime::kafka::scan_topic(
         &stack.kafka,
         PROGRESS_TOPIC,
-        Duration::from_secs(2),
+        trellis_replay_tests::READ_IDLE,
         |m| {
             use rdkafka::Message;
             latest.insert(

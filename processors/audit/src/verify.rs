@@ -19,12 +19,10 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use trellis_records::Anchor;
 use trellis_runtime::config::KafkaConfig;
-use trellis_runtime::kafka::{ADMIN_TIMEOUT, KafkaError, client_config};
+use trellis_runtime::kafka::{KafkaError, TopicScan};
 use trellis_runtime::pipeline::OwnedRecord;
 
 use crate::canonical::{GENESIS, anchor_hash, record_bytes};
@@ -342,13 +340,7 @@ pub fn verify_records<'a>(
 /// each record in log order per partition; `total` is told the broker's
 /// estimate of the record count first.
 ///
-/// The log ends where the high watermarks stood when reading began, once
-/// nothing more arrives for a short settle time. Tansu's memory storage
-/// reports the last *batch's base* offset + 1 as the high watermark (see
-/// INFRA.md), so reaching it is never taken as the end on its own: a batch
-/// arrives whole, and the settle time drains it. A partition that never
-/// reaches its watermark (one ending in transaction markers) ends after
-/// `idle` without records.
+/// Where the log ends, and what `idle` bounds: [`TopicScan::run`].
 ///
 /// # Errors
 /// [`KafkaError`] if the topic cannot be read.
@@ -359,59 +351,9 @@ pub fn read_partitions(
     mut total: impl FnMut(u64),
     mut visit: impl FnMut(OwnedRecord),
 ) -> Result<(), KafkaError> {
-    let settle = idle.min(Duration::from_millis(200));
-    let mut config = client_config(kafka);
-    config
-        .set("group.id", "trellis-audit-verify")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.max.bytes", "52428800")
-        .set("queued.min.messages", "200000");
-    let consumer: BaseConsumer = config.create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), ADMIN_TIMEOUT)?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none())
-        .map(|t| t.partitions().len() as i32)
-        .ok_or_else(|| KafkaError::UnknownTopic(topic.to_string()))?;
-    let mut assignment = TopicPartitionList::new();
-    let mut estimate = 0;
-    // Partitions not yet read up to their high watermark (unknown: never).
-    let mut behind: HashMap<i32, i64> = HashMap::new();
-    for p in 0..partitions {
-        match consumer.fetch_watermarks(topic, p, ADMIN_TIMEOUT) {
-            Ok((low, high)) if high > low => {
-                estimate += (high - low) as u64;
-                behind.insert(p, high);
-            }
-            Ok(_) => {}
-            Err(_) => {
-                behind.insert(p, i64::MAX);
-            }
-        }
-        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    total(estimate);
-    consumer.assign(&assignment)?;
-    let mut last = std::time::Instant::now();
-    while last.elapsed() < if behind.is_empty() { settle } else { idle } {
-        match consumer.poll(Duration::from_millis(20)) {
-            Some(Ok(message)) => {
-                last = std::time::Instant::now();
-                let record = OwnedRecord::from_message(&message);
-                if behind
-                    .get(&record.partition)
-                    .is_some_and(|high| record.offset + 1 >= *high)
-                {
-                    behind.remove(&record.partition);
-                }
-                visit(record);
-            }
-            Some(Err(e)) => return Err(e.into()),
-            None => {}
-        }
-    }
+    let scan = TopicScan::open(kafka, topic)?;
+    total(scan.estimate());
+    scan.run(idle, |m| visit(OwnedRecord::from_message(m)), || false)?;
     Ok(())
 }
 

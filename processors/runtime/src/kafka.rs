@@ -5,7 +5,7 @@
 //! and Trellis never needs them. Replay targets come from committed offsets,
 //! ends of input from what producers were told on delivery.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -214,9 +214,127 @@ pub async fn apply_topology(
     Ok(outcomes)
 }
 
+/// A read of every partition of one topic from its start (see [`scan_topic`]).
+pub struct TopicScan {
+    consumer: BaseConsumer,
+    /// Partitions not yet read up to the high watermark they had when the
+    /// scan began (`i64::MAX`: unknown, never reached).
+    behind: HashMap<i32, i64>,
+    estimate: u64,
+}
+
+impl TopicScan {
+    /// Assigns every partition of `topic` from its start and notes where
+    /// each one ended when the scan began.
+    ///
+    /// # Errors
+    /// [`KafkaError`] if the topic is unknown or the broker unreachable.
+    pub fn open(kafka: &KafkaConfig, topic: &str) -> Result<Self, KafkaError> {
+        use rdkafka::{Offset, TopicPartitionList};
+        let mut config = client_config(kafka);
+        config
+            .set("group.id", "trellis-scan")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.max.bytes", "52428800")
+            .set("queued.min.messages", "200000");
+        let consumer: BaseConsumer = config.create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), ADMIN_TIMEOUT)?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+            .ok_or_else(|| KafkaError::UnknownTopic(topic.to_string()))?;
+        let mut assignment = TopicPartitionList::new();
+        let mut behind = HashMap::new();
+        let mut estimate = 0;
+        for p in 0..partitions {
+            match consumer.fetch_watermarks(topic, p, ADMIN_TIMEOUT) {
+                Ok((low, high)) if high > low => {
+                    estimate += (high - low) as u64;
+                    behind.insert(p, high);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    behind.insert(p, i64::MAX);
+                }
+            }
+            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        Ok(Self {
+            consumer,
+            behind,
+            estimate,
+        })
+    }
+
+    /// The broker's estimate of how many records the topic holds.
+    #[must_use]
+    pub const fn estimate(&self) -> u64 {
+        self.estimate
+    }
+
+    /// Calls `visit` with each record, in log order per partition, until the
+    /// topic has been read whole or `done` says so; returns how many records
+    /// were read.
+    ///
+    /// The log ends where the high watermarks stood when the scan began, once
+    /// nothing more arrives for a short settle time. Tansu's memory storage
+    /// reports the last *batch's base* offset + 1 as the high watermark (see
+    /// INFRA.md), so reaching it is never taken as the end on its own: a batch
+    /// arrives whole, and the settle time drains it. A partition that never
+    /// reaches its watermark (one ending in transaction markers, or one whose
+    /// watermark could not be read) ends after `idle` without records. A
+    /// slow broker therefore cannot cut a read short: until every partition
+    /// is reached, only `idle` of silence ends it.
+    ///
+    /// # Errors
+    /// [`KafkaError`] if a fetch fails.
+    pub fn run(
+        mut self,
+        idle: Duration,
+        mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+        mut done: impl FnMut() -> bool,
+    ) -> Result<u64, KafkaError> {
+        use rdkafka::Message;
+        let settle = idle.min(SCAN_SETTLE);
+        let mut last = std::time::Instant::now();
+        let mut seen = 0;
+        loop {
+            let quiet = if self.behind.is_empty() { settle } else { idle };
+            if last.elapsed() >= quiet || done() {
+                break;
+            }
+            match self.consumer.poll(Duration::from_millis(20)) {
+                Some(Ok(message)) => {
+                    last = std::time::Instant::now();
+                    if self
+                        .behind
+                        .get(&message.partition())
+                        .is_some_and(|high| message.offset() + 1 >= *high)
+                    {
+                        self.behind.remove(&message.partition());
+                    }
+                    visit(&message);
+                    seen += 1;
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => {}
+            }
+        }
+        Ok(seen)
+    }
+}
+
+/// How long a scan that has reached every partition's high watermark waits
+/// for the rest of the last batches (they arrive with the batch's first).
+const SCAN_SETTLE: Duration = Duration::from_millis(200);
+
 /// Reads every partition of `topic` from the beginning, calling `visit` for
-/// each record, until no record has arrived for `idle` (tansu's high
-/// watermarks cannot tell where a partition ends) or `done` says so.
+/// each record, until the topic has been read whole (see [`TopicScan::run`]
+/// for where that is and what `idle` bounds) or `done` says so.
 ///
 /// # Errors
 /// [`KafkaError`] if the topic is unknown or the broker unreachable.
@@ -224,42 +342,10 @@ pub fn scan_topic(
     kafka: &KafkaConfig,
     topic: &str,
     idle: Duration,
-    mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
-    mut done: impl FnMut() -> bool,
+    visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+    done: impl FnMut() -> bool,
 ) -> Result<u64, KafkaError> {
-    use rdkafka::{Offset, TopicPartitionList};
-    let mut config = client_config(kafka);
-    config
-        .set("group.id", "trellis-scan")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    let consumer: BaseConsumer = config.create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), ADMIN_TIMEOUT)?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none())
-        .map(|t| t.partitions().len())
-        .ok_or_else(|| KafkaError::UnknownTopic(topic.to_string()))?;
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
-    let mut last = std::time::Instant::now();
-    let mut seen = 0;
-    while last.elapsed() < idle && !done() {
-        match consumer.poll(Duration::from_millis(50)) {
-            Some(Ok(message)) => {
-                visit(&message);
-                seen += 1;
-                last = std::time::Instant::now();
-            }
-            Some(Err(e)) => return Err(e.into()),
-            None => {}
-        }
-    }
-    Ok(seen)
+    TopicScan::open(kafka, topic)?.run(idle, visit, done)
 }
 
 /// Which of `positions` (topic, partition, offset) lie beyond the log: a
@@ -313,8 +399,8 @@ pub fn positions_beyond_log(
 
 /// Per partition of `topic` (`topic/partition`): the offset after its last
 /// record, in the form progress waits compare against. Found by reading the
-/// topic until it is idle for a second, not from high watermarks: tansu's
-/// are wrong on memory storage (INFRA.md).
+/// topic ([`scan_topic`]), not from high watermarks alone: tansu's stop at
+/// the last batch's first record on memory storage (INFRA.md).
 ///
 /// # Errors
 /// [`KafkaError`] if the topic is unknown or the broker unreachable.
@@ -324,7 +410,7 @@ pub fn end_offsets(kafka: &KafkaConfig, topic: &str) -> Result<BTreeMap<String, 
     scan_topic(
         kafka,
         topic,
-        Duration::from_secs(1),
+        Duration::from_secs(10),
         |m| {
             let end = ends
                 .entry(format!("{topic}/{}", m.partition()))
