@@ -64,8 +64,11 @@ impl Receipts for StateTxn<'_> {
         Ok(self.get(&receipt_key(command_id))?.map(|v| v.into_owned()))
     }
 
+    /// Keeping a receipt means a command was executed: what it deleted
+    /// must not stay in the store's files, so the batch ends in a snapshot.
     fn keep(&mut self, command_id: &str, receipt: Vec<u8>) -> Result<(), ProcessError> {
         self.put(receipt_key(command_id), receipt);
+        self.compact_after_commit();
         Ok(())
     }
 }
@@ -205,5 +208,36 @@ mod tests {
         txn.keep("c-1", b"not json".to_vec()).unwrap();
         let err = answer_once(&mut txn, "c-1", |_| Ok(1_i64)).unwrap_err();
         assert!(matches!(err, ProcessError::Fatal { .. }), "{err}");
+    }
+
+    #[test]
+    fn what_an_executed_command_deleted_is_gone_from_the_stores_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let row = b"row of pseudonym 5f3a".to_vec();
+        let mut txn = store.begin();
+        txn.put(b"row/5f3a".to_vec(), row.clone());
+        store.commit(txn, &crate::state::Positions::new()).unwrap();
+        let files_hold = |needle: &[u8]| {
+            std::fs::read_dir(dir.path()).unwrap().any(|f| {
+                let bytes = std::fs::read(f.unwrap().path()).unwrap();
+                bytes.windows(needle.len()).any(|w| w == needle)
+            })
+        };
+        assert!(files_hold(&row), "the row is on disk before the erasure");
+        let mut txn = store.begin();
+        answer_once(&mut txn, "erase-1", |txn| {
+            txn.delete(b"row/5f3a".to_vec());
+            Ok(1_i64)
+        })
+        .unwrap();
+        store.commit(txn, &crate::state::Positions::new()).unwrap();
+        assert!(
+            !files_hold(&row),
+            "the erased row stayed in the store's files"
+        );
+        drop(store);
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.get(b"row/5f3a").unwrap(), None);
     }
 }

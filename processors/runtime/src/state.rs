@@ -1,12 +1,29 @@
-//! The state store: sled, holding a processor's state *and* the input
-//! positions that state includes, written in one atomic batch.
+//! The state store: a processor's state *and* the input positions that
+//! state includes, held in memory and made durable as an append-only log of
+//! committed batches plus an occasional snapshot.
 //!
-//! Keys live in two namespaces of one tree: `0x00` for metadata (input
-//! positions), `0x01` for the processor's data. Because a batch of data
-//! changes and the positions it advanced to are applied with one
-//! `apply_batch`, the store can never include an input's effect without
-//! knowing it did, so a restart replays exactly the inputs the store lacks and
-//! no input is applied twice (DESIGN.md promise 3).
+//! Why not a B-tree on disk: every batch touches keys spread over the whole
+//! key space (statement ids are UUIDs, cells are hashed), and random B-tree
+//! inserts cost 10–20 µs per key here (sled), which bounded progress and
+//! every rebuild (docs/performance.md). A batch appended to a file is one
+//! sequential write, and reads are map lookups.
+//!
+//! Keys live in two namespaces: metadata (input positions, the cluster id)
+//! and the processor's data. A batch of data changes and the positions it
+//! advanced to are one log frame with a CRC, so the store can never include
+//! an input's effect without knowing it did: a torn last frame (a crash
+//! mid-write) fails its CRC and is dropped whole at open. A restart replays
+//! exactly the inputs the store lacks and no input is applied twice
+//! (DESIGN.md promise 3).
+//!
+//! Files in the store's directory: `lock` (held while open, so one process
+//! owns the store), `snapshot` (every entry as of some commit) and `log`
+//! (the batches committed since). When the log outgrows twice the snapshot
+//! (and at least [`COMPACT_MIN`]), a new snapshot is written, synced and
+//! renamed into place, then the log is emptied. A crash between the rename
+//! and the truncation replays batches the snapshot already holds; a replayed
+//! batch sets keys to the values they had after it, so that replay ends at
+//! the snapshot's state.
 //!
 //! [`StateStore::digest`] hashes the data namespace in key order; two stores
 //! built from the same log have the same digest (promise 4).
@@ -14,12 +31,15 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-const META: u8 = 0x00;
-const DATA: u8 = 0x01;
 const POSITION: &[u8] = b"pos/";
 const CLUSTER: &[u8] = b"cluster";
 
@@ -54,13 +74,29 @@ pub type Positions = BTreeMap<TopicPartition, i64>;
 /// The store failed; the processor cannot continue safely.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// sled failed (I/O, another process holds the store, corruption).
+    /// Reading or writing the store's files failed.
     #[error("state store {path}: {source}")]
-    Sled {
+    Io {
         /// The store directory.
         path: PathBuf,
-        /// What sled said.
-        source: sled::Error,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+    /// Another process has the store open.
+    #[error(
+        "state store {path} is in use by another process (stop it, or give this one another state_dir)"
+    )]
+    Locked {
+        /// The store directory.
+        path: PathBuf,
+    },
+    /// The directory holds a store an older Trellis wrote (sled).
+    #[error(
+        "state store {path} was written by an older Trellis (sled); move it away or delete it, and the processor rebuilds its state by replaying its inputs"
+    )]
+    Legacy {
+        /// The store directory.
+        path: PathBuf,
     },
     /// An entry could not be decoded.
     #[error("state store {path}: corrupt entry: {what}")]
@@ -105,57 +141,294 @@ impl fmt::Display for StateDigest {
     }
 }
 
-/// A processor's sled store.
+/// A processor's state store (see the module documentation).
 #[derive(Clone)]
 pub struct StateStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     path: PathBuf,
-    db: sled::Db,
+    maps: RwLock<Maps>,
+    log: Mutex<Log>,
+    /// Held (locked) for as long as the store is open.
+    _lock: File,
+}
+
+#[derive(Default)]
+struct Maps {
+    meta: BTreeMap<Vec<u8>, Vec<u8>>,
+    data: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Maps {
+    fn apply(&mut self, op: Op<'_>) {
+        let map = if op.meta {
+            &mut self.meta
+        } else {
+            &mut self.data
+        };
+        match op.value {
+            Some(value) => map.insert(op.key.to_vec(), value.to_vec()),
+            None => map.remove(op.key),
+        };
+    }
+}
+
+struct Log {
+    file: File,
+    /// Bytes of whole frames in the file.
+    len: u64,
+    /// Size of the snapshot the log continues.
+    snapshot_len: u64,
+    /// The log is compacted past `max(compact_min, 2 × snapshot_len)`.
+    compact_min: u64,
+    synced: Instant,
+    /// A write failed and could not be undone: the file's tail is unknown,
+    /// so nothing more may be appended (a frame after a torn one would be
+    /// dropped at open).
+    poisoned: bool,
+}
+
+/// The log is compacted into a snapshot once it is larger than this and
+/// twice the snapshot.
+pub const COMPACT_MIN: u64 = 64 << 20;
+
+/// Committed batches are synced to disk at least this often (a process
+/// crash loses nothing unsynced; a machine crash loses at most this much,
+/// which the store then replays from its log positions).
+const SYNC_EVERY: Duration = Duration::from_millis(500);
+
+const SNAPSHOT_MAGIC: &[u8] = b"trellis-state/1\n";
+const LOG_FILE: &str = "log";
+const SNAPSHOT_FILE: &str = "snapshot";
+const LOCK_FILE: &str = "lock";
+
+/// One entry change as stored: `[tag][key len u32][key][value len u32][value]`
+/// (no value for a delete).
+struct Op<'a> {
+    meta: bool,
+    key: &'a [u8],
+    value: Option<&'a [u8]>,
+}
+
+const TAG_DATA_PUT: u8 = 1;
+const TAG_DATA_DELETE: u8 = 2;
+const TAG_META_PUT: u8 = 3;
+const TAG_META_DELETE: u8 = 4;
+
+impl Op<'_> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let tag = match (self.meta, self.value.is_some()) {
+            (false, true) => TAG_DATA_PUT,
+            (false, false) => TAG_DATA_DELETE,
+            (true, true) => TAG_META_PUT,
+            (true, false) => TAG_META_DELETE,
+        };
+        out.push(tag);
+        put_bytes(out, self.key);
+        if let Some(value) = self.value {
+            put_bytes(out, value);
+        }
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Keys and values are far below 4 GiB: the largest is a progress row.
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Decodes the ops of one frame or snapshot body; `None` if malformed.
+fn decode_ops(mut body: &[u8], mut each: impl FnMut(Op<'_>)) -> Option<()> {
+    fn bytes<'a>(body: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let (len, rest) = body.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let (bytes, rest) = rest.split_at_checked(len)?;
+        *body = rest;
+        Some(bytes)
+    }
+    while let Some((&tag, rest)) = body.split_first() {
+        body = rest;
+        let key = bytes(&mut body)?;
+        let op = match tag {
+            TAG_DATA_PUT | TAG_META_PUT => Op {
+                meta: tag == TAG_META_PUT,
+                key,
+                value: Some(bytes(&mut body)?),
+            },
+            TAG_DATA_DELETE | TAG_META_DELETE => Op {
+                meta: tag == TAG_META_DELETE,
+                key,
+                value: None,
+            },
+            _ => return None,
+        };
+        each(op);
+    }
+    Some(())
+}
+
+/// Frames a batch: `[body len u64][crc32 of body][body]`.
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 12);
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The whole frames at the start of `log`, and where they end.
+fn frames(log: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut bodies = Vec::new();
+    let mut at = 0;
+    while let Some(header) = log.get(at..at + 12) {
+        let len = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(header[8..].try_into().expect("4 bytes"));
+        let Some(body) = usize::try_from(len)
+            .ok()
+            .and_then(|len| log.get(at + 12..(at + 12).checked_add(len)?))
+        else {
+            break;
+        };
+        if crc32fast::hash(body) != crc || decode_ops(body, |_| {}).is_none() {
+            break;
+        }
+        bodies.push(body);
+        at += 12 + body.len();
+    }
+    (bodies, at)
 }
 
 impl StateStore {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir`: loads the snapshot and
+    /// replays the log after it. A torn last frame (a crash mid-commit) is
+    /// dropped: that commit never happened.
     ///
     /// # Errors
-    /// [`StateError`] if sled cannot open it (e.g. another process holds it).
+    /// [`StateError::Locked`] if another process has the store open,
+    /// [`StateError::Io`] on I/O failure, [`StateError::Corrupt`] if the
+    /// snapshot fails its checksum, [`StateError::Legacy`] for a store an
+    /// older Trellis wrote.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(|source| StateError::Sled {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        Ok(Self {
+        let io = |source| StateError::Io {
             path: dir.to_path_buf(),
-            db,
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StateError::Locked {
+                    path: dir.to_path_buf(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        if dir.join("conf").exists() && dir.join("db").exists() {
+            return Err(StateError::Legacy {
+                path: dir.to_path_buf(),
+            });
+        }
+        let mut maps = Maps::default();
+        let snapshot_len = match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+            Ok(bytes) => {
+                let body = bytes
+                    .strip_prefix(SNAPSHOT_MAGIC)
+                    .map(frames)
+                    .filter(|(bodies, end)| {
+                        bodies.len() == 1 && *end + SNAPSHOT_MAGIC.len() == bytes.len()
+                    })
+                    .ok_or_else(|| StateError::Corrupt {
+                        path: dir.to_path_buf(),
+                        what: "the snapshot fails its checksum (delete the directory to rebuild it by replay)"
+                            .into(),
+                    })?
+                    .0[0];
+                decode_ops(body, |op| maps.apply(op));
+                bytes.len() as u64
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io(e)),
+        };
+        let _ = std::fs::remove_file(dir.join(format!("{SNAPSHOT_FILE}.tmp")));
+        let log_path = dir.join(LOG_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&log_path)
+            .map_err(io)?;
+        let bytes = std::fs::read(&log_path).map_err(io)?;
+        let (bodies, end) = frames(&bytes);
+        for body in bodies {
+            decode_ops(body, |op| maps.apply(op));
+        }
+        if end < bytes.len() {
+            tracing::warn!(
+                store = %dir.display(),
+                dropped_bytes = bytes.len() - end,
+                "dropping a torn last commit (the process stopped mid-write); its inputs will be replayed"
+            );
+            file.set_len(end as u64).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                path: dir.to_path_buf(),
+                maps: RwLock::new(maps),
+                log: Mutex::new(Log {
+                    file,
+                    len: end as u64,
+                    snapshot_len,
+                    compact_min: COMPACT_MIN,
+                    synced: Instant::now(),
+                    poisoned: false,
+                }),
+                _lock: lock,
+            }),
         })
     }
 
-    fn err(&self, source: sled::Error) -> StateError {
-        StateError::Sled {
-            path: self.path.clone(),
+    fn io(&self, source: std::io::Error) -> StateError {
+        StateError::Io {
+            path: self.shared.path.clone(),
             source,
         }
     }
 
     fn corrupt(&self, what: &str) -> StateError {
         StateError::Corrupt {
-            path: self.path.clone(),
+            path: self.shared.path.clone(),
             what: what.to_string(),
         }
+    }
+
+    fn maps(&self) -> std::sync::RwLockReadGuard<'_, Maps> {
+        // A panic while the lock was held cannot leave the maps half
+        // changed: they are changed only after the log write, whole.
+        self.shared
+            .maps
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The Kafka cluster whose log this store was built from, if recorded.
     ///
     /// # Errors
-    /// [`StateError`] on read failure.
+    /// None today; kept for callers written against a fallible store.
     pub fn cluster_id(&self) -> Result<Option<String>, StateError> {
-        let key = [&[META][..], CLUSTER].concat();
         Ok(self
-            .db
-            .get(key)
-            .map_err(|e| self.err(e))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+            .maps()
+            .meta
+            .get(CLUSTER)
+            .map(|v| String::from_utf8_lossy(v).into_owned()))
     }
 
     /// Records the cluster whose log this store is built from.
@@ -163,34 +436,40 @@ impl StateStore {
     /// # Errors
     /// [`StateError`] on write failure.
     pub fn set_cluster_id(&self, id: &str) -> Result<(), StateError> {
-        let key = [&[META][..], CLUSTER].concat();
-        self.db
-            .insert(key, id.as_bytes())
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        self.append(
+            &[Op {
+                meta: true,
+                key: CLUSTER,
+                value: Some(id.as_bytes()),
+            }],
+            false,
+        )
     }
 
     /// Where the store lives.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
     /// The input positions the state includes.
     ///
     /// # Errors
-    /// [`StateError`] on read failure or a corrupt position entry.
+    /// [`StateError`] on a corrupt position entry.
     pub fn positions(&self) -> Result<Positions, StateError> {
-        let mut prefix = vec![META];
-        prefix.extend_from_slice(POSITION);
         let mut positions = Positions::new();
-        for entry in self.db.scan_prefix(&prefix) {
-            let (key, value) = entry.map_err(|e| self.err(e))?;
-            let rest = &key[prefix.len()..];
+        for (key, value) in self
+            .maps()
+            .meta
+            .range::<[u8], _>((Bound::Included(POSITION), Bound::Unbounded))
+        {
+            let Some(rest) = key.strip_prefix(POSITION) else {
+                break;
+            };
             let (topic, partition) = rest
                 .split_last_chunk::<4>()
                 .ok_or_else(|| self.corrupt("position key"))?;
             let offset: [u8; 8] = value
-                .as_ref()
+                .as_slice()
                 .try_into()
                 .map_err(|_| self.corrupt("position value"))?;
             positions.insert(
@@ -205,58 +484,52 @@ impl StateStore {
     }
 
     fn position_key(tp: &TopicPartition) -> Vec<u8> {
-        let mut key = Vec::with_capacity(1 + POSITION.len() + tp.topic.len() + 4);
-        key.push(META);
+        let mut key = Vec::with_capacity(POSITION.len() + tp.topic.len() + 4);
         key.extend_from_slice(POSITION);
         key.extend_from_slice(tp.topic.as_bytes());
         key.extend_from_slice(&tp.partition.to_be_bytes());
         key
     }
 
-    fn data_key(key: &[u8]) -> Vec<u8> {
-        let mut full = Vec::with_capacity(key.len() + 1);
-        full.push(DATA);
-        full.extend_from_slice(key);
-        full
-    }
-
     /// Reads a committed data value.
     ///
     /// # Errors
-    /// [`StateError`] on read failure.
-    pub fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StateError> {
-        self.db.get(Self::data_key(key)).map_err(|e| self.err(e))
+    /// None today; kept for callers written against a fallible store.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self.maps().data.get(key).cloned())
     }
 
-    /// Committed data entries whose key starts with `prefix`, in key order,
-    /// with the namespace byte stripped.
+    /// Committed data entries whose key starts with `prefix`, in key order.
     pub fn scan_prefix(
         &self,
         prefix: &[u8],
-    ) -> impl Iterator<Item = Result<(Vec<u8>, sled::IVec), StateError>> + '_ {
-        self.db
-            .scan_prefix(Self::data_key(prefix))
-            .map(move |entry| {
-                entry
-                    .map(|(k, v)| (k[1..].to_vec(), v))
-                    .map_err(|e| self.err(e))
-            })
+    ) -> impl Iterator<Item = Result<Entry, StateError>> + use<> {
+        let entries: Vec<Entry> = self
+            .maps()
+            .data
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        entries.into_iter().map(Ok)
     }
 
-    /// Committed data entries with keys in `start..end`, in key order, with
-    /// the namespace byte stripped.
+    /// Committed data entries with keys in `start..end`, in key order.
     pub fn range(
         &self,
         start: &[u8],
         end: &[u8],
-    ) -> impl Iterator<Item = Result<(Vec<u8>, sled::IVec), StateError>> + '_ {
-        self.db
-            .range(Self::data_key(start)..Self::data_key(end))
-            .map(move |entry| {
-                entry
-                    .map(|(k, v)| (k[1..].to_vec(), v))
-                    .map_err(|e| self.err(e))
-            })
+    ) -> impl Iterator<Item = Result<Entry, StateError>> + use<> {
+        let entries: Vec<Entry> = if start < end {
+            self.maps()
+                .data
+                .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        entries.into_iter().map(Ok)
     }
 
     /// Starts a set of changes that reads through to this store.
@@ -264,11 +537,12 @@ impl StateStore {
         StateTxn {
             store: self,
             changes: BTreeMap::new(),
+            compact: false,
         }
     }
 
-    /// Applies `txn`'s changes and the positions they include in one atomic
-    /// batch. Only the runtime commits: a processor sees the store through
+    /// Applies `txn`'s changes and the positions they include as one log
+    /// frame. Only the runtime commits: a processor sees the store through
     /// [`StateTxn`] and never decides what its state includes.
     ///
     /// # Errors
@@ -279,34 +553,134 @@ impl StateStore {
         txn: StateTxn<'_>,
         positions: &Positions,
     ) -> Result<(), StateError> {
-        for (tp, &to) in positions {
-            if let Some(old) = self
-                .db
-                .get(Self::position_key(tp))
-                .map_err(|e| self.err(e))?
-                && let Ok(bytes) = <[u8; 8]>::try_from(old.as_ref())
-                && i64::from_be_bytes(bytes) > to
-            {
-                return Err(StateError::PositionBackwards {
-                    path: self.path.clone(),
-                    partition: tp.clone(),
-                    from: i64::from_be_bytes(bytes),
-                    to,
+        let position_keys: Vec<(Vec<u8>, [u8; 8])> = {
+            let maps = self.maps();
+            let mut keys = Vec::with_capacity(positions.len());
+            for (tp, &to) in positions {
+                let key = Self::position_key(tp);
+                if let Some(old) = maps.meta.get(&key)
+                    && let Ok(bytes) = <[u8; 8]>::try_from(old.as_slice())
+                    && i64::from_be_bytes(bytes) > to
+                {
+                    return Err(StateError::PositionBackwards {
+                        path: self.shared.path.clone(),
+                        partition: tp.clone(),
+                        from: i64::from_be_bytes(bytes),
+                        to,
+                    });
+                }
+                keys.push((key, to.to_be_bytes()));
+            }
+            keys
+        };
+        let ops: Vec<Op<'_>> = txn
+            .changes
+            .iter()
+            .map(|(key, value)| Op {
+                meta: false,
+                key,
+                value: value.as_deref(),
+            })
+            .chain(position_keys.iter().map(|(key, offset)| Op {
+                meta: true,
+                key,
+                value: Some(offset),
+            }))
+            .collect();
+        self.append(&ops, txn.compact)
+    }
+
+    /// Appends `ops` as one frame, then applies them in memory; compacts
+    /// when the log has grown enough or `compact` asks for it.
+    fn append(&self, ops: &[Op<'_>], compact: bool) -> Result<(), StateError> {
+        let mut body = Vec::with_capacity(
+            ops.iter()
+                .map(|op| 9 + op.key.len() + op.value.map_or(0, <[u8]>::len))
+                .sum(),
+        );
+        for op in ops {
+            op.encode(&mut body);
+        }
+        let framed = frame(&body);
+        let mut log = self
+            .shared
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if log.poisoned {
+            return Err(self.io(std::io::Error::other(
+                "an earlier write failed and could not be undone; restart the processor",
+            )));
+        }
+        if let Err(e) = log.file.write_all(&framed) {
+            // Undo a partial frame so the next one follows whole frames.
+            let len = log.len;
+            if log.file.set_len(len).is_err() {
+                log.poisoned = true;
+            }
+            return Err(self.io(e));
+        }
+        log.len += framed.len() as u64;
+        {
+            let mut maps = self
+                .shared
+                .maps
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for op in ops {
+                maps.apply(Op {
+                    meta: op.meta,
+                    key: op.key,
+                    value: op.value,
                 });
             }
         }
-        let mut batch = sled::Batch::default();
-        for (key, change) in txn.changes {
-            let key = Self::data_key(&key);
-            match change {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
+        if compact || log.len > log.compact_min.max(2 * log.snapshot_len) {
+            self.compact(&mut log)?;
+        } else if log.synced.elapsed() >= SYNC_EVERY {
+            log.file.sync_data().map_err(|e| self.io(e))?;
+            log.synced = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Writes every entry to a new snapshot, then empties the log.
+    fn compact(&self, log: &mut Log) -> Result<(), StateError> {
+        let tmp = self.shared.path.join(format!("{SNAPSHOT_FILE}.tmp"));
+        let body = {
+            let maps = self.maps();
+            let mut body = Vec::new();
+            for (meta, map) in [(true, &maps.meta), (false, &maps.data)] {
+                for (key, value) in map {
+                    Op {
+                        meta,
+                        key,
+                        value: Some(value),
+                    }
+                    .encode(&mut body);
+                }
             }
+            body
+        };
+        let mut file = File::create(&tmp).map_err(|e| self.io(e))?;
+        file.write_all(SNAPSHOT_MAGIC)
+            .and_then(|()| file.write_all(&frame(&body)))
+            .and_then(|()| file.sync_all())
+            .map_err(|e| self.io(e))?;
+        std::fs::rename(&tmp, self.shared.path.join(SNAPSHOT_FILE)).map_err(|e| self.io(e))?;
+        File::open(&self.shared.path)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| self.io(e))?;
+        log.snapshot_len = (SNAPSHOT_MAGIC.len() + 12 + body.len()) as u64;
+        // Replaying the old log over the new snapshot would end at the
+        // snapshot's state (module docs), so a crash here loses nothing.
+        if let Err(e) = log.file.set_len(0).and_then(|()| log.file.sync_all()) {
+            log.poisoned = true;
+            return Err(self.io(e));
         }
-        for (tp, offset) in positions {
-            batch.insert(Self::position_key(tp), &offset.to_be_bytes());
-        }
-        self.db.apply_batch(batch).map_err(|e| self.err(e))
+        log.len = 0;
+        log.synced = Instant::now();
+        Ok(())
     }
 
     /// [`StateStore::commit`] for other crates' unit tests (feature
@@ -323,12 +697,19 @@ impl StateStore {
         self.commit(txn, positions)
     }
 
-    /// Forces written batches to disk (sled also does this every 500 ms).
+    /// Forces committed batches to disk (commits also do this every 500 ms).
     ///
     /// # Errors
     /// [`StateError`] on I/O failure.
     pub fn flush(&self) -> Result<(), StateError> {
-        self.db.flush().map(|_| ()).map_err(|e| self.err(e))
+        let mut log = self
+            .shared
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        log.file.sync_data().map_err(|e| self.io(e))?;
+        log.synced = Instant::now();
+        Ok(())
     }
 
     /// SHA-256 over every data entry (length-prefixed key and value) in key
@@ -336,22 +717,21 @@ impl StateStore {
     /// whatever batch boundaries built them.
     ///
     /// # Errors
-    /// [`StateError`] on read failure.
+    /// None today; kept for callers written against a fallible store.
     pub fn digest(&self) -> Result<StateDigest, StateError> {
         let mut hasher = Sha256::new();
-        for entry in self.db.scan_prefix([DATA]) {
-            let (key, value) = entry.map_err(|e| self.err(e))?;
+        for (key, value) in &self.maps().data {
             hasher.update((key.len() as u64).to_be_bytes());
-            hasher.update(&key);
+            hasher.update(key);
             hasher.update((value.len() as u64).to_be_bytes());
-            hasher.update(&value);
+            hasher.update(value);
         }
         Ok(StateDigest(hex::encode(hasher.finalize())))
     }
 
     /// Number of data entries.
     pub fn len(&self) -> usize {
-        self.db.scan_prefix([DATA]).count()
+        self.maps().data.len()
     }
 
     /// True when the store holds no data.
@@ -367,6 +747,9 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 pub struct StateTxn<'s> {
     store: &'s StateStore,
     changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Write a snapshot right after this commit (see
+    /// [`StateTxn::compact_after_commit`]).
+    compact: bool,
 }
 
 impl StateTxn<'_> {
@@ -378,8 +761,16 @@ impl StateTxn<'_> {
         match self.changes.get(key) {
             Some(Some(value)) => Ok(Some(Cow::Borrowed(value))),
             Some(None) => Ok(None),
-            None => Ok(self.store.get(key)?.map(|v| Cow::Owned(v.to_vec()))),
+            None => Ok(self.store.get(key)?.map(Cow::Owned)),
         }
+    }
+
+    /// Asks for a snapshot right after this transaction commits, so the
+    /// store's files stop holding what it deleted: an erasure's batch does
+    /// this (a deleted row otherwise stays in the log until the next
+    /// compaction).
+    pub fn compact_after_commit(&mut self) {
+        self.compact = true;
     }
 
     /// Writes `key`.
@@ -401,7 +792,7 @@ impl StateTxn<'_> {
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for entry in self.store.scan_prefix(prefix) {
             let (key, value) = entry?;
-            merged.insert(key, value.to_vec());
+            merged.insert(key, value);
         }
         for (key, change) in self
             .changes
@@ -429,7 +820,7 @@ impl StateTxn<'_> {
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for entry in self.store.range(start, end) {
             let (key, value) = entry?;
-            merged.insert(key, value.to_vec());
+            merged.insert(key, value);
         }
         for (key, change) in self.changes.range::<[u8], _>((
             std::ops::Bound::Included(start),
@@ -451,6 +842,23 @@ impl StateTxn<'_> {
     /// True when nothing is pending.
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
+    }
+}
+
+#[cfg(test)]
+impl StateStore {
+    /// Compacts once the log passes `bytes` (tests reach it quickly).
+    fn compact_past(&self, bytes: u64) {
+        self.shared.log.lock().unwrap().compact_min = bytes;
+    }
+
+    fn log_len(&self) -> u64 {
+        self.shared.log.lock().unwrap().len
+    }
+
+    fn compact_now(&self) {
+        let mut log = self.shared.log.lock().unwrap();
+        self.compact(&mut log).unwrap();
     }
 }
 
@@ -580,5 +988,194 @@ mod tests {
         let store = StateStore::open(dir.path()).unwrap();
         assert_eq!(store.cluster_id().unwrap().as_deref(), Some("cluster-a"));
         assert!(store.is_empty(), "metadata is not data");
+    }
+
+    fn commit_one(store: &StateStore, key: &[u8], value: Option<&[u8]>, offset: i64) {
+        let mut txn = store.begin();
+        match value {
+            Some(v) => txn.put(key.to_vec(), v.to_vec()),
+            None => txn.delete(key.to_vec()),
+        }
+        store
+            .commit(
+                txn,
+                &Positions::from([(TopicPartition::new("t", 0), offset)]),
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn a_torn_last_commit_is_dropped_whole_and_the_store_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(LOG_FILE);
+        let (before, whole) = {
+            let store = StateStore::open(dir.path()).unwrap();
+            commit_one(&store, b"a", Some(b"1"), 1);
+            let before = std::fs::metadata(&log).unwrap().len();
+            let mut txn = store.begin();
+            txn.put(b"a".to_vec(), b"2".to_vec());
+            txn.put(b"b".to_vec(), b"2".to_vec());
+            store
+                .commit(txn, &Positions::from([(TopicPartition::new("t", 0), 2)]))
+                .unwrap();
+            (before, std::fs::metadata(&log).unwrap().len())
+        };
+        // Every cut inside the second frame (a crash mid-write) leaves the
+        // first commit, data and position together, and nothing of the second.
+        for cut in [before + 1, before + 11, before + 12, whole - 1] {
+            let bytes = std::fs::read(&log).unwrap();
+            std::fs::write(&log, &bytes[..cut as usize]).unwrap();
+            let store = StateStore::open(dir.path()).unwrap();
+            assert_eq!(
+                store.get(b"a").unwrap().as_deref(),
+                Some(&b"1"[..]),
+                "cut {cut}"
+            );
+            assert_eq!(store.get(b"b").unwrap(), None, "cut {cut}");
+            assert_eq!(
+                store.positions().unwrap(),
+                Positions::from([(TopicPartition::new("t", 0), 1)])
+            );
+            assert_eq!(
+                std::fs::metadata(&log).unwrap().len(),
+                before,
+                "tail cut off"
+            );
+            // The next commit follows the whole frames and survives a reopen.
+            commit_one(&store, b"c", Some(b"3"), 3);
+            drop(store);
+            let store = StateStore::open(dir.path()).unwrap();
+            assert_eq!(store.get(b"c").unwrap().as_deref(), Some(&b"3"[..]));
+            drop(store);
+            // Restore the second commit for the next cut.
+            std::fs::write(&log, &bytes[..whole as usize]).unwrap();
+        }
+        // A flipped bit in a frame's body fails its checksum the same way.
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes[whole as usize - 1] ^= 1;
+        std::fs::write(&log, &bytes).unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn compaction_keeps_every_entry_and_survives_a_crash_before_the_log_is_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (digest, positions) = {
+            let store = StateStore::open(dir.path()).unwrap();
+            store.set_cluster_id("cluster-a").unwrap();
+            store.compact_past(4096);
+            for i in 0..2_000i64 {
+                let key = format!("k{}", i % 300);
+                let value = (i % 7 != 0).then(|| i.to_be_bytes());
+                commit_one(
+                    &store,
+                    key.as_bytes(),
+                    value.as_ref().map(|v| &v[..]),
+                    i + 1,
+                );
+            }
+            assert!(dir.path().join(SNAPSHOT_FILE).exists(), "compacted");
+            assert!(store.log_len() > 0, "commits since the last snapshot");
+            (store.digest().unwrap(), store.positions().unwrap())
+        };
+        let reopened = StateStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.digest().unwrap(), digest);
+        assert_eq!(reopened.positions().unwrap(), positions);
+        assert_eq!(reopened.cluster_id().unwrap().as_deref(), Some("cluster-a"));
+        // A crash after the new snapshot's rename, before the log was
+        // emptied: the old log replays over the snapshot that holds it.
+        let log = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
+        reopened.compact_now();
+        assert_eq!(reopened.log_len(), 0);
+        drop(reopened);
+        std::fs::write(dir.path().join(LOG_FILE), &log).unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.digest().unwrap(), digest);
+        assert_eq!(store.positions().unwrap(), positions);
+    }
+
+    #[test]
+    fn one_process_at_a_time_and_old_or_damaged_stores_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let err = StateStore::open(dir.path()).err().unwrap();
+        assert!(matches!(err, StateError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("in use by another process"));
+        drop(store);
+
+        let legacy = tempfile::tempdir().unwrap();
+        std::fs::write(legacy.path().join("conf"), b"segment_size: 524288").unwrap();
+        std::fs::write(legacy.path().join("db"), b"").unwrap();
+        let err = StateStore::open(legacy.path()).err().unwrap();
+        assert!(matches!(err, StateError::Legacy { .. }), "{err}");
+        assert!(err.to_string().contains("rebuilds its state by replaying"));
+
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            store.compact_past(0);
+            commit_one(&store, b"a", Some(b"1"), 1);
+        }
+        let snapshot = dir.path().join(SNAPSHOT_FILE);
+        let mut bytes = std::fs::read(&snapshot).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&snapshot, &bytes).unwrap();
+        let err = StateStore::open(dir.path()).err().unwrap();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("snapshot fails its checksum"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever the commits, compactions and reopens, the store reads
+        /// back what a plain map given the same changes holds.
+        #[test]
+        fn the_store_agrees_with_a_map_through_compactions_and_reopens(
+            batches in proptest::collection::vec(
+                (
+                    proptest::collection::vec((0u8..40, proptest::option::of(0u16..1000)), 0..12),
+                    proptest::bool::weighted(0.15),
+                ),
+                1..40,
+            ),
+            compact_past in 0u64..2_000,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            let mut store = StateStore::open(dir.path()).unwrap();
+            store.compact_past(compact_past);
+            for (offset, (changes, reopen)) in batches.into_iter().enumerate() {
+                let mut txn = store.begin();
+                for (key, value) in changes {
+                    let key = vec![b'k', key];
+                    match value {
+                        Some(v) => {
+                            txn.put(key.clone(), v.to_be_bytes().to_vec());
+                            model.insert(key, v.to_be_bytes().to_vec());
+                        }
+                        None => {
+                            txn.delete(key.clone());
+                            model.remove(&key);
+                        }
+                    }
+                }
+                store
+                    .commit(txn, &Positions::from([(TopicPartition::new("t", 0), offset as i64)]))
+                    .unwrap();
+                if reopen {
+                    drop(store);
+                    store = StateStore::open(dir.path()).unwrap();
+                    store.compact_past(compact_past);
+                    proptest::prop_assert_eq!(
+                        store.positions().unwrap(),
+                        Positions::from([(TopicPartition::new("t", 0), offset as i64)])
+                    );
+                }
+                let held: Vec<Entry> = store.scan_prefix(b"k").map(Result::unwrap).collect();
+                let expected: Vec<Entry> = model.clone().into_iter().collect();
+                proptest::prop_assert_eq!(held, expected);
+            }
+        }
     }
 }
