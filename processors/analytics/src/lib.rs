@@ -632,6 +632,9 @@ impl Analytics {
         aggregate: &Aggregate,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
+        if out.discards() {
+            return Ok(());
+        }
         let id = format!(
             "{}/{}/{}/{}/{}/r{}",
             cell.tenant,

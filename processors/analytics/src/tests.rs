@@ -4,7 +4,7 @@ use apache_avro::Schema;
 use trellis_records::{
     Aggregate, ParticipantAck, ProtectedEvent, ProtectedResult, Sealed, schema_text,
 };
-use trellis_runtime::pipeline::{OwnedRecord, run_offline};
+use trellis_runtime::pipeline::{OwnedRecord, replay_offline, run_offline};
 use trellis_runtime::schema::{AvroDecoder, registry_settings};
 use trellis_runtime::state::StateStore;
 
@@ -492,6 +492,24 @@ fn partition_interleaving_changes_neither_state_nor_outputs() {
             other.cells(AGGREGATES_TOPIC)
         );
     }
+
+    // A replay (outputs dropped, so none built) builds the same store.
+    let dir = tempfile::tempdir().unwrap();
+    let replayed = StateStore::open(dir.path()).unwrap();
+    let offline = replay_offline(
+        NAME,
+        &mut analytics(&settings, 4),
+        &replayed,
+        &decoder(),
+        &records(&events),
+        7,
+    )
+    .unwrap();
+    assert!(offline.outputs.is_empty(), "a replay publishes nothing");
+    assert_eq!(
+        interleaved.store.digest().unwrap(),
+        replayed.digest().unwrap()
+    );
 }
 
 #[test]

@@ -273,8 +273,9 @@ fn analytics_settings() -> trellis_analytics::Settings {
 }
 
 /// Reads all of `protected` into memory, then times `name` (`progress` or
-/// `analytics`) rebuilding a fresh store from it on this thread: the
-/// rebuild speed per core, broker excluded.
+/// `analytics`) rebuilding a fresh store from it on this thread, dropping
+/// outputs as the runtime's replay does: the rebuild speed per core, broker
+/// excluded.
 ///
 /// # Errors
 /// Broker, registry or processing failures, as text.
@@ -284,7 +285,7 @@ pub async fn rebuild(
     topology: &std::path::Path,
     name: &str,
 ) -> Result<Timing, String> {
-    use trellis_runtime::pipeline::{OwnedRecord, Processor, run_offline};
+    use trellis_runtime::pipeline::{OwnedRecord, Processor, replay_offline};
     use trellis_runtime::schema::{AvroDecoder, AvroEncoder, SchemaFile, registry_settings};
     use trellis_runtime::state::StateStore;
 
@@ -325,7 +326,7 @@ pub async fn rebuild(
         records: &[OwnedRecord],
     ) -> Result<Timing, String> {
         let started = Instant::now();
-        run_offline(
+        replay_offline(
             name,
             &mut processor,
             store,

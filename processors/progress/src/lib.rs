@@ -548,35 +548,18 @@ impl Progress {
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
         let key = row_key(tenant, learner, activity);
-        let record_key = format!("{tenant}|{learner}|{activity}").into_bytes();
         let course_id = row.course_id.clone();
-        let value = match &derived {
-            Some(d) => Some(Self::encode(
-                &self.encoders.progress,
-                &LearnerProgress {
-                    tenant_id: tenant.to_string(),
-                    learner: learner.to_string(),
-                    activity_id: activity.to_string(),
-                    course_id: course_id.clone(),
-                    attempts: d.attempts,
-                    best_score_scaled: d.best_score,
-                    last_score_scaled: d.last_score,
-                    success: d.success,
-                    completion: d.status.as_str().to_string(),
-                    first_activity_at: d.first_at,
-                    last_activity_at: d.last_at,
-                    evidence: d.evidence.clone(),
-                },
-            )?),
-            None => None,
-        };
-        out.emit(OutputRecord {
-            topic: self.topics.progress.clone(),
-            key: record_key,
-            value,
-            id: format!("{tenant}/{cause}/{activity}"),
-            tenant: Some(tenant.to_string()),
-        });
+        if !out.discards() {
+            self.emit_progress(
+                tenant,
+                learner,
+                activity,
+                &course_id,
+                derived.as_ref(),
+                cause,
+                out,
+            )?;
+        }
         let gone = derived.is_none();
         let (completed, passed) = derived.map(|d| (d.completed, d.passed)).unwrap_or_default();
         for (kind, slot, proof) in [
@@ -627,6 +610,49 @@ impl Progress {
         Ok(())
     }
 
+    /// Emits the row's `progress` record (a tombstone when `derived` is
+    /// `None`).
+    #[allow(clippy::too_many_arguments)]
+    fn emit_progress(
+        &self,
+        tenant: &str,
+        learner: &str,
+        activity: &str,
+        course_id: &Option<String>,
+        derived: Option<&Derived>,
+        cause: &str,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        let value = match derived {
+            Some(d) => Some(Self::encode(
+                &self.encoders.progress,
+                &LearnerProgress {
+                    tenant_id: tenant.to_string(),
+                    learner: learner.to_string(),
+                    activity_id: activity.to_string(),
+                    course_id: course_id.clone(),
+                    attempts: d.attempts,
+                    best_score_scaled: d.best_score,
+                    last_score_scaled: d.last_score,
+                    success: d.success,
+                    completion: d.status.as_str().to_string(),
+                    first_activity_at: d.first_at,
+                    last_activity_at: d.last_at,
+                    evidence: d.evidence.clone(),
+                },
+            )?),
+            None => None,
+        };
+        out.emit(OutputRecord {
+            topic: self.topics.progress.clone(),
+            key: format!("{tenant}|{learner}|{activity}").into_bytes(),
+            value,
+            id: format!("{tenant}/{cause}/{activity}"),
+            tenant: Some(tenant.to_string()),
+        });
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn completion(
         &self,
@@ -640,6 +666,9 @@ impl Progress {
         evidence: Vec<String>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
+        if out.discards() {
+            return Ok(());
+        }
         let record = Completion {
             completion_id: id.clone(),
             tenant_id: tenant.to_string(),

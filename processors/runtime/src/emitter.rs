@@ -31,6 +31,8 @@ pub struct Emitter {
     pub(crate) timestamps: Vec<Option<i64>>,
     pub(crate) dead: Vec<DeadLetter>,
     pub(crate) duplicates: u64,
+    /// Replaying: what is emitted is dropped (see [`Emitter::discards`]).
+    discard: bool,
 }
 
 impl Emitter {
@@ -42,11 +44,29 @@ impl Emitter {
             timestamps: Vec::new(),
             dead: Vec::new(),
             duplicates: 0,
+            discard: false,
         }
+    }
+
+    /// True while the runtime replays inputs the state lacks but whose
+    /// outputs were already published (a rebuild, a restart with a lost
+    /// store): records emitted now are dropped, so a processor may skip
+    /// building them. Nothing a processor keeps may depend on it: a
+    /// replayed store must equal a live one (the rebuild digest tests).
+    pub fn discards(&self) -> bool {
+        self.discard
+    }
+
+    /// Sets [`Emitter::discards`].
+    pub(crate) fn set_discard(&mut self, discard: bool) {
+        self.discard = discard;
     }
 
     /// Emits an output record.
     pub fn emit(&mut self, record: OutputRecord) {
+        if self.discard {
+            return;
+        }
         self.records.push(record);
         self.timestamps.push(None);
     }
@@ -55,6 +75,9 @@ impl Emitter {
     /// timestamp of the record being processed: for outputs emitted by
     /// [`crate::Processor::flush`], which answer an input of the batch.
     pub fn emit_at(&mut self, record: OutputRecord, timestamp_ms: Option<i64>) {
+        if self.discard {
+            return;
+        }
         self.records.push(record);
         self.timestamps.push(timestamp_ms);
     }

@@ -36,9 +36,39 @@ pub fn run_offline<P: Processor>(
     records: &[OwnedRecord],
     batch: usize,
 ) -> Result<Offline, ProcessError> {
+    run(name, processor, store, decoder, records, batch, false)
+}
+
+/// [`run_offline`] as the runtime replays: what the processor emits is
+/// dropped ([`Emitter::discards`]), so only its state is built. This is
+/// what a rebuild costs; the result holds dead letters and duplicates only.
+///
+/// # Errors
+/// [`ProcessError`] as the live loop would stop on.
+pub fn replay_offline<P: Processor>(
+    name: &'static str,
+    processor: &mut P,
+    store: &StateStore,
+    decoder: &AvroDecoder,
+    records: &[OwnedRecord],
+    batch: usize,
+) -> Result<Offline, ProcessError> {
+    run(name, processor, store, decoder, records, batch, true)
+}
+
+fn run<P: Processor>(
+    name: &'static str,
+    processor: &mut P,
+    store: &StateStore,
+    decoder: &AvroDecoder,
+    records: &[OwnedRecord],
+    batch: usize,
+    discard: bool,
+) -> Result<Offline, ProcessError> {
     processor.restore(store)?;
     let mut result = Offline::default();
     let mut emitter = Emitter::new(name);
+    emitter.set_discard(discard);
     for chunk in records.chunks(batch.max(1)) {
         let mut txn = store.begin();
         let mut positions = Positions::new();

@@ -78,7 +78,7 @@ use trellis_records::{DLQ_TOPIC, DeadLetter};
 
 pub use crate::emitter::{Emitter, OutputRecord};
 pub use crate::error::{Exit, Failure, ProcessError, RunError, StartError};
-pub use crate::offline::{Offline, run_offline};
+pub use crate::offline::{Offline, replay_offline, run_offline};
 pub use crate::processor::{Input, Processor};
 pub use crate::record::{InputRecord, OwnedRecord};
 
@@ -695,6 +695,7 @@ impl Runtime {
         records_in[index].inc();
         let record = InputRecord::from_kafka(message);
         emitter.clear();
+        emitter.set_discard(replaying);
         match apply(processor, &self.decoder, &record, &mut batch.txn, emitter) {
             Ok(()) => {}
             Err(Halt::Process(e)) => return Err(e.into()),

@@ -269,25 +269,33 @@ fn decode_ops(mut body: &[u8], mut each: impl FnMut(Op<'_>)) -> Option<()> {
     Some(())
 }
 
-/// Frames a batch: `[body len u64][crc32 of body][body]`.
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 12);
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-    out.extend_from_slice(body);
+/// A frame is `[body len u64][crc32 of body][body]`: a buffer begun here
+/// has room for the header, ops are encoded after it, and
+/// [`frame_finish`] fills the header in.
+fn frame_start(body_capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_HEADER + body_capacity);
+    out.resize(FRAME_HEADER, 0);
     out
 }
+
+fn frame_finish(frame: &mut [u8]) {
+    let (header, body) = frame.split_at_mut(FRAME_HEADER);
+    header[..8].copy_from_slice(&(body.len() as u64).to_le_bytes());
+    header[8..].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
+}
+
+const FRAME_HEADER: usize = 12;
 
 /// The whole frames at the start of `log`, and where they end.
 fn frames(log: &[u8]) -> (Vec<&[u8]>, usize) {
     let mut bodies = Vec::new();
     let mut at = 0;
-    while let Some(header) = log.get(at..at + 12) {
+    while let Some(header) = log.get(at..at + FRAME_HEADER) {
         let len = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
         let crc = u32::from_le_bytes(header[8..].try_into().expect("4 bytes"));
         let Some(body) = usize::try_from(len)
             .ok()
-            .and_then(|len| log.get(at + 12..(at + 12).checked_add(len)?))
+            .and_then(|len| log.get(at + FRAME_HEADER..(at + FRAME_HEADER).checked_add(len)?))
         else {
             break;
         };
@@ -295,7 +303,7 @@ fn frames(log: &[u8]) -> (Vec<&[u8]>, usize) {
             break;
         }
         bodies.push(body);
-        at += 12 + body.len();
+        at += FRAME_HEADER + body.len();
     }
     (bodies, at)
 }
@@ -436,14 +444,16 @@ impl StateStore {
     /// # Errors
     /// [`StateError`] on write failure.
     pub fn set_cluster_id(&self, id: &str) -> Result<(), StateError> {
-        self.append(
-            &[Op {
-                meta: true,
-                key: CLUSTER,
-                value: Some(id.as_bytes()),
-            }],
-            false,
-        )
+        let mut body = frame_start(64);
+        Op {
+            meta: true,
+            key: CLUSTER,
+            value: Some(id.as_bytes()),
+        }
+        .encode(&mut body);
+        self.append(body, false, |maps| {
+            maps.meta.insert(CLUSTER.to_vec(), id.as_bytes().to_vec());
+        })
     }
 
     /// Where the store lives.
@@ -573,35 +583,53 @@ impl StateStore {
             }
             keys
         };
-        let ops: Vec<Op<'_>> = txn
-            .changes
-            .iter()
-            .map(|(key, value)| Op {
+        let mut body = frame_start(
+            txn.changes
+                .iter()
+                .map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum::<usize>()
+                + position_keys.len() * 64,
+        );
+        for (key, value) in &txn.changes {
+            Op {
                 meta: false,
                 key,
                 value: value.as_deref(),
-            })
-            .chain(position_keys.iter().map(|(key, offset)| Op {
+            }
+            .encode(&mut body);
+        }
+        for (key, offset) in &position_keys {
+            Op {
                 meta: true,
                 key,
                 value: Some(offset),
-            }))
-            .collect();
-        self.append(&ops, txn.compact)
+            }
+            .encode(&mut body);
+        }
+        // The maps take the transaction's keys and values as they are.
+        self.append(body, txn.compact, |maps| {
+            for (key, value) in txn.changes {
+                match value {
+                    Some(value) => maps.data.insert(key, value),
+                    None => maps.data.remove(&key),
+                };
+            }
+            for (key, offset) in position_keys {
+                maps.meta.insert(key, offset.to_vec());
+            }
+        })
     }
 
-    /// Appends `ops` as one frame, then applies them in memory; compacts
-    /// when the log has grown enough or `compact` asks for it.
-    fn append(&self, ops: &[Op<'_>], compact: bool) -> Result<(), StateError> {
-        let mut body = Vec::with_capacity(
-            ops.iter()
-                .map(|op| 9 + op.key.len() + op.value.map_or(0, <[u8]>::len))
-                .sum(),
-        );
-        for op in ops {
-            op.encode(&mut body);
-        }
-        let framed = frame(&body);
+    /// Appends `framed` (a [`frame_start`] buffer of encoded ops) as one
+    /// frame, then applies the same changes in memory with `apply`;
+    /// compacts when the log has grown enough or `compact` asks for it.
+    fn append(
+        &self,
+        mut framed: Vec<u8>,
+        compact: bool,
+        apply: impl FnOnce(&mut Maps),
+    ) -> Result<(), StateError> {
+        frame_finish(&mut framed);
         let mut log = self
             .shared
             .log
@@ -621,20 +649,13 @@ impl StateStore {
             return Err(self.io(e));
         }
         log.len += framed.len() as u64;
-        {
-            let mut maps = self
+        apply(
+            &mut self
                 .shared
                 .maps
                 .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for op in ops {
-                maps.apply(Op {
-                    meta: op.meta,
-                    key: op.key,
-                    value: op.value,
-                });
-            }
-        }
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         if compact || log.len > log.compact_min.max(2 * log.snapshot_len) {
             self.compact(&mut log)?;
         } else if log.synced.elapsed() >= SYNC_EVERY {
@@ -649,7 +670,7 @@ impl StateStore {
         let tmp = self.shared.path.join(format!("{SNAPSHOT_FILE}.tmp"));
         let body = {
             let maps = self.maps();
-            let mut body = Vec::new();
+            let mut body = frame_start(0);
             for (meta, map) in [(true, &maps.meta), (false, &maps.data)] {
                 for (key, value) in map {
                     Op {
@@ -660,18 +681,19 @@ impl StateStore {
                     .encode(&mut body);
                 }
             }
+            frame_finish(&mut body);
             body
         };
         let mut file = File::create(&tmp).map_err(|e| self.io(e))?;
         file.write_all(SNAPSHOT_MAGIC)
-            .and_then(|()| file.write_all(&frame(&body)))
+            .and_then(|()| file.write_all(&body))
             .and_then(|()| file.sync_all())
             .map_err(|e| self.io(e))?;
         std::fs::rename(&tmp, self.shared.path.join(SNAPSHOT_FILE)).map_err(|e| self.io(e))?;
         File::open(&self.shared.path)
             .and_then(|dir| dir.sync_all())
             .map_err(|e| self.io(e))?;
-        log.snapshot_len = (SNAPSHOT_MAGIC.len() + 12 + body.len()) as u64;
+        log.snapshot_len = (SNAPSHOT_MAGIC.len() + body.len()) as u64;
         // Replaying the old log over the new snapshot would end at the
         // snapshot's state (module docs), so a crash here loses nothing.
         if let Err(e) = log.file.set_len(0).and_then(|()| log.file.sync_all()) {
