@@ -340,6 +340,7 @@ pub async fn rebuild(
             elapsed: started.elapsed(),
         })
     }
+    let resident_before = resident_bytes();
     let timing = if name == "progress" {
         let progress = trellis_progress::Progress::new(
             &trellis_progress::Settings::default(),
@@ -375,8 +376,24 @@ pub async fn rebuild(
             &records,
         )
     };
+    // What holding the state in memory costs (the records were read
+    // before; the growth is the state and the allocator's share).
+    if let (Some(before), Some(after)) = (resident_before, resident_bytes()) {
+        println!(
+            "state after the rebuild: {} entries, {:.0} MiB more resident",
+            store.len(),
+            after.saturating_sub(before) as f64 / (1 << 20) as f64
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
     timing
+}
+
+/// This process's resident memory (Linux `/proc/self/statm`, 4 KiB pages).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 fn throwaway_secrets(
