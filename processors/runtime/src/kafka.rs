@@ -284,11 +284,13 @@ impl TopicScan {
     /// nothing more arrives for a short settle time. Tansu's memory storage
     /// reports the last *batch's base* offset + 1 as the high watermark (see
     /// INFRA.md), so reaching it is never taken as the end on its own: a batch
-    /// arrives whole, and the settle time drains it. A partition that never
-    /// reaches its watermark (one ending in transaction markers, or one whose
-    /// watermark could not be read) ends after `idle` without records. A
-    /// slow broker therefore cannot cut a read short: until every partition
-    /// is reached, only `idle` of silence ends it.
+    /// arrives whole, and the settle time drains it (a fixed time, so a topic
+    /// written meanwhile cannot keep the scan going). A partition ending in
+    /// transaction markers counts as reached when its fetch position passes
+    /// the watermark; one whose watermark could not be read ends after
+    /// `idle` without records. A slow broker therefore cannot cut a read
+    /// short: until every partition is reached, only `idle` of silence ends
+    /// it.
     ///
     /// # Errors
     /// [`KafkaError`] if a fetch fails.
@@ -301,10 +303,20 @@ impl TopicScan {
         use rdkafka::Message;
         let settle = idle.min(SCAN_SETTLE);
         let mut last = std::time::Instant::now();
+        // Once every partition is reached: a fixed end, so a topic still
+        // being written cannot keep the scan going.
+        let mut settled_at = None;
         let mut seen = 0;
         loop {
-            let quiet = if self.behind.is_empty() { settle } else { idle };
-            if last.elapsed() >= quiet || done() {
+            if done() {
+                break;
+            }
+            if self.behind.is_empty() {
+                let end = *settled_at.get_or_insert_with(|| std::time::Instant::now() + settle);
+                if std::time::Instant::now() >= end {
+                    break;
+                }
+            } else if last.elapsed() >= idle {
                 break;
             }
             match self.consumer.poll(Duration::from_millis(20)) {
@@ -321,10 +333,30 @@ impl TopicScan {
                     seen += 1;
                 }
                 Some(Err(e)) => return Err(e.into()),
+                // A partition ending in transaction markers has no record at
+                // its watermark: its fetch position passing it says the same.
+                None if !self.behind.is_empty() => self.reached_by_position(),
                 None => {}
             }
         }
         Ok(seen)
+    }
+
+    fn reached_by_position(&mut self) {
+        use rdkafka::Offset;
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        for elem in positions.elements() {
+            if let Offset::Offset(at) = elem.offset()
+                && self
+                    .behind
+                    .get(&elem.partition())
+                    .is_some_and(|high| at >= *high)
+            {
+                self.behind.remove(&elem.partition());
+            }
+        }
     }
 }
 
