@@ -549,17 +549,15 @@ impl Progress {
     ) -> Result<(), ProcessError> {
         let key = row_key(tenant, learner, activity);
         let course_id = row.course_id.clone();
-        if !out.discards() {
-            self.emit_progress(
-                tenant,
-                learner,
-                activity,
-                &course_id,
-                derived.as_ref(),
-                cause,
-                out,
-            )?;
-        }
+        self.emit_progress(
+            tenant,
+            learner,
+            activity,
+            &course_id,
+            derived.as_ref(),
+            cause,
+            out,
+        )?;
         let gone = derived.is_none();
         let (completed, passed) = derived.map(|d| (d.completed, d.passed)).unwrap_or_default();
         for (kind, slot, proof) in [
@@ -611,7 +609,7 @@ impl Progress {
     }
 
     /// Emits the row's `progress` record (a tombstone when `derived` is
-    /// `None`).
+    /// `None`), unless a replay drops it anyway.
     #[allow(clippy::too_many_arguments)]
     fn emit_progress(
         &self,
@@ -623,6 +621,9 @@ impl Progress {
         cause: &str,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
+        if out.discards() {
+            return Ok(());
+        }
         let value = match derived {
             Some(d) => Some(Self::encode(
                 &self.encoders.progress,

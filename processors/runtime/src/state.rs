@@ -360,13 +360,15 @@ fn frame_finish(frame: &mut [u8]) {
 
 const FRAME_HEADER: usize = 12;
 
-/// The frame at the start of `bytes`, if whole and intact: its body.
+/// The frame at the start of `bytes`, if whole and its checksum holds: its
+/// body. (Its ops are decoded once, as they are applied: a body that passes
+/// its checksum and does not decode was written wrong, not torn.)
 fn frame_at(bytes: &[u8]) -> Option<&[u8]> {
     let header = bytes.get(..FRAME_HEADER)?;
     let len = usize::try_from(u64::from_le_bytes(header[..8].try_into().ok()?)).ok()?;
     let crc = u32::from_le_bytes(header[8..].try_into().ok()?);
     let body = bytes.get(FRAME_HEADER..FRAME_HEADER.checked_add(len)?)?;
-    (crc32fast::hash(body) == crc && decode_ops(body, |_| {}).is_some()).then_some(body)
+    (crc32fast::hash(body) == crc).then_some(body)
 }
 
 /// The whole frames at the start of `log`, and where they end. Commits
@@ -398,6 +400,12 @@ impl StateStore {
         let io = |source| StateError::Io {
             path: dir.to_path_buf(),
             source,
+        };
+        let undecodable = |what: &str| StateError::Corrupt {
+            path: dir.to_path_buf(),
+            what: format!(
+                "{what} passes its checksum but does not decode (delete the directory to rebuild it by replay)"
+            ),
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         let lock = OpenOptions::new()
@@ -433,7 +441,7 @@ impl StateStore {
                         what: "the snapshot fails its checksum (delete the directory to rebuild it by replay)"
                             .into(),
                     })?;
-                decode_ops(body, |op| maps.apply(op));
+                decode_ops(body, |op| maps.apply(op)).ok_or_else(|| undecodable("the snapshot"))?;
                 bytes.len() as u64
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
@@ -450,7 +458,7 @@ impl StateStore {
         let bytes = std::fs::read(&log_path).map_err(io)?;
         let (bodies, end) = frames(&bytes);
         for body in bodies {
-            decode_ops(body, |op| maps.apply(op));
+            decode_ops(body, |op| maps.apply(op)).ok_or_else(|| undecodable("a log frame"))?;
         }
         if end < bytes.len() {
             tracing::warn!(
@@ -527,16 +535,14 @@ impl StateStore {
     /// # Errors
     /// [`StateError`] on write failure.
     pub fn set_cluster_id(&self, id: &str) -> Result<(), StateError> {
-        let mut body = frame_start(64);
-        Op {
+        let op = Op {
             meta: true,
             key: CLUSTER,
             value: Some(id.as_bytes()),
-        }
-        .encode(&mut body);
-        self.append(&mut self.log(), body, false, |maps| {
-            maps.meta.insert(CLUSTER.to_vec(), id.as_bytes().to_vec());
-        })
+        };
+        let mut body = frame_start(64);
+        op.encode(&mut body);
+        self.append(&mut self.log(), body, false, |maps| maps.apply(op))
     }
 
     /// Where the store lives.
@@ -1320,6 +1326,27 @@ mod tests {
         let store = StateStore::open(dir.path()).unwrap();
         assert_eq!(std::fs::metadata(&log).unwrap().len(), good as u64);
         assert_eq!(store.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn a_frame_that_passes_its_checksum_but_does_not_decode_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            commit_one(&store, b"a", Some(b"1"), 1);
+        }
+        // Written wrong, not torn: dropping it and what follows would lose
+        // commits silently.
+        let mut frame = frame_start(1);
+        frame.push(0xee);
+        frame_finish(&mut frame);
+        let log = dir.path().join(LOG_FILE);
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes.extend_from_slice(&frame);
+        std::fs::write(&log, &bytes).unwrap();
+        let err = StateStore::open(dir.path()).err().unwrap();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("does not decode"), "{err}");
     }
 
     #[test]
