@@ -24,6 +24,7 @@
 pub mod apikeys;
 pub mod dedup;
 pub mod http;
+pub mod json;
 pub mod validate;
 pub mod xapi;
 

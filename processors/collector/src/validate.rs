@@ -9,11 +9,12 @@
 
 use std::fmt;
 
-use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use trellis_records::{Actor, CollectedEvent, StatementResult};
 use uuid::Uuid;
+
+use crate::json::{Json, Object, Props};
 
 /// Why an input was rejected: the `reason` of its dead letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -208,13 +209,13 @@ pub fn validate(
             format!("not valid JSON: not UTF-8 at byte {}", e.valid_up_to()),
         )
     })?;
-    let json: Value = serde_json::from_str(text).map_err(|e| {
+    let json = crate::json::parse(text).map_err(|e| {
         reject(
             Reason::MalformedJson,
             format!("not valid JSON: {}", e.classify_detail()),
         )
     })?;
-    let Value::Object(object) = json else {
+    let Json::Object(object) = json else {
         return Err(reject(
             Reason::NotAnObject,
             "the event must be a JSON object",
@@ -259,12 +260,12 @@ impl ClassifyDetail for serde_json::Error {
 }
 
 fn tenant(
-    object: &Map<String, Value>,
+    object: &Object<'_>,
     header: Option<&str>,
     format: IngestFormat,
 ) -> Result<String, Rejection> {
-    let body = match (format, object.get("tenant_id")) {
-        (IngestFormat::Events, Some(Value::String(t))) => Some(t.as_str()),
+    let body = match (format, object.prop("tenant_id")) {
+        (IngestFormat::Events, Some(Json::Str(t))) => Some(t.as_ref()),
         (IngestFormat::Events, Some(_)) => {
             return Err(reject(
                 Reason::InvalidTenant,
@@ -321,13 +322,13 @@ fn check_time(occurred_at: i64, received_at: i64, limits: &Limits) -> Result<(),
 
 /// Reads a field as an optional string.
 pub(crate) fn opt_str(
-    object: &Map<String, Value>,
+    object: &Object<'_>,
     field: &str,
     path: &str,
 ) -> Result<Option<String>, Rejection> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
+    match object.prop(field) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Str(s)) => Ok(Some(s.to_string())),
         Some(_) => Err(reject(
             Reason::InvalidField,
             format!("field `{path}` must be a string"),
@@ -336,11 +337,7 @@ pub(crate) fn opt_str(
 }
 
 /// Reads a required string field.
-pub(crate) fn req_str(
-    object: &Map<String, Value>,
-    field: &str,
-    path: &str,
-) -> Result<String, Rejection> {
+pub(crate) fn req_str(object: &Object<'_>, field: &str, path: &str) -> Result<String, Rejection> {
     opt_str(object, field, path)?
         .filter(|s| !s.is_empty())
         .ok_or_else(|| reject(Reason::MissingField, format!("field `{path}` is required")))
@@ -431,7 +428,7 @@ pub(crate) fn is_iri(text: &str) -> bool {
 
 /// A Trellis JSON event (Moodle-style log or app event).
 fn event(
-    object: &Map<String, Value>,
+    object: &Object<'_>,
     payload: String,
     tenant: &str,
     envelope: Envelope<'_>,
@@ -449,15 +446,15 @@ fn event(
         ));
     }
     let source = req_str(object, "source", "source")?;
-    let occurred_at = match object.get("occurred_at") {
-        Some(Value::String(s)) => parse_time(s, "occurred_at")?,
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| {
+    let occurred_at = match object.prop("occurred_at") {
+        Some(Json::Str(s)) => parse_time(s, "occurred_at")?,
+        Some(Json::Number(n)) => n.as_i64().ok_or_else(|| {
             reject(
                 Reason::InvalidField,
                 "field `occurred_at` must be ms since the epoch or RFC 3339",
             )
         })?,
-        None | Some(Value::Null) => {
+        None | Some(Json::Null) => {
             return Err(reject(
                 Reason::MissingField,
                 "field `occurred_at` is required",
@@ -470,9 +467,9 @@ fn event(
             ));
         }
     };
-    let actor = match object.get("actor") {
-        Some(Value::Object(a)) => a,
-        None | Some(Value::Null) => {
+    let actor = match object.prop("actor") {
+        Some(Json::Object(a)) => a,
+        None | Some(Json::Null) => {
             return Err(reject(Reason::MissingField, "field `actor` is required"));
         }
         Some(_) => {
@@ -482,8 +479,9 @@ fn event(
             ));
         }
     };
-    let user_id = match actor.get("user_id") {
-        Some(Value::Number(n)) => Some(n.to_string()),
+    let user_id = match actor.prop("user_id") {
+        // serde_json's rendering of a number, as before the tree was borrowed.
+        Some(Json::Number(n)) => Some(serde_json::Number::from(*n).to_string()),
         _ => opt_str(actor, "user_id", "actor.user_id")?,
     };
     let email = opt_str(actor, "email", "actor.email")?;
@@ -505,9 +503,9 @@ fn event(
             ));
         }
     };
-    let result = match object.get("result") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(r)) => Some(crate::xapi::result(r)?),
+    let result = match object.prop("result") {
+        None | Some(Json::Null) => None,
+        Some(Json::Object(r)) => Some(crate::xapi::result(r)?),
         Some(_) => {
             return Err(reject(
                 Reason::InvalidField,

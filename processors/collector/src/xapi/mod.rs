@@ -4,10 +4,10 @@
 
 pub(crate) mod rules;
 
-use serde_json::{Map, Value};
 use trellis_records::{Actor, CollectedEvent, StatementResult};
 use uuid::Uuid;
 
+use crate::json::{Json, NULL, Object, Props, at};
 use crate::validate::{Envelope, Reason, Rejection, VOIDED_VERB, opt_str, reject, scores};
 
 /// Namespace for ids of statements sent without one: the id is then derived
@@ -32,16 +32,16 @@ fn section_reason(section: Option<&str>) -> Reason {
     }
 }
 
-/// Checks `object` against every rule of xAPI 1.0.3, without mapping it.
+/// Checks a statement against every rule of xAPI 1.0.3, without mapping it.
 ///
 /// # Errors
 /// A [`Rejection`] naming the JSON path, with the section's reason code
 /// (or a more specific one).
-pub fn check(object: &Map<String, Value>) -> Result<(), Rejection> {
+pub fn check(object: &Object<'_>) -> Result<(), Rejection> {
     check_kind(object).map(drop)
 }
 
-fn check_kind(object: &Map<String, Value>) -> Result<rules::ObjectKind, Rejection> {
+fn check_kind(object: &Object<'_>) -> Result<rules::ObjectKind, Rejection> {
     rules::statement(object).map_err(|v| {
         reject(
             v.reason(section_reason(v.section())),
@@ -52,14 +52,14 @@ fn check_kind(object: &Map<String, Value>) -> Result<rules::ObjectKind, Rejectio
 
 /// Validates a statement and maps it onto the envelope.
 pub(crate) fn statement(
-    object: &Map<String, Value>,
+    object: &Object<'_>,
     payload: String,
     tenant: &str,
     envelope: Envelope<'_>,
 ) -> Result<CollectedEvent, Rejection> {
     let kind = check_kind(object)?;
-    let text = |v: &Value| v.as_str().map(str::to_string);
-    let event_id = match object.get("id").and_then(Value::as_str) {
+    let text = |v: &Json<'_>| v.as_str().map(str::to_string);
+    let event_id = match object.prop("id").and_then(Json::as_str) {
         Some(id) => id.to_ascii_lowercase(),
         None => Uuid::new_v5(
             &STATEMENT_ID_NAMESPACE,
@@ -68,16 +68,17 @@ pub(crate) fn statement(
         .hyphenated()
         .to_string(),
     };
-    let agent = actor(&object["actor"]);
-    let verb_id = object["verb"]["id"]
+    let prop = |key| object.prop(key).unwrap_or(&NULL);
+    let agent = actor(prop("actor"));
+    let verb_id = at(prop("verb"), "id")
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let target = &object["object"];
+    let target = prop("object");
     let (object_id, voided_event_id) = match kind {
-        rules::ObjectKind::Activity => (text(&target["id"]), None),
+        rules::ObjectKind::Activity => (text(at(target, "id")), None),
         rules::ObjectKind::StatementRef => {
-            let id = target["id"].as_str().map(str::to_ascii_lowercase);
+            let id = at(target, "id").as_str().map(str::to_ascii_lowercase);
             let voids = if verb_id == VOIDED_VERB {
                 id.clone()
             } else {
@@ -94,33 +95,34 @@ pub(crate) fn statement(
         ));
     }
     let object_type = match kind {
-        rules::ObjectKind::Activity => text(&target["definition"]["type"]),
+        rules::ObjectKind::Activity => text(at(at(target, "definition"), "type")),
         rules::ObjectKind::Agent => Some("Agent".into()),
         rules::ObjectKind::Group => Some("Group".into()),
         rules::ObjectKind::StatementRef => Some("StatementRef".into()),
         rules::ObjectKind::SubStatement => Some("SubStatement".into()),
     };
-    let result = match object.get("result").and_then(Value::as_object) {
+    let result = match prop("result").as_object() {
         Some(r) => Some(result(r)?),
         None => None,
     };
-    let context = &object.get("context").cloned().unwrap_or(Value::Null);
-    let registration = context["registration"]
+    let context = prop("context");
+    let registration = at(context, "registration")
         .as_str()
         .map(str::to_ascii_lowercase);
+    let activities = at(context, "contextActivities");
     let course_id = ["parent", "grouping"]
         .iter()
-        .find_map(|k| match &context["contextActivities"][k] {
-            Value::Array(items) => items.first().cloned(),
-            Value::Null => None,
-            single => Some(single.clone()),
+        .find_map(|k| match at(activities, k) {
+            Json::Array(items) => items.first(),
+            Json::Null => None,
+            single => Some(single),
         })
-        .and_then(|a| text(&a["id"]));
+        .and_then(|a| text(at(a, "id")));
     // A statement without a timestamp happened when it was received (xAPI
     // sets `timestamp` to `stored` in that case). Old and future timestamps
     // are the statement's: they are kept as they are (the spec requires an
     // LRS to accept them) and counted as clock skew by the collector.
-    let occurred_at = match object.get("timestamp").and_then(Value::as_str) {
+    let occurred_at = match prop("timestamp").as_str() {
         Some(t) => crate::validate::parse_xapi_time(t).ok_or_else(|| {
             reject(
                 Reason::XapiInvalidTimestamp,
@@ -129,7 +131,7 @@ pub(crate) fn statement(
         })?,
         None => envelope.received_at,
     };
-    let source = context["platform"]
+    let source = at(context, "platform")
         .as_str()
         .map_or_else(|| "xapi".to_string(), str::to_ascii_lowercase);
 
@@ -157,8 +159,8 @@ pub(crate) fn statement(
 /// The subject of a (valid) actor: its inverse functional identifier; for
 /// an anonymous Group, its members' identifiers (sorted, so member order
 /// does not make another subject).
-fn actor(actor: &Value) -> Actor {
-    let name = actor["name"].as_str().map(str::to_string);
+fn actor(actor: &Json<'_>) -> Actor {
+    let name = at(actor, "name").as_str().map(str::to_string);
     match identifier(actor) {
         Some((id_kind, id, email)) => Actor {
             id_kind,
@@ -167,7 +169,7 @@ fn actor(actor: &Value) -> Actor {
             email,
         },
         None => {
-            let mut members: Vec<String> = actor["member"]
+            let mut members: Vec<String> = at(actor, "member")
                 .as_array()
                 .into_iter()
                 .flatten()
@@ -186,33 +188,33 @@ fn actor(actor: &Value) -> Actor {
 }
 
 /// (kind, id, email) of an Agent's or identified Group's identifier.
-fn identifier(agent: &Value) -> Option<(String, String, Option<String>)> {
-    if let Some(mbox) = agent["mbox"].as_str() {
+fn identifier(agent: &Json<'_>) -> Option<(String, String, Option<String>)> {
+    if let Some(mbox) = at(agent, "mbox").as_str() {
         let email = mbox.strip_prefix("mailto:").map(str::to_string);
         return Some(("mbox".into(), mbox.to_string(), email));
     }
-    if let Some(sum) = agent["mbox_sha1sum"].as_str() {
+    if let Some(sum) = at(agent, "mbox_sha1sum").as_str() {
         return Some(("mbox_sha1sum".into(), sum.to_ascii_lowercase(), None));
     }
-    if let Some(openid) = agent["openid"].as_str() {
+    if let Some(openid) = at(agent, "openid").as_str() {
         return Some(("openid".into(), openid.to_string(), None));
     }
-    let account = agent.get("account")?;
+    let account = agent.as_object()?.prop("account")?;
     Some((
         "account".into(),
         format!(
             "{}|{}",
-            account["homePage"].as_str().unwrap_or_default(),
-            account["name"].as_str().unwrap_or_default()
+            at(account, "homePage").as_str().unwrap_or_default(),
+            at(account, "name").as_str().unwrap_or_default()
         ),
         None,
     ))
 }
 
-fn opt_f64(object: &Map<String, Value>, field: &str) -> Result<Option<f64>, Rejection> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => Ok(n.as_f64()),
+fn opt_f64(object: &Object<'_>, field: &str) -> Result<Option<f64>, Rejection> {
+    match object.prop(field) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Number(n)) => Ok(n.as_f64()),
         Some(_) => Err(reject(
             Reason::XapiInvalidResult,
             format!("`result.score.{field}` must be a number"),
@@ -220,10 +222,10 @@ fn opt_f64(object: &Map<String, Value>, field: &str) -> Result<Option<f64>, Reje
     }
 }
 
-fn opt_bool(object: &Map<String, Value>, field: &str) -> Result<Option<bool>, Rejection> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
+fn opt_bool(object: &Object<'_>, field: &str) -> Result<Option<bool>, Rejection> {
+    match object.prop(field) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Bool(b)) => Ok(Some(*b)),
         Some(_) => Err(reject(
             Reason::XapiInvalidResult,
             format!("`result.{field}` must be true or false"),
@@ -232,10 +234,10 @@ fn opt_bool(object: &Map<String, Value>, field: &str) -> Result<Option<bool>, Re
 }
 
 /// An xAPI result object.
-pub(crate) fn result(result: &Map<String, Value>) -> Result<StatementResult, Rejection> {
-    let score = match result.get("score") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(s)) => Some(s),
+pub(crate) fn result(result: &Object<'_>) -> Result<StatementResult, Rejection> {
+    let score = match result.prop("score") {
+        None | Some(Json::Null) => None,
+        Some(Json::Object(s)) => Some(s),
         Some(_) => {
             return Err(reject(
                 Reason::XapiInvalidResult,
@@ -244,9 +246,9 @@ pub(crate) fn result(result: &Map<String, Value>) -> Result<StatementResult, Rej
         }
     };
     let field = |name| score.map_or(Ok(None), |s| opt_f64(s, name));
-    let duration_ms = match result.get("duration") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(d)) => {
+    let duration_ms = match result.prop("duration") {
+        None | Some(Json::Null) => None,
+        Some(Json::Str(d)) => {
             let parsed = iso8601::duration(d).map_err(|_| {
                 reject(
                     Reason::XapiInvalidResult,
@@ -382,6 +384,34 @@ mod tests {
             e.actor.id,
             "mbox:mailto:ann@example.org mbox:mailto:cy@example.org"
         );
+    }
+
+    #[test]
+    fn a_repeated_property_is_read_as_its_last_value() {
+        // As serde_json and JSON.parse read it: what downstream readers of
+        // the payload will see is what was validated and mapped.
+        let verb = r#""verb": {"id": "http://adlnet.gov/expapi/verbs/passed", "display": {"en-US": "passed"}}"#;
+        let repeated = |first: &str, last: &str| {
+            PASSED.replace(
+                verb,
+                &format!(r#""verb": {{"id": "{first}"}}, "verb": {{"id": "{last}"}}"#),
+            )
+        };
+        let e = check(&repeated(
+            "not an iri",
+            "http://adlnet.gov/expapi/verbs/failed",
+        ))
+        .unwrap();
+        assert_eq!(
+            e.verb.as_deref(),
+            Some("http://adlnet.gov/expapi/verbs/failed")
+        );
+        let err = check(&repeated(
+            "http://adlnet.gov/expapi/verbs/failed",
+            "not an iri",
+        ))
+        .unwrap_err();
+        assert_eq!(err.reason, Reason::XapiInvalidVerb);
     }
 
     #[test]

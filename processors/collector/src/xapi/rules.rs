@@ -13,7 +13,7 @@
 //! is built only on the way out of a failure, so a valid statement costs one
 //! walk of its tree and no allocation.
 
-use serde_json::{Map, Value};
+use crate::json::{Json, Object, Props, at};
 
 use crate::validate::{Reason, is_iri, valid_email};
 
@@ -104,22 +104,22 @@ type Checked = Result<(), Violation>;
 
 /// Runs `check` on the value at `key`, putting `key` on the path of a failure.
 fn field(
-    object: &Map<String, Value>,
+    object: &Object<'_>,
     key: &'static str,
-    check: impl FnOnce(&Value) -> Checked,
+    check: impl FnOnce(&Json<'_>) -> Checked,
 ) -> Checked {
-    match object.get(key) {
+    match object.prop(key) {
         Some(value) => check(value).map_err(|v| v.at(key)),
         None => Ok(()),
     }
 }
 
 fn required(
-    object: &Map<String, Value>,
+    object: &Object<'_>,
     key: &'static str,
-    check: impl FnOnce(&Value) -> Checked,
+    check: impl FnOnce(&Json<'_>) -> Checked,
 ) -> Checked {
-    match object.get(key) {
+    match object.prop(key) {
         Some(value) => check(value).map_err(|v| v.at(key)),
         None => Err(Violation::new("is required").at(key)),
     }
@@ -128,8 +128,8 @@ fn required(
 /// The properties an object may have; anything else (including a property
 /// in the wrong case) is refused, and so is `null` (only extensions may hold
 /// it). A `None` entry lets anything through: extensions' values.
-fn known_properties(object: &Map<String, Value>, allowed: &[&'static str]) -> Checked {
-    for (key, value) in object {
+fn known_properties(object: &Object<'_>, allowed: &[&'static str]) -> Checked {
+    for (key, value) in object.iter() {
         let Some(known) = allowed.iter().find(|k| **k == key) else {
             // A property name is not a value: naming it helps the producer
             // (often a mis-cased `objecttype` or a 0.95 leftover).
@@ -149,25 +149,25 @@ fn known_properties(object: &Map<String, Value>, allowed: &[&'static str]) -> Ch
     Ok(())
 }
 
-fn as_object<'a>(value: &'a Value, what: &str) -> Result<&'a Map<String, Value>, Violation> {
+fn as_object<'v, 'a>(value: &'v Json<'a>, what: &str) -> Result<&'v Object<'a>, Violation> {
     value
         .as_object()
         .ok_or_else(|| Violation::new(format!("must be {what} (a JSON object)")))
 }
 
-fn as_array<'a>(value: &'a Value, what: &str) -> Result<&'a Vec<Value>, Violation> {
+fn as_array<'v, 'a>(value: &'v Json<'a>, what: &str) -> Result<&'v [Json<'a>], Violation> {
     value
         .as_array()
         .ok_or_else(|| Violation::new(format!("must be an array of {what}")))
 }
 
-fn string(value: &Value) -> Result<&str, Violation> {
+fn string<'v>(value: &'v Json<'_>) -> Result<&'v str, Violation> {
     value
         .as_str()
         .ok_or_else(|| Violation::new("must be a string"))
 }
 
-fn iri(value: &Value) -> Checked {
+fn iri(value: &Json<'_>) -> Checked {
     if is_iri(string(value)?) {
         Ok(())
     } else {
@@ -175,15 +175,15 @@ fn iri(value: &Value) -> Checked {
     }
 }
 
-fn boolean(value: &Value) -> Checked {
-    if value.is_boolean() {
+fn boolean(value: &Json<'_>) -> Checked {
+    if value.is_bool() {
         Ok(())
     } else {
         Err(Violation::new("must be true or false"))
     }
 }
 
-fn number(value: &Value) -> Result<f64, Violation> {
+fn number(value: &Json<'_>) -> Result<f64, Violation> {
     value
         .as_f64()
         .ok_or_else(|| Violation::new("must be a number"))
@@ -199,7 +199,7 @@ pub(crate) fn is_uuid(text: &str) -> bool {
         })
 }
 
-fn uuid(value: &Value) -> Checked {
+fn uuid(value: &Json<'_>) -> Checked {
     if is_uuid(string(value)?) {
         Ok(())
     } else {
@@ -209,7 +209,7 @@ fn uuid(value: &Value) -> Checked {
 
 /// An ISO 8601 timestamp, as the spec requires; a negative zero offset
 /// (`-00:00`) is refused, as 1.0.3 says.
-fn timestamp(value: &Value) -> Checked {
+fn timestamp(value: &Json<'_>) -> Checked {
     let text = string(value)?;
     if crate::validate::parse_xapi_time(text).is_none() {
         return Err(Violation::specific(
@@ -270,15 +270,15 @@ fn is_decimal(text: &str) -> bool {
 }
 
 /// A language map: RFC 5646 tags → strings.
-fn language_map(value: &Value) -> Checked {
+fn language_map(value: &Json<'_>) -> Checked {
     let map = value.as_object().ok_or_else(|| {
         Violation::specific(
             Reason::XapiInvalidLanguageMap,
             "must be a language map (an object of language tag → string)",
         )
     })?;
-    for (tag, text) in map {
-        if oxilangtag::LanguageTag::parse(tag.as_str()).is_err() {
+    for (tag, text) in map.iter() {
+        if oxilangtag::LanguageTag::parse(tag).is_err() {
             return Err(Violation::specific(
                 Reason::XapiInvalidLanguageMap,
                 "has a key that is not an RFC 5646 language tag",
@@ -295,11 +295,11 @@ fn language_map(value: &Value) -> Checked {
 }
 
 /// Extensions: IRI keys, any JSON values (`null` included).
-fn extensions(value: &Value) -> Checked {
+fn extensions(value: &Json<'_>) -> Checked {
     let map = value
         .as_object()
         .ok_or_else(|| Violation::specific(Reason::XapiInvalidExtensions, "must be an object"))?;
-    if map.keys().all(|k| is_iri(k)) {
+    if map.keys().all(is_iri) {
         Ok(())
     } else {
         Err(Violation::specific(
@@ -312,7 +312,7 @@ fn extensions(value: &Value) -> Checked {
 const IFIS: [&str; 4] = ["mbox", "mbox_sha1sum", "openid", "account"];
 
 /// How many inverse functional identifiers `object` carries, each checked.
-fn identifiers(object: &Map<String, Value>) -> Result<usize, Violation> {
+fn identifiers(object: &Object<'_>) -> Result<usize, Violation> {
     field(object, "mbox", |v| {
         let text = string(v)?;
         match text.strip_prefix("mailto:") {
@@ -335,7 +335,7 @@ fn identifiers(object: &Map<String, Value>) -> Result<usize, Violation> {
         required(account, "homePage", iri)?;
         required(account, "name", |v| string(v).map(drop))
     })?;
-    Ok(IFIS.iter().filter(|k| object.contains_key(**k)).count())
+    Ok(IFIS.iter().filter(|k| object.has(k)).count())
 }
 
 const AGENT: &[&str] = &[
@@ -357,7 +357,7 @@ const GROUP: &[&str] = &[
 ];
 
 /// An Agent: exactly one inverse functional identifier.
-fn agent(object: &Map<String, Value>) -> Checked {
+fn agent(object: &Object<'_>) -> Checked {
     known_properties(object, AGENT)?;
     field(object, "name", |v| string(v).map(drop))?;
     match identifiers(object)? {
@@ -370,11 +370,11 @@ fn agent(object: &Map<String, Value>) -> Checked {
 
 /// A Group: identified (one identifier, members optional) or anonymous (no
 /// identifier, members required). Members are Agents.
-fn group(object: &Map<String, Value>) -> Checked {
+fn group(object: &Object<'_>) -> Checked {
     known_properties(object, GROUP)?;
     field(object, "name", |v| string(v).map(drop))?;
     let ifis = identifiers(object)?;
-    match (ifis, object.get("member")) {
+    match (ifis, object.prop("member")) {
         (0, None) => {
             return Err(Violation::new(
                 "an anonymous Group (no identifier) must list its members",
@@ -395,9 +395,9 @@ fn group(object: &Map<String, Value>) -> Checked {
         for (i, member) in members.iter().enumerate() {
             let check = || {
                 let member = as_object(member, "an Agent")?;
-                match member.get("objectType") {
+                match member.prop("objectType") {
                     None => {}
-                    Some(Value::String(t)) if t == "Agent" => {}
+                    Some(Json::Str(t)) if t == "Agent" => {}
                     Some(_) => {
                         return Err(
                             Violation::new("a Group's members must be Agents").at("objectType")
@@ -413,25 +413,25 @@ fn group(object: &Map<String, Value>) -> Checked {
 }
 
 /// An Agent or a Group, as `objectType` says (absent: Agent).
-fn actor(value: &Value) -> Checked {
+fn actor(value: &Json<'_>) -> Checked {
     let object = as_object(value, "an Agent or Group")?;
-    match object.get("objectType") {
+    match object.prop("objectType") {
         None => agent(object),
-        Some(Value::String(t)) if t == "Agent" => agent(object),
-        Some(Value::String(t)) if t == "Group" => group(object),
+        Some(Json::Str(t)) if t == "Agent" => agent(object),
+        Some(Json::Str(t)) if t == "Group" => group(object),
         Some(_) => Err(Violation::new("must be \"Agent\" or \"Group\"").at("objectType")),
     }
 }
 
-fn group_only(value: &Value) -> Checked {
+fn group_only(value: &Json<'_>) -> Checked {
     let object = as_object(value, "a Group")?;
-    match object.get("objectType") {
-        Some(Value::String(t)) if t == "Group" => group(object),
+    match object.prop("objectType") {
+        Some(Json::Str(t)) if t == "Group" => group(object),
         _ => Err(Violation::new("must be a Group (objectType \"Group\")").at("objectType")),
     }
 }
 
-fn verb(value: &Value) -> Checked {
+fn verb(value: &Json<'_>) -> Checked {
     let object = as_object(value, "a Verb")?;
     known_properties(object, &["id", "display"])?;
     required(object, "id", iri)?;
@@ -464,7 +464,7 @@ fn component_lists(interaction: &str) -> &'static [&'static str] {
 
 const COMPONENT_LISTS: [&str; 5] = ["choices", "scale", "source", "target", "steps"];
 
-fn components(value: &Value) -> Checked {
+fn components(value: &Json<'_>) -> Checked {
     let list = as_array(value, "interaction components")?;
     for (i, component) in list.iter().enumerate() {
         let check = || {
@@ -472,10 +472,8 @@ fn components(value: &Value) -> Checked {
             known_properties(component, &["id", "description"])?;
             required(component, "id", |v| string(v).map(drop))?;
             field(component, "description", language_map)?;
-            let id = component.get("id").and_then(Value::as_str);
-            let seen = list[..i]
-                .iter()
-                .any(|c| c.get("id").and_then(Value::as_str) == id);
+            let id = component.prop("id").and_then(Json::as_str);
+            let seen = list[..i].iter().any(|c| at(c, "id").as_str() == id);
             if seen {
                 return Err(Violation::new("repeats an id earlier in the list").at("id"));
             }
@@ -486,7 +484,7 @@ fn components(value: &Value) -> Checked {
     Ok(())
 }
 
-fn definition(value: &Value) -> Checked {
+fn definition(value: &Json<'_>) -> Checked {
     let object = as_object(value, "an Activity Definition")?;
     known_properties(
         object,
@@ -510,7 +508,7 @@ fn definition(value: &Value) -> Checked {
     field(object, "type", iri)?;
     field(object, "moreInfo", iri)?;
     field(object, "extensions", extensions)?;
-    let interaction = match object.get("interactionType") {
+    let interaction = match object.prop("interactionType") {
         None => None,
         Some(v) => {
             let t = string(v).map_err(|e| e.at("interactionType"))?;
@@ -549,31 +547,31 @@ fn definition(value: &Value) -> Checked {
     Ok(())
 }
 
-fn activity(object: &Map<String, Value>) -> Checked {
+fn activity(object: &Object<'_>) -> Checked {
     known_properties(object, &["objectType", "id", "definition"])?;
     required(object, "id", iri)?;
     field(object, "definition", definition)
 }
 
-fn activity_value(value: &Value) -> Checked {
+fn activity_value(value: &Json<'_>) -> Checked {
     let object = as_object(value, "an Activity")?;
-    match object.get("objectType") {
+    match object.prop("objectType") {
         None => {}
-        Some(Value::String(t)) if t == "Activity" => {}
+        Some(Json::Str(t)) if t == "Activity" => {}
         Some(_) => return Err(Violation::new("must be \"Activity\"").at("objectType")),
     }
     activity(object)
 }
 
-fn statement_ref(object: &Map<String, Value>) -> Checked {
+fn statement_ref(object: &Object<'_>) -> Checked {
     known_properties(object, &["objectType", "id"])?;
     required(object, "id", uuid)
 }
 
-fn statement_ref_value(value: &Value) -> Checked {
+fn statement_ref_value(value: &Json<'_>) -> Checked {
     let object = as_object(value, "a StatementRef")?;
-    match object.get("objectType") {
-        Some(Value::String(t)) if t == "StatementRef" => statement_ref(object),
+    match object.prop("objectType") {
+        Some(Json::Str(t)) if t == "StatementRef" => statement_ref(object),
         _ => Err(Violation::new("must be \"StatementRef\"").at("objectType")),
     }
 }
@@ -588,14 +586,14 @@ pub(crate) enum ObjectKind {
     SubStatement,
 }
 
-fn statement_object(value: &Value, nested: bool) -> Result<ObjectKind, Violation> {
+fn statement_object(value: &Json<'_>, nested: bool) -> Result<ObjectKind, Violation> {
     let object = as_object(
         value,
         "an Activity, Agent, Group, StatementRef or SubStatement",
     )?;
-    let kind = match object.get("objectType") {
+    let kind = match object.prop("objectType") {
         None => ObjectKind::Activity,
-        Some(Value::String(t)) => match t.as_str() {
+        Some(Json::Str(t)) => match t.as_ref() {
             "Activity" => ObjectKind::Activity,
             "Agent" => ObjectKind::Agent,
             "Group" => ObjectKind::Group,
@@ -626,7 +624,7 @@ fn statement_object(value: &Value, nested: bool) -> Result<ObjectKind, Violation
     Ok(kind)
 }
 
-fn result(value: &Value) -> Checked {
+fn result(value: &Json<'_>) -> Checked {
     let object = as_object(value, "a Result")?;
     known_properties(
         object,
@@ -655,12 +653,12 @@ fn result(value: &Value) -> Checked {
     field(object, "extensions", extensions)
 }
 
-fn score(value: &Value) -> Checked {
+fn score(value: &Json<'_>) -> Checked {
     let object = as_object(value, "a Score")?;
     known_properties(object, &["scaled", "raw", "min", "max"])?;
     let read = |key: &'static str| -> Result<Option<f64>, Violation> {
         object
-            .get(key)
+            .prop(key)
             .map(|v| number(v).map_err(|e| e.at(key)))
             .transpose()
     };
@@ -684,7 +682,7 @@ fn score(value: &Value) -> Checked {
     Ok(())
 }
 
-fn context(value: &Value, object: ObjectKind) -> Checked {
+fn context(value: &Json<'_>, object: ObjectKind) -> Checked {
     let context = as_object(value, "a Context")?;
     known_properties(
         context,
@@ -730,12 +728,12 @@ fn context(value: &Value, object: ObjectKind) -> Checked {
     field(context, "extensions", extensions)
 }
 
-fn context_activities(value: &Value) -> Checked {
+fn context_activities(value: &Json<'_>) -> Checked {
     let object = as_object(value, "contextActivities")?;
     known_properties(object, &["parent", "grouping", "category", "other"])?;
     for key in ["parent", "grouping", "category", "other"] {
         field(object, key, |v| match v {
-            Value::Array(list) => {
+            Json::Array(list) => {
                 for (i, item) in list.iter().enumerate() {
                     activity_value(item).map_err(|e| e.index(i))?;
                 }
@@ -747,7 +745,7 @@ fn context_activities(value: &Value) -> Checked {
     Ok(())
 }
 
-fn attachments(value: &Value) -> Checked {
+fn attachments(value: &Json<'_>) -> Checked {
     let list = as_array(value, "Attachments")?;
     for (i, attachment) in list.iter().enumerate() {
         let check = || {
@@ -819,10 +817,10 @@ const SUB_STATEMENT: &[&str] = &[
 ];
 
 /// The parts a statement and a sub-statement share.
-fn body(object: &Map<String, Value>, nested: bool) -> Result<ObjectKind, Violation> {
+fn body(object: &Object<'_>, nested: bool) -> Result<ObjectKind, Violation> {
     required(object, "actor", actor)?;
     required(object, "verb", verb)?;
-    let kind = match object.get("object") {
+    let kind = match object.prop("object") {
         Some(v) => statement_object(v, nested).map_err(|e| e.at("object"))?,
         None => return Err(Violation::new("is required").at("object")),
     };
@@ -833,7 +831,7 @@ fn body(object: &Map<String, Value>, nested: bool) -> Result<ObjectKind, Violati
     Ok(kind)
 }
 
-fn sub_statement(object: &Map<String, Value>) -> Checked {
+fn sub_statement(object: &Object<'_>) -> Checked {
     known_properties(object, SUB_STATEMENT)?;
     body(object, true).map(drop)
 }
@@ -842,7 +840,7 @@ fn sub_statement(object: &Map<String, Value>) -> Checked {
 ///
 /// # Errors
 /// The first [`Violation`] found, in property order of the specification.
-pub(crate) fn statement(object: &Map<String, Value>) -> Result<ObjectKind, Violation> {
+pub(crate) fn statement(object: &Object<'_>) -> Result<ObjectKind, Violation> {
     known_properties(object, STATEMENT)?;
     field(object, "id", uuid)?;
     let kind = body(object, false)?;
@@ -870,21 +868,18 @@ pub(crate) fn statement(object: &Map<String, Value>) -> Result<ObjectKind, Viola
 
 /// An authority: an Agent, or (OAuth with a registered application) an
 /// anonymous Group of exactly two Agents, the application and the user.
-fn authority(value: &Value) -> Checked {
+fn authority(value: &Json<'_>) -> Checked {
     actor(value)?;
-    if value.get("objectType").and_then(Value::as_str) == Some("Group") {
+    if at(value, "objectType").as_str() == Some("Group") {
         let group = value
             .as_object()
-            .map_or(0, |g| IFIS.iter().filter(|k| g.contains_key(**k)).count());
+            .map_or(0, |g| IFIS.iter().filter(|k| g.has(k)).count());
         if group > 0 {
             return Err(Violation::new(
                 "an authority that is a Group must be anonymous (the OAuth application and user)",
             ));
         }
-        let members = value
-            .get("member")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len);
+        let members = at(value, "member").as_array().map_or(0, <[_]>::len);
         if members != 2 {
             return Err(Violation::new(
                 "an authority that is a Group must have exactly two members",
