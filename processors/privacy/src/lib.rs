@@ -304,7 +304,7 @@ impl Privacy {
     fn protect(
         &mut self,
         record: &InputRecord<'_>,
-        event: &CollectedEvent,
+        event: CollectedEvent,
         at: i64,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
@@ -349,59 +349,67 @@ impl Privacy {
             );
             self.emit_audit(out, &event)?;
         }
+        let key = format!("{tenant}|{}", keys.pseudonym()).into_bytes();
+        let id = format!("{tenant}/{}", event.event_id);
         let protected = self.protected_event(event, keys);
         out.emit(OutputRecord {
             topic: self.topics.protected.clone(),
-            key: format!("{tenant}|{}", keys.pseudonym()).into_bytes(),
+            key,
             value: Some(self.encode(&self.protected, &protected)?),
-            id: format!("{tenant}/{}", event.event_id),
-            tenant: Some(event.tenant_id.clone()),
+            id,
+            tenant: Some(protected.tenant_id),
         });
         Ok(())
     }
 
     /// The protected form of `event`: every `pii` field of collected.avsc
-    /// pseudonymised, sealed or hashed.
-    pub fn protected_event(&self, event: &CollectedEvent, keys: &SubjectKeys) -> ProtectedEvent {
+    /// pseudonymised, sealed or hashed. It takes the event's fields rather
+    /// than copying them.
+    pub fn protected_event(&self, event: CollectedEvent, keys: &SubjectKeys) -> ProtectedEvent {
         let tenant = event.tenant_id.as_str();
         let seal =
             |field: &str, text: &str| keys.seal(tenant, field, &event.event_id, text.as_bytes());
+        let actor_name = event.actor.name.as_deref().map(|n| seal("actor.name", n));
+        let actor_email = event.actor.email.as_deref().map(|e| seal("actor.email", e));
+        let ip_hash = match &event.ip {
+            Some(ip) if !self.no_ip.contains(tenant) => Some(IpHash {
+                salt_id: self.ip.salt_id().to_string(),
+                hash: self.ip.hash(tenant, ip),
+            }),
+            _ => None,
+        };
+        let result = event.result.map(|r| ProtectedResult {
+            success: r.success,
+            completion: r.completion,
+            score_scaled: r.score_scaled,
+            score_raw: r.score_raw,
+            score_min: r.score_min,
+            score_max: r.score_max,
+            duration_ms: r.duration_ms,
+            response: r.response.as_deref().map(|t| seal("result.response", t)),
+        });
+        let payload = seal("payload", &event.payload);
         ProtectedEvent {
-            event_id: event.event_id.clone(),
-            tenant_id: event.tenant_id.clone(),
-            source: event.source.clone(),
-            kind: event.kind.clone(),
+            event_id: event.event_id,
+            tenant_id: event.tenant_id,
+            source: event.source,
+            kind: event.kind,
             occurred_at: event.occurred_at,
             received_at: event.received_at,
-            request_id: event.request_id.clone(),
+            request_id: event.request_id,
             learner: keys.pseudonym().to_string(),
             subject_key_id: keys.key_id().to_string(),
-            actor_name: event.actor.name.as_deref().map(|n| seal("actor.name", n)),
-            actor_email: event.actor.email.as_deref().map(|e| seal("actor.email", e)),
-            ip_hash: match &event.ip {
-                Some(ip) if !self.no_ip.contains(tenant) => Some(IpHash {
-                    salt_id: self.ip.salt_id().to_string(),
-                    hash: self.ip.hash(tenant, ip),
-                }),
-                _ => None,
-            },
-            verb: event.verb.clone(),
-            object_id: event.object_id.clone(),
-            object_type: event.object_type.clone(),
-            course_id: event.course_id.clone(),
-            registration: event.registration.clone(),
-            result: event.result.as_ref().map(|r| ProtectedResult {
-                success: r.success,
-                completion: r.completion,
-                score_scaled: r.score_scaled,
-                score_raw: r.score_raw,
-                score_min: r.score_min,
-                score_max: r.score_max,
-                duration_ms: r.duration_ms,
-                response: r.response.as_deref().map(|t| seal("result.response", t)),
-            }),
-            voided_event_id: event.voided_event_id.clone(),
-            payload: seal("payload", &event.payload),
+            actor_name,
+            actor_email,
+            ip_hash,
+            verb: event.verb,
+            object_id: event.object_id,
+            object_type: event.object_type,
+            course_id: event.course_id,
+            registration: event.registration,
+            result,
+            voided_event_id: event.voided_event_id,
+            payload,
         }
     }
 
@@ -575,7 +583,7 @@ impl Processor for Privacy {
         let at = record.timestamp_ms.unwrap_or_default();
         match input {
             Input::Command(request) => self.command(record, request, at, out),
-            Input::Event(event) => self.protect(record, &event, at, out),
+            Input::Event(event) => self.protect(record, event, at, out),
         }
     }
 }
