@@ -8,6 +8,8 @@
 //! properties in document order: xAPI objects have a handful of properties,
 //! which a linear scan finds faster than a tree.
 
+use std::collections::HashMap;
+
 pub use serde_json_borrow::{ObjectAsVec as Object, Value as Json};
 
 /// `null`, for lookups that miss.
@@ -33,6 +35,37 @@ impl<'a> Props<'a> for Object<'a> {
             let (k, v) = self.get_key_value_at(i)?;
             (k == key).then_some(v)
         })
+    }
+}
+
+/// Which entries of an object a lookup sees: each name's last copy. Rules
+/// that walk every entry judge only these, so a repeated name is judged by
+/// the value [`Props::prop`] returns. The positions are found on first
+/// use, and only an entry that would fail a rule asks: valid objects pay
+/// nothing, and an object of many repeated names costs one pass, not one
+/// per entry.
+pub struct Visible<'o, 'a> {
+    object: &'o Object<'a>,
+    last: Option<HashMap<&'o str, usize>>,
+}
+
+impl<'o, 'a> Visible<'o, 'a> {
+    /// The entries of `object` a lookup sees.
+    pub fn new(object: &'o Object<'a>) -> Self {
+        Self { object, last: None }
+    }
+
+    /// Whether entry `index` (named `key`) is the last copy of its name.
+    pub fn is_seen(&mut self, index: usize, key: &str) -> bool {
+        let object = self.object;
+        let last = self.last.get_or_insert_with(|| {
+            object
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| (k, i))
+                .collect()
+        });
+        last.get(key) == Some(&index)
     }
 }
 
@@ -76,5 +109,23 @@ mod tests {
         ));
         assert_eq!(at(&json, "missing"), &Json::Null);
         assert_eq!(at(at(&json, "a"), "deeper"), &Json::Null);
+        let mut seen = Visible::new(object);
+        assert_eq!(
+            [(0, "a"), (1, "b"), (2, "a")].map(|(i, k)| seen.is_seen(i, k)),
+            [false, true, true]
+        );
+    }
+
+    /// serde_json_borrow's own lookups return a repeated name's first value;
+    /// clippy.toml refuses them. If the lint stopped firing, this
+    /// expectation would fail `cargo clippy --all-targets -D warnings`.
+    #[test]
+    #[expect(clippy::disallowed_methods)]
+    fn first_value_lookups_are_refused_by_clippy() {
+        let json = parse(r#"{"a": 1, "a": 2}"#).unwrap();
+        assert_eq!(
+            json.as_object().unwrap().get("a").and_then(Json::as_u64),
+            Some(1)
+        );
     }
 }

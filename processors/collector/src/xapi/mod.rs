@@ -412,6 +412,25 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(err.reason, Reason::XapiInvalidVerb);
+        // Rules that walk every property judge only the copy that is read.
+        let shadowed_null = PASSED.replace(r#""result": {"#, r#""result": null, "result": {"#);
+        assert!(check(&shadowed_null).is_ok());
+        let read_null = PASSED.replace(
+            r#""timestamp": "2025-11-22T08:26:30Z""#,
+            r#""timestamp": "2025-11-22T08:26:30Z", "timestamp": null"#,
+        );
+        assert_eq!(check(&read_null).unwrap_err().reason, Reason::XapiNullValue);
+        let display = |first: &str, last: &str| {
+            PASSED.replace(
+                r#""display": {"en-US": "passed"}"#,
+                &format!(r#""display": {{"en-US": {first}, "en-US": {last}}}"#),
+            )
+        };
+        assert!(check(&display("1", r#""passed""#)).is_ok());
+        assert_eq!(
+            check(&display(r#""passed""#, "1")).unwrap_err().reason,
+            Reason::XapiInvalidLanguageMap
+        );
     }
 
     #[test]

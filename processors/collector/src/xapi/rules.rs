@@ -13,7 +13,7 @@
 //! is built only on the way out of a failure, so a valid statement costs one
 //! walk of its tree and no allocation.
 
-use crate::json::{Json, Object, Props, at};
+use crate::json::{Json, Object, Props, Visible, at};
 
 use crate::validate::{Reason, is_iri, valid_email};
 
@@ -129,7 +129,8 @@ fn required(
 /// in the wrong case) is refused, and so is `null` (only extensions may hold
 /// it). A `None` entry lets anything through: extensions' values.
 fn known_properties(object: &Object<'_>, allowed: &[&'static str]) -> Checked {
-    for (key, value) in object.iter() {
+    let mut seen = Visible::new(object);
+    for (i, (key, value)) in object.iter().enumerate() {
         let Some(known) = allowed.iter().find(|k| **k == key) else {
             // A property name is not a value: naming it helps the producer
             // (often a mis-cased `objecttype` or a 0.95 leftover).
@@ -142,7 +143,8 @@ fn known_properties(object: &Object<'_>, allowed: &[&'static str]) -> Checked {
                 ),
             ));
         };
-        if value.is_null() {
+        // A repeated name is its last value: an earlier `null` is not read.
+        if value.is_null() && seen.is_seen(i, key) {
             return Err(Violation::specific(Reason::XapiNullValue, "must not be null").at(known));
         }
     }
@@ -277,14 +279,15 @@ fn language_map(value: &Json<'_>) -> Checked {
             "must be a language map (an object of language tag → string)",
         )
     })?;
-    for (tag, text) in map.iter() {
+    let mut seen = Visible::new(map);
+    for (i, (tag, text)) in map.iter().enumerate() {
         if oxilangtag::LanguageTag::parse(tag).is_err() {
             return Err(Violation::specific(
                 Reason::XapiInvalidLanguageMap,
                 "has a key that is not an RFC 5646 language tag",
             ));
         }
-        if !text.is_string() {
+        if !text.is_string() && seen.is_seen(i, tag) {
             return Err(Violation::specific(
                 Reason::XapiInvalidLanguageMap,
                 "has a value that is not a string",
