@@ -55,8 +55,9 @@ impl<'o, 'a> Visible<'o, 'a> {
         Self { object, last: None }
     }
 
-    /// Whether entry `index` (named `key`) is the last copy of its name.
-    pub fn is_seen(&mut self, index: usize, key: &str) -> bool {
+    /// Whether entry `index` (named `key`) is the copy a lookup reads: the
+    /// last of its name.
+    pub fn is_read(&mut self, index: usize, key: &str) -> bool {
         let object = self.object;
         let last = self.last.get_or_insert_with(|| {
             object
@@ -109,9 +110,9 @@ mod tests {
         ));
         assert_eq!(at(&json, "missing"), &Json::Null);
         assert_eq!(at(at(&json, "a"), "deeper"), &Json::Null);
-        let mut seen = Visible::new(object);
+        let mut read = Visible::new(object);
         assert_eq!(
-            [(0, "a"), (1, "b"), (2, "a")].map(|(i, k)| seen.is_seen(i, k)),
+            [(0, "a"), (1, "b"), (2, "a")].map(|(i, k)| read.is_read(i, k)),
             [false, true, true]
         );
     }

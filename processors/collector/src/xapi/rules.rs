@@ -129,7 +129,7 @@ fn required(
 /// in the wrong case) is refused, and so is `null` (only extensions may hold
 /// it). A `None` entry lets anything through: extensions' values.
 fn known_properties(object: &Object<'_>, allowed: &[&'static str]) -> Checked {
-    let mut seen = Visible::new(object);
+    let mut read = Visible::new(object);
     for (i, (key, value)) in object.iter().enumerate() {
         let Some(known) = allowed.iter().find(|k| **k == key) else {
             // A property name is not a value: naming it helps the producer
@@ -144,7 +144,7 @@ fn known_properties(object: &Object<'_>, allowed: &[&'static str]) -> Checked {
             ));
         };
         // A repeated name is its last value: an earlier `null` is not read.
-        if value.is_null() && seen.is_seen(i, key) {
+        if value.is_null() && read.is_read(i, key) {
             return Err(Violation::specific(Reason::XapiNullValue, "must not be null").at(known));
         }
     }
@@ -279,7 +279,7 @@ fn language_map(value: &Json<'_>) -> Checked {
             "must be a language map (an object of language tag → string)",
         )
     })?;
-    let mut seen = Visible::new(map);
+    let mut read = Visible::new(map);
     for (i, (tag, text)) in map.iter().enumerate() {
         if oxilangtag::LanguageTag::parse(tag).is_err() {
             return Err(Violation::specific(
@@ -287,7 +287,7 @@ fn language_map(value: &Json<'_>) -> Checked {
                 "has a key that is not an RFC 5646 language tag",
             ));
         }
-        if !text.is_string() && seen.is_seen(i, tag) {
+        if !text.is_string() && read.is_read(i, tag) {
             return Err(Violation::specific(
                 Reason::XapiInvalidLanguageMap,
                 "has a value that is not a string",
