@@ -31,10 +31,10 @@ pub trait Props<'a> {
 
 impl<'a> Props<'a> for Object<'a> {
     fn prop(&self, key: &str) -> Option<&Json<'a>> {
-        (0..self.len()).rev().find_map(|i| {
-            let (k, v) = self.get_key_value_at(i)?;
-            (k == key).then_some(v)
-        })
+        self.as_vec()
+            .iter()
+            .rev()
+            .find_map(|(k, v)| (**k == *key).then_some(v))
     }
 }
 
