@@ -368,7 +368,18 @@ impl DedupWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_runtime::state::{Positions, StateStore};
+    use trellis_runtime::state::{Positions, StateStore, StateTxn};
+
+    /// Commits `txn` as the pipeline would after a batch. `expect`, not
+    /// `allow`: clippy fails if clippy.toml stops keeping this call out of
+    /// processors.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a unit test commits the store itself"
+    )]
+    fn commit(store: &StateStore, txn: StateTxn<'_>) {
+        store.commit_for_test(txn, &Positions::new()).unwrap();
+    }
 
     fn feed(
         store: &StateStore,
@@ -386,7 +397,7 @@ mod tests {
                 verdicts.push(window.observe("ingest.events", 0, offset, "acme", id, *ts));
             }
             window.save(&mut txn);
-            store.commit_for_test(txn, &Positions::new()).unwrap();
+            commit(store, txn);
             window.committed();
         }
         verdicts
@@ -464,7 +475,7 @@ mod tests {
             assert!(window.observe("t", 0, offset, "acme", &format!("e{offset}"), 1_000));
         }
         window.save(&mut txn);
-        store.commit_for_test(txn, &Positions::new()).unwrap();
+        commit(&store, txn);
         window.committed();
         let segments = store.scan_prefix(SEGMENTS).count();
         assert_eq!(segments, 10, "offsets 0..10,000 in segments of {SEGMENT}");
@@ -483,7 +494,7 @@ mod tests {
             b"seen/t\0\0\0\0\0aaaaaaaaaaaaaaaa".to_vec(),
             1_000i64.to_be_bytes().to_vec(),
         );
-        store.commit_for_test(txn, &Positions::new()).unwrap();
+        commit(&store, txn);
         let error = DedupWindow::new(100_000).restore(&store).unwrap_err();
         assert!(error.to_string().contains("--rebuild"), "{error}");
     }
@@ -497,7 +508,7 @@ mod tests {
         window.abandoned();
         let mut txn = store.begin();
         window.save(&mut txn);
-        store.commit_for_test(txn, &Positions::new()).unwrap();
+        commit(&store, txn);
         assert_eq!(
             store.scan_prefix(SEGMENTS).count(),
             0,

@@ -867,12 +867,16 @@ impl StateStore {
         Ok(())
     }
 
-    /// [`StateStore::commit`] for other crates' unit tests (feature
-    /// `test-support`); processors never see it.
+    /// [`StateStore::commit`] for other crates' unit tests. Processors never
+    /// call it (the pipeline commits, with positions): clippy.toml disallows
+    /// it, and a test that needs it says so with an `allow`. A cargo feature
+    /// enabled by a dev-dependency would be a gate too, but it gives `cargo
+    /// build` and `cargo test` two feature sets, and every crate above the
+    /// runtime is then compiled twice.
     ///
     /// # Errors
     /// As [`StateStore::commit`].
-    #[cfg(any(test, feature = "test-support"))]
+    #[doc(hidden)]
     pub fn commit_for_test(
         &self,
         txn: StateTxn<'_>,
