@@ -24,6 +24,8 @@ pub struct Timing {
     pub records: u64,
     /// From first record to the last delivery.
     pub elapsed: Duration,
+    /// The whole machine's CPU over the same span, where it can be read.
+    pub cpu: Option<MachineCpu>,
 }
 
 impl Timing {
@@ -31,6 +33,86 @@ impl Timing {
     pub fn rate(&self) -> f64 {
         self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    /// The machine's busy CPU time per record, in microseconds.
+    pub fn cpu_per_record(&self) -> Option<f64> {
+        let cpu = self.cpu?;
+        Some(cpu.busy.as_secs_f64() * 1e6 / self.records.max(1) as f64)
+    }
+}
+
+/// What the whole machine's CPUs did over a timed span (`/proc/stat`): the
+/// bench's process, librdkafka's threads and the broker alike, so a
+/// processor's cost per record includes what it asks of the broker.
+///
+/// Wall-clock rates on these shared machines swing by a third between runs
+/// of the same binary; busy CPU per record swings much less, and steal (time
+/// the hypervisor gave to other guests) says when a run was starved.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineCpu {
+    /// Time spent running anything: user, system and interrupt time.
+    pub busy: Duration,
+    /// Time taken by the hypervisor for other guests.
+    pub steal: Duration,
+    /// Every CPU's time over the span (busy, idle, waiting, stolen).
+    pub total: Duration,
+}
+
+impl MachineCpu {
+    /// Steal as a share of all CPU time over the span.
+    pub fn steal_share(&self) -> f64 {
+        self.steal.as_secs_f64() / self.total.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The machine's CPU counters since boot, to subtract ([`CpuClock::until`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuClock {
+    busy: u64,
+    steal: u64,
+    total: u64,
+}
+
+impl CpuClock {
+    /// Reads `/proc/stat`'s `cpu` line; `None` where there is none (not Linux).
+    pub fn read() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    fn parse(stat: &str) -> Option<Self> {
+        let line = stat.lines().next()?.strip_prefix("cpu ")?;
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        // user nice system idle iowait irq softirq steal (guest time is
+        // already counted in user and nice).
+        let [user, nice, system, idle, iowait, irq, softirq, steal, ..] = ticks[..] else {
+            return None;
+        };
+        let busy = user + nice + system + irq + softirq;
+        Some(Self {
+            busy,
+            steal,
+            total: busy + idle + iowait + steal,
+        })
+    }
+
+    /// What the machine did from `self` to `later`.
+    pub fn until(self, later: Self) -> MachineCpu {
+        // `/proc/stat` counts in USER_HZ, 100 per second in Linux's ABI.
+        let ticks = |n: u64| Duration::from_millis(n * 10);
+        MachineCpu {
+            busy: ticks(later.busy.saturating_sub(self.busy)),
+            steal: ticks(later.steal.saturating_sub(self.steal)),
+            total: ticks(later.total.saturating_sub(self.total)),
+        }
+    }
+}
+
+/// `cpu` from `start` to now, if both ends could be read.
+fn cpu_since(start: Option<CpuClock>) -> Option<MachineCpu> {
+    Some(start?.until(CpuClock::read()?))
 }
 
 /// Copies every record of `inputs` (from offset 0 up to `ends`) into
@@ -66,12 +148,16 @@ pub async fn passthrough(
     let mut remaining = ends.clone();
     let mut records = 0u64;
     let mut started = None;
+    let mut cpu_start = None;
     let mut pending = Vec::with_capacity(batch);
     // Next offset per partition; a TopicPartitionList appends on every add.
     let mut next: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     while remaining.values().any(|end| *end > 0) {
         let message = consumer.recv().await.map_err(|e| e.to_string())?;
-        started.get_or_insert_with(Instant::now);
+        if started.is_none() {
+            started = Some(Instant::now());
+            cpu_start = CpuClock::read();
+        }
         let mut record =
             FutureRecord::to(output).timestamp(message.timestamp().to_millis().unwrap_or(0));
         if let Some(key) = message.key() {
@@ -135,6 +221,7 @@ pub async fn passthrough(
     Ok(Timing {
         records,
         elapsed: started.map_or(Duration::ZERO, |s| s.elapsed()),
+        cpu: cpu_since(cpu_start),
     })
 }
 
@@ -338,6 +425,7 @@ pub async fn rebuild(
         Ok(Timing {
             records: records.len() as u64,
             elapsed: started.elapsed(),
+            cpu: None,
         })
     }
     let resident_before = resident_bytes();
@@ -557,14 +645,17 @@ where
     let client = reqwest::Client::new();
     let total: i64 = ends.values().sum();
     let mut started = None;
-    let (elapsed, text) = loop {
+    let mut cpu_start = None;
+    let (elapsed, cpu, text) = loop {
         let text = processor.metrics(&client).await?;
         if started.is_none() && sample(&text, "trellis_records_in_total").unwrap_or(0.0) > 0.0 {
             started = Some(Instant::now());
+            cpu_start = CpuClock::read();
         }
         let position = sample(&text, "trellis_consumer_position").unwrap_or(0.0) as i64;
         if position >= total {
-            break (started.map_or(Duration::ZERO, |s| s.elapsed()), text);
+            let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
+            break (elapsed, cpu_since(cpu_start), text);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
@@ -573,6 +664,7 @@ where
         Timing {
             records: total as u64,
             elapsed,
+            cpu,
         },
         text,
     ))
@@ -591,4 +683,36 @@ fn tempfile_dir() -> Result<std::path::PathBuf, String> {
     ));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_cpu_counts_busy_and_steal_apart_from_idle() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let before = CpuClock::parse("cpu  100 0 50 1000 10 5 5 20 0 0\ncpu0 1 2 3\n").unwrap();
+        let after = CpuClock::parse("cpu  300 10 90 1200 10 5 15 60 7 0\n").unwrap();
+        let cpu = before.until(after);
+        // busy: (300-100) + 10 + (90-50) + 0 + (15-5) = 260 ticks of 10 ms
+        assert_eq!(cpu.busy, Duration::from_millis(2_600));
+        assert_eq!(cpu.steal, Duration::from_millis(400));
+        // total: busy 260 + idle 200 + iowait 0 + steal 40
+        assert_eq!(cpu.total, Duration::from_millis(5_000));
+        assert!((cpu.steal_share() - 0.08).abs() < 1e-9);
+        let timing = Timing {
+            records: 1_000,
+            elapsed: Duration::from_secs(1),
+            cpu: Some(cpu),
+        };
+        assert_eq!(timing.cpu_per_record(), Some(2_600.0));
+    }
+
+    #[test]
+    fn an_unreadable_cpu_line_reads_as_none() {
+        assert!(CpuClock::parse("intr 1 2 3\n").is_none());
+        assert!(CpuClock::parse("cpu  1 2 3\n").is_none());
+        assert!(CpuClock::parse("cpu  1 2 x 4 5 6 7 8\n").is_none());
+    }
 }

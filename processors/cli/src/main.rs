@@ -1314,6 +1314,8 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
     };
     let mut best_pass: Option<bench::Timing> = None;
     let mut best_proc: Option<bench::Timing> = None;
+    // The least machine CPU per record each side took in any round.
+    let mut least_cpu: (Option<f64>, Option<f64>) = (None, None);
     for round in 1..=rounds.max(1) {
         let output = format!("bench.passthrough.{round}.{}", std::process::id());
         create_scratch_topic(&kafka, &output).await?;
@@ -1321,10 +1323,11 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
             .await
             .map_err(anyhow::Error::msg)?;
         println!(
-            "round {round}: passthrough {:>9.0} records/s ({} in {:.2}s)",
+            "round {round}: passthrough {:>9.0} records/s ({} in {:.2}s{})",
             pass.rate(),
             pass.records,
-            pass.elapsed.as_secs_f64()
+            pass.elapsed.as_secs_f64(),
+            cpu_note(&pass)
         );
         let timing = match stage {
             Stage::Collector => {
@@ -1338,10 +1341,11 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
         }
         .map_err(anyhow::Error::msg)?;
         println!(
-            "round {round}: {name:<11} {:>9.0} records/s ({} in {:.2}s)",
+            "round {round}: {name:<11} {:>9.0} records/s ({} in {:.2}s{})",
             timing.rate(),
             timing.records,
-            timing.elapsed.as_secs_f64()
+            timing.elapsed.as_secs_f64(),
+            cpu_note(&timing)
         );
         if best_pass.is_none_or(|b| pass.rate() > b.rate()) {
             best_pass = Some(pass);
@@ -1349,6 +1353,12 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
         if best_proc.is_none_or(|b| timing.rate() > b.rate()) {
             best_proc = Some(timing);
         }
+        let least = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        least_cpu.0 = least(least_cpu.0, pass.cpu_per_record());
+        least_cpu.1 = least(least_cpu.1, timing.cpu_per_record());
     }
     if let (Some(pass), Some(timing)) = (best_pass, best_proc) {
         println!(
@@ -1356,6 +1366,13 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
             pass.rate(),
             timing.rate(),
             timing.rate() / pass.rate()
+        );
+    }
+    if let (Some(pass), Some(processor)) = least_cpu {
+        println!(
+            "cpu: passthrough {pass:.1} µs/record, {name} {processor:.1} µs/record, \
+             ratio {:.2} (the whole machine's busy CPU: processes and broker)",
+            pass / processor
         );
     }
     if matches!(stage, Stage::Progress | Stage::Analytics) {
@@ -1370,6 +1387,17 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
         );
     }
     Ok(ExitStatus::Success)
+}
+
+/// `; machine CPU 21.3 µs/record, steal 2%` for a round's line, if read.
+fn cpu_note(timing: &trellis_cli::bench::Timing) -> String {
+    match (timing.cpu, timing.cpu_per_record()) {
+        (Some(cpu), Some(per_record)) => format!(
+            "; machine CPU {per_record:.1} µs/record, steal {:.0}%",
+            cpu.steal_share() * 100.0
+        ),
+        _ => String::new(),
+    }
 }
 
 async fn create_scratch_topic(kafka: &KafkaConfig, name: &str) -> anyhow::Result<()> {

@@ -307,6 +307,7 @@ async fn plain_copy(client: &mut tokio_postgres::Client, rows: &Rows) -> Result<
     Ok(Timing {
         records: rows.len() as u64,
         elapsed,
+        cpu: None,
     })
 }
 
@@ -405,6 +406,7 @@ pub async fn throughput(
         let sink = Timing {
             records: rows.len() as u64,
             elapsed: sink.elapsed,
+            cpu: None,
         };
         let in_postgres =
             trellis_runtime::metrics::sample(&metrics, "trellis_warehouse_flush_seconds_sum")
