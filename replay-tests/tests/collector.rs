@@ -241,6 +241,14 @@ async fn metrics_count_exactly_what_the_log_holds() {
     let doubled = assert_outputs_match(&stack, &manifest).await;
     assert_eq!(doubled, 0, "without crashes nothing is written twice");
     assert!(metrics.contains("trellis_batch_latency_seconds_bucket"));
+    // Every batch spent time processing and waiting for its acknowledgements.
+    for phase in ["process", "deliver", "commit"] {
+        let seconds = trellis_runtime::metrics::sample(
+            &metrics,
+            &format!(r#"trellis_batch_seconds_total{{phase="{phase}"}}"#),
+        );
+        assert!(seconds.is_some_and(|s| s > 0.0), "{phase}: {seconds:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

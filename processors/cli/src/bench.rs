@@ -26,6 +26,42 @@ pub struct Timing {
     pub elapsed: Duration,
     /// The whole machine's CPU over the same span, where it can be read.
     pub cpu: Option<MachineCpu>,
+    /// Where a processor's batches spent their time (not for passthroughs).
+    pub phases: Option<BatchPhases>,
+}
+
+/// Seconds a processor's batches spent per phase, from its
+/// `trellis_batch_seconds_total` metric at the end of the run.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPhases {
+    /// Reading and processing records.
+    pub process: f64,
+    /// Waiting for the broker to acknowledge outputs.
+    pub deliver: f64,
+    /// Committing state and offsets.
+    pub commit: f64,
+}
+
+impl BatchPhases {
+    fn from_metrics(text: &str) -> Option<Self> {
+        let phase = |name: &str| {
+            trellis_runtime::metrics::sample(
+                text,
+                &format!("trellis_batch_seconds_total{{phase=\"{name}\"}}"),
+            )
+        };
+        Some(Self {
+            process: phase("process")?,
+            deliver: phase("deliver")?,
+            commit: phase("commit")?,
+        })
+    }
+
+    /// Each phase's share of the three, in percent.
+    pub fn shares(&self) -> [f64; 3] {
+        let total = (self.process + self.deliver + self.commit).max(1e-9);
+        [self.process, self.deliver, self.commit].map(|s| s / total * 100.0)
+    }
 }
 
 impl Timing {
@@ -222,6 +258,7 @@ pub async fn passthrough(
         records,
         elapsed: started.map_or(Duration::ZERO, |s| s.elapsed()),
         cpu: cpu_since(cpu_start),
+        phases: None,
     })
 }
 
@@ -426,6 +463,7 @@ pub async fn rebuild(
             records: records.len() as u64,
             elapsed: started.elapsed(),
             cpu: None,
+            phases: None,
         })
     }
     let resident_before = resident_bytes();
@@ -665,6 +703,7 @@ where
             records: total as u64,
             elapsed,
             cpu,
+            phases: BatchPhases::from_metrics(&text),
         },
         text,
     ))
@@ -705,8 +744,20 @@ mod tests {
             records: 1_000,
             elapsed: Duration::from_secs(1),
             cpu: Some(cpu),
+            phases: None,
         };
         assert_eq!(timing.cpu_per_record(), Some(2_600.0));
+    }
+
+    #[test]
+    fn batch_phases_come_from_the_processors_metrics() {
+        let text = "# TYPE trellis_batch_seconds_total counter\n\
+            trellis_batch_seconds_total{phase=\"commit\",processor=\"privacy\"} 0.5\n\
+            trellis_batch_seconds_total{phase=\"deliver\",processor=\"privacy\"} 1.5\n\
+            trellis_batch_seconds_total{phase=\"process\",processor=\"privacy\"} 3\n";
+        let phases = BatchPhases::from_metrics(text).unwrap();
+        assert_eq!(phases.shares(), [60.0, 30.0, 10.0]);
+        assert!(BatchPhases::from_metrics("trellis_records_in_total 3\n").is_none());
     }
 
     #[test]

@@ -308,6 +308,7 @@ async fn plain_copy(client: &mut tokio_postgres::Client, rows: &Rows) -> Result<
         records: rows.len() as u64,
         elapsed,
         cpu: None,
+        phases: None,
     })
 }
 
@@ -407,6 +408,7 @@ pub async fn throughput(
             records: rows.len() as u64,
             elapsed: sink.elapsed,
             cpu: None,
+            phases: None,
         };
         let in_postgres =
             trellis_runtime::metrics::sample(&metrics, "trellis_warehouse_flush_seconds_sum")

@@ -14,8 +14,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Counter, CounterVec, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 
@@ -37,12 +37,28 @@ pub struct Metrics {
     pub replayed: IntCounter,
     /// Time from a batch's first record to its checkpoint.
     pub batch_latency: Histogram,
+    /// Where batches spend their time (`trellis_batch_seconds_total{phase}`).
+    pub batch_seconds: BatchSeconds,
     /// Next offset to read, by topic and partition.
     pub position: IntGaugeVec,
     /// 1 while a partition cannot make progress by itself, by reason
     /// (`replay_target_beyond_log_end`, `position_beyond_log_end`).
     pub stuck: IntGaugeVec,
     in_cache: Arc<Mutex<HashMap<String, IntCounter>>>,
+}
+
+/// Seconds spent in each phase of a batch, summed over batches: reading and
+/// processing its records (input waits included), waiting for the broker to
+/// acknowledge its outputs, committing state and offsets. Their shares say
+/// whether a processor is bound by its own work or by the broker's answers.
+#[derive(Clone)]
+pub struct BatchSeconds {
+    /// From the batch's first record until its checkpoint begins.
+    pub process: Counter,
+    /// Handing outputs to the producer and waiting for every acknowledgement.
+    pub deliver: Counter,
+    /// Saving the processor's state, the store commit and the offset commit.
+    pub commit: Counter,
 }
 
 /// Registration failed: only possible through a programming error (duplicate names).
@@ -98,6 +114,19 @@ impl Metrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
         )?;
+        let phases = CounterVec::new(
+            opts(
+                "trellis_batch_seconds_total",
+                "Seconds batches spent per phase: process (reading and processing records), \
+                 deliver (waiting for output acknowledgements), commit (state and offsets).",
+            ),
+            &["phase"],
+        )?;
+        let batch_seconds = BatchSeconds {
+            process: phases.with_label_values(&["process"]),
+            deliver: phases.with_label_values(&["deliver"]),
+            commit: phases.with_label_values(&["commit"]),
+        };
         let position = IntGaugeVec::new(
             opts("trellis_consumer_position", "Next offset to read."),
             &["topic", "partition"],
@@ -117,6 +146,7 @@ impl Metrics {
         registry.register(Box::new(duplicates_dropped.clone()))?;
         registry.register(Box::new(replayed.clone()))?;
         registry.register(Box::new(batch_latency.clone()))?;
+        registry.register(Box::new(phases))?;
         registry.register(Box::new(position.clone()))?;
         Ok(Self {
             registry,
@@ -127,6 +157,7 @@ impl Metrics {
             duplicates_dropped,
             replayed,
             batch_latency,
+            batch_seconds,
             position,
             stuck,
             in_cache: Arc::default(),

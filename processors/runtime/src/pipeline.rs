@@ -897,7 +897,17 @@ impl Runtime {
         cursors: &Cursors,
         processor: &mut P,
     ) -> Result<(), RunError> {
+        let checkpoint_began = Instant::now();
+        if let Some(started) = batch.started {
+            let processing = checkpoint_began.saturating_duration_since(started);
+            self.metrics
+                .batch_seconds
+                .process
+                .inc_by(processing.as_secs_f64());
+        }
         processor.save(&mut batch.txn)?;
+        let saved = checkpoint_began.elapsed();
+        let delivering = Instant::now();
         self.flush(&mut batch, processor).await?;
         let Batch {
             txn,
@@ -966,6 +976,11 @@ impl Runtime {
             }
         }
         failpoint::hit(failpoint::OUTPUTS_DURABLE);
+        let committing = Instant::now();
+        self.metrics
+            .batch_seconds
+            .deliver
+            .inc_by(committing.duration_since(delivering).as_secs_f64());
 
         let mut positions = Positions::new();
         let mut offsets = TopicPartitionList::new();
@@ -1008,6 +1023,10 @@ impl Runtime {
                 tracing::warn!(error = %e, "committing group offsets failed; continuing");
             }
         }
+        self.metrics
+            .batch_seconds
+            .commit
+            .inc_by((saved + committing.elapsed()).as_secs_f64());
         for (topic, count) in delivered {
             self.metrics
                 .records_out
