@@ -241,8 +241,9 @@ async fn metrics_count_exactly_what_the_log_holds() {
     let doubled = assert_outputs_match(&stack, &manifest).await;
     assert_eq!(doubled, 0, "without crashes nothing is written twice");
     assert!(metrics.contains("trellis_batch_latency_seconds_bucket"));
-    // Every batch spent time processing and waiting for its acknowledgements.
-    for phase in ["process", "deliver", "commit"] {
+    // Every batch spent time processing, saving its dedup window, waiting
+    // for its acknowledgements and committing.
+    for phase in ["process", "flush", "deliver", "commit"] {
         let seconds = trellis_runtime::metrics::sample(
             &metrics,
             &format!(r#"trellis_batch_seconds_total{{phase="{phase}"}}"#),

@@ -36,6 +36,8 @@ pub struct Timing {
 pub struct BatchPhases {
     /// Reading and processing records.
     pub process: f64,
+    /// The processor's end-of-batch work (saving its state, its flush).
+    pub flush: f64,
     /// Waiting for the broker to acknowledge outputs.
     pub deliver: f64,
     /// Committing state and offsets.
@@ -52,15 +54,18 @@ impl BatchPhases {
         };
         Some(Self {
             process: phase("process")?,
+            flush: phase("flush")?,
             deliver: phase("deliver")?,
             commit: phase("commit")?,
         })
     }
 
-    /// Each phase's share of the three, in percent.
-    pub fn shares(&self) -> [f64; 3] {
-        let total = (self.process + self.deliver + self.commit).max(1e-9);
-        [self.process, self.deliver, self.commit].map(|s| s / total * 100.0)
+    /// Each phase's share of the batches' time, in percent: process,
+    /// flush, deliver, commit.
+    pub fn shares(&self) -> [f64; 4] {
+        let phases = [self.process, self.flush, self.deliver, self.commit];
+        let total = phases.iter().sum::<f64>().max(1e-9);
+        phases.map(|s| s / total * 100.0)
     }
 }
 
@@ -754,9 +759,10 @@ mod tests {
         let text = "# TYPE trellis_batch_seconds_total counter\n\
             trellis_batch_seconds_total{phase=\"commit\",processor=\"privacy\"} 0.5\n\
             trellis_batch_seconds_total{phase=\"deliver\",processor=\"privacy\"} 1.5\n\
-            trellis_batch_seconds_total{phase=\"process\",processor=\"privacy\"} 3\n";
+            trellis_batch_seconds_total{phase=\"flush\",processor=\"privacy\"} 1\n\
+            trellis_batch_seconds_total{phase=\"process\",processor=\"privacy\"} 2\n";
         let phases = BatchPhases::from_metrics(text).unwrap();
-        assert_eq!(phases.shares(), [60.0, 30.0, 10.0]);
+        assert_eq!(phases.shares(), [40.0, 20.0, 30.0, 10.0]);
         assert!(BatchPhases::from_metrics("trellis_records_in_total 3\n").is_none());
     }
 

@@ -1397,9 +1397,10 @@ fn cpu_note(timing: &trellis_cli::bench::Timing) -> String {
             "; machine CPU {per_record:.1} µs/record, steal {:.0}%{}",
             cpu.steal_share() * 100.0,
             timing.phases.map_or(String::new(), |phases| {
-                let [process, deliver, commit] = phases.shares();
+                let [process, flush, deliver, commit] = phases.shares();
                 format!(
-                    "; batches: process {process:.0}%, deliver {deliver:.0}%, commit {commit:.0}%"
+                    "; batches: process {process:.0}%, flush {flush:.0}%, \
+                     deliver {deliver:.0}%, commit {commit:.0}%"
                 )
             })
         ),

@@ -113,9 +113,9 @@ mod tests {
 
     // Real time, not tokio's paused clock: its `test-util` feature, enabled
     // for tests only, would give `cargo build` and `cargo test` two builds
-    // of tokio and of everything above it. The waits are 50 ms, then 100:
-    // never less than their sum, and short of the next doubling's (a third
-    // wait, or each wait twice) with scheduler slack to spare.
+    // of tokio and of everything above it. The waits are 50 ms, then 100
+    // (the doubling itself is checked exactly above, through `delay`): never
+    // less than their sum, and with a second of slack for a loaded machine.
     #[tokio::test]
     async fn wait_sleeps_the_delay() {
         let mut b = Backoff::new("test");
@@ -124,6 +124,6 @@ mod tests {
         b.wait(&"down").await;
         let slept = start.elapsed();
         assert!(slept >= FIRST * 3, "{slept:?}");
-        assert!(slept < FIRST * 6, "{slept:?}");
+        assert!(slept < FIRST * 3 + Duration::from_secs(1), "{slept:?}");
     }
 }

@@ -47,17 +47,21 @@ pub struct Metrics {
     in_cache: Arc<Mutex<HashMap<String, IntCounter>>>,
 }
 
-/// Seconds spent in each phase of a batch, summed over batches: reading and
-/// processing its records (input waits included), waiting for the broker to
-/// acknowledge its outputs, committing state and offsets. Their shares say
-/// whether a processor is bound by its own work or by the broker's answers.
+/// Seconds spent in each phase of a batch, summed over batches. Their
+/// shares say whether a processor is bound by its own work or by waiting on
+/// the broker.
 #[derive(Clone)]
 pub struct BatchSeconds {
-    /// From the batch's first record until its checkpoint begins.
+    /// From the batch's first record until its checkpoint begins: reading
+    /// and processing records, waits for input included.
     pub process: Counter,
-    /// Handing outputs to the producer and waiting for every acknowledgement.
+    /// The processor's end-of-batch work: saving its working set into the
+    /// batch and its `flush` (the warehouse's Postgres transaction, say).
+    pub flush: Counter,
+    /// Waiting until the broker has acknowledged every output.
     pub deliver: Counter,
-    /// Saving the processor's state, the store commit and the offset commit.
+    /// The state store's commit and the consumer offsets' (and a Kafka
+    /// transaction's, where enabled).
     pub commit: Counter,
 }
 
@@ -118,12 +122,14 @@ impl Metrics {
             opts(
                 "trellis_batch_seconds_total",
                 "Seconds batches spent per phase: process (reading and processing records), \
-                 deliver (waiting for output acknowledgements), commit (state and offsets).",
+                 flush (the processor's end-of-batch work), deliver (waiting for output \
+                 acknowledgements), commit (state and offsets).",
             ),
             &["phase"],
         )?;
         let batch_seconds = BatchSeconds {
             process: phases.with_label_values(&["process"]),
+            flush: phases.with_label_values(&["flush"]),
             deliver: phases.with_label_values(&["deliver"]),
             commit: phases.with_label_values(&["commit"]),
         };

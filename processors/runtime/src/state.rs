@@ -869,7 +869,7 @@ impl StateStore {
 
     /// [`StateStore::commit`] for other crates' unit tests. Processors never
     /// call it (the pipeline commits, with positions): clippy.toml disallows
-    /// it, and a test that needs it says so with an `allow`. A cargo feature
+    /// it, and a test that needs it says so with an `expect`. A cargo feature
     /// enabled by a dev-dependency would be a gate too, but it gives `cargo
     /// build` and `cargo test` two feature sets, and every crate above the
     /// runtime is then compiled twice.
