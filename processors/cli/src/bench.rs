@@ -151,9 +151,30 @@ impl CpuClock {
     }
 }
 
-/// `cpu` from `start` to now, if both ends could be read.
-fn cpu_since(start: Option<CpuClock>) -> Option<MachineCpu> {
-    Some(start?.until(CpuClock::read()?))
+/// A run's clocks, wall time and the machine's CPU, started together at
+/// the run's first record.
+struct Stopwatch {
+    started: Instant,
+    cpu: Option<CpuClock>,
+}
+
+impl Stopwatch {
+    fn start() -> Self {
+        Self {
+            started: Instant::now(),
+            cpu: CpuClock::read(),
+        }
+    }
+
+    /// `records` timed from `watch`'s start to now (zero if it never started).
+    fn timing(watch: Option<&Self>, records: u64) -> Timing {
+        Timing {
+            records,
+            elapsed: watch.map_or(Duration::ZERO, |w| w.started.elapsed()),
+            cpu: watch.and_then(|w| Some(w.cpu?.until(CpuClock::read()?))),
+            phases: None,
+        }
+    }
 }
 
 /// Copies every record of `inputs` (from offset 0 up to `ends`) into
@@ -188,17 +209,13 @@ pub async fn passthrough(
     let total: i64 = ends.values().sum();
     let mut remaining = ends.clone();
     let mut records = 0u64;
-    let mut started = None;
-    let mut cpu_start = None;
+    let mut watch = None;
     let mut pending = Vec::with_capacity(batch);
     // Next offset per partition; a TopicPartitionList appends on every add.
     let mut next: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     while remaining.values().any(|end| *end > 0) {
         let message = consumer.recv().await.map_err(|e| e.to_string())?;
-        if started.is_none() {
-            started = Some(Instant::now());
-            cpu_start = CpuClock::read();
-        }
+        watch.get_or_insert_with(Stopwatch::start);
         let mut record =
             FutureRecord::to(output).timestamp(message.timestamp().to_millis().unwrap_or(0));
         if let Some(key) = message.key() {
@@ -259,12 +276,7 @@ pub async fn passthrough(
             .map_err(|_| "delivery cancelled".to_string())?
             .map_err(|(e, _)| e.to_string())?;
     }
-    Ok(Timing {
-        records,
-        elapsed: started.map_or(Duration::ZERO, |s| s.elapsed()),
-        cpu: cpu_since(cpu_start),
-        phases: None,
-    })
+    Ok(Stopwatch::timing(watch.as_ref(), records))
 }
 
 /// Runs the collector in-process over the ingest topics into a fresh state
@@ -687,28 +699,23 @@ where
     )?;
     let client = reqwest::Client::new();
     let total: i64 = ends.values().sum();
-    let mut started = None;
-    let mut cpu_start = None;
-    let (elapsed, cpu, text) = loop {
+    let mut watch = None;
+    let (timing, text) = loop {
         let text = processor.metrics(&client).await?;
-        if started.is_none() && sample(&text, "trellis_records_in_total").unwrap_or(0.0) > 0.0 {
-            started = Some(Instant::now());
-            cpu_start = CpuClock::read();
+        if watch.is_none() && sample(&text, "trellis_records_in_total").unwrap_or(0.0) > 0.0 {
+            watch = Some(Stopwatch::start());
         }
         let position = sample(&text, "trellis_consumer_position").unwrap_or(0.0) as i64;
         if position >= total {
-            let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
-            break (elapsed, cpu_since(cpu_start), text);
+            break (Stopwatch::timing(watch.as_ref(), total as u64), text);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     processor.stop().await?;
     Ok((
         Timing {
-            records: total as u64,
-            elapsed,
-            cpu,
             phases: BatchPhases::from_metrics(&text),
+            ..timing
         },
         text,
     ))

@@ -1353,10 +1353,7 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
         if best_proc.is_none_or(|b| timing.rate() > b.rate()) {
             best_proc = Some(timing);
         }
-        let least = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let least = |a: Option<f64>, b: Option<f64>| a.into_iter().chain(b).reduce(f64::min);
         least_cpu.0 = least(least_cpu.0, pass.cpu_per_record());
         least_cpu.1 = least(least_cpu.1, timing.cpu_per_record());
     }
@@ -1390,22 +1387,23 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
 }
 
 /// `; machine CPU 21.3 µs/record, steal 2%; batches: process 80%, …` for a
-/// round's line, as far as they were read.
+/// round's line, each part where it was read.
 fn cpu_note(timing: &trellis_cli::bench::Timing) -> String {
-    match (timing.cpu, timing.cpu_per_record()) {
-        (Some(cpu), Some(per_record)) => format!(
-            "; machine CPU {per_record:.1} µs/record, steal {:.0}%{}",
-            cpu.steal_share() * 100.0,
-            timing.phases.map_or(String::new(), |phases| {
-                let [process, flush, deliver, commit] = phases.shares();
-                format!(
-                    "; batches: process {process:.0}%, flush {flush:.0}%, \
-                     deliver {deliver:.0}%, commit {commit:.0}%"
-                )
-            })
-        ),
-        _ => String::new(),
+    let mut note = String::new();
+    if let (Some(cpu), Some(per_record)) = (timing.cpu, timing.cpu_per_record()) {
+        note += &format!(
+            "; machine CPU {per_record:.1} µs/record, steal {:.0}%",
+            cpu.steal_share() * 100.0
+        );
     }
+    if let Some(phases) = timing.phases {
+        let [process, flush, deliver, commit] = phases.shares();
+        note += &format!(
+            "; batches: process {process:.0}%, flush {flush:.0}%, \
+             deliver {deliver:.0}%, commit {commit:.0}%"
+        );
+    }
+    note
 }
 
 async fn create_scratch_topic(kafka: &KafkaConfig, name: &str) -> anyhow::Result<()> {
