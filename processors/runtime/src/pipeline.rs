@@ -51,11 +51,11 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use prometheus::IntCounter;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 
 use crate::backoff::Backoff;
@@ -103,7 +103,7 @@ pub struct Runtime {
     shutdown_deadline: Duration,
     partitions: BTreeMap<String, i32>,
     producer: TrellisProducer,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<CommitReports>,
     dlq: Option<AvroEncoder>,
     dlq_topic: Arc<str>,
     /// Topics this processor may write (topology.yaml's `outputs`).
@@ -113,6 +113,23 @@ pub struct Runtime {
     avro_inputs: HashSet<String>,
     /// Set once replay has finished: tickers only tick on a live processor.
     live: Arc<AtomicBool>,
+}
+
+/// Reports the outcome of the checkpoints' asynchronous offset commits,
+/// which librdkafka would otherwise drop silently.
+struct CommitReports {
+    failures: IntCounter,
+}
+
+impl ClientContext for CommitReports {}
+
+impl ConsumerContext for CommitReports {
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        if let Err(e) = result {
+            self.failures.inc();
+            tracing::warn!(error = %e, "committing group offsets failed; continuing");
+        }
+    }
 }
 
 /// What became of one consumed record.
@@ -215,8 +232,11 @@ impl Runtime {
                 .init_transactions(ADMIN_TIMEOUT)
                 .map_err(KafkaError::client("initialising transactions"))?;
         }
-        let consumer: StreamConsumer = consumer_config(&config.kafka, &group)
-            .create()
+        let commits = CommitReports {
+            failures: metrics.errors.with_label_values(&["offset_commit"]),
+        };
+        let consumer: StreamConsumer<CommitReports> = consumer_config(&config.kafka, &group)
+            .create_with_context(commits)
             .map_err(KafkaError::client("creating the consumer"))?;
         bind_store_to_cluster(&store, &consumer)?;
         let registry = registry_settings(&config.registry.url)?;
@@ -506,10 +526,50 @@ impl Runtime {
                 }
             }
             if stopping {
+                self.commit_offsets_before_exit(&cursors).await;
                 self.store.flush()?;
                 tracing::info!(processor = self.name, "shut down cleanly");
                 return Ok(Exit::Success);
             }
+        }
+    }
+
+    /// Commits the group's offsets and waits for the broker's answer,
+    /// retrying failures until the shutdown deadline. The checkpoints commit
+    /// without waiting, and their last commit may have failed; a restore
+    /// after a clean stop must still find every emitted record marked
+    /// durable, or it would process (and emit) part of it again. With no
+    /// coordinator reachable, one attempt waits as long as librdkafka's own
+    /// close waits for outstanding commits (`session.timeout.ms`).
+    async fn commit_offsets_before_exit(&self, cursors: &Cursors) {
+        if self.kafka.transactions {
+            return; // every batch's offsets were committed with its outputs
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (topic, partition, cursor) in cursors.iter() {
+            if cursor.durable() > 0
+                && let Err(e) =
+                    offsets.add_partition_offset(topic, partition, Offset::Offset(cursor.durable()))
+            {
+                tracing::warn!(error = %e, "recording offsets to commit");
+            }
+        }
+        if offsets.count() == 0 {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.shutdown_deadline;
+        let mut backoff = Backoff::new("final offset commit")
+            .counting(self.metrics.errors.with_label_values(&["offset_commit"]));
+        loop {
+            let committed =
+                tokio::task::block_in_place(|| self.consumer.commit(&offsets, CommitMode::Sync));
+            let Err(e) = committed else { return };
+            let wait = backoff.delay(&e);
+            if tokio::time::Instant::now() + wait >= deadline {
+                tracing::warn!(error = %e, "could not commit group offsets before exit; a restore will replay less and process the rest again");
+                return;
+            }
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -992,7 +1052,7 @@ impl Runtime {
                 let topic = cursors.topic_name(index);
                 positions.insert(TopicPartition::new(&**topic, partition), cursor.next);
                 offsets
-                    .add_partition_offset(topic, partition, Offset::Offset(cursor.next))
+                    .add_partition_offset(topic, partition, Offset::Offset(cursor.durable()))
                     .map_err(KafkaError::client("recording offsets"))?;
             }
         }
@@ -1053,7 +1113,10 @@ impl Runtime {
 
 /// A store remembers the cluster whose log it was built from; a store of
 /// another cluster is refused, because its positions mean nothing here.
-fn bind_store_to_cluster(store: &StateStore, consumer: &StreamConsumer) -> Result<(), StartError> {
+fn bind_store_to_cluster(
+    store: &StateStore,
+    consumer: &impl Consumer<CommitReports>,
+) -> Result<(), StartError> {
     let Some(actual) = consumer.client().fetch_cluster_id(ADMIN_TIMEOUT) else {
         tracing::warn!(
             "the broker reports no cluster id; cannot check the state store belongs to it"
@@ -1074,7 +1137,11 @@ fn bind_store_to_cluster(store: &StateStore, consumer: &StreamConsumer) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::BaseConsumer;
     use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
     const TOPOLOGY: &str = "schema_dir: schemas
 topics:
@@ -1137,7 +1204,15 @@ processors:
     }
 
     async fn run_echo(target: &'static str) -> Result<Exit, RunError> {
-        let cluster = MockCluster::new(1).unwrap();
+        run_echo_on(&MockCluster::new(1).unwrap(), target).await
+    }
+
+    /// Feeds one record to a processor emitting to `target`, stopping it
+    /// cleanly after 3 s.
+    async fn run_echo_on(
+        cluster: &MockCluster<'_, DefaultProducerContext>,
+        target: &'static str,
+    ) -> Result<Exit, RunError> {
         for topic in ["in", "out", "elsewhere"] {
             cluster.create_topic(topic, 1, 1).unwrap();
         }
@@ -1198,5 +1273,31 @@ processors:
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_processor_emitting_to_its_declared_output_runs() {
         assert_eq!(run_echo("out").await.unwrap(), Exit::Success);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_clean_stop_leaves_the_group_offset_at_what_was_processed() {
+        let cluster = MockCluster::new(1).unwrap();
+        // The checkpoint's commit, sent without waiting, is refused.
+        cluster.request_errors(
+            RDKafkaApiKey::OffsetCommit,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE],
+        );
+        assert_eq!(run_echo_on(&cluster, "out").await.unwrap(), Exit::Success);
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "test-echo")
+            .create()
+            .unwrap();
+        let mut asked = TopicPartitionList::new();
+        asked.add_partition("in", 0);
+        let committed = reader
+            .committed_offsets(asked, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(
+            committed.find_partition("in", 0).unwrap().offset(),
+            Offset::Offset(1),
+            "the one record is marked durable"
+        );
     }
 }

@@ -39,6 +39,13 @@ impl Cursor {
         }
     }
 
+    /// The group offset to commit: how far outputs are durable. Never below
+    /// the replay target, so a checkpoint taken mid-replay cannot move the
+    /// group's offset back (a crash then would emit again what was emitted).
+    pub fn durable(&self) -> i64 {
+        self.next.max(self.replay_until)
+    }
+
     /// Records left to replay.
     pub fn to_replay(&self) -> u64 {
         (self.replay_until - self.next).max(0) as u64
@@ -293,6 +300,19 @@ mod tests {
         // nothing to replay, never a negative count.
         assert_eq!(Cursor::plan(Some(120), Some(100)).to_replay(), 0);
         assert_eq!(Cursor::plan(None, None).to_replay(), 0);
+    }
+
+    #[test]
+    fn the_durable_offset_never_falls_below_the_replay_target() {
+        let mut c = cursors(vec![Some(Cursor::plan(Some(10), Some(100)))]);
+        c.advance(0, 0, 10);
+        let cursor = c.get(0, 0).unwrap();
+        assert_eq!(cursor.next, 11, "the store's position moves");
+        assert_eq!(cursor.durable(), 100, "the group's offset does not");
+        for offset in 11..150 {
+            c.advance(0, 0, offset);
+        }
+        assert_eq!(c.get(0, 0).unwrap().durable(), 150, "past it, both move");
     }
 
     #[test]
