@@ -241,9 +241,10 @@ async fn metrics_count_exactly_what_the_log_holds() {
     let doubled = assert_outputs_match(&stack, &manifest).await;
     assert_eq!(doubled, 0, "without crashes nothing is written twice");
     assert!(metrics.contains("trellis_batch_latency_seconds_bucket"));
-    // Every batch spent time processing, saving its dedup window, waiting
-    // for its acknowledgements and committing.
-    for phase in ["process", "flush", "deliver", "commit"] {
+    // Batches spent time waiting for input (at least the last, until its
+    // deadline), processing, saving the dedup window, waiting for their
+    // acknowledgements and committing.
+    for phase in ["input", "process", "flush", "deliver", "commit"] {
         let seconds = trellis_runtime::metrics::sample(
             &metrics,
             &format!(r#"trellis_batch_seconds_total{{phase="{phase}"}}"#),

@@ -34,7 +34,9 @@ pub struct Timing {
 /// `trellis_batch_seconds_total` metric at the end of the run.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchPhases {
-    /// Reading and processing records.
+    /// Waiting for the next input record.
+    pub input: f64,
+    /// Processing records.
     pub process: f64,
     /// The processor's end-of-batch work (saving its state, its flush).
     pub flush: f64,
@@ -53,6 +55,7 @@ impl BatchPhases {
             )
         };
         Some(Self {
+            input: phase("input")?,
             process: phase("process")?,
             flush: phase("flush")?,
             deliver: phase("deliver")?,
@@ -60,10 +63,16 @@ impl BatchPhases {
         })
     }
 
-    /// Each phase's share of the batches' time, in percent: process,
-    /// flush, deliver, commit.
-    pub fn shares(&self) -> [f64; 4] {
-        let phases = [self.process, self.flush, self.deliver, self.commit];
+    /// Each phase's share of the batches' time, in percent: input,
+    /// process, flush, deliver, commit.
+    pub fn shares(&self) -> [f64; 5] {
+        let phases = [
+            self.input,
+            self.process,
+            self.flush,
+            self.deliver,
+            self.commit,
+        ];
         let total = phases.iter().sum::<f64>().max(1e-9);
         phases.map(|s| s / total * 100.0)
     }
@@ -767,9 +776,10 @@ mod tests {
             trellis_batch_seconds_total{phase=\"commit\",processor=\"privacy\"} 0.5\n\
             trellis_batch_seconds_total{phase=\"deliver\",processor=\"privacy\"} 1.5\n\
             trellis_batch_seconds_total{phase=\"flush\",processor=\"privacy\"} 1\n\
+            trellis_batch_seconds_total{phase=\"input\",processor=\"privacy\"} 0\n\
             trellis_batch_seconds_total{phase=\"process\",processor=\"privacy\"} 2\n";
         let phases = BatchPhases::from_metrics(text).unwrap();
-        assert_eq!(phases.shares(), [40.0, 20.0, 30.0, 10.0]);
+        assert_eq!(phases.shares(), [0.0, 40.0, 20.0, 30.0, 10.0]);
         assert!(BatchPhases::from_metrics("trellis_records_in_total 3\n").is_none());
     }
 

@@ -1397,9 +1397,9 @@ fn cpu_note(timing: &trellis_cli::bench::Timing) -> String {
         );
     }
     if let Some(phases) = timing.phases {
-        let [process, flush, deliver, commit] = phases.shares();
+        let [input, process, flush, deliver, commit] = phases.shares();
         note += &format!(
-            "; batches: process {process:.0}%, flush {flush:.0}%, \
+            "; batches: input {input:.0}%, process {process:.0}%, flush {flush:.0}%, \
              deliver {deliver:.0}%, commit {commit:.0}%"
         );
     }

@@ -52,8 +52,12 @@ pub struct Metrics {
 /// the broker.
 #[derive(Clone)]
 pub struct BatchSeconds {
-    /// From the batch's first record until its checkpoint begins: reading
-    /// and processing records, waits for input included.
+    /// From the batch's first record until its checkpoint begins, waiting
+    /// for the consumer to deliver the next record: a processor starved of
+    /// input (a slow fetch, a quiet topic until the batch's deadline).
+    pub input: Counter,
+    /// From the batch's first record until its checkpoint begins, the rest:
+    /// processing records and handing outputs to the producer.
     pub process: Counter,
     /// The processor's end-of-batch work: saving its working set into the
     /// batch and its `flush` (the warehouse's Postgres transaction, say).
@@ -121,13 +125,14 @@ impl Metrics {
         let phases = CounterVec::new(
             opts(
                 "trellis_batch_seconds_total",
-                "Seconds batches spent per phase: process (reading and processing records), \
-                 flush (the processor's end-of-batch work), deliver (waiting for output \
+                "Seconds batches spent per phase: input (waiting for the next input record), \
+                 process (processing records), flush (the processor's end-of-batch work), deliver (waiting for output \
                  acknowledgements), commit (state and offsets).",
             ),
             &["phase"],
         )?;
         let batch_seconds = BatchSeconds {
+            input: phases.with_label_values(&["input"]),
             process: phases.with_label_values(&["process"]),
             flush: phases.with_label_values(&["flush"]),
             deliver: phases.with_label_values(&["deliver"]),

@@ -163,6 +163,8 @@ struct Batch<'s> {
     records: usize,
     in_transaction: bool,
     started: Option<Instant>,
+    /// Time since `started` spent waiting for the consumer to deliver.
+    waiting: Duration,
 }
 
 type Shutdown<'a> = Pin<Box<futures::future::Fuse<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>>>;
@@ -429,15 +431,21 @@ impl Runtime {
                 records: 0,
                 in_transaction: false,
                 started: None,
+                waiting: Duration::ZERO,
             };
             let deadline = tokio::time::Instant::now() + self.batch.max_wait();
             let mut stopping = false;
             while batch.records < self.batch.max_records {
+                let asked = Instant::now();
                 let received = tokio::select! {
                     biased;
                     () = &mut shutdown => { stopping = true; break; }
                     received = tokio::time::timeout_at(deadline, self.consumer.recv()) => received,
                 };
+                let answered = Instant::now();
+                if batch.started.is_some() {
+                    batch.waiting += answered.duration_since(asked);
+                }
                 let message = match received {
                     Err(_elapsed) => break,
                     Ok(Err(e)) => {
@@ -452,7 +460,7 @@ impl Runtime {
                     Ok(Ok(message)) => message,
                 };
                 consume_backoff.recovered();
-                batch.started.get_or_insert_with(Instant::now);
+                batch.started.get_or_insert(answered);
                 let handled = self
                     .handle(
                         &message,
@@ -959,11 +967,12 @@ impl Runtime {
     ) -> Result<(), RunError> {
         let checkpoint_began = Instant::now();
         if let Some(started) = batch.started {
-            let processing = checkpoint_began.saturating_duration_since(started);
-            self.metrics
-                .batch_seconds
+            let span = checkpoint_began.saturating_duration_since(started);
+            let phases = &self.metrics.batch_seconds;
+            phases.input.inc_by(batch.waiting.as_secs_f64());
+            phases
                 .process
-                .inc_by(processing.as_secs_f64());
+                .inc_by(span.saturating_sub(batch.waiting).as_secs_f64());
         }
         processor.save(&mut batch.txn)?;
         self.flush(&mut batch, processor).await?;
@@ -1028,6 +1037,7 @@ impl Runtime {
                 records: 0,
                 in_transaction,
                 started: None,
+                waiting: Duration::ZERO,
             };
             self.send_dead_letter(&mut side, letter, &input, None)
                 .await?;
