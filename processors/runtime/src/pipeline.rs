@@ -103,6 +103,9 @@ pub struct Runtime {
     shutdown_deadline: Duration,
     partitions: BTreeMap<String, i32>,
     producer: TrellisProducer,
+    /// `trellis_errors_total{code="kafka_produce"}`, looked up once: every
+    /// output is sent with a backoff that counts into it.
+    produce_errors: IntCounter,
     consumer: StreamConsumer<CommitReports>,
     dlq: Option<AvroEncoder>,
     dlq_topic: Arc<str>,
@@ -248,6 +251,7 @@ impl Runtime {
             .filter(|t| topology.topic(t).is_ok_and(|spec| spec.schema.is_some()))
             .cloned()
             .collect();
+        let produce_errors = metrics.errors.with_label_values(&["kafka_produce"]);
         let mut runtime = Self {
             name,
             metrics,
@@ -260,6 +264,7 @@ impl Runtime {
             spec,
             metrics_addr,
             producer: TrellisProducer::new(producer, &config.kafka),
+            produce_errors,
             kafka: config.kafka.clone(),
             batch: config.batch.clone(),
             shutdown_deadline: config.shutdown_deadline(),
@@ -938,8 +943,7 @@ impl Runtime {
                 })?;
             batch.in_transaction = true;
         }
-        let mut backoff = Backoff::new("produce")
-            .counting(self.metrics.errors.with_label_values(&["kafka_produce"]));
+        let mut backoff = Backoff::new("produce").counting(self.produce_errors.clone());
         loop {
             match self.producer.enqueue(record).await {
                 Ok(delivery) => {
