@@ -47,7 +47,6 @@ mod live;
 pub mod windows;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
 use std::sync::Arc;
 
 use prometheus::{IntCounter, IntCounterVec};
@@ -62,7 +61,9 @@ use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
 use trellis_runtime::state::StateError;
 use trellis_runtime::working_set::{Stored, WorkingSet};
-use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};
+use trellis_runtime::{
+    Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, Shutdown, StateTxn,
+};
 
 use crate::live::LiveCell;
 use crate::windows::{Cell, Rules, Timing, Window, crosses_close_point};
@@ -846,10 +847,7 @@ impl Processor for Analytics {
 ///
 /// # Errors
 /// [`Failure`] when it cannot start or must stop; the message names the cause.
-pub async fn run(
-    config: Config<Settings>,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<Exit, Failure> {
+pub async fn run(config: Config<Settings>, shutdown: Shutdown<'_>) -> Result<Exit, Failure> {
     config.settings.check().map_err(StartError::Misconfigured)?;
     if config.kafka.instances > 1 {
         return Err(StartError::Misconfigured(format!(

@@ -41,7 +41,6 @@ pub mod verify;
 pub mod witness;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,8 +54,8 @@ use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
 use trellis_runtime::state::StateError;
 use trellis_runtime::ticker::{Pending, TickRecord};
 use trellis_runtime::{
-    Config, Emitter, InputRecord, OutputRecord, ProcessError, Processor, Runtime, StateStore,
-    StateTxn,
+    Config, Emitter, InputRecord, OutputRecord, ProcessError, Processor, Runtime, Shutdown,
+    StateStore, StateTxn,
 };
 
 use crate::canonical::{GENESIS, anchor_hash, record_bytes};
@@ -628,7 +627,7 @@ pub fn heartbeat(at: i64) -> AuditEvent {
 pub async fn run(
     config: Config<Settings>,
     secrets: Secrets,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: Shutdown<'_>,
 ) -> Result<Exit, Failure> {
     config.settings.check().map_err(StartError::Misconfigured)?;
     if config.kafka.instances > 1 {

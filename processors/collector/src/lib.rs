@@ -28,7 +28,6 @@ pub mod json;
 pub mod validate;
 pub mod xapi;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use prometheus::IntCounterVec;
@@ -37,7 +36,9 @@ use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
 use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
 use trellis_runtime::state::{StateError, StateStore};
-use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};
+use trellis_runtime::{
+    Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, Shutdown, StateTxn,
+};
 
 use crate::dedup::DedupWindow;
 use crate::validate::{Envelope, IngestFormat, Limits, validate};
@@ -271,7 +272,7 @@ impl Processor for Collector {
 pub async fn run(
     config: Config<Settings>,
     secrets: Secrets,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: Shutdown<'_>,
 ) -> Result<Exit, Failure> {
     let runtime = Runtime::start(NAME, &config).await?;
     let encoder = runtime.encoder(COLLECTED_TOPIC).await?;
@@ -299,9 +300,9 @@ pub async fn run(
             let _ = stop_rx.wait_for(|stop| *stop).await;
         }));
     }
-    let shutdown = async move {
+    let shutdown = Box::pin(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
-    };
+    });
     Ok(runtime.run(collector, shutdown).await?)
 }

@@ -50,7 +50,6 @@
 //! re-sending; they are removed once the saga has decided its answer.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,8 +68,8 @@ use trellis_runtime::state::StateError;
 use trellis_runtime::ticker::{Pending, TickRecord};
 use trellis_runtime::topology::Classification;
 use trellis_runtime::{
-    Config, Emitter, InputRecord, OutputRecord, ProcessError, Processor, Runtime, StateStore,
-    StateTxn,
+    Config, Emitter, InputRecord, OutputRecord, ProcessError, Processor, Runtime, Shutdown,
+    StateStore, StateTxn,
 };
 
 /// Processor name (topology.yaml).
@@ -1075,10 +1074,7 @@ impl Processor for Gdpr {
 ///
 /// # Errors
 /// [`Failure`] when it cannot start or must stop; the message names the cause.
-pub async fn run(
-    config: Config<Settings>,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<Exit, Failure> {
+pub async fn run(config: Config<Settings>, shutdown: Shutdown<'_>) -> Result<Exit, Failure> {
     config.settings.check().map_err(StartError::Misconfigured)?;
     if config.kafka.instances > 1 {
         return Err(StartError::Misconfigured(

@@ -34,7 +34,6 @@ pub mod reveal;
 pub mod vault;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -48,7 +47,9 @@ use trellis_runtime::participant::{Acks, Receipts, answer_once};
 use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::schema::{AvroDecoder, AvroEncoder, DecodeError, PiiTag, SchemaFile};
 use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
-use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};
+use trellis_runtime::{
+    Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, Shutdown, StateTxn,
+};
 
 use crate::crypto::{IpHasher, KEY_LEN, SubjectKeys};
 use crate::vault::{Vault, VaultError};
@@ -595,7 +596,7 @@ impl Processor for Privacy {
 pub async fn run(
     config: Config<Settings>,
     secrets: Secrets,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: Shutdown<'_>,
 ) -> Result<Exit, Failure> {
     config
         .settings
@@ -651,10 +652,10 @@ pub async fn run(
             }
         });
     }
-    let shutdown = async move {
+    let shutdown = Box::pin(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
-    };
+    });
     let encoders = Encoders {
         protected: runtime.encoder(PROTECTED_TOPIC).await?,
         acks: runtime.encoder(ACKS_TOPIC).await?,

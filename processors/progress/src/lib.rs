@@ -38,7 +38,6 @@ pub mod rules;
 pub mod transcript;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
 use std::sync::Arc;
 
 use prometheus::{IntCounter, IntCounterVec};
@@ -54,7 +53,9 @@ use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
 use trellis_runtime::state::StateError;
 use trellis_runtime::working_set::{Stored, WorkingSet};
-use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, StateTxn};
+use trellis_runtime::{
+    Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, Shutdown, StateTxn,
+};
 
 use crate::rules::{
     Derived, Fact, Proof, Rule, VOIDED_VERB, VerbClass, derive, derive_course, insert_fact,
@@ -820,10 +821,7 @@ impl Processor for Progress {
 ///
 /// # Errors
 /// [`Failure`] when it cannot start or must stop; the message names the cause.
-pub async fn run(
-    config: Config<Settings>,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<Exit, Failure> {
+pub async fn run(config: Config<Settings>, shutdown: Shutdown<'_>) -> Result<Exit, Failure> {
     config.settings.check().map_err(StartError::Misconfigured)?;
     let runtime = Runtime::start(NAME, &config).await?;
     let counters = Counters::detached();
@@ -865,10 +863,10 @@ pub async fn run(
         acks: runtime.encoder(PARTICIPANT_ACKS_TOPIC).await?,
     };
     let progress = Progress::new(&config.settings, encoders, counters);
-    let shutdown = async move {
+    let shutdown = Box::pin(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
-    };
+    });
     Ok(runtime.run(progress, shutdown).await?)
 }
 

@@ -55,6 +55,7 @@ pub mod topology;
 pub mod working_set;
 
 pub use config::Config;
+pub use lifecycle::Shutdown;
 pub use pipeline::{
     Emitter, Exit, Failure, InputRecord, OutputRecord, ProcessError, Processor, Runtime,
 };

@@ -42,7 +42,6 @@
 //! when live input may flow is [`crate::replay`]'s plan.
 
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,6 +65,7 @@ use crate::kafka::{
     ADMIN_TIMEOUT, KafkaError, REQUEST_ID_HEADER, consumer_config, producer_config,
     topic_partitions,
 };
+use crate::lifecycle::Shutdown;
 use crate::metrics::Metrics;
 use crate::processor::{Halt, apply};
 use crate::producer::{Outgoing, ProduceError, TrellisProducer};
@@ -170,7 +170,7 @@ struct Batch<'s> {
     waiting: Duration,
 }
 
-type Shutdown<'a> = Pin<Box<futures::future::Fuse<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>>>;
+type Fused<'a> = Pin<Box<futures::future::Fuse<Shutdown<'a>>>>;
 
 impl Runtime {
     /// Loads the topology, checks the processor's topics exist, opens (or,
@@ -407,7 +407,7 @@ impl Runtime {
     pub async fn run<P: Processor>(
         self,
         mut processor: P,
-        shutdown: impl Future<Output = ()> + Send,
+        shutdown: Shutdown<'_>,
     ) -> Result<Exit, RunError> {
         processor.restore(&self.store)?;
         let mut cursors = self.assign()?;
@@ -420,8 +420,7 @@ impl Runtime {
             .iter()
             .map(|t| self.metrics.records_in_for(t))
             .collect();
-        let shutdown: Pin<Box<dyn Future<Output = ()> + Send + '_>> = Box::pin(shutdown);
-        let mut shutdown: Shutdown<'_> = Box::pin(shutdown.fuse());
+        let mut shutdown: Fused<'_> = Box::pin(shutdown.fuse());
         let mut emitter = Emitter::new(self.name);
         let mut paused: Vec<(Arc<str>, i32)> = Vec::new();
         let mut consume_backoff = Backoff::new("consume")
@@ -696,7 +695,7 @@ impl Runtime {
 
     /// Fetches the writer schema of `value` before it reaches the processor,
     /// waiting out a registry that cannot answer. `false`: shutdown came first.
-    async fn prepare_schema(&self, value: &[u8], shutdown: &mut Shutdown<'_>) -> bool {
+    async fn prepare_schema(&self, value: &[u8], shutdown: &mut Fused<'_>) -> bool {
         let mut backoff = Backoff::new("schema registry").counting(
             self.metrics
                 .errors
@@ -731,7 +730,7 @@ impl Runtime {
         replay: &mut ReplayProgress,
         paused: &mut Vec<(Arc<str>, i32)>,
         records_in: &[IntCounter],
-        shutdown: &mut Shutdown<'_>,
+        shutdown: &mut Fused<'_>,
     ) -> Result<Handled, RunError> {
         let Some(index) = cursors.topic_index(message.topic()) else {
             return Ok(Handled::Passed);
@@ -1268,7 +1267,10 @@ processors:
         let runtime = Runtime::start("echo", &config).await.unwrap();
         tokio::time::timeout(
             Duration::from_secs(20),
-            runtime.run(EmitTo(target), tokio::time::sleep(Duration::from_secs(3))),
+            runtime.run(
+                EmitTo(target),
+                Box::pin(tokio::time::sleep(Duration::from_secs(3))),
+            ),
         )
         .await
         .expect("the loop answers")

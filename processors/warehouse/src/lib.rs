@@ -56,7 +56,6 @@ pub mod rows;
 pub mod writer;
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,7 +74,7 @@ use trellis_runtime::processor::Input;
 use trellis_runtime::schema::{AvroDecoder, DecodeError};
 use trellis_runtime::secret::{SecretFormat, SecretSpec};
 use trellis_runtime::state::StateStore;
-use trellis_runtime::{Config, Emitter, InputRecord, Processor, Runtime, StateTxn};
+use trellis_runtime::{Config, Emitter, InputRecord, Processor, Runtime, Shutdown, StateTxn};
 
 use crate::batch::{Batch, LearnerHash, PendingCommand, ProgressChange, learner_hash};
 use crate::connection::{ConnectionString, Verdict, describe, verdict};
@@ -682,7 +681,7 @@ pub async fn open(url: &ConnectionString, settings: &Settings) -> Result<Client,
 pub async fn run(
     mut config: Config<Settings>,
     url: ConnectionString,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: Shutdown<'_>,
 ) -> Result<Exit, Failure> {
     if config.kafka.instances > 1 {
         return Err(StartError::Misconfigured(format!(
