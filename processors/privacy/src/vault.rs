@@ -195,7 +195,7 @@ impl Vault {
             message: e.to_string(),
         };
         fs::create_dir_all(dir).map_err(|e| io(&e))?;
-        let db = sled::open(dir.join("entries")).map_err(|e| io(&e))?;
+        let db = open_sled(&dir.join("entries")).map_err(|e| io(&e))?;
         let mut vault = Self {
             dir: dir.to_path_buf(),
             master: array(master),
@@ -789,6 +789,29 @@ impl Vault {
     }
 }
 
+/// Opens a sled database, waiting briefly for a lock its previous owner in
+/// this process has dropped: sled releases the file lock only when its
+/// background threads let go of the closed database, a moment after the
+/// last handle drops (spacejam/sled#1289). A vault reopened in-process (a
+/// restarted pipeline, tests) met that lock under load. A lock held by
+/// another live process still fails, after the wait.
+fn open_sled(path: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match sled::open(path) {
+            // sled reports the lock as an `Other` I/O error; its text is
+            // all that tells it apart.
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -827,6 +850,23 @@ mod tests {
         assert_eq!(ann.keys.pseudonym(), ann_again.keys.pseudonym());
         assert_ne!(ann.keys.pseudonym(), bob.keys.pseudonym());
         assert_ne!(ann.keys.pseudonym(), ann_globex.keys.pseudonym());
+    }
+
+    #[test]
+    fn a_vault_closed_a_moment_ago_opens_once_sled_lets_go_of_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("entries");
+        let held = sled::open(&path).unwrap();
+        assert!(
+            sled::open(&path).is_err(),
+            "sled's lock refuses a second open"
+        );
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(held);
+        });
+        open_sled(&path).expect("opens once the lock is released");
+        release.join().unwrap();
     }
 
     #[test]
