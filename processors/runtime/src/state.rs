@@ -231,6 +231,12 @@ impl Table {
             let key: Arc<[u8]> = key.into();
             self.unordered.push(Arc::clone(&key));
             self.values.insert(key, value);
+            // Keys removed while waiting stay listed (and allocated) until
+            // ordered: a processor that inserts and removes without ordered
+            // reads (a dedup window) would otherwise grow the list forever.
+            if self.unordered.len() > 2 * self.values.len() + 1024 {
+                self.order();
+            }
         }
     }
 
@@ -1458,6 +1464,19 @@ mod tests {
         let err = StateStore::open(dir.path()).err().unwrap();
         assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("snapshot fails its checksum"));
+    }
+
+    #[test]
+    fn keys_removed_before_an_ordered_read_do_not_pile_up() {
+        let mut table = Table::default();
+        for i in 0u32..100_000 {
+            table.insert(i.to_be_bytes().to_vec(), vec![1]);
+            table.remove(&i.to_be_bytes());
+        }
+        assert!(table.unordered.len() <= 1025, "{}", table.unordered.len());
+        table.insert(b"kept".to_vec(), vec![2]);
+        table.order();
+        assert_eq!(table.iter().collect::<Vec<_>>(), [(&b"kept"[..], &vec![2])]);
     }
 
     proptest::proptest! {
