@@ -43,7 +43,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -170,7 +169,8 @@ struct Batch<'s> {
     waiting: Duration,
 }
 
-type Fused<'a> = Pin<Box<futures::future::Fuse<Shutdown<'a>>>>;
+// `Shutdown` is already boxed (so `Unpin`): fusing needs no second box.
+type Fused<'a> = futures::future::Fuse<Shutdown<'a>>;
 
 impl Runtime {
     /// Loads the topology, checks the processor's topics exist, opens (or,
@@ -420,7 +420,7 @@ impl Runtime {
             .iter()
             .map(|t| self.metrics.records_in_for(t))
             .collect();
-        let mut shutdown: Fused<'_> = Box::pin(shutdown.fuse());
+        let mut shutdown: Fused<'_> = shutdown.fuse();
         let mut emitter = Emitter::new(self.name);
         let mut paused: Vec<(Arc<str>, i32)> = Vec::new();
         let mut consume_backoff = Backoff::new("consume")
