@@ -423,9 +423,9 @@ fn analytics_settings() -> trellis_analytics::Settings {
 }
 
 /// Reads all of `protected` into memory, then times `name` (`progress` or
-/// `analytics`) rebuilding a fresh store from it on this thread, dropping
-/// outputs as the runtime's replay does: the rebuild speed per core, broker
-/// excluded.
+/// `analytics`) rebuilding a fresh store from it on this thread, `rounds`
+/// times (each into a new store), dropping outputs as the runtime's replay
+/// does: the rebuild speed per core, broker excluded.
 ///
 /// # Errors
 /// Broker, registry or processing failures, as text.
@@ -434,7 +434,8 @@ pub async fn rebuild(
     registry_url: &str,
     topology: &std::path::Path,
     name: &str,
-) -> Result<Timing, String> {
+    rounds: usize,
+) -> Result<Vec<Rebuild>, String> {
     use trellis_runtime::pipeline::{OwnedRecord, Processor, replay_offline};
     use trellis_runtime::schema::{AvroDecoder, AvroEncoder, SchemaFile, registry_settings};
     use trellis_runtime::state::StateStore;
@@ -466,16 +467,19 @@ pub async fn rebuild(
             .await
             .map_err(|e| e.to_string())?;
     }
-    let dir = tempfile_dir()?;
-    let store = StateStore::open(&dir).map_err(|e| e.to_string())?;
+    let partitions = topic_partitions(kafka).map_err(|e| e.to_string())?;
+    let assigned = BTreeMap::from([(
+        "protected".to_string(),
+        (0..partitions.get("protected").copied().unwrap_or(0)).collect(),
+    )]);
     fn time<P: Processor>(
         name: &'static str,
         mut processor: P,
         store: &StateStore,
         decoder: &AvroDecoder,
         records: &[OwnedRecord],
-    ) -> Result<Timing, String> {
-        let started = Instant::now();
+    ) -> Result<Rebuild, String> {
+        let (started, clock, thread) = (Instant::now(), CpuClock::read(), thread_cpu());
         replay_offline(
             name,
             &mut processor,
@@ -485,60 +489,112 @@ pub async fn rebuild(
             batch_config().max_records,
         )
         .map_err(|e| e.to_string())?;
-        Ok(Timing {
-            records: records.len() as u64,
-            elapsed: started.elapsed(),
-            cpu: None,
-            phases: None,
+        let elapsed = started.elapsed();
+        Ok(Rebuild {
+            timing: Timing {
+                records: records.len() as u64,
+                elapsed,
+                cpu: clock.zip(CpuClock::read()).map(|(a, b)| a.until(b)),
+                phases: None,
+            },
+            thread_cpu: thread.zip(thread_cpu()).map(|(a, b)| b.saturating_sub(a)),
         })
     }
-    let resident_before = resident_bytes();
-    let timing = if name == "progress" {
-        let progress = trellis_progress::Progress::new(
-            &trellis_progress::Settings::default(),
-            trellis_progress::Encoders {
-                progress: encoder("progress").await?,
-                completions: encoder("completions").await?,
-                acks: encoder("gdpr.participant_acks").await?,
-            },
-            trellis_progress::Counters::detached(),
+    let mut timings = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let dir = tempfile_dir()?;
+        let store = StateStore::open(&dir).map_err(|e| e.to_string())?;
+        let resident_before = resident_bytes();
+        let timing = if name == "progress" {
+            let progress = trellis_progress::Progress::new(
+                &trellis_progress::Settings::default(),
+                trellis_progress::Encoders {
+                    progress: encoder("progress").await?,
+                    completions: encoder("completions").await?,
+                    acks: encoder("gdpr.participant_acks").await?,
+                },
+                trellis_progress::Counters::detached(),
+            );
+            time(trellis_progress::NAME, progress, &store, &decoder, &records)
+        } else {
+            let mut analytics = trellis_analytics::Analytics::new(
+                &analytics_settings(),
+                trellis_analytics::Encoders {
+                    aggregates: encoder("analytics.aggregates").await?,
+                    tenants: std::collections::HashMap::new(),
+                    acks: encoder("gdpr.participant_acks").await?,
+                },
+                trellis_analytics::Counters::detached(),
+            );
+            analytics.assigned(&assigned).map_err(|e| e.to_string())?;
+            time(
+                trellis_analytics::NAME,
+                analytics,
+                &store,
+                &decoder,
+                &records,
+            )
+        }?;
+        let mut line = format!(
+            "rebuild {}: {name} {:.0} records/s ({} in {:.2}s",
+            timings.len() + 1,
+            timing.timing.rate(),
+            timing.timing.records,
+            timing.timing.elapsed.as_secs_f64(),
         );
-        time(trellis_progress::NAME, progress, &store, &decoder, &records)
-    } else {
-        let mut analytics = trellis_analytics::Analytics::new(
-            &analytics_settings(),
-            trellis_analytics::Encoders {
-                aggregates: encoder("analytics.aggregates").await?,
-                tenants: std::collections::HashMap::new(),
-                acks: encoder("gdpr.participant_acks").await?,
-            },
-            trellis_analytics::Counters::detached(),
-        );
-        let partitions = topic_partitions(kafka).map_err(|e| e.to_string())?;
-        let assigned = BTreeMap::from([(
-            "protected".to_string(),
-            (0..partitions.get("protected").copied().unwrap_or(0)).collect(),
-        )]);
-        analytics.assigned(&assigned).map_err(|e| e.to_string())?;
-        time(
-            trellis_analytics::NAME,
-            analytics,
-            &store,
-            &decoder,
-            &records,
-        )
-    };
-    // What holding the state in memory costs (the records were read
-    // before; the growth is the state and the allocator's share).
-    if let (Some(before), Some(after)) = (resident_before, resident_bytes()) {
-        println!(
-            "state after the rebuild: {} entries, {:.0} MiB more resident",
-            store.len(),
-            after.saturating_sub(before) as f64 / (1 << 20) as f64
-        );
+        if let Some(rate) = timing.cpu_rate() {
+            line += &format!("; {rate:.0} per second of the thread's CPU");
+        }
+        if let Some(cpu) = timing.timing.cpu {
+            line += &format!(", steal {:.0}%", cpu.steal_share() * 100.0);
+        }
+        line += &format!("); state {} entries", store.len());
+        // What holding the state in memory costs (the records were read
+        // before; the growth is the state and the allocator's share). Later
+        // rounds reuse the memory the first one freed.
+        if let (0, Some(before), Some(after)) = (timings.len(), resident_before, resident_bytes()) {
+            line += &format!(
+                ", {:.0} MiB more resident",
+                after.saturating_sub(before) as f64 / (1 << 20) as f64
+            );
+        }
+        println!("{line}");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+        timings.push(timing);
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    timing
+    Ok(timings)
+}
+
+/// One rebuild's wall time and this thread's CPU time over it.
+#[derive(Debug, Clone, Copy)]
+pub struct Rebuild {
+    /// Records and wall time (and the machine's CPU, for steal).
+    pub timing: Timing,
+    /// The rebuilding thread's CPU time (user and system), where readable.
+    pub thread_cpu: Option<Duration>,
+}
+
+impl Rebuild {
+    /// Records per second of the thread's CPU time: what the rebuild costs
+    /// with the time the thread waited for a core (the machine's other
+    /// guests, the broker) left out.
+    pub fn cpu_rate(&self) -> Option<f64> {
+        self.thread_cpu
+            .filter(|cpu| !cpu.is_zero())
+            .map(|cpu| self.timing.records as f64 / cpu.as_secs_f64())
+    }
+}
+
+/// This thread's CPU time, user and system (`/proc/thread-self/stat`,
+/// fields 14 and 15, in USER_HZ ticks of 10 ms).
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // The command name (field 2) may hold spaces; fields after it do not.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((user + system) * 10))
 }
 
 /// This process's resident memory (Linux `/proc/self/statm`, 4 KiB pages).

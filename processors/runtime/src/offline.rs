@@ -69,15 +69,19 @@ fn run<P: Processor>(
     let mut result = Offline::default();
     let mut emitter = Emitter::new(name);
     emitter.set_discard(discard);
+    // One list of borrowed headers for every record, not one allocation each.
+    let mut headers: Vec<(&str, &[u8])> = Vec::new();
     for chunk in records.chunks(batch.max(1)) {
         let mut txn = store.begin();
         let mut positions = Positions::new();
         for record in chunk {
-            let headers: Vec<(&str, &[u8])> = record
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_slice()))
-                .collect();
+            headers.clear();
+            headers.extend(
+                record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_slice())),
+            );
             let input = InputRecord::new(
                 &record.topic,
                 record.partition,
