@@ -800,7 +800,13 @@ impl Runtime {
             return Ok(Handled::Applied);
         }
         self.metrics.duplicates_dropped.inc_by(emitter.duplicates);
-        let request_id = record.header(REQUEST_ID_HEADER);
+        // Read only for what it is copied onto: reading any header parses
+        // them all, which is a tenth of an aggregator's record.
+        let request_id = if emitter.records.is_empty() && emitter.dead.is_empty() {
+            None
+        } else {
+            record.header(REQUEST_ID_HEADER)
+        };
         let input = (
             cursors.topic_name(index).clone(),
             partition,

@@ -3,16 +3,19 @@
 
 use rdkafka::Message;
 use rdkafka::Timestamp;
-use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers};
+use rdkafka::message::{BorrowedMessage, Headers};
 use serde::Deserialize;
 use trellis_records::OriginalHeader;
 
 use crate::schema::{AvroDecoder, DecodeError};
 
-/// Headers of an input record.
+/// Headers of an input record. A consumed message's are parsed only when
+/// read: librdkafka parses a message's header block into a list on the
+/// first `rd_kafka_message_headers` call, and a processor that emits
+/// nothing for a record (analytics, most of the time) never needs them.
 #[derive(Clone, Copy)]
 enum HeaderView<'a> {
-    Kafka(Option<&'a BorrowedHeaders>),
+    Kafka(&'a BorrowedMessage<'a>),
     Slice(&'a [(&'a str, &'a [u8])]),
 }
 
@@ -46,7 +49,7 @@ impl<'a> InputRecord<'a> {
             },
             key: message.key(),
             value: message.payload(),
-            headers: HeaderView::Kafka(message.headers()),
+            headers: HeaderView::Kafka(message),
         }
     }
 
@@ -90,7 +93,8 @@ impl<'a> InputRecord<'a> {
     /// The first header named `name`.
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
         match self.headers {
-            HeaderView::Kafka(headers) => headers?
+            HeaderView::Kafka(message) => message
+                .headers()?
                 .iter()
                 .find(|h| h.key == name)
                 .and_then(|h| h.value),
@@ -102,9 +106,8 @@ impl<'a> InputRecord<'a> {
     /// is seen as empty).
     pub fn visit_headers(&self, mut visit: impl FnMut(&str, &[u8])) {
         match self.headers {
-            HeaderView::Kafka(None) => {}
-            HeaderView::Kafka(Some(headers)) => {
-                for h in headers.iter() {
+            HeaderView::Kafka(message) => {
+                for h in message.headers().iter().flat_map(|headers| headers.iter()) {
                     visit(h.key, h.value.unwrap_or_default());
                 }
             }
@@ -123,23 +126,14 @@ impl<'a> InputRecord<'a> {
 
     /// Every header, copied (for dead letters).
     pub fn headers_owned(&self) -> Vec<OriginalHeader> {
-        match self.headers {
-            HeaderView::Kafka(None) => Vec::new(),
-            HeaderView::Kafka(Some(headers)) => headers
-                .iter()
-                .map(|h| OriginalHeader {
-                    key: h.key.to_string(),
-                    value: h.value.unwrap_or_default().to_vec(),
-                })
-                .collect(),
-            HeaderView::Slice(headers) => headers
-                .iter()
-                .map(|(k, v)| OriginalHeader {
-                    key: (*k).to_string(),
-                    value: v.to_vec(),
-                })
-                .collect(),
-        }
+        let mut owned = Vec::new();
+        self.visit_headers(|key, value| {
+            owned.push(OriginalHeader {
+                key: key.to_string(),
+                value: value.to_vec(),
+            });
+        });
+        owned
     }
 }
 
