@@ -1263,7 +1263,7 @@ processors:
             value: Some(b"hello"),
             id: Some("in-1"),
             tenant: None,
-            request_id: None,
+            request_id: Some(b"req-7"),
             timestamp_ms: None,
         };
         producer
@@ -1321,5 +1321,31 @@ processors:
             Offset::Offset(1),
             "the one record is marked durable"
         );
+    }
+
+    /// Headers are parsed only when read; an output must still carry its
+    /// input's request id.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_output_carries_its_inputs_request_id() {
+        let cluster = MockCluster::new(1).unwrap();
+        assert_eq!(run_echo_on(&cluster, "out").await.unwrap(), Exit::Success);
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "test-reader")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        reader.subscribe(&["out"]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let message = loop {
+            match reader.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => break message,
+                Some(Err(e)) => panic!("{e}"),
+                None => assert!(Instant::now() < deadline, "no output on `out`"),
+            }
+        };
+        let record = InputRecord::from_kafka(&message);
+        assert_eq!(record.header(REQUEST_ID_HEADER), Some(b"req-7".as_slice()));
+        assert_eq!(record.value, Some(b"hello".as_slice()));
     }
 }
