@@ -1381,8 +1381,8 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
         let mut rebuilds = bench::rebuild(&kafka, &registry_url, &file.topology, name, rebuilds)
             .await
             .map_err(anyhow::Error::msg)?;
-        // Medians: one rebuild's wall-clock rate moves by a fifth between
-        // runs on these machines; its rate per second of CPU much less.
+        // Medians: one rebuild's rate moves by a fifth between runs on these
+        // machines, per second of wall clock and of CPU alike.
         rebuilds.sort_by(|a, b| a.timing.rate().total_cmp(&b.timing.rate()));
         let median = &rebuilds[rebuilds.len() / 2].timing;
         let mut cpu_rates: Vec<f64> = rebuilds

@@ -801,7 +801,8 @@ impl Runtime {
         }
         self.metrics.duplicates_dropped.inc_by(emitter.duplicates);
         // Read only for what it is copied onto: reading any header parses
-        // them all, which is a tenth of an aggregator's record.
+        // them all (6.5% of the aggregator's thread when read for every
+        // record).
         let request_id = if emitter.records.is_empty() && emitter.dead.is_empty() {
             None
         } else {
