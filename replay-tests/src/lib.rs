@@ -289,12 +289,13 @@ impl Stack {
             .expect("producer")
     }
 
-    /// Writes a config for `processor` and returns its path. `settings` is
+    /// Writes a config for `processor` (batches of at most
+    /// [`BATCH_MAX_RECORDS`]) and returns its path. `settings` is
     /// the YAML of the processor's own section.
     pub fn config(&self, processor: &str, metrics_port: u16, settings: &str) -> PathBuf {
         let path = self.dir.path().join(format!("{processor}.yaml"));
         let text = format!(
-            "topology: {topology}\nkafka:\n  bootstrap_servers: '{bootstrap}'\nregistry:\n  url: '{registry}'\nstate_dir: {state}\nmetrics_addr: 127.0.0.1:{metrics_port}\nbatch:\n  max_records: 1000\n  max_wait_ms: 50\nsettings: {settings}\n",
+            "topology: {topology}\nkafka:\n  bootstrap_servers: '{bootstrap}'\nregistry:\n  url: '{registry}'\nstate_dir: {state}\nmetrics_addr: 127.0.0.1:{metrics_port}\nbatch:\n  max_records: {BATCH_MAX_RECORDS}\n  max_wait_ms: 50\nsettings: {settings}\n",
             topology = repo_root().join("topology.yaml").display(),
             bootstrap = self.broker.bootstrap,
             registry = self.registry_url,
@@ -705,6 +706,11 @@ pub fn positions(metrics: &str) -> HashMap<(String, i32), i64> {
 /// broker: under CI load tansu can go seconds without answering a fetch,
 /// and a shorter wait once cut a read short there.
 pub const READ_IDLE: Duration = Duration::from_secs(30);
+
+/// `batch.max_records` of every config [`Stack::config`] writes: a kill
+/// re-emits at most the one batch whose outputs were durable and whose
+/// positions were not yet committed.
+pub const BATCH_MAX_RECORDS: usize = 1000;
 
 /// A topic read back from offset 0.
 pub struct TopicContents {

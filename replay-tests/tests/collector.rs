@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use trellis_cli::demo::{self, DemoSpec, Manifest};
 use trellis_records::{CollectedEvent, DeadLetter};
-use trellis_replay_tests::{Process, Stack, test_secret};
+use trellis_replay_tests::{BATCH_MAX_RECORDS, Process, Stack, test_secret};
 use trellis_runtime::schema::{AvroDecoder, registry_settings};
 use trellis_runtime::state::StateStore;
 
@@ -124,6 +124,13 @@ async fn sigkill_three_times_mid_stream_loses_nothing_and_doubles_nothing() {
     let doubled = assert_outputs_match(&stack, &manifest).await;
     eprintln!(
         "raw duplicates in `collected` from crash replays (dropped by id downstream): {doubled}"
+    );
+    // A kill re-emits at most its in-flight batch; a restart that re-emitted
+    // everything since offset 0 would double tens of thousands.
+    assert!(
+        doubled <= kills.len() * BATCH_MAX_RECORDS,
+        "{doubled} raw re-emissions after {} kills (bound: one batch of {BATCH_MAX_RECORDS} each)",
+        kills.len()
     );
 }
 

@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
 use trellis_cli::demo::{self, DemoSpec};
 use trellis_cli::gdpr::Requests;
 use trellis_privacy::vault::Vault;
 use trellis_records::{
-    Aggregate, Anchor, AuditEvent, ParticipantAck, ProtectedEvent, SubjectId, SubjectRequest,
-    SubjectRequestAck,
+    Aggregate, Anchor, AuditEvent, ParticipantAck, ProtectedEvent, ShredRequest, SubjectId,
+    SubjectRequest, SubjectRequestAck,
 };
 use trellis_replay_tests::postgres::Postgres;
 use trellis_replay_tests::{Process, Produced, Stack, binary, end_offsets, free_port, test_secret};
@@ -258,6 +259,21 @@ fn verify_erasure(t: &Topology, vault: &Path, out: &Path, extra: &[&str]) -> (bo
     t.trellis(&args)
 }
 
+/// Every string in `value`, however deeply nested.
+fn json_strings(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| json_strings(v, out)),
+        serde_json::Value::Object(fields) => {
+            for (name, v) in fields {
+                out.push(name.clone());
+                json_strings(v, out);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The verifier's line for `check` says `verdict`.
 fn says(report: &str, check: &str, verdict: &str) -> bool {
     report.lines().any(|l| {
@@ -414,12 +430,13 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
                 .is_none(),
             "the account resolves to the user id's entry"
         );
-        vec![
-            vault
-                .raw_entry(TENANT, "user_id", USER)
-                .unwrap()
-                .expect("the demo learner exists"),
-        ]
+        let entry = vault
+            .raw_entry(TENANT, "user_id", USER)
+            .unwrap()
+            .expect("the demo learner exists");
+        // Positive control: the copy opens while its KEK lives.
+        assert!(vault.opens_with_any_kek(TENANT, &entry.0, &entry.1));
+        vec![entry]
     };
     // A backup of the vault from before the erasure (restored later, to
     // show the verifier finds it).
@@ -652,16 +669,29 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
         .map(|(id, _)| id)
         .collect();
     assert_eq!(ids.len(), 1);
+    // One key shredded, and its event written no more often than privacy
+    // was sent the request's commands (a re-sent command is answered from
+    // its receipt, events included; nothing executes twice).
     let events = decode_all::<AuditEvent>(&t.stack, "audit.events").await;
-    let shreds: BTreeSet<&String> = events
-        .iter()
-        .filter(|(_, e)| {
-            e.action == "key.shredded"
-                && e.details.get("request_id").map(String::as_str) == Some("erase-user")
-        })
-        .map(|(id, _)| id)
-        .collect();
-    assert_eq!(shreds.len(), 1, "shredded once");
+    let mut shreds: BTreeMap<&String, usize> = BTreeMap::new();
+    for (id, e) in &events {
+        if e.action == "key.shredded"
+            && e.details.get("request_id").map(String::as_str) == Some("erase-user")
+        {
+            *shreds.entry(id).or_default() += 1;
+        }
+    }
+    assert_eq!(shreds.len(), 1, "one key shredded: {shreds:?}");
+    let commands = decode_all::<ShredRequest>(&t.stack, "gdpr.shred_requests")
+        .await
+        .into_iter()
+        .filter(|(_, c)| c.request_id == "erase-user")
+        .count();
+    let written: usize = shreds.values().sum();
+    assert!(
+        (1..=commands).contains(&written),
+        "key.shredded written {written} times for {commands} commands"
+    );
     let anchors = decode_all::<Anchor>(&t.stack, "audit.anchors").await;
     let cited = anchors
         .iter()
@@ -1087,6 +1117,30 @@ async fn erasure_is_verified_by_replaying_every_log_and_tampering_is_located() {
     let (ok, public_key) = t.trellis(&["erasure", "public-key"]);
     assert!(ok);
     let report_file = evidence.join("report.json");
+    // The report the verifier wrote names the subject only by hash: the
+    // hash is there (positive control), the identifiers are not, in any
+    // string of the document or in what the verifier printed.
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_file).unwrap()).unwrap();
+    let mut strings = Vec::new();
+    json_strings(&written, &mut strings);
+    let user_hash = hex::encode(Sha256::digest(format!("user_id:{USER}").as_bytes()));
+    assert!(
+        strings.iter().any(|s| s == &user_hash),
+        "the report names the user id by its hash"
+    );
+    for text in strings.iter().chain([&report]) {
+        assert!(
+            !text.contains(ACCOUNT) && !text.contains("moodle.northwind-uni"),
+            "{text}"
+        );
+        assert!(
+            !text
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|token| token == USER),
+            "the report quotes the user id: {text}"
+        );
+    }
     let (ok, text) = t.trellis(&[
         "erasure",
         "verify-report",

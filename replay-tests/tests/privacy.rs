@@ -125,10 +125,16 @@ fn leaks(haystack: &[u8], long: &BTreeSet<String>, user_ids: &BTreeSet<String>) 
     found
 }
 
+/// Every file under `dir`. A directory that cannot be read fails the test:
+/// a scan that silently sees nothing would pass every leak check.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
+    let entries =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot scan {}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry
+            .unwrap_or_else(|e| panic!("cannot scan {}: {e}", dir.display()))
+            .path();
         if path.is_dir() {
             files.extend(files_under(&path));
         } else {
@@ -136,6 +142,51 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     files
+}
+
+/// Topics downstream of the collector that must never carry plaintext.
+const DOWNSTREAM: [&str; 3] = ["protected", "audit.events", "gdpr.participant_acks"];
+
+/// Looks for `long` in every record (value, key and headers) of the
+/// downstream topics; returns how many records each topic had.
+fn assert_no_leaks_on_topics(
+    stack: &Stack,
+    long: &BTreeSet<String>,
+) -> BTreeMap<&'static str, usize> {
+    let mut scanned = BTreeMap::new();
+    for topic in DOWNSTREAM {
+        let contents = stack.read(topic);
+        for ((_, value), extra) in contents.records.iter().zip(&contents.keys_and_headers) {
+            let mut bytes = value.clone().unwrap_or_default();
+            bytes.extend_from_slice(extra);
+            let found = leaks(&bytes, long, &BTreeSet::new());
+            assert!(found.is_empty(), "{topic} leaks {found:?}");
+        }
+        scanned.insert(topic, contents.records.len());
+    }
+    scanned
+}
+
+/// Looks for identifiers in every privacy processor log under the stack's
+/// directory; returns how many logs were scanned.
+fn assert_no_leaks_in_logs(
+    stack: &Stack,
+    long: &BTreeSet<String>,
+    user_ids: &BTreeSet<String>,
+) -> usize {
+    let mut scanned = 0;
+    for file in files_under(stack.dir.path()) {
+        if file
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("privacy-"))
+        {
+            let text = std::fs::read(&file).unwrap();
+            let found = leaks(&text, long, user_ids);
+            assert!(found.is_empty(), "log {} leaks {found:?}", file.display());
+            scanned += 1;
+        }
+    }
+    scanned
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,15 +304,8 @@ async fn no_plaintext_past_collection_and_shred_makes_erasure_real() {
         .map(|e| e.actor.id.clone())
         .collect();
     long.retain(|s| !user_ids.contains(s));
-    for topic in ["protected", "audit.events", "gdpr.participant_acks"] {
-        let contents = stack.read(topic);
-        for ((_, value), extra) in contents.records.iter().zip(&contents.keys_and_headers) {
-            let mut bytes = value.clone().unwrap_or_default();
-            bytes.extend_from_slice(extra);
-            let found = leaks(&bytes, &long, &BTreeSet::new());
-            assert!(found.is_empty(), "{topic} leaks {found:?}");
-        }
-    }
+    let scanned = assert_no_leaks_on_topics(&stack, &long);
+    assert!(scanned["protected"] > 0, "the scan saw `protected`");
     // User ids are bare numbers: look for them in string fields only (a
     // duration or a score may be the same number).
     fn strings(value: &serde_json::Value, out: &mut Vec<String>) {
@@ -278,24 +322,22 @@ async fn no_plaintext_past_collection_and_shred_makes_erasure_real() {
         let found = leaks(texts.join("\n").as_bytes(), &long, &user_ids);
         assert!(found.is_empty(), "protected event leaks {found:?}");
     }
-    for file in files_under(&vault_dir(&stack))
-        .into_iter()
-        .chain(files_under(&stack.state_dir("privacy")))
-    {
-        let bytes = std::fs::read(&file).unwrap();
+    let vault_files = files_under(&vault_dir(&stack));
+    let state_files = files_under(&stack.state_dir("privacy"));
+    // Guards against vacuity: the stores were found and hold something.
+    assert!(!vault_files.is_empty(), "the scan saw the vault");
+    assert!(!state_files.is_empty(), "the scan saw the state store");
+    for file in vault_files.iter().chain(&state_files) {
+        let bytes = std::fs::read(file).unwrap();
         let found = leaks(&bytes, &long, &BTreeSet::new());
         assert!(found.is_empty(), "{} leaks {found:?}", file.display());
     }
-    for file in files_under(stack.dir.path()) {
-        if file
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("privacy-"))
-        {
-            let text = std::fs::read(&file).unwrap();
-            let found = leaks(&text, &long, &user_ids);
-            assert!(found.is_empty(), "log {} leaks {found:?}", file.display());
-        }
-    }
+    // The first processor and its three restarts after the kills.
+    let logs = assert_no_leaks_in_logs(&stack, &long, &user_ids);
+    assert!(
+        logs >= 4,
+        "scanned {logs} privacy logs, expected at least 4"
+    );
 
     // The vault opens what it sealed, in place only.
     let target = collected
@@ -336,6 +378,8 @@ async fn no_plaintext_past_collection_and_shred_makes_erasure_real() {
         let (t, k, a) = &target_subject;
         let keys = vault.existing(t, k, a).unwrap().unwrap();
         let (key, entry) = vault.raw_entry(t, k, a).unwrap().unwrap();
+        // Positive control for the shred check below.
+        assert!(vault.opens_with_any_kek(t, &key, &entry));
         (
             key,
             entry,
@@ -441,10 +485,20 @@ async fn no_plaintext_past_collection_and_shred_makes_erasure_real() {
             .any(|(id, _)| id.as_deref() == Some(audit_id.as_str())),
         "the reveal is on audit.events"
     );
-    assert!(
-        !privacy.log_text().contains(plain.payload.as_str()),
-        "revealed values are not logged"
-    );
+    // The revealed statement holds the learner's email and name: look for
+    // those bare strings (a tracing field escapes the JSON's quotes, so the
+    // payload as a whole would never match).
+    let gate_log = privacy.log_text();
+    for secret in [&plain.actor.email, &plain.actor.name] {
+        let secret = secret
+            .as_deref()
+            .expect("the target's statement names them");
+        assert!(
+            plain.payload.contains(secret),
+            "positive control: {secret} is revealed"
+        );
+        assert!(!gate_log.contains(secret), "revealed values are not logged");
+    }
 
     let producer = stack.producer();
     for _ in 0..2 {
@@ -480,6 +534,33 @@ async fn no_plaintext_past_collection_and_shred_makes_erasure_real() {
     assert_eq!(ack.outcome, "done", "{}", ack.detail);
     assert_eq!(ack.learner.as_deref(), Some(target_pseudonym.as_str()));
     assert_eq!(ack.shredded_key_ids, vec![target_key_id.clone()]);
+
+    // Again after the reveal and the shred: the acks and the reveal's audit
+    // event are now on their topics, and the gate's log is written.
+    let scanned = assert_no_leaks_on_topics(&stack, &long);
+    for topic in DOWNSTREAM {
+        assert!(scanned[topic] > 0, "the final scan saw records on {topic}");
+    }
+    let revealed = stack
+        .read("audit.events")
+        .records
+        .into_iter()
+        .find(|(id, _)| id.as_deref() == Some(audit_id.as_str()))
+        .and_then(|(_, value)| value)
+        .expect("the reveal's audit event");
+    let revealed = String::from_utf8_lossy(&revealed);
+    for secret in [&plain.actor.email, &plain.actor.name] {
+        let secret = secret.as_deref().unwrap();
+        assert!(
+            !revealed.contains(secret),
+            "the audit event carries no revealed value"
+        );
+    }
+    let logs = assert_no_leaks_in_logs(&stack, &long, &user_ids);
+    assert!(
+        logs >= 5,
+        "scanned {logs} privacy logs, expected the gate's too"
+    );
 
     // Every secret that still exists in hand: the subject's fields do not
     // open, its pseudonym is not recomputable, others are untouched.
@@ -596,10 +677,16 @@ async fn a_crash_mid_shred_is_finished_on_restart_and_answered_once() {
         )
         .await;
     assert!(privacy.terminate().success());
-    let (captured_key, captured_entry) = open_vault(&stack)
-        .raw_entry("twin-a", "user_id", "424242")
-        .unwrap()
-        .expect("the subject has a vault entry");
+    let (captured_key, captured_entry) = {
+        let vault = open_vault(&stack);
+        let (key, entry) = vault
+            .raw_entry("twin-a", "user_id", "424242")
+            .unwrap()
+            .expect("the subject has a vault entry");
+        // Positive control: the helper opens the copy while its KEK lives.
+        assert!(vault.opens_with_any_kek("twin-a", &key, &entry));
+        (key, entry)
+    };
     let mut privacy = Process::spawn("privacy", &config, port, &secrets, stack.dir.path(), &[]);
 
     let registry = registry_settings(&stack.registry_url).unwrap();
@@ -645,15 +732,36 @@ async fn a_crash_mid_shred_is_finished_on_restart_and_answered_once() {
         )
         .await;
     assert!(privacy.terminate().success());
-    let acks: BTreeSet<Vec<u8>> = stack
+    // The crash came before any answer was written, so the finished shred
+    // is answered by exactly one record (not one distinct value written
+    // several times), and the key's shred is recorded once.
+    let acks: Vec<Vec<u8>> = stack
         .read("gdpr.participant_acks")
         .records
         .into_iter()
         .filter_map(|(_, v)| v)
         .collect();
-    assert_eq!(acks.len(), 1, "one answer, however often it was written");
-    let ack: ParticipantAck = decoder.decode(acks.iter().next().unwrap()).await.unwrap();
+    assert_eq!(acks.len(), 1, "one answer record");
+    let audit = stack.read("audit.events");
+    let mut shreds = 0;
+    for (_, value) in &audit.records {
+        let event: trellis_records::AuditEvent =
+            decoder.decode(value.as_deref().unwrap()).await.unwrap();
+        if event.action == "key.shredded" {
+            shreds += 1;
+        }
+    }
+    assert_eq!(shreds, 1, "one key.shredded record");
+    let ack: ParticipantAck = decoder.decode(&acks[0]).await.unwrap();
     assert_eq!(ack.outcome, "done", "{}", ack.detail);
+    // The answer says what the interrupted shred destroyed, not "already
+    // erased" (the receipt was written before anything was destroyed).
+    assert_eq!(ack.shredded_key_ids.len(), 1, "{ack:?}");
+    assert!(
+        ack.detail.starts_with("subject key material destroyed"),
+        "{}",
+        ack.detail
+    );
     let vault = open_vault(&stack);
     assert!(
         vault

@@ -135,7 +135,11 @@ fn trellis_checkpoints_and_cosignatures_verify_with_an_independent_implementatio
     assert_eq!(notes.len(), 15);
     // One changed bit of the root: refused there too.
     let forged = flip_root_bit(&notes[7]);
-    assert!(py.run(&["verify", &vkey], &forged).is_err());
+    let refusal = py.run(&["verify", &vkey], &forged).unwrap_err();
+    assert!(
+        refusal.contains("does not verify") && !refusal.contains("Traceback"),
+        "refused for its signature, not by a crash: {refusal}"
+    );
 
     // A Trellis witness's cosignature.
     let mut witness_seed = vec![0x42; 32];
@@ -158,9 +162,12 @@ fn trellis_checkpoints_and_cosignatures_verify_with_an_independent_implementatio
         notes[13],
         cosigned.lines().last().unwrap().to_string() + "\n"
     );
+    let refusal = py
+        .run(&["verify-cosigned", &vkey, &witness.vkey()], &moved)
+        .unwrap_err();
     assert!(
-        py.run(&["verify-cosigned", &vkey, &witness.vkey()], &moved)
-            .is_err()
+        refusal.contains("the cosignature by") && refusal.contains("does not verify"),
+        "refused for the cosignature, not by a crash: {refusal}"
     );
 }
 

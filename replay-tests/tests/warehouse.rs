@@ -300,6 +300,26 @@ async fn actual(pg: &Postgres) -> (ProgressTable, CompletionTable, AggregateTabl
     (progress, completions, aggregates)
 }
 
+/// The sink's input offsets as its last transaction stored them.
+async fn offsets_in_postgres(pg: &Postgres) -> BTreeMap<String, i64> {
+    pg.admin()
+        .await
+        .query(
+            "SELECT topic || '/' || partition, next_offset FROM trellis_sink.offsets",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// The sum of [`offsets_in_postgres`].
+async fn stored_offsets(pg: &Postgres) -> i64 {
+    offsets_in_postgres(pg).await.values().sum()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_record_lands_exactly_once_through_kills_and_a_postgres_restart() {
     let stack = Stack::start().await;
@@ -309,18 +329,40 @@ async fn every_record_lands_exactly_once_through_kills_and_a_postgres_restart() 
     let mut step = 0;
     let mut warehouse = sink(&stack, &pg);
 
-    // Six rounds of 5,000 records; the sink is SIGKILLed after three of
-    // them and Postgres is stopped (as if it crashed) during another.
+    // Six rounds of 5,000 records; the sink is SIGKILLed during three of
+    // them, once it has taken in 500 of the round's records, and Postgres is
+    // stopped (as if it crashed) during another.
+    let mut kills = Vec::new();
     for round in 0..6 {
         let records = generate(&e, &mut rng, 5_000, &mut step);
-        stack.produce(&records).await;
-        tokio::time::sleep(Duration::from_millis(700)).await;
         match round {
             0 | 2 | 4 => {
-                warehouse.kill9();
+                let threshold = ends(&stack).values().sum::<i64>() + 500;
+                // Its own task: producing holds its task between awaits.
+                let killing = tokio::spawn(async move {
+                    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                    while warehouse.position(&INPUTS).await < threshold {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "the sink stalled:\n{}",
+                            warehouse.log_text()
+                        );
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    warehouse.kill9();
+                });
+                stack.produce(&records).await;
+                killing.await.unwrap();
+                // Where the killed sink's transactions had got to: Postgres
+                // holds its offsets with its rows.
+                kills.push((
+                    stored_offsets(&pg).await,
+                    ends(&stack).values().sum::<i64>(),
+                ));
                 warehouse = sink(&stack, &pg);
             }
             3 => {
+                stack.produce(&records).await;
                 pg.stop();
                 let more = generate(&e, &mut rng, 2_000, &mut step);
                 stack.produce(&more).await;
@@ -334,9 +376,13 @@ async fn every_record_lands_exactly_once_through_kills_and_a_postgres_restart() 
                 );
                 pg.restart();
             }
-            _ => {}
+            _ => stack.produce(&records).await,
         }
     }
+    assert!(
+        kills.iter().all(|(at, end)| at < end),
+        "every kill landed with input left (Postgres offsets, input ends): {kills:?}"
+    );
     warehouse
         .wait_caught_up(&ends(&stack), Duration::from_secs(120))
         .await;
@@ -358,17 +404,7 @@ async fn every_record_lands_exactly_once_through_kills_and_a_postgres_restart() 
         "nothing valid was dead-lettered"
     );
     // The offsets in Postgres are the end of every input.
-    let admin = pg.admin().await;
-    let stored: BTreeMap<String, i64> = admin
-        .query(
-            "SELECT topic || '/' || partition, next_offset FROM trellis_sink.offsets",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let stored = offsets_in_postgres(&pg).await;
     for (partition, end) in ends(&stack) {
         if end > 0 {
             assert_eq!(stored.get(&partition), Some(&end), "{partition}");
@@ -545,6 +581,25 @@ async fn an_erased_learner_stays_erased_and_bad_records_are_dead_lettered() {
         .unwrap()
         .get(0);
     assert_eq!(leaked, 0, "the erased pseudonym is kept only as a hash");
+    // …and the hash is the one the docs promise, SHA-256(tenant ‖ 0 ‖ learner):
+    // a raw pseudonym stored in the bytea column would not equal it.
+    let stored: Vec<u8> = admin
+        .query_one(
+            "SELECT learner_hash FROM trellis_sink.erased_learners WHERE tenant_id = $1",
+            &[&tenant],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let expected = {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(tenant.as_bytes());
+        h.update([0]);
+        h.update(who.as_bytes());
+        h.finalize().to_vec()
+    };
+    assert_eq!(stored, expected, "the erased learner is kept as its hash");
 
     // The learner's old records re-sent, and a rebuild from offset 0: no
     // row comes back.
@@ -608,8 +663,10 @@ async fn an_erased_learner_stays_erased_and_bad_records_are_dead_lettered() {
     let mut garbage = tombstone(tenant, "x", "y");
     garbage.topic = COMPLETIONS_TOPIC.into();
     garbage.value = Some(b"not avro".to_vec());
+    garbage.id = "garbage".into();
     let mut keyless = tombstone(tenant, "x", "y");
     keyless.key = b"no-separators".to_vec();
+    keyless.id = "keyless".into();
     // A tombstone of a key Postgres could not hold (the delete names it),
     // and a command whose request id it could not keep: neither may stop
     // the sink.
@@ -625,6 +682,25 @@ async fn an_erased_learner_stays_erased_and_bad_records_are_dead_lettered() {
     // The last record of a quiet partition is one the sink cannot decode.
     let mut quiet = erase(&e, "quiet", tenant, &who, "erasure");
     quiet.value = Some(b"not avro".to_vec());
+    // Each bad record, by its id, and the one dead letter it must become
+    // (the command is answered `failed` instead).
+    let expected_letters: BTreeMap<String, (String, usize)> = [
+        (&nul_record, "WAREHOUSE_INVALID_ROW"),
+        (&far_record, "WAREHOUSE_INVALID_ROW"),
+        (&liar, "TENANT_MISMATCH"),
+        (&garbage, "UNDECODABLE"),
+        (&keyless, "WAREHOUSE_INVALID_KEY"),
+        (&nul_tombstone, "WAREHOUSE_INVALID_ROW"),
+        (&quiet, "UNDECODABLE"),
+    ]
+    .into_iter()
+    .map(|(record, reason)| (record.id.clone(), (reason.to_string(), 1)))
+    .collect();
+    assert_eq!(
+        expected_letters.len(),
+        7,
+        "the bad records' ids are distinct"
+    );
     stack
         .produce(&[
             nul_record,
@@ -641,11 +717,22 @@ async fn an_erased_learner_stays_erased_and_bad_records_are_dead_lettered() {
         .wait_caught_up(&ends(&stack), Duration::from_secs(60))
         .await;
     let decoder = AvroDecoder::new(registry_settings(&stack.registry_url).unwrap());
-    let mut reasons = BTreeSet::new();
+    // Source id → (reason, letters): a lost, doubled or misfiled letter shows.
+    let mut letters: BTreeMap<String, (String, usize)> = BTreeMap::new();
     for (_, value) in stack.read("dlq").records {
         let letter: DeadLetter = decoder.decode(&value.unwrap()).await.unwrap();
         assert_eq!(letter.processor, "warehouse");
-        reasons.insert(letter.reason);
+        let source_id = letter
+            .original_headers
+            .iter()
+            .find(|h| h.key == trellis_runtime::kafka::ID_HEADER)
+            .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+            .expect("a letter keeps its input's id header");
+        let entry = letters
+            .entry(source_id)
+            .or_insert((letter.reason.clone(), 0));
+        assert_eq!(entry.0, letter.reason, "one reason per input");
+        entry.1 += 1;
     }
     let failed = acks(&stack)
         .await
@@ -678,15 +765,7 @@ async fn an_erased_learner_stays_erased_and_bad_records_are_dead_lettered() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     second.kill9();
-    assert_eq!(
-        reasons,
-        BTreeSet::from([
-            "WAREHOUSE_INVALID_ROW".to_string(),
-            "TENANT_MISMATCH".to_string(),
-            "WAREHOUSE_INVALID_KEY".to_string(),
-            "UNDECODABLE".to_string(),
-        ])
-    );
+    assert_eq!(letters, expected_letters);
     assert!(warehouse.terminate().success());
 }
 
@@ -723,11 +802,19 @@ async fn try_visible(
     Ok(seen)
 }
 
+/// `sql` fails with SQLSTATE 42501 (insufficient privilege), the refusal
+/// privileges and row-level security give. Any other error — a role or
+/// policy that does not exist, a syntax error — fails the test: it would
+/// mean the attack was never tried.
 async fn refused(client: &tokio_postgres::Client, sql: &str) {
-    assert!(
-        client.batch_execute(sql).await.is_err(),
-        "a reader was allowed: {sql}"
-    );
+    match client.batch_execute(sql).await {
+        Ok(()) => panic!("allowed: {sql}"),
+        Err(e) => assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql} failed, but not as refused: {e}"
+        ),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -847,8 +934,12 @@ async fn no_tenant_isolation_attack_reaches_another_tenants_rows() {
         .batch_execute("SET row_security = off")
         .await
         .unwrap();
-    assert!(
-        try_visible(&reader).await.is_err(),
+    assert_eq!(
+        try_visible(&reader)
+            .await
+            .err()
+            .and_then(|e| e.code().cloned()),
+        Some(tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
         "with row_security off a query that policies would filter fails"
     );
     reader.batch_execute("SET row_security = on").await.unwrap();

@@ -318,19 +318,72 @@ fn small_cells_are_suppressed_below_k() {
         (false, 5, 5)
     );
 
-    let below = run_with(&settings, 2, &hour_of("acme", 4, 2));
-    let cell = below
-        .cell(
+    // Four learners whose events give every count a value: a pass, a fail,
+    // a completion, an attempt.
+    let mut four = hour_of("acme", 4, 2);
+    for ((_, event), (verb, score)) in four.iter_mut().zip([
+        ("passed", Some(0.9)),
+        ("failed", Some(0.3)),
+        ("completed", None),
+        ("attempted", None),
+    ]) {
+        *event = ProtectedEvent {
+            result: score.map(|s| ProtectedResult {
+                success: Some(s >= 0.6),
+                completion: None,
+                score_scaled: Some(s),
+                score_raw: None,
+                score_min: None,
+                score_max: None,
+                duration_ms: None,
+                response: None,
+            }),
+            verb: Some(format!("http://adlnet.gov/expapi/verbs/{verb}")),
+            ..event.clone()
+        };
+    }
+    let course = |run: &Run| {
+        run.cell(
             "acme",
             "hour",
             T0,
             "course",
             "https://lms.example/course/100",
         )
-        .unwrap();
+        .unwrap()
+    };
+    // Positive control: at k = 4 the same cell shows every count.
+    let mut lenient = Settings::default();
+    lenient
+        .tenants
+        .insert("acme".into(), TenantSettings { k: 4 });
+    let shown = course(&run_with(&lenient, 2, &four));
     assert_eq!(
-        (cell.suppressed, cell.distinct_learners, cell.events),
-        (true, 0, 0)
+        (
+            shown.suppressed,
+            shown.events,
+            shown.distinct_learners,
+            shown.completions,
+            shown.passes,
+            shown.fails
+        ),
+        (false, 4, 4, 1, 1, 1)
+    );
+    assert!(shown.avg_score_scaled.is_some());
+    // At k = 5 the whole aggregate is withheld, not only some counts.
+    let cell = course(&run_with(&settings, 2, &four));
+    assert_eq!(
+        cell,
+        Aggregate {
+            events: 0,
+            distinct_learners: 0,
+            completions: 0,
+            passes: 0,
+            fails: 0,
+            avg_score_scaled: None,
+            suppressed: true,
+            ..shown.clone()
+        }
     );
 
     let mut strict = Settings::default();
@@ -418,7 +471,12 @@ fn late_events_revise_the_cell_up_to_the_horizon_and_later_ones_go_to_the_late_c
     let late = run.cell("acme", "hour", T0, "late", "acme").unwrap();
     assert_eq!((late.events, late.revision, late.suppressed), (1, 1, false));
     // Every event of the hour is in its tenant cell or its late cell.
-    assert_eq!(8 + late.events, 9);
+    let last = run.cell("acme", "hour", T0, "tenant", "acme").unwrap();
+    let of_the_hour = events
+        .iter()
+        .filter(|(_, e)| (T0..T0 + H).contains(&e.occurred_at))
+        .count() as i64;
+    assert_eq!(last.events + late.events, of_the_hour);
     // The day is well within its horizon: nothing late there.
     assert_eq!(run.cell("acme", "day", T0, "late", "acme"), None);
 }
@@ -900,6 +958,7 @@ mod recomputed {
             want.revision = 0;
             assert_eq!(got.remove(key).as_ref(), Some(&want), "{key}");
         }
+        assert!(got.is_empty(), "cells the fold does not have: {got:?}");
         assert!(
             run.cells(AGGREGATES_TOPIC)
                 .values()
@@ -910,6 +969,14 @@ mod recomputed {
         // Holding the old pseudonym, try to find a cell they were in: the
         // hash of every cell key with it names no entry.
         let mut tried = 0;
+        // Positive control: the same lookup finds a learner who was not
+        // erased, so a changed membership hash cannot make the check vacuous.
+        let mut found_other = 0;
+        let other = live
+            .iter()
+            .find(|e| e.tenant_id == "acme" && e.learner != erased && e.learner != "p_7_new")
+            .map(|e| e.learner.clone())
+            .unwrap();
         let live_cells = live_run.live_cells();
         // (`p_7` of the other tenants is someone else: pseudonyms are per tenant.)
         let acme = [&key(keys::CELL, &[b"acme"])[..], &[0]].concat();
@@ -923,9 +990,19 @@ mod recomputed {
             if let Some(cell) = live_cells.get(cell_key) {
                 assert!(!cell.members.contains_key(&member), "found in a cell");
                 tried += 1;
+                if cell
+                    .members
+                    .contains_key(&hash8(&[cell_key, other.as_bytes()]))
+                {
+                    found_other += 1;
+                }
             }
         }
         assert!(tried > 0);
+        assert!(
+            found_other > 0,
+            "the lookup finds {other}, who was not erased"
+        );
         let anonymous: u32 = live_cells
             .values()
             .flat_map(|cell| cell.anonymous.values())

@@ -315,29 +315,42 @@ mod tests {
 
     #[test]
     fn small_cells_are_suppressed_at_k_minus_one_and_shown_at_k() {
+        // Every count non-zero, so a suppressed cell that lets any one of
+        // them through differs from the expected aggregate.
         let mut cell = Cell::new("acme", Window::Hour, H, "course", "c1");
         cell.counts.events = 9;
+        cell.counts.completions = 2;
         cell.counts.passes = 3;
+        cell.counts.fails = 1;
         cell.counts.score_micros = 2_400_000;
         cell.counts.scored = 3;
         cell.distinct = 4;
-        let hidden = cell.aggregate(5);
-        assert!(hidden.suppressed);
+        cell.revision = 2;
+        let published = |events, distinct, completions, passes, fails, avg, suppressed| Aggregate {
+            tenant_id: "acme".into(),
+            window_start: H,
+            window: "hour".into(),
+            dimension: "course".into(),
+            dimension_value: "c1".into(),
+            events,
+            distinct_learners: distinct,
+            completions,
+            passes,
+            fails,
+            avg_score_scaled: avg,
+            suppressed,
+            revision: 2,
+        };
         assert_eq!(
-            (
-                hidden.events,
-                hidden.distinct_learners,
-                hidden.passes,
-                hidden.avg_score_scaled
-            ),
-            (0, 0, 0, None)
+            cell.aggregate(5),
+            published(0, 0, 0, 0, 0, None, true),
+            "below k nothing but the cell's coordinates is published"
         );
         cell.distinct = 5;
         let shown = cell.aggregate(5);
-        assert!(!shown.suppressed);
         assert_eq!(
-            (shown.events, shown.distinct_learners, shown.passes),
-            (9, 5, 3)
+            shown,
+            published(9, 5, 2, 3, 1, shown.avg_score_scaled, false)
         );
         assert!((shown.avg_score_scaled.unwrap() - 0.8).abs() < 1e-9);
     }

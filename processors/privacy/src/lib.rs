@@ -519,53 +519,76 @@ impl Privacy {
             }
             return Ok(Receipt { ack, audit });
         }
-        let shredded = self.vault().shred(tenant, kind, id, at).map_err(fatal)?;
-        match shredded {
-            Some(shredded) => {
-                ack.outcome = "done".into();
-                ack.detail = format!(
-                    "subject key material destroyed; tenant KEK rotated to v{} ({} subjects re-wrapped)",
-                    shredded.kek_current, shredded.rewrapped
-                );
-                ack.learner = Some(shredded.pseudonym.clone());
-                ack.shredded_key_ids = vec![shredded.key_id.clone()];
-                ack.records_affected = 1;
-                let mut shred_event = self.key_event(
-                    tenant,
-                    "key.shredded",
-                    Some(&shredded.pseudonym),
-                    at,
-                    [("key_id", shredded.key_id.clone())],
-                );
-                shred_event
-                    .details
-                    .insert("request_id".into(), request.request_id.clone());
-                audit.push(shred_event);
-                let retired = shredded
-                    .kek_retired
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",");
-                audit.push(self.key_event(
-                    tenant,
-                    "kek.rotated",
-                    None,
-                    at,
-                    [
-                        ("current", shredded.kek_current.to_string()),
-                        ("retired", retired),
-                    ],
-                ));
-            }
-            None => {
-                if self.vault().erased_at(tenant, kind, id).is_some() {
-                    ack.outcome = "done".into();
-                    ack.detail = "subject was already erased".into();
+        let Some(plan) = self.vault().plan_shred(tenant, kind, id).map_err(fatal)? else {
+            if self.vault().erased_at(tenant, kind, id).is_some() {
+                // Erased already: by this very command if it died mid-shred
+                // (its receipt was written before anything was destroyed),
+                // otherwise by an earlier request.
+                if let Some(bytes) = self
+                    .vault()
+                    .pending_receipt(&request.command_id)
+                    .map_err(fatal)?
+                {
+                    return serde_json::from_slice(&bytes)
+                        .map_err(|e| ProcessError::fatal("reading a pending receipt", e));
                 }
+                ack.outcome = "done".into();
+                ack.detail = "subject was already erased".into();
             }
+            return Ok(Receipt { ack, audit });
+        };
+        ack.outcome = "done".into();
+        ack.detail = format!(
+            "subject key material destroyed; tenant KEK rotated to v{} ({} subjects re-wrapped)",
+            plan.kek_current, plan.rewrapped
+        );
+        ack.learner = Some(plan.pseudonym.clone());
+        ack.shredded_key_ids = vec![plan.key_id.clone()];
+        ack.records_affected = 1;
+        let mut shred_event = self.key_event(
+            tenant,
+            "key.shredded",
+            Some(&plan.pseudonym),
+            at,
+            [("key_id", plan.key_id.clone())],
+        );
+        shred_event
+            .details
+            .insert("request_id".into(), request.request_id.clone());
+        audit.push(shred_event);
+        let retired = plan
+            .kek_retired
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        audit.push(self.key_event(
+            tenant,
+            "kek.rotated",
+            None,
+            at,
+            [
+                ("current", plan.kek_current.to_string()),
+                ("retired", retired),
+            ],
+        ));
+        let receipt = Receipt { ack, audit };
+        let bytes = serde_json::to_vec(&receipt)
+            .map_err(|e| ProcessError::fatal("writing a pending receipt", e))?;
+        let mut vault = self.vault();
+        vault
+            .put_pending_receipt(&request.command_id, &bytes)
+            .map_err(fatal)?;
+        let shredded = vault.shred(tenant, kind, id, at).map_err(fatal)?;
+        if shredded.as_ref() != Some(&plan) {
+            // The vault has one writer, this processor: nothing can change
+            // it between the plan and the shred.
+            return Err(ProcessError::fatal(
+                "shredding a subject",
+                "the vault's shred differs from its plan (subject, KEK version or survivors)",
+            ));
         }
-        Ok(Receipt { ack, audit })
+        Ok(receipt)
     }
 }
 

@@ -151,6 +151,12 @@ mod tests {
                 as_kind: "account".into(),
             }],
         )]));
-        assert_eq!(bad.check().unwrap_err().len(), 2);
+        assert_eq!(
+            bad.check().unwrap_err(),
+            [
+                "identity_links.t: `moodle` is not a site URL",
+                "identity_links.t: an account must link to another identifier kind, not `account`",
+            ]
+        );
     }
 }

@@ -155,6 +155,10 @@ pub struct Vault {
     subjects: sled::Tree,
     erased: sled::Tree,
     receipts: sled::Tree,
+    /// Receipts written before a shred destroys anything, by command id:
+    /// a crash mid-shred leaves the subject erased, and the retried command
+    /// answers with what the shred did instead of "already erased".
+    pending: sled::Tree,
     key_ids: sled::Tree,
     reveals: sled::Tree,
     /// Unwrapped subjects by entry key, with the input that created them:
@@ -205,6 +209,7 @@ impl Vault {
             subjects: db.open_tree("subjects").map_err(|e| io(&e))?,
             erased: db.open_tree("erased").map_err(|e| io(&e))?,
             receipts: db.open_tree("receipts").map_err(|e| io(&e))?,
+            pending: db.open_tree("pending_receipts").map_err(|e| io(&e))?,
             key_ids: db.open_tree("key_ids").map_err(|e| io(&e))?,
             reveals: db.open_tree("reveals").map_err(|e| io(&e))?,
             cache: HashMap::new(),
@@ -519,6 +524,46 @@ impl Vault {
         self.erased_at.get(&entry.0).copied()
     }
 
+    /// What [`Vault::shred`] of this subject would destroy and rotate,
+    /// without changing anything; `None` if the vault holds no entry for it.
+    ///
+    /// # Errors
+    /// [`VaultError`] on storage failure or an entry that does not unwrap.
+    pub fn plan_shred(
+        &self,
+        tenant: &str,
+        id_kind: &str,
+        id: &str,
+    ) -> Result<Option<Shredded>, VaultError> {
+        let entry_key = self.lookup_key(tenant, id_kind, id);
+        let Some(value) = self.subjects.get(&entry_key).map_err(|e| self.io(e))? else {
+            return Ok(None);
+        };
+        let material = self.unwrap(tenant, &entry_key, &value)?;
+        let keys = SubjectKeys::derive(tenant, &material);
+        drop(material);
+        let (old, _) = self
+            .current_kek(tenant)
+            .ok_or_else(|| VaultError::Corrupt {
+                tenant: tenant.to_string(),
+                message: "tenant has no KEK to rotate".into(),
+            })?;
+        let mut prefix = tenant.as_bytes().to_vec();
+        prefix.push(0);
+        let mut others = 0;
+        for item in self.subjects.scan_prefix(&prefix) {
+            let (key, _) = item.map_err(|e| self.io(e))?;
+            others += usize::from(key.as_ref() != entry_key.as_slice());
+        }
+        Ok(Some(Shredded {
+            pseudonym: keys.pseudonym().to_string(),
+            key_id: keys.key_id().to_string(),
+            kek_retired: (1..=old).collect(),
+            kek_current: old + 1,
+            rewrapped: others,
+        }))
+    }
+
     /// Destroys the subject's material and rotates the tenant's KEK (see the
     /// module docs). `None` if the vault holds nothing for the subject.
     ///
@@ -663,7 +708,7 @@ impl Vault {
             .map(|v| v.to_vec()))
     }
 
-    /// Stores a receipt durably.
+    /// Stores a receipt durably; a pending one for the command goes.
     ///
     /// # Errors
     /// [`VaultError`] on storage failure.
@@ -671,7 +716,36 @@ impl Vault {
         self.receipts
             .insert(command_id, receipt)
             .map_err(|e| self.io(e))?;
+        self.db.flush().map_err(|e| self.io(e))?;
+        // After the final receipt is durable: a crash in between leaves
+        // both, and the final one wins.
+        self.pending.remove(command_id).map_err(|e| self.io(e))?;
         self.db.flush().map_err(|e| self.io(e)).map(|_| ())
+    }
+
+    /// Stores, durably, the receipt a command will have once the shred it
+    /// is about to run completes (see [`Vault::pending_receipt`]).
+    ///
+    /// # Errors
+    /// [`VaultError`] on storage failure.
+    pub fn put_pending_receipt(&self, command_id: &str, receipt: &[u8]) -> Result<(), VaultError> {
+        self.pending
+            .insert(command_id, receipt)
+            .map_err(|e| self.io(e))?;
+        self.db.flush().map_err(|e| self.io(e)).map(|_| ())
+    }
+
+    /// The receipt stored before this command's shred began, if its final
+    /// receipt was never stored (the process died mid-shred).
+    ///
+    /// # Errors
+    /// [`VaultError`] on storage failure.
+    pub fn pending_receipt(&self, command_id: &str) -> Result<Option<Vec<u8>>, VaultError> {
+        Ok(self
+            .pending
+            .get(command_id)
+            .map_err(|e| self.io(e))?
+            .map(|v| v.to_vec()))
     }
 
     /// The raw stored entry of a subject (tests and audits of erasure: after
@@ -877,8 +951,21 @@ mod tests {
             .unwrap();
         let err = Vault::open(dir.path(), &[8; 32], &INDEX).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("TRELLIS_VAULT_MASTER_KEY"), "{text}");
-        assert!(!text.contains(&hex::encode([8u8; 32])));
+        // The exact message (hex or a decimal list of the key would change it).
+        assert_eq!(
+            text,
+            format!(
+                "TRELLIS_VAULT_MASTER_KEY does not open {} (wrong key, or the file was altered)",
+                dir.path().join(KEK_FILE).display()
+            )
+        );
+        assert_eq!(
+            format!("{err:?}"),
+            format!(
+                "WrongMasterKey({:?})",
+                dir.path().join(KEK_FILE).display().to_string()
+            )
+        );
     }
 
     #[test]
@@ -895,11 +982,21 @@ mod tests {
             .unwrap()
             .unwrap();
         let keks_before = fs::read(dir.path().join(KEK_FILE)).unwrap();
+        // Positive control: before the shred the helper opens the copy, so
+        // its `false` below means the key is gone, not that it sees nothing.
+        assert!(v.opens_with_any_kek("acme", &key, &captured));
 
+        let planned = v.plan_shred("acme", "mbox", "mailto:ann@x").unwrap();
         let shredded = v
             .shred("acme", "mbox", "mailto:ann@x", 1000)
             .unwrap()
             .unwrap();
+        assert_eq!(
+            planned.as_ref(),
+            Some(&shredded),
+            "the plan is what the shred does"
+        );
+        assert_eq!(v.plan_shred("acme", "mbox", "mailto:ann@x").unwrap(), None);
         assert_eq!(shredded.pseudonym, ann.pseudonym());
         assert_eq!(shredded.key_id, ann.key_id());
         assert_eq!(shredded.kek_retired, vec![1]);

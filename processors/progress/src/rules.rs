@@ -84,7 +84,10 @@ impl Fact {
     }
 }
 
-/// Inserts `fact` in (time, id) order; false if its id is already there.
+/// Inserts `fact` in (time, id) order; false if a fact of the same time and
+/// id is already there. A statement id is counted once by the processor's
+/// statement index (`keys::EVENT`), which sees the id before any fact is
+/// made: the same id at another time never reaches this function.
 pub fn insert_fact(facts: &mut Vec<Fact>, fact: Fact) -> bool {
     match facts.binary_search_by(|f| f.order().cmp(&fact.order())) {
         Ok(_) => false,

@@ -220,6 +220,30 @@ impl Run {
     }
 }
 
+#[test]
+fn a_statement_id_counts_once_even_when_resent_with_another_time() {
+    let first = event("acme", "p_1", "s-1", 1_000, "attempted", Some(QUIZ));
+    let mut again = first.clone();
+    again.occurred_at = 9_000;
+    again.received_at = 9_000;
+    let other = event("acme", "p_1", "s-2", 6_000, "attempted", Some(QUIZ));
+    let row = |events: &[ProtectedEvent]| {
+        run(events)
+            .progress()
+            .into_values()
+            .find(|row| row.activity_id == QUIZ)
+            .expect("the quiz's progress row")
+    };
+    // Positive control: a second statement id is a second attempt.
+    assert_eq!(row(&[first.clone(), other.clone()]).attempts, 2);
+    let resent = row(&[first, again, other]);
+    assert_eq!(resent.attempts, 2, "the re-sent statement counted again");
+    assert_eq!(
+        resent.last_activity_at, 6_000,
+        "nor moved the last activity"
+    );
+}
+
 fn journey(tenant: &str, learner: &str) -> Vec<ProtectedEvent> {
     let id = |n: &str| format!("{tenant}-{learner}-{n}");
     vec![

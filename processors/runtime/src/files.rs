@@ -38,10 +38,21 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("exports/t");
         let path = dir.join("x.json");
-        write_private(&dir, &path, b"{}").unwrap();
+        write_private(&dir, &path, b"{\"v\": 1}").unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(&dir), 0o700);
         assert!(!path.with_extension("partial").exists());
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"v\": 1}");
+
+        // A write that fails before its rename (here: the partial file
+        // cannot be created) leaves the earlier file whole: a direct,
+        // truncating write would have emptied it.
+        std::fs::create_dir(path.with_extension("partial")).unwrap();
+        assert!(write_private(&dir, &path, b"{\"v\": 2}").is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"v\": 1}");
+        std::fs::remove_dir(path.with_extension("partial")).unwrap();
+        write_private(&dir, &path, b"{\"v\": 2}").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"v\": 2}");
     }
 }

@@ -206,8 +206,14 @@ mod tests {
         let store = StateStore::open(dir.path()).unwrap();
         let mut txn = store.begin();
         txn.keep("c-1", b"not json".to_vec()).unwrap();
-        let err = answer_once(&mut txn, "c-1", |_| Ok(1_i64)).unwrap_err();
+        let mut runs = 0;
+        let err = answer_once(&mut txn, "c-1", |_| {
+            runs += 1;
+            Ok(1_i64)
+        })
+        .unwrap_err();
         assert!(matches!(err, ProcessError::Fatal { .. }), "{err}");
+        assert_eq!(runs, 0, "the command was executed a second time");
     }
 
     #[test]

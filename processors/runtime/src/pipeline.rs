@@ -1295,7 +1295,34 @@ processors:
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_processor_emitting_to_its_declared_output_runs() {
-        assert_eq!(run_echo("out").await.unwrap(), Exit::Success);
+        let cluster = MockCluster::new(1).unwrap();
+        assert_eq!(run_echo_on(&cluster, "out").await.unwrap(), Exit::Success);
+        // It ran: the input was consumed and its output reached `out`.
+        with_first_output(&cluster, |message| {
+            assert_eq!(message.payload(), Some(b"hello".as_slice()));
+        });
+    }
+
+    /// Calls `check` with the first record on `out` of `cluster`.
+    fn with_first_output(
+        cluster: &MockCluster<'_, DefaultProducerContext>,
+        check: impl FnOnce(&rdkafka::message::BorrowedMessage<'_>),
+    ) {
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "test-reader")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        reader.subscribe(&["out"]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match reader.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => return check(&message),
+                Some(Err(e)) => panic!("{e}"),
+                None => assert!(Instant::now() < deadline, "no output on `out`"),
+            }
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1330,23 +1357,10 @@ processors:
     async fn an_output_carries_its_inputs_request_id() {
         let cluster = MockCluster::new(1).unwrap();
         assert_eq!(run_echo_on(&cluster, "out").await.unwrap(), Exit::Success);
-        let reader: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("group.id", "test-reader")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        reader.subscribe(&["out"]).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let message = loop {
-            match reader.poll(Duration::from_millis(200)) {
-                Some(Ok(message)) => break message,
-                Some(Err(e)) => panic!("{e}"),
-                None => assert!(Instant::now() < deadline, "no output on `out`"),
-            }
-        };
-        let record = InputRecord::from_kafka(&message);
-        assert_eq!(record.header(REQUEST_ID_HEADER), Some(b"req-7".as_slice()));
-        assert_eq!(record.value, Some(b"hello".as_slice()));
+        with_first_output(&cluster, |message| {
+            let record = InputRecord::from_kafka(message);
+            assert_eq!(record.header(REQUEST_ID_HEADER), Some(b"req-7".as_slice()));
+            assert_eq!(record.value, Some(b"hello".as_slice()));
+        });
     }
 }

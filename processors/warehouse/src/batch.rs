@@ -233,7 +233,16 @@ mod tests {
             at: None,
         };
         batch.erase("t", "gone", command);
-        assert_eq!(batch.completions.len(), 1);
+        let left: Vec<&str> = batch
+            .completions
+            .values()
+            .map(|row| row.value.learner.as_str())
+            .collect();
+        assert_eq!(
+            left,
+            ["stays"],
+            "the erased learner's row went, the other stayed"
+        );
         assert!(batch.erased.contains(&learner_hash("t", "gone")));
         assert!(!batch.erased.contains(&learner_hash("t", "stays")));
         assert!(batch.has_command("c"));

@@ -172,6 +172,9 @@ async fn reveals_with_permission_and_reason_and_audits_first() {
     assert_eq!(event.reason.as_deref(), Some(REASON));
     assert!(event.subject.as_deref().unwrap().starts_with("p_"));
     assert_eq!(body["audit_event_id"], event.event_id);
+    // Nowhere in the event, `details` included, is the revealed value.
+    let recorded = format!("{event:?}");
+    assert!(!recorded.contains("ann@example.org"), "{recorded}");
 }
 
 #[tokio::test]

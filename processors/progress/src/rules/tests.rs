@@ -207,7 +207,7 @@ fn voiding_the_evidence_undoes_its_effect() {
 }
 
 #[test]
-fn a_duplicate_statement_is_inserted_once() {
+fn an_identical_fact_is_inserted_once() {
     let mut facts = Vec::new();
     assert!(insert_fact(&mut facts, fact("a", 1, Attempted)));
     assert!(!insert_fact(&mut facts, fact("a", 1, Attempted)));
