@@ -363,6 +363,10 @@ async fn every_record_lands_exactly_once_through_kills_and_a_postgres_restart() 
             }
             3 => {
                 stack.produce(&records).await;
+                // The sink restarted last round is connected and writing.
+                warehouse
+                    .wait_caught_up(&ends(&stack), Duration::from_secs(60))
+                    .await;
                 pg.stop();
                 let more = generate(&e, &mut rng, 2_000, &mut step);
                 stack.produce(&more).await;
@@ -372,7 +376,8 @@ async fn every_record_lands_exactly_once_through_kills_and_a_postgres_restart() 
                         .metric("trellis_warehouse_unavailable_total")
                         .await
                         > 0.0,
-                    "the sink waits for Postgres"
+                    "the sink waits for Postgres:\n{}",
+                    warehouse.log_text()
                 );
                 pg.restart();
             }
@@ -754,7 +759,23 @@ async fn an_erased_learner_stays_erased_and_bad_records_are_dead_lettered() {
         "{}",
         warehouse.log_text()
     );
-    let mut second = sink(&stack, &pg);
+    // Another instance, as on another machine: its own state directory.
+    let port = trellis_replay_tests::free_port();
+    let config = stack.config("warehouse", port, "{}");
+    let elsewhere = std::fs::read_to_string(&config).unwrap().replace(
+        stack.state_dir("warehouse").to_str().unwrap(),
+        stack.state_dir("warehouse-elsewhere").to_str().unwrap(),
+    );
+    let config = stack.dir.path().join("warehouse-elsewhere.yaml");
+    std::fs::write(&config, elsewhere).unwrap();
+    let mut second = Process::spawn(
+        "warehouse",
+        &config,
+        port,
+        &[("TRELLIS_WAREHOUSE_URL", pg.owner_url())],
+        stack.dir.path(),
+        &[],
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !second.log_text().contains("writer lock") {
         assert!(

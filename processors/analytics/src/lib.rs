@@ -53,25 +53,23 @@ use prometheus::{IntCounter, IntCounterVec};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use trellis_records::{
-    AGGREGATES_TOPIC, Aggregate, EraseCommand, PARTICIPANT_ACKS_TOPIC, ProtectedFacts,
-    tenant_aggregates_topic,
+    AGGREGATES_TOPIC, Aggregate, EraseCommand, PARTICIPANT_ACKS_TOPIC, PROTECTED_TOPIC,
+    ProtectedFacts, tenant_aggregates_topic,
 };
+use trellis_runtime::build::{Build, Context};
 use trellis_runtime::participant::{Acks, CommandOr, answer_once};
 use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
+use trellis_runtime::secret::Secrets;
 use trellis_runtime::state::StateError;
 use trellis_runtime::working_set::{Stored, WorkingSet};
-use trellis_runtime::{
-    Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, Shutdown, StateTxn,
-};
+use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Shutdown, StateTxn};
 
 use crate::live::LiveCell;
 use crate::windows::{Cell, Rules, Timing, Window, crosses_close_point};
 
 /// The processor's name in topology.yaml, metrics and logs.
 pub const NAME: &str = "analytics";
-/// Input: protected learning events.
-pub const PROTECTED_TOPIC: &str = "protected";
 
 const ADL: &str = "http://adlnet.gov/expapi/verbs/";
 
@@ -152,12 +150,9 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
+impl trellis_runtime::build::Settings for Settings {
     /// Every problem, at once.
-    ///
-    /// # Errors
-    /// One line per problem.
-    pub fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         if self.k < 2 {
             problems.push(format!(
@@ -187,7 +182,7 @@ impl Settings {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(problems.join("\n"))
+            Err(problems)
         }
     }
 }
@@ -294,18 +289,10 @@ impl Counters {
         }
     }
 
-    fn register(&self, runtime: &Runtime) -> Result<(), StartError> {
-        for collector in [
-            Box::new(self.late.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(self.suppressed.clone()),
-            Box::new(self.unrouted.clone()),
-        ] {
-            runtime
-                .metrics
-                .register(collector)
-                .map_err(|e| StartError::Misconfigured(e.to_string()))?;
-        }
-        Ok(())
+    fn register<S>(&self, ctx: &Context<'_, S>) -> Result<(), StartError> {
+        ctx.register(Box::new(self.late.clone()))?;
+        ctx.register(Box::new(self.suppressed.clone()))?;
+        ctx.register(Box::new(self.unrouted.clone()))
     }
 }
 
@@ -843,42 +830,50 @@ impl Processor for Analytics {
     }
 }
 
-/// Starts the aggregator and runs it until `shutdown` resolves.
+/// The aggregator's one constructor: the binary, the bench and the tests
+/// build it here.
+impl Build for Analytics {
+    const NAME: &'static str = NAME;
+    const ONE_INSTANCE: Option<&'static str> =
+        Some("its windows and watermarks span every partition of `protected`");
+    type Settings = Settings;
+    type Processor = Self;
+
+    async fn build(ctx: &mut Context<'_, Settings>) -> Result<Self, StartError> {
+        let counters = Counters::detached();
+        counters.register(ctx)?;
+        let mut tenants = HashMap::new();
+        for output in &ctx.spec.outputs {
+            if let Some(tenant) = output
+                .strip_prefix("analytics.")
+                .and_then(|t| t.strip_suffix(".aggregates"))
+                && output == &tenant_aggregates_topic(tenant)
+            {
+                tenants.insert(
+                    tenant.to_string(),
+                    (Arc::from(output.as_str()), ctx.encoder(output).await?),
+                );
+            }
+        }
+        let encoders = Encoders {
+            aggregates: ctx.encoder(AGGREGATES_TOPIC).await?,
+            tenants,
+            acks: ctx.encoder(PARTICIPANT_ACKS_TOPIC).await?,
+        };
+        Ok(Analytics::new(ctx.settings, encoders, counters))
+    }
+}
+
+/// Runs the aggregator until `shutdown` resolves (see [`trellis_runtime::build::run`]).
 ///
 /// # Errors
-/// [`Failure`] when it cannot start or must stop; the message names the cause.
-pub async fn run(config: Config<Settings>, shutdown: Shutdown<'_>) -> Result<Exit, Failure> {
-    config.settings.check().map_err(StartError::Misconfigured)?;
-    if config.kafka.instances > 1 {
-        return Err(StartError::Misconfigured(format!(
-            "analytics windows span every partition, so it runs as one instance (kafka.instances is {})",
-            config.kafka.instances
-        ))
-        .into());
-    }
-    let runtime = Runtime::start(NAME, &config).await?;
-    let counters = Counters::detached();
-    counters.register(&runtime)?;
-    let mut tenants = HashMap::new();
-    for output in &runtime.spec.outputs {
-        if let Some(tenant) = output
-            .strip_prefix("analytics.")
-            .and_then(|t| t.strip_suffix(".aggregates"))
-            && output == &tenant_aggregates_topic(tenant)
-        {
-            tenants.insert(
-                tenant.to_string(),
-                (Arc::from(output.as_str()), runtime.encoder(output).await?),
-            );
-        }
-    }
-    let encoders = Encoders {
-        aggregates: runtime.encoder(AGGREGATES_TOPIC).await?,
-        tenants,
-        acks: runtime.encoder(PARTICIPANT_ACKS_TOPIC).await?,
-    };
-    let analytics = Analytics::new(&config.settings, encoders, counters);
-    Ok(runtime.run(analytics, shutdown).await?)
+/// [`Failure`] at start or while running.
+pub async fn run(
+    config: Config<Settings>,
+    secrets: Secrets,
+    shutdown: Shutdown<'_>,
+) -> Result<Exit, Failure> {
+    trellis_runtime::build::run::<Analytics>(config, secrets, shutdown).await
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use trellis_analytics::{Settings, run};
-use trellis_runtime::lifecycle::{ProcessorArgs, serve, shutdown_signal};
+use trellis_analytics::{Analytics, run};
+use trellis_runtime::build::Build;
+use trellis_runtime::lifecycle::{ProcessorArgs, serve_processor};
 
 /// Aggregates `protected` into tenant-tagged tumbling-window cells with
 /// small-cell suppression, for warehouses.
@@ -20,7 +21,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    serve::<Settings, _>(&cli.processor, &[], |config, _| {
-        run(config, shutdown_signal())
-    })
+    serve_processor(&cli.processor, Analytics::SECRETS, run)
 }

@@ -1,11 +1,12 @@
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
-use apache_avro::Schema;
 use trellis_records::{
-    Aggregate, ParticipantAck, ProtectedEvent, ProtectedResult, Sealed, schema_text,
+    Aggregate, ERASE_COMMANDS_TOPIC, ParticipantAck, ProtectedEvent, ProtectedResult, Sealed,
 };
-use trellis_runtime::pipeline::{OwnedRecord, replay_offline, run_offline};
-use trellis_runtime::schema::{AvroDecoder, registry_settings};
+use trellis_runtime::offline::Harness;
+use trellis_runtime::pipeline::OwnedRecord;
+use trellis_runtime::schema::AvroDecoder;
 use trellis_runtime::state::StateStore;
 
 use super::*;
@@ -14,42 +15,29 @@ const H: i64 = 3_600_000;
 /// Midnight UTC, so the hours below lie well inside one day.
 const T0: i64 = 1_700_000_000_000 / 86_400_000 * 86_400_000;
 
-fn schema(file: &str) -> Schema {
-    Schema::parse_str(schema_text(file).unwrap()).unwrap()
+/// The workspace's topology, with an aggregates topic of the tests'
+/// tenant `acme` (as each demo tenant has), under one harness.
+fn harness() -> &'static Harness {
+    static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
+        let mut topology = Harness::workspace().topology().clone();
+        let topic = tenant_aggregates_topic("acme");
+        let spec = topology.topics[AGGREGATES_TOPIC].clone();
+        topology.topics.insert(topic.clone(), spec);
+        if let Some(analytics) = topology.processors.get_mut(NAME) {
+            analytics.outputs.push(topic);
+        }
+        Harness::with_topology(topology)
+    });
+    &HARNESS
 }
 
-fn decoder() -> AvroDecoder {
-    let decoder = AvroDecoder::new(registry_settings("http://127.0.0.1:9").unwrap());
-    for (id, file) in [
-        (1, "protected.avsc"),
-        (2, "aggregate.avsc"),
-        (3, "participant_ack.avsc"),
-        (4, "erase_command.avsc"),
-    ] {
-        decoder.insert(id, schema(file)).unwrap();
-    }
-    decoder
+fn decoder() -> &'static AvroDecoder {
+    harness().decoder()
 }
 
+/// The aggregator as the binary builds it, reading `partitions` partitions.
 fn analytics(settings: &Settings, partitions: i32) -> Analytics {
-    let enc = |id, file: &str| AvroEncoder::with_id(file.into(), id, schema(file)).unwrap();
-    let mut tenants = HashMap::new();
-    tenants.insert(
-        "acme".to_string(),
-        (
-            Arc::from("analytics.acme.aggregates"),
-            enc(2, "aggregate.avsc"),
-        ),
-    );
-    let mut analytics = Analytics::new(
-        settings,
-        Encoders {
-            aggregates: enc(2, "aggregate.avsc"),
-            tenants,
-            acks: enc(3, "participant_ack.avsc"),
-        },
-        Counters::detached(),
-    );
+    let mut analytics = harness().build::<Analytics>(settings).unwrap();
     let assigned = BTreeMap::from([(PROTECTED_TOPIC.to_string(), (0..partitions).collect())]);
     analytics.assigned(&assigned).unwrap();
     analytics
@@ -102,7 +90,7 @@ fn event(
 
 /// `(partition, event)` pairs as records, offsets counted per partition.
 fn records(events: &[(i32, ProtectedEvent)]) -> Vec<OwnedRecord> {
-    let encoder = AvroEncoder::with_id("p".into(), 1, schema("protected.avsc")).unwrap();
+    let encoder = harness().encoder(PROTECTED_TOPIC);
     let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
     events
         .iter()
@@ -144,15 +132,11 @@ fn run_batched(
     let store = StateStore::open(dir.path()).unwrap();
     let mut analytics = analytics(settings, partitions);
     let late = analytics.counters.late.clone();
-    let offline = run_offline(
-        NAME,
-        &mut analytics,
-        &store,
-        &decoder(),
-        &records(events),
-        batch,
-    )
-    .unwrap();
+    let offline = harness()
+        .runner(NAME)
+        .batch(batch)
+        .run(&mut analytics, &store, &records(events))
+        .unwrap();
     assert!(offline.dead_letters.is_empty());
     Run {
         store,
@@ -554,15 +538,11 @@ fn partition_interleaving_changes_neither_state_nor_outputs() {
     // A replay (outputs dropped, so none built) builds the same store.
     let dir = tempfile::tempdir().unwrap();
     let replayed = StateStore::open(dir.path()).unwrap();
-    let offline = replay_offline(
-        NAME,
-        &mut analytics(&settings, 4),
-        &replayed,
-        &decoder(),
-        &records(&events),
-        7,
-    )
-    .unwrap();
+    let offline = harness()
+        .runner(NAME)
+        .batch(7)
+        .replay(&mut analytics(&settings, 4), &replayed, &records(&events))
+        .unwrap();
     assert!(offline.outputs.is_empty(), "a replay publishes nothing");
     assert_eq!(
         interleaved.store.digest().unwrap(),
@@ -643,7 +623,11 @@ fn the_settings_refuse_a_k_that_singles_out() {
         k: 1,
         ..Settings::default()
     };
-    assert!(settings.check().unwrap_err().contains("k is 1"));
+    let problems = trellis_runtime::build::Settings::check(&settings).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.contains("k is 1")),
+        "{problems:?}"
+    );
 }
 
 #[test]
@@ -1014,7 +998,10 @@ mod recomputed {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
         let mut analytics = analytics(&settings(), PARTITIONS);
-        let outputs = run_offline(NAME, &mut analytics, &store, &decoder(), log, batch)
+        let outputs = harness()
+            .runner(NAME)
+            .batch(batch)
+            .run(&mut analytics, &store, log)
             .unwrap()
             .outputs;
         Run {
@@ -1049,7 +1036,7 @@ mod recomputed {
     }
 
     fn erase_command(request: &str, tenant: &str, learner: &str) -> OwnedRecord {
-        let encoder = AvroEncoder::with_id("e".into(), 4, schema("erase_command.avsc")).unwrap();
+        let encoder = harness().encoder(ERASE_COMMANDS_TOPIC);
         let command = EraseCommand {
             command_id: format!("{request}/analytics"),
             request_id: request.into(),

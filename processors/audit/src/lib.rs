@@ -48,14 +48,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use trellis_records::{ANCHORS_TOPIC, AUDIT_EVENTS_TOPIC, Anchor, AuditEvent};
+use trellis_runtime::build::{Build, Context};
+use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::pipeline::{Exit, Failure, StartError};
 use trellis_runtime::schema::{AvroDecoder, AvroEncoder, DecodeError};
 use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
 use trellis_runtime::state::StateError;
 use trellis_runtime::ticker::{Pending, TickRecord};
 use trellis_runtime::{
-    Config, Emitter, InputRecord, OutputRecord, ProcessError, Processor, Runtime, Shutdown,
-    StateStore, StateTxn,
+    Config, Emitter, InputRecord, OutputRecord, ProcessError, Processor, Shutdown, StateStore,
+    StateTxn,
 };
 
 use crate::canonical::{GENESIS, anchor_hash, record_bytes};
@@ -126,12 +128,9 @@ fn default_interval() -> i64 {
     1000
 }
 
-impl Settings {
+impl trellis_runtime::build::Settings for Settings {
     /// Every problem, at once.
-    ///
-    /// # Errors
-    /// A message naming each bad setting.
-    pub fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         if self.key_id.trim().is_empty() {
             problems.push("settings.key_id is empty".to_string());
@@ -148,7 +147,7 @@ impl Settings {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(problems.join("; "))
+            Err(problems)
         }
     }
 }
@@ -620,73 +619,94 @@ pub fn heartbeat(at: i64) -> AuditEvent {
     }
 }
 
-/// Starts the audit processor and runs it until `shutdown` resolves.
+/// The audit processor's one constructor: the binary, the bench and the
+/// tests build it here.
+impl Build for Audit {
+    const NAME: &'static str = NAME;
+    const SECRETS: &'static [SecretSpec] = SECRETS;
+    const ONE_INSTANCE: Option<&'static str> =
+        Some("each anchor chain, and the anchor log, has one writer");
+    type Settings = Settings;
+    type Processor = Self;
+
+    async fn build(ctx: &mut Context<'_, Settings>) -> Result<Self, StartError> {
+        let settings = ctx.settings;
+        let signer = match settings.signature {
+            Algorithm::Ed25519 => {
+                Signer::ed25519(&settings.key_id, ctx.secrets.get(SIGNING_KEY))
+                    .map_err(|e| StartError::Misconfigured(format!("{SIGNING_KEY}: {e}")))?
+            }
+            Algorithm::Hmac => Signer::hmac(
+                settings.key_id.clone(),
+                ctx.secrets.get(SIGNING_KEY).clone(),
+            ),
+        };
+        let pending = Pending::default();
+        if let Some(ticker) = ctx.ticker(AUDIT_EVENTS_TOPIC)? {
+            let events = ctx.encoder(AUDIT_EVENTS_TOPIC).await?;
+            let every = Duration::from_millis(settings.anchor_interval_ms as u64);
+            ticker.spawn(every, pending.clone(), move |at| {
+                let event = heartbeat(at);
+                Ok(TickRecord {
+                    id: event.event_id.clone(),
+                    key: Vec::new(),
+                    value: events.encode(&event).map_err(|e| e.to_string())?,
+                })
+            });
+        }
+        let recorded = match ctx.kafka() {
+            Some(kafka) => recorded_anchors(kafka, ctx.decoder()).await?,
+            None => Vec::new(),
+        };
+        let audit = Audit::new(
+            settings.clone(),
+            signer,
+            ctx.encoder(ANCHORS_TOPIC).await?,
+            pending,
+        )
+        .with_recorded(&recorded)
+        .map_err(|e| StartError::Misconfigured(format!("{ANCHORS_TOPIC}: {e}")))?;
+        if ctx.live()
+            && let Some(addr) = settings.checkpoint_addr
+        {
+            let bound = checkpoint::serve(audit.published(), addr)
+                .await
+                .map_err(|e| {
+                    StartError::Misconfigured(format!("serving checkpoints on {addr}: {e}"))
+                })?;
+            tracing::info!(addr = %bound, origin = %settings.origin, "checkpoints served at /checkpoint");
+        }
+        Ok(audit)
+    }
+}
+
+/// Runs the audit processor until `shutdown` resolves (see
+/// [`trellis_runtime::build::run`]).
 ///
 /// # Errors
-/// [`Failure`] when it cannot start or must stop; the message names the cause.
+/// [`Failure`] at start or while running.
 pub async fn run(
     config: Config<Settings>,
     secrets: Secrets,
     shutdown: Shutdown<'_>,
 ) -> Result<Exit, Failure> {
-    config.settings.check().map_err(StartError::Misconfigured)?;
-    if config.kafka.instances > 1 {
-        return Err(StartError::Misconfigured(
-            "the audit processor runs as one instance (kafka.instances: 1): each anchor chain has one writer".into(),
-        )
-        .into());
-    }
-    let signer = match config.settings.signature {
-        Algorithm::Ed25519 => Signer::ed25519(&config.settings.key_id, secrets.get(SIGNING_KEY))
-            .map_err(|e| StartError::Misconfigured(format!("{SIGNING_KEY}: {e}")))?,
-        Algorithm::Hmac => Signer::hmac(
-            config.settings.key_id.clone(),
-            secrets.get(SIGNING_KEY).clone(),
-        ),
-    };
-    let runtime = Runtime::start(NAME, &config).await?;
-    let pending = Pending::default();
-    let events = runtime.encoder(AUDIT_EVENTS_TOPIC).await?;
-    let every = Duration::from_millis(config.settings.anchor_interval_ms as u64);
-    runtime
-        .ticker(AUDIT_EVENTS_TOPIC)?
-        .spawn(every, pending.clone(), move |at| {
-            let event = heartbeat(at);
-            Ok(TickRecord {
-                id: event.event_id.clone(),
-                key: Vec::new(),
-                value: events.encode(&event).map_err(|e| e.to_string())?,
-            })
-        });
-    let recorded = recorded_anchors(&config).await?;
-    let audit = Audit::new(
-        config.settings.clone(),
-        signer,
-        runtime.encoder(ANCHORS_TOPIC).await?,
-        pending,
-    )
-    .with_recorded(&recorded)
-    .map_err(|e| StartError::Misconfigured(format!("{ANCHORS_TOPIC}: {e}")))?;
-    if let Some(addr) = config.settings.checkpoint_addr {
-        let bound = checkpoint::serve(audit.published(), addr)
-            .await
-            .map_err(|e| {
-                StartError::Misconfigured(format!("serving checkpoints on {addr}: {e}"))
-            })?;
-        tracing::info!(addr = %bound, origin = %config.settings.origin, "checkpoints served at /checkpoint");
-    }
-    Ok(runtime.run(audit, shutdown).await?)
+    trellis_runtime::build::run::<Audit>(config, secrets, shutdown).await
 }
 
 /// The anchors on `audit.anchors` in topic order: the recorded cuts for a
 /// replay to honour, and the anchor log.
-async fn recorded_anchors(config: &Config<Settings>) -> Result<Vec<Anchor>, Failure> {
+async fn recorded_anchors(
+    kafka: &KafkaConfig,
+    decoder: AvroDecoder,
+) -> Result<Vec<Anchor>, StartError> {
+    // The broker or the registry could not be read: an outage, not a
+    // configuration to fix.
     let unreadable = |e: String| {
-        StartError::Misconfigured(format!(
+        StartError::Unavailable(format!(
             "reading the recorded anchors on {ANCHORS_TOPIC}: {e}"
         ))
     };
-    let kafka = config.kafka.clone();
+    let kafka = kafka.clone();
     let values = tokio::task::spawn_blocking(move || {
         let mut values = Vec::new();
         trellis_runtime::kafka::scan_topic(
@@ -705,10 +725,6 @@ async fn recorded_anchors(config: &Config<Settings>) -> Result<Vec<Anchor>, Fail
     .await
     .map_err(|e| unreadable(e.to_string()))?
     .map_err(unreadable)?;
-    let decoder = AvroDecoder::new(
-        trellis_runtime::schema::registry_settings(&config.registry.url)
-            .map_err(|e| unreadable(e.to_string()))?,
-    );
     let mut anchors = Vec::with_capacity(values.len());
     for value in values {
         anchors.push(

@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use trellis_audit::{SECRETS, Settings, run};
-use trellis_runtime::lifecycle::{ProcessorArgs, serve, shutdown_signal};
+use trellis_audit::{SECRETS, run};
+use trellis_runtime::lifecycle::{ProcessorArgs, serve_processor};
 
 /// Keeps RFC 6962 Merkle trees over every audited topic and anchors them
 /// in signed, hash-chained records on `audit.anchors`.
@@ -21,7 +21,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    serve::<Settings, _>(&cli.processor, SECRETS, |config, secrets| {
-        run(config, secrets, shutdown_signal())
-    })
+    serve_processor(&cli.processor, SECRETS, run)
 }

@@ -1,7 +1,8 @@
-use apache_avro::Schema;
-use trellis_records::{AuditEvent, schema_text};
+use std::sync::LazyLock;
+
+use trellis_records::AuditEvent;
+use trellis_runtime::offline::Harness;
 use trellis_runtime::pipeline::{OwnedRecord, run_offline};
-use trellis_runtime::schema::registry_settings;
 use trellis_runtime::secret::Secret;
 use trellis_runtime::state::StateStore;
 
@@ -9,8 +10,16 @@ use super::signing::Keys;
 use super::verify::{Finding, Problem, verify_proof, verify_records};
 use super::*;
 
-fn schema(file: &str) -> Schema {
-    Schema::parse_str(schema_text(file).unwrap()).unwrap()
+/// The workspace's topology, schemas under local ids, the signing key
+/// of [`signer`].
+fn harness() -> &'static Harness {
+    static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
+        let seed = "07".repeat(32);
+        Harness::workspace().with_secrets(
+            trellis_runtime::secret::load_secrets_with(SECRETS, |_| Some(seed.clone())).unwrap(),
+        )
+    });
+    &HARNESS
 }
 
 fn signer() -> Signer {
@@ -33,23 +42,17 @@ fn settings(every: u64) -> Settings {
     }
 }
 
-fn decoder() -> AvroDecoder {
-    let decoder = AvroDecoder::new(registry_settings("http://127.0.0.1:9").unwrap());
-    decoder.insert(2, schema("audit_event.avsc")).unwrap();
-    decoder
+fn decoder() -> &'static AvroDecoder {
+    harness().decoder()
 }
 
+/// The audit processor as the binary builds it, signing with [`signer`]'s key.
 fn audit(every: u64) -> Audit {
-    Audit::new(
-        settings(every),
-        signer(),
-        AvroEncoder::with_id("a".into(), 1, schema("anchor.avsc")).unwrap(),
-        Pending::default(),
-    )
+    harness().build::<Audit>(&settings(every)).unwrap()
 }
 
 fn events_encoder() -> AvroEncoder {
-    AvroEncoder::with_id("e".into(), 2, schema("audit_event.avsc")).unwrap()
+    harness().encoder(AUDIT_EVENTS_TOPIC)
 }
 
 /// `n` records on two partitions of `protected` plus five audit events:
@@ -100,14 +103,13 @@ fn log(n: i64) -> Vec<OwnedRecord> {
 fn anchors_of(every: u64, records: &[OwnedRecord]) -> (Vec<Anchor>, StateStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
-    let run = run_offline(NAME, &mut audit(every), &store, &decoder(), records, 7).unwrap();
+    let run = run_offline(NAME, &mut audit(every), &store, decoder(), records, 7).unwrap();
     (decode_anchors(&run.outputs), store, dir)
 }
 
 /// The anchors among a run's outputs, in output order.
 fn decode_anchors(outputs: &[OutputRecord]) -> Vec<Anchor> {
-    let decoder = AvroDecoder::new(registry_settings("http://127.0.0.1:9").unwrap());
-    decoder.insert(1, schema("anchor.avsc")).unwrap();
+    let decoder = harness().decoder();
     outputs
         .iter()
         .map(|o| {
@@ -319,7 +321,9 @@ fn settings_are_checked_and_the_key_never_prints() {
         anchor_interval_ms: 0,
         ..settings(1)
     };
-    let message = bad.check().unwrap_err();
+    let message = trellis_runtime::build::Settings::check(&bad)
+        .unwrap_err()
+        .join("; ");
     assert!(
         message.contains("key_id")
             && message.contains("origin")
@@ -361,7 +365,7 @@ fn run_with_recorded(records: &[OwnedRecord], recorded: &[Anchor]) -> (Vec<Ancho
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
     let mut audit = audit(1000).with_recorded(recorded).unwrap();
-    let run = run_offline(NAME, &mut audit, &store, &decoder(), records, 3).unwrap();
+    let run = run_offline(NAME, &mut audit, &store, decoder(), records, 3).unwrap();
     (
         decode_anchors(&run.outputs),
         store.digest().unwrap().to_string(),
@@ -601,20 +605,21 @@ fn a_key_rotation_is_recorded_in_the_chain_and_both_public_keys_verify_it() {
     let (first, second) = records.split_at(40);
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
-    let run = run_offline(NAME, &mut audit(16), &store, &decoder(), first, 7).unwrap();
+    let run = run_offline(NAME, &mut audit(16), &store, decoder(), first, 7).unwrap();
     let mut anchors = decode_anchors(&run.outputs);
     // The processor restarts with a new key; the store and the anchors on
     // audit.anchors carry over.
     let rotated = Signer::ed25519("k2", &Secret::from_bytes(vec![5; 32])).unwrap();
+    // Built by hand for the second key: the harness holds one.
     let mut after = Audit::new(
         settings(16),
         rotated,
-        AvroEncoder::with_id("a".into(), 1, schema("anchor.avsc")).unwrap(),
+        harness().encoder(ANCHORS_TOPIC),
         Pending::default(),
     )
     .with_recorded(&anchors)
     .unwrap();
-    let run = run_offline(NAME, &mut after, &store, &decoder(), second, 7).unwrap();
+    let run = run_offline(NAME, &mut after, &store, decoder(), second, 7).unwrap();
     anchors.extend(decode_anchors(&run.outputs));
 
     let k2 = Signer::ed25519("k2", &Secret::from_bytes(vec![5; 32])).unwrap();
@@ -654,14 +659,14 @@ fn a_restart_that_missed_anchors_on_the_topic_refuses_to_extend_the_anchor_log()
     let records = log(40);
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
-    let run = run_offline(NAME, &mut audit(16), &store, &decoder(), &records[..40], 7).unwrap();
+    let run = run_offline(NAME, &mut audit(16), &store, decoder(), &records[..40], 7).unwrap();
     let anchors = decode_anchors(&run.outputs);
     assert!(anchors.len() >= 2);
     // The read of audit.anchors at start came back short.
     let mut short = audit(16)
         .with_recorded(&anchors[..anchors.len() - 1])
         .unwrap();
-    let refused = run_offline(NAME, &mut short, &store, &decoder(), &records[40..], 7);
+    let refused = run_offline(NAME, &mut short, &store, decoder(), &records[40..], 7);
     let message = match refused {
         Err(e) => e.to_string(),
         Ok(_) => panic!("a short read of audit.anchors must be refused"),
@@ -672,5 +677,5 @@ fn a_restart_that_missed_anchors_on_the_topic_refuses_to_extend_the_anchor_log()
     );
     // Read whole, it goes on.
     let mut whole = audit(16).with_recorded(&anchors).unwrap();
-    assert!(run_offline(NAME, &mut whole, &store, &decoder(), &records[40..], 7).is_ok());
+    assert!(run_offline(NAME, &mut whole, &store, decoder(), &records[40..], 7).is_ok());
 }

@@ -363,7 +363,7 @@ pub async fn progress(
         topology,
         ends,
         |_| trellis_progress::Settings::default(),
-        trellis_progress::run,
+        |config, stop| trellis_progress::run(config, Default::default(), stop),
     )
     .await
     .map(|(timing, _)| timing)
@@ -387,7 +387,7 @@ pub async fn analytics(
         topology,
         ends,
         |_| analytics_settings(),
-        trellis_analytics::run,
+        |config, stop| trellis_analytics::run(config, Default::default(), stop),
     )
     .await
     .map(|(timing, _)| timing)
@@ -436,20 +436,16 @@ pub async fn rebuild(
     name: &str,
     rounds: usize,
 ) -> Result<Vec<Rebuild>, String> {
-    use trellis_runtime::pipeline::{OwnedRecord, Processor, replay_offline};
-    use trellis_runtime::schema::{AvroDecoder, AvroEncoder, SchemaFile, registry_settings};
+    use trellis_runtime::build::{Build, LocalSchemas, build_offline};
+    use trellis_runtime::offline::OfflineRunner;
+    use trellis_runtime::pipeline::{OwnedRecord, Processor};
+    use trellis_runtime::schema::{AvroDecoder, registry_settings};
+    use trellis_runtime::secret::Secrets;
     use trellis_runtime::state::StateStore;
 
     let topology =
         trellis_runtime::topology::Topology::load_checked(topology).map_err(|e| e.to_string())?;
     let registry = registry_settings(registry_url).map_err(|e| e.to_string())?;
-    let encoder = async |topic: &str| -> Result<AvroEncoder, String> {
-        let file = topology.topic(topic)?.schema.clone().ok_or("no schema")?;
-        let schema = SchemaFile::load(&topology.schema_path(&file)).map_err(|e| e.to_string())?;
-        AvroEncoder::register(&registry, topic, &schema)
-            .await
-            .map_err(|e| e.to_string())
-    };
     let mut records = Vec::new();
     trellis_runtime::kafka::scan_topic(
         kafka,
@@ -473,22 +469,15 @@ pub async fn rebuild(
         (0..partitions.get("protected").copied().unwrap_or(0)).collect(),
     )]);
     fn time<P: Processor>(
-        name: &'static str,
+        runner: &OfflineRunner<'_>,
         mut processor: P,
         store: &StateStore,
-        decoder: &AvroDecoder,
         records: &[OwnedRecord],
     ) -> Result<Rebuild, String> {
         let (started, clock, thread) = (Instant::now(), CpuClock::read(), thread_cpu());
-        replay_offline(
-            name,
-            &mut processor,
-            store,
-            decoder,
-            records,
-            batch_config().max_records,
-        )
-        .map_err(|e| e.to_string())?;
+        runner
+            .replay(&mut processor, store, records)
+            .map_err(|e| e.to_string())?;
         let elapsed = started.elapsed();
         Ok(Rebuild {
             timing: Timing {
@@ -500,40 +489,48 @@ pub async fn rebuild(
             thread_cpu: thread.zip(thread_cpu()).map(|(a, b)| b.saturating_sub(a)),
         })
     }
+    // Built as the binaries build them, with local schema ids: a rebuild
+    // drops what it emits, and decodes its input with the registry's.
+    async fn built<B: Build>(
+        topology: &trellis_runtime::topology::Topology,
+        settings: &B::Settings,
+        store: &StateStore,
+    ) -> Result<B::Processor, String> {
+        build_offline::<B>(
+            topology,
+            settings,
+            &Secrets::default(),
+            &LocalSchemas::new(),
+            Some(store),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
     let mut timings = Vec::new();
     for _ in 0..rounds.max(1) {
         let dir = tempfile_dir()?;
         let store = StateStore::open(&dir).map_err(|e| e.to_string())?;
         let resident_before = resident_bytes();
         let timing = if name == "progress" {
-            let progress = trellis_progress::Progress::new(
+            let runner = OfflineRunner::declared_in(&topology, trellis_progress::NAME, &decoder)
+                .map_err(|e| e.to_string())?
+                .batch(batch_config().max_records);
+            let progress = built::<trellis_progress::Progress>(
+                &topology,
                 &trellis_progress::Settings::default(),
-                trellis_progress::Encoders {
-                    progress: encoder("progress").await?,
-                    completions: encoder("completions").await?,
-                    acks: encoder("gdpr.participant_acks").await?,
-                },
-                trellis_progress::Counters::detached(),
-            );
-            time(trellis_progress::NAME, progress, &store, &decoder, &records)
-        } else {
-            let mut analytics = trellis_analytics::Analytics::new(
-                &analytics_settings(),
-                trellis_analytics::Encoders {
-                    aggregates: encoder("analytics.aggregates").await?,
-                    tenants: std::collections::HashMap::new(),
-                    acks: encoder("gdpr.participant_acks").await?,
-                },
-                trellis_analytics::Counters::detached(),
-            );
-            analytics.assigned(&assigned).map_err(|e| e.to_string())?;
-            time(
-                trellis_analytics::NAME,
-                analytics,
                 &store,
-                &decoder,
-                &records,
             )
+            .await?;
+            time(&runner, progress, &store, &records)
+        } else {
+            let runner = OfflineRunner::declared_in(&topology, trellis_analytics::NAME, &decoder)
+                .map_err(|e| e.to_string())?
+                .batch(batch_config().max_records);
+            let mut analytics =
+                built::<trellis_analytics::Analytics>(&topology, &analytics_settings(), &store)
+                    .await?;
+            analytics.assigned(&assigned).map_err(|e| e.to_string())?;
+            time(&runner, analytics, &store, &records)
         }?;
         let mut line = format!(
             "rebuild {}: {name} {:.0} records/s ({} in {:.2}s",

@@ -22,14 +22,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use trellis_records::Aggregate;
+use trellis_records::{Aggregate, INGEST_EVENTS_TOPIC, INGEST_XAPI_TOPIC};
 use trellis_runtime::kafka::TENANT_HEADER;
 use uuid::Uuid;
-
-/// Topic of xAPI statements.
-pub const XAPI_TOPIC: &str = "ingest.xapi";
-/// Topic of JSON events.
-pub const EVENTS_TOPIC: &str = "ingest.events";
 
 const FIRST: &[&str] = &[
     "Ann", "Bilal", "Chen", "Dana", "Emeka", "Farah", "Goran", "Hana", "Ines", "Jonas", "Kemal",
@@ -508,7 +503,7 @@ impl Generator {
             statement["result"] = result;
         }
         self.tenants[t].statements.push(id.clone());
-        (XAPI_TOPIC, statement, id)
+        (INGEST_XAPI_TOPIC, statement, id)
     }
 
     fn voiding(&mut self, t: usize, l: usize, occurred: i64) -> (&'static str, Value, String) {
@@ -526,7 +521,7 @@ impl Generator {
             "timestamp": rfc3339(occurred),
         });
         let _ = l;
-        (XAPI_TOPIC, statement, id)
+        (INGEST_XAPI_TOPIC, statement, id)
     }
 
     fn moodle(
@@ -602,7 +597,7 @@ impl Generator {
             "course_id": course,
             "data": data,
         });
-        (EVENTS_TOPIC, event, id)
+        (INGEST_EVENTS_TOPIC, event, id)
     }
 
     fn malformed(&mut self, now: i64) -> Outgoing {
@@ -618,7 +613,7 @@ impl Generator {
             f(&mut b);
             b.to_string().into_bytes()
         };
-        let is_xapi = record.topic == XAPI_TOPIC;
+        let is_xapi = record.topic == INGEST_XAPI_TOPIC;
         let (value, reason): (Vec<u8>, &'static str) = match variant {
             0 => (
                 record.value[..record.value.len() / 2].to_vec(),
@@ -1009,7 +1004,7 @@ mod tests {
         let (mut valid, mut malformed, mut dups) = (0, 0, 0);
         for _ in 0..5_000 {
             let record = generator.next_record(now);
-            let format = if record.topic == XAPI_TOPIC {
+            let format = if record.topic == INGEST_XAPI_TOPIC {
                 IngestFormat::Xapi
             } else {
                 IngestFormat::Events

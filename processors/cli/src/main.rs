@@ -1299,7 +1299,10 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
     let (name, inputs, ends) = match stage {
         Stage::Collector => (
             "collector",
-            vec![demo::EVENTS_TOPIC, demo::XAPI_TOPIC],
+            vec![
+                trellis_records::INGEST_EVENTS_TOPIC,
+                trellis_records::INGEST_XAPI_TOPIC,
+            ],
             manifest.end_offsets,
         ),
         Stage::Privacy => (

@@ -384,7 +384,7 @@ pub fn xapi(statements: usize, rounds: usize) -> XapiFigures {
     let mut corpus = Vec::with_capacity(statements);
     while corpus.len() < statements {
         let record = generator.next_record(now);
-        if record.topic == demo::XAPI_TOPIC {
+        if record.topic == trellis_records::INGEST_XAPI_TOPIC {
             corpus.push((record.value, record.tenant_header, record.timestamp));
         }
     }

@@ -319,9 +319,8 @@ fn live_sink(
     kafka: &KafkaConfig,
     registry_url: &str,
     topology: &std::path::Path,
-    url: &ConnectionString,
+    _url: &ConnectionString,
 ) -> Result<InProcess, String> {
-    let url = url.clone();
     let mut kafka = kafka.clone();
     kafka.client.insert("fetch.wait.max.ms".into(), "20".into());
     InProcess::start(
@@ -334,8 +333,14 @@ fn live_sink(
             max_wait_ms: 50,
         },
         |_| trellis_warehouse::Settings::default(),
-        move |config, stop| trellis_warehouse::run(config, url, stop),
+        move |config, stop| trellis_warehouse::run(config, sink_secrets(), stop),
     )
+}
+
+/// The sink's one secret, its connection string, from this process's
+/// environment (where the bench found the URL it was given).
+fn sink_secrets() -> trellis_runtime::secret::Secrets {
+    trellis_runtime::secret::load_secrets(&[trellis_warehouse::WAREHOUSE_URL]).unwrap_or_default()
 }
 
 /// Throughput figures.
@@ -361,7 +366,7 @@ pub async fn throughput(
 ) -> Result<Throughput, String> {
     let rows = Rows::generate(count);
     // The sink migrates the schema at start; the first COPY needs it.
-    let mut client = trellis_warehouse::open(url, &trellis_warehouse::Settings::default())
+    let mut client = trellis_warehouse::open(url, &trellis_warehouse::Settings::default(), None)
         .await
         .map_err(|e| e.to_string())?;
     produce_all(kafka, &records(&rows, registry_url, topology).await?).await?;
@@ -383,10 +388,7 @@ pub async fn throughput(
             topology,
             &ends,
             |_| trellis_warehouse::Settings::default(),
-            {
-                let url = url.clone();
-                move |config, stop| trellis_warehouse::run(config, url, stop)
-            },
+            |config, stop| trellis_warehouse::run(config, sink_secrets(), stop),
         )
         .await?;
         let written: i64 = client
@@ -463,7 +465,7 @@ pub async fn lag(
     rate: u32,
     secs: u64,
 ) -> Result<Lag, String> {
-    let client = trellis_warehouse::open(url, &trellis_warehouse::Settings::default())
+    let client = trellis_warehouse::open(url, &trellis_warehouse::Settings::default(), None)
         .await
         .map_err(|e| e.to_string())?;
     reset(&client).await?;

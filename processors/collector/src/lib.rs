@@ -32,21 +32,19 @@ use std::sync::Arc;
 
 use prometheus::IntCounterVec;
 use serde::Deserialize;
+use trellis_records::COLLECTED_TOPIC;
+use trellis_runtime::build::{Build, Context};
 use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
 use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
 use trellis_runtime::state::{StateError, StateStore};
-use trellis_runtime::{
-    Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, Shutdown, StateTxn,
-};
+use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Shutdown, StateTxn};
 
 use crate::dedup::DedupWindow;
 use crate::validate::{Envelope, IngestFormat, Limits, validate};
 
 /// The processor's name in topology.yaml, metrics and logs.
 pub const NAME: &str = "collector";
-/// The topic valid events go to.
-pub const COLLECTED_TOPIC: &str = "collected";
 
 /// Secrets the collector refuses to start without.
 pub const SECRETS: &[SecretSpec] = &[SecretSpec {
@@ -265,44 +263,49 @@ impl Processor for Collector {
     }
 }
 
-/// Starts the collector and runs it until `shutdown` resolves.
+/// The collector's settings take no cross-field checks beyond their types.
+impl trellis_runtime::build::Settings for Settings {}
+
+/// The collector's one constructor: the binary, the bench and the tests
+/// build it here.
+impl Build for Collector {
+    const NAME: &'static str = NAME;
+    const SECRETS: &'static [SecretSpec] = SECRETS;
+    type Settings = Settings;
+    type Processor = Self;
+
+    async fn build(ctx: &mut Context<'_, Settings>) -> Result<Self, StartError> {
+        let collector = Collector::new(ctx.settings, ctx.encoder(COLLECTED_TOPIC).await?);
+        ctx.register(Box::new(collector.clock_skew()))?;
+        if let (Some(settings), Some(kafka)) = (ctx.settings.http.clone(), ctx.kafka()) {
+            let producer = trellis_runtime::producer::TrellisProducer::create(kafka)
+                .map_err(StartError::from)?;
+            let ingest = http::Ingest::new(
+                settings,
+                Arc::new(http::KafkaSink::new(producer)),
+                ctx.settings.limits(),
+                Some(ctx.secrets.get(SECRETS[0].env).expose().to_vec()),
+            );
+            let cannot_listen = |e: std::io::Error| {
+                StartError::Misconfigured(format!("HTTP ingest cannot listen: {e}"))
+            };
+            let listener = ingest.listen().await.map_err(cannot_listen)?;
+            tracing::info!(addr = %listener.local_addr().map_err(cannot_listen)?, "HTTP ingest listening");
+            ctx.serve(|stopping| ingest.serve(listener, stopping.wait()));
+        }
+        Ok(collector)
+    }
+}
+
+/// Runs the collector until `shutdown` resolves (see
+/// [`trellis_runtime::build::run`]).
 ///
 /// # Errors
-/// [`Failure`] when it cannot start or must stop; the message names the cause.
+/// [`Failure`] at start or while running.
 pub async fn run(
     config: Config<Settings>,
     secrets: Secrets,
     shutdown: Shutdown<'_>,
 ) -> Result<Exit, Failure> {
-    let runtime = Runtime::start(NAME, &config).await?;
-    let encoder = runtime.encoder(COLLECTED_TOPIC).await?;
-    let collector = Collector::new(&config.settings, encoder);
-    runtime
-        .metrics
-        .register(Box::new(collector.clock_skew()))
-        .map_err(|e| StartError::Misconfigured(e.to_string()))?;
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    if let Some(settings) = config.settings.http.clone() {
-        let producer = trellis_runtime::producer::TrellisProducer::create(&config.kafka)
-            .map_err(StartError::from)?;
-        let ingest = http::Ingest::new(
-            settings,
-            Arc::new(http::KafkaSink::new(producer)),
-            config.settings.limits(),
-            Some(secrets.get(SECRETS[0].env).expose().to_vec()),
-        );
-        let listener = ingest
-            .listen()
-            .await
-            .map_err(|e| StartError::Misconfigured(format!("HTTP ingest cannot listen: {e}")))?;
-        tracing::info!(addr = %listener.local_addr().map_err(|e| StartError::Misconfigured(e.to_string()))?, "HTTP ingest listening");
-        tokio::spawn(ingest.serve(listener, async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        }));
-    }
-    let shutdown = Box::pin(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    Ok(runtime.run(collector, shutdown).await?)
+    trellis_runtime::build::run::<Collector>(config, secrets, shutdown).await
 }

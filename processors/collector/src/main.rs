@@ -7,7 +7,7 @@ use trellis_collector::apikeys::{KeyStore, SCOPE_EVENTS_WRITE, signing_secret};
 use trellis_collector::validate::valid_tenant;
 use trellis_collector::{SECRETS, Settings, run};
 use trellis_runtime::Config;
-use trellis_runtime::lifecycle::{ExitStatus, ProcessorArgs, serve, shutdown_signal};
+use trellis_runtime::lifecycle::{ExitStatus, ProcessorArgs, serve_processor};
 use trellis_runtime::secret::load_secrets;
 
 /// Validates, normalises and deduplicates learning events from the ingest
@@ -217,9 +217,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let Some(Command::ApiKey(command)) = cli.command else {
-        return serve::<Settings, _>(&cli.processor, SECRETS, |config, secrets| {
-            run(config, secrets, shutdown_signal())
-        });
+        return serve_processor(&cli.processor, SECRETS, run);
     };
     let config = match cli.processor.load::<Settings>() {
         Ok(config) => config,

@@ -58,24 +58,24 @@ use serde::{Deserialize, Serialize};
 use trellis_audit::canonical::anchor_hash;
 use trellis_records::{
     ANCHORS_TOPIC, AUDIT_EVENTS_TOPIC, Anchor, AuditEvent, ERASE_COMMANDS_TOPIC, EraseCommand,
-    PARTICIPANT_ACKS_TOPIC, ParticipantAck, ParticipantResult, ResidualCopy, SHRED_REQUESTS_TOPIC,
-    SUBJECT_ACKS_TOPIC, SUBJECT_REQUESTS_TOPIC, ShredRequest, SubjectRequest, SubjectRequestAck,
-    Tick,
+    GDPR_TICKS_TOPIC, PARTICIPANT_ACKS_TOPIC, ParticipantAck, ParticipantResult, ResidualCopy,
+    SHRED_REQUESTS_TOPIC, SUBJECT_ACKS_TOPIC, SUBJECT_REQUESTS_TOPIC, ShredRequest, SubjectRequest,
+    SubjectRequestAck, Tick,
 };
+use trellis_runtime::build::{Build, Context};
 use trellis_runtime::pipeline::{Exit, Failure, StartError};
 use trellis_runtime::schema::{AvroDecoder, AvroEncoder, DecodeError};
+use trellis_runtime::secret::Secrets;
 use trellis_runtime::state::StateError;
 use trellis_runtime::ticker::{Pending, TickRecord};
 use trellis_runtime::topology::Classification;
 use trellis_runtime::{
-    Config, Emitter, InputRecord, OutputRecord, ProcessError, Processor, Runtime, Shutdown,
-    StateStore, StateTxn,
+    Config, Emitter, InputRecord, OutputRecord, ProcessError, Processor, Shutdown, StateStore,
+    StateTxn,
 };
 
 /// Processor name (topology.yaml).
 pub const NAME: &str = "gdpr";
-/// The saga's clock.
-pub const TICKS_TOPIC: &str = "gdpr.ticks";
 /// The participant that holds the keys and knows identifiers.
 pub const PRIVACY: &str = "privacy";
 
@@ -147,12 +147,9 @@ fn default_tick() -> u64 {
     1_000
 }
 
-impl Settings {
+impl trellis_runtime::build::Settings for Settings {
     /// Every problem, at once.
-    ///
-    /// # Errors
-    /// A message naming each bad setting.
-    pub fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         if self.tenants.is_empty() {
             problems.push("settings.tenants is empty: no request could be accepted".to_string());
@@ -177,7 +174,7 @@ impl Settings {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(problems.join("; "))
+            Err(problems)
         }
     }
 }
@@ -326,7 +323,7 @@ impl Gdpr {
             ERASE_COMMANDS_TOPIC,
             SUBJECT_ACKS_TOPIC,
             AUDIT_EVENTS_TOPIC,
-            TICKS_TOPIC,
+            GDPR_TICKS_TOPIC,
         ]
         .into_iter()
         .map(|t| (t, Arc::from(t)))
@@ -536,7 +533,7 @@ impl Gdpr {
         };
         out.emit_at(
             OutputRecord {
-                topic: self.topic(TICKS_TOPIC),
+                topic: self.topic(GDPR_TICKS_TOPIC),
                 // The ticker's key: one partition, in order with its ticks.
                 key: NAME.as_bytes().to_vec(),
                 value: Some(encode(&self.encoders.ticks, &tick)?),
@@ -1035,7 +1032,7 @@ impl trellis_runtime::pipeline::Input<'_> for Input {
             SUBJECT_REQUESTS_TOPIC => record.avro(avro).map(Self::Request),
             PARTICIPANT_ACKS_TOPIC => record.avro(avro).map(Self::Answer),
             ANCHORS_TOPIC => record.avro(avro).map(Self::Anchor),
-            TICKS_TOPIC => record.avro(avro).map(Self::Tick),
+            GDPR_TICKS_TOPIC => record.avro(avro).map(Self::Tick),
             _ => Err(record.unexpected_topic()),
         }
     }
@@ -1070,54 +1067,65 @@ impl Processor for Gdpr {
     }
 }
 
-/// Starts the saga processor and runs it until `shutdown` resolves.
+/// The saga's one constructor: the binary, the bench and the tests build
+/// it here.
+impl Build for Gdpr {
+    const NAME: &'static str = NAME;
+    const ONE_INSTANCE: Option<&'static str> =
+        Some("a saga's facts arrive on several topics, and its clock is one");
+    type Settings = Settings;
+    type Processor = Self;
+
+    async fn build(ctx: &mut Context<'_, Settings>) -> Result<Self, StartError> {
+        let pending = Pending::default();
+        if let Some(ticker) = ctx.ticker(GDPR_TICKS_TOPIC)? {
+            let ticks = ctx.encoder(GDPR_TICKS_TOPIC).await?;
+            ticker.spawn(
+                Duration::from_millis(ctx.settings.tick_ms),
+                pending.clone(),
+                move |at| {
+                    Ok(TickRecord {
+                        id: format!("tick/{NAME}/{at}"),
+                        key: NAME.as_bytes().to_vec(),
+                        value: ticks
+                            .encode(&Tick {
+                                processor: NAME.into(),
+                                at,
+                                request_id: None,
+                            })
+                            .map_err(|e| e.to_string())?,
+                    })
+                },
+            );
+        }
+        let encoders = Encoders {
+            shred: ctx.encoder(SHRED_REQUESTS_TOPIC).await?,
+            erase: ctx.encoder(ERASE_COMMANDS_TOPIC).await?,
+            acks: ctx.encoder(SUBJECT_ACKS_TOPIC).await?,
+            audit: ctx.encoder(AUDIT_EVENTS_TOPIC).await?,
+            ticks: ctx.encoder(GDPR_TICKS_TOPIC).await?,
+        };
+        let restricted = ctx
+            .topology
+            .topics
+            .iter()
+            .filter(|(_, t)| t.classification == Classification::Restricted)
+            .map(|(name, t)| (name.clone(), t.retention_ms))
+            .collect();
+        Ok(Gdpr::new(ctx.settings.clone(), encoders, pending).with_restricted(restricted))
+    }
+}
+
+/// Runs the saga until `shutdown` resolves (see [`trellis_runtime::build::run`]).
 ///
 /// # Errors
-/// [`Failure`] when it cannot start or must stop; the message names the cause.
-pub async fn run(config: Config<Settings>, shutdown: Shutdown<'_>) -> Result<Exit, Failure> {
-    config.settings.check().map_err(StartError::Misconfigured)?;
-    if config.kafka.instances > 1 {
-        return Err(StartError::Misconfigured(
-            "the gdpr processor runs as one instance (kafka.instances: 1): a saga's facts arrive on several topics".into(),
-        )
-        .into());
-    }
-    let runtime = Runtime::start(NAME, &config).await?;
-    let pending = Pending::default();
-    let ticks = runtime.encoder(TICKS_TOPIC).await?;
-    runtime.ticker(TICKS_TOPIC)?.spawn(
-        Duration::from_millis(config.settings.tick_ms),
-        pending.clone(),
-        move |at| {
-            Ok(TickRecord {
-                id: format!("tick/{NAME}/{at}"),
-                key: NAME.as_bytes().to_vec(),
-                value: ticks
-                    .encode(&Tick {
-                        processor: NAME.into(),
-                        at,
-                        request_id: None,
-                    })
-                    .map_err(|e| e.to_string())?,
-            })
-        },
-    );
-    let encoders = Encoders {
-        shred: runtime.encoder(SHRED_REQUESTS_TOPIC).await?,
-        erase: runtime.encoder(ERASE_COMMANDS_TOPIC).await?,
-        acks: runtime.encoder(SUBJECT_ACKS_TOPIC).await?,
-        audit: runtime.encoder(AUDIT_EVENTS_TOPIC).await?,
-        ticks: runtime.encoder(TICKS_TOPIC).await?,
-    };
-    let restricted = runtime
-        .topology
-        .topics
-        .iter()
-        .filter(|(_, t)| t.classification == Classification::Restricted)
-        .map(|(name, t)| (name.clone(), t.retention_ms))
-        .collect();
-    let gdpr = Gdpr::new(config.settings.clone(), encoders, pending).with_restricted(restricted);
-    Ok(runtime.run(gdpr, shutdown).await?)
+/// [`Failure`] at start or while running.
+pub async fn run(
+    config: Config<Settings>,
+    secrets: Secrets,
+    shutdown: Shutdown<'_>,
+) -> Result<Exit, Failure> {
+    trellis_runtime::build::run::<Gdpr>(config, secrets, shutdown).await
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use trellis_gdpr::{Settings, run};
-use trellis_runtime::lifecycle::{ProcessorArgs, serve, shutdown_signal};
+use trellis_gdpr::{Gdpr, run};
+use trellis_runtime::build::Build;
+use trellis_runtime::lifecycle::{ProcessorArgs, serve_processor};
 
 /// Runs data-subject requests (erasure, access) as a saga over the
 /// participants and answers on `gdpr.subject_request.acknowledged.v1`.
@@ -20,7 +21,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    serve::<Settings, _>(&cli.processor, &[], |config, _| {
-        run(config, shutdown_signal())
-    })
+    serve_processor(&cli.processor, Gdpr::SECRETS, run)
 }

@@ -1,36 +1,22 @@
-use apache_avro::Schema;
-use trellis_records::schema_text;
+use std::sync::LazyLock;
+
+use trellis_runtime::offline::Harness;
 use trellis_runtime::pipeline::{OwnedRecord, run_offline};
-use trellis_runtime::schema::registry_settings;
 
 use super::*;
 
-fn schema(file: &str) -> Schema {
-    Schema::parse_str(schema_text(file).unwrap()).unwrap()
+/// The workspace's topology, schemas under local ids.
+fn harness() -> &'static Harness {
+    static HARNESS: LazyLock<Harness> = LazyLock::new(Harness::workspace);
+    &HARNESS
 }
-
-const FILES: [(u32, &str, &str); 8] = [
-    (1, SUBJECT_REQUESTS_TOPIC, "subject_request.avsc"),
-    (2, PARTICIPANT_ACKS_TOPIC, "participant_ack.avsc"),
-    (3, ANCHORS_TOPIC, "anchor.avsc"),
-    (4, TICKS_TOPIC, "tick.avsc"),
-    (5, SHRED_REQUESTS_TOPIC, "shred_request.avsc"),
-    (6, ERASE_COMMANDS_TOPIC, "erase_command.avsc"),
-    (7, SUBJECT_ACKS_TOPIC, "subject_request_ack.avsc"),
-    (8, AUDIT_EVENTS_TOPIC, "audit_event.avsc"),
-];
 
 fn encoder(topic: &str) -> AvroEncoder {
-    let (id, _, file) = FILES.iter().find(|(_, t, _)| *t == topic).unwrap();
-    AvroEncoder::with_id(topic.into(), *id, schema(file)).unwrap()
+    harness().encoder(topic)
 }
 
-fn decoder() -> AvroDecoder {
-    let decoder = AvroDecoder::new(registry_settings("http://127.0.0.1:9").unwrap());
-    for (id, _, file) in FILES {
-        decoder.insert(id, schema(file)).unwrap();
-    }
-    decoder
+fn decoder() -> &'static AvroDecoder {
+    harness().decoder()
 }
 
 fn settings(export_dir: &std::path::Path) -> Settings {
@@ -49,18 +35,9 @@ fn settings(export_dir: &std::path::Path) -> Settings {
     }
 }
 
+/// The saga as the binary builds it.
 fn gdpr(export_dir: &std::path::Path) -> Gdpr {
-    Gdpr::new(
-        settings(export_dir),
-        Encoders {
-            shred: encoder(SHRED_REQUESTS_TOPIC),
-            erase: encoder(ERASE_COMMANDS_TOPIC),
-            acks: encoder(SUBJECT_ACKS_TOPIC),
-            audit: encoder(AUDIT_EVENTS_TOPIC),
-            ticks: encoder(TICKS_TOPIC),
-        },
-        Pending::default(),
-    )
+    harness().build::<Gdpr>(&settings(export_dir)).unwrap()
 }
 
 fn record<T: Serialize>(topic: &str, offset: i64, at: i64, value: &T) -> OwnedRecord {
@@ -137,7 +114,7 @@ struct Run {
 fn run(records: &[OwnedRecord], export_dir: &std::path::Path) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
-    let outputs = run_offline(NAME, &mut gdpr(export_dir), &store, &decoder(), records, 1)
+    let outputs = run_offline(NAME, &mut gdpr(export_dir), &store, decoder(), records, 1)
         .unwrap()
         .outputs;
     let digest = store.digest().unwrap().to_string();
@@ -152,7 +129,7 @@ fn run(records: &[OwnedRecord], export_dir: &std::path::Path) -> Run {
 /// it, dated `at` (as the broker would, after the records already there).
 fn settled(log: &mut Vec<OwnedRecord>, export_dir: &std::path::Path, at: i64) -> Run {
     let first = run(log, export_dir);
-    let decided: Vec<String> = of::<Tick>(&first.outputs, TICKS_TOPIC)
+    let decided: Vec<String> = of::<Tick>(&first.outputs, GDPR_TICKS_TOPIC)
         .into_iter()
         .filter_map(|t| t.request_id)
         .collect();
@@ -162,7 +139,7 @@ fn settled(log: &mut Vec<OwnedRecord>, export_dir: &std::path::Path, at: i64) ->
     for request_id in decided {
         let offset = log
             .iter()
-            .filter(|r| r.topic == TICKS_TOPIC)
+            .filter(|r| r.topic == GDPR_TICKS_TOPIC)
             .map(|r| r.offset + 1)
             .max()
             .unwrap_or_default();
@@ -178,7 +155,7 @@ fn decision(offset: i64, request_id: &str, at: i64) -> OwnedRecord {
 /// A clock tick on `gdpr.ticks` (a decision tick when it names a request).
 fn tick_record(offset: i64, at: i64, request_id: Option<&str>) -> OwnedRecord {
     record(
-        TICKS_TOPIC,
+        GDPR_TICKS_TOPIC,
         offset,
         at,
         &Tick {
@@ -291,7 +268,7 @@ fn the_answer_is_dated_by_the_first_decision_tick_from_the_wall_clock() {
     let after = trellis_runtime::ticker::now_ms();
     // Every fact is in, but the answer waits for its time to be in the log.
     assert!(of::<SubjectRequestAck>(&undecided.outputs, SUBJECT_ACKS_TOPIC).is_empty());
-    let ticks: Vec<Tick> = of(&undecided.outputs, TICKS_TOPIC);
+    let ticks: Vec<Tick> = of(&undecided.outputs, GDPR_TICKS_TOPIC);
     assert_eq!(ticks.len(), 1);
     assert_eq!(ticks[0].request_id.as_deref(), Some("r1"));
     assert!(
@@ -340,7 +317,7 @@ fn facts_in_any_order_give_the_same_state() {
     let acks: Vec<SubjectRequestAck> = of(&replayed.outputs, SUBJECT_ACKS_TOPIC);
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].acknowledged_at, 1_500);
-    assert!(of::<Tick>(&replayed.outputs, TICKS_TOPIC).is_empty());
+    assert!(of::<Tick>(&replayed.outputs, GDPR_TICKS_TOPIC).is_empty());
 }
 
 #[test]

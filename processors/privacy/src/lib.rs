@@ -40,30 +40,22 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
 use trellis_records::{
-    AUDIT_EVENTS_TOPIC, AuditEvent, CollectedEvent, IpHash, ParticipantAck, ProtectedEvent,
-    ProtectedResult, ShredRequest,
+    AUDIT_EVENTS_TOPIC, AuditEvent, COLLECTED_TOPIC, CollectedEvent, IpHash,
+    PARTICIPANT_ACKS_TOPIC, PROTECTED_TOPIC, ParticipantAck, ProtectedEvent, ProtectedResult,
+    SHRED_REQUESTS_TOPIC, ShredRequest,
 };
+use trellis_runtime::build::{Build, Context};
 use trellis_runtime::participant::{Acks, Receipts, answer_once};
 use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::schema::{AvroDecoder, AvroEncoder, DecodeError, PiiTag, SchemaFile};
 use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
-use trellis_runtime::{
-    Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, Shutdown, StateTxn,
-};
+use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Shutdown, StateTxn};
 
 use crate::crypto::{IpHasher, KEY_LEN, SubjectKeys};
 use crate::vault::{Vault, VaultError};
 
 /// The processor's name in topology.yaml, metrics and logs.
 pub const NAME: &str = "privacy";
-/// Input: validated events with plaintext personal data.
-pub const COLLECTED_TOPIC: &str = "collected";
-/// Input: the saga's commands.
-pub const SHRED_TOPIC: &str = "gdpr.shred_requests";
-/// Output: protected events.
-pub const PROTECTED_TOPIC: &str = "protected";
-/// Output: answers to the saga.
-pub const ACKS_TOPIC: &str = "gdpr.participant_acks";
 
 /// Secret: seals the vault's KEK file.
 pub const MASTER_KEY: &str = "TRELLIS_VAULT_MASTER_KEY";
@@ -193,7 +185,7 @@ pub enum Input {
 
 impl trellis_runtime::pipeline::Input<'_> for Input {
     fn decode(record: &InputRecord<'_>, avro: &AvroDecoder) -> Result<Self, DecodeError> {
-        if record.topic == SHRED_TOPIC {
+        if record.topic == SHRED_REQUESTS_TOPIC {
             record.avro(avro).map(Self::Command)
         } else {
             record.avro(avro).map(Self::Event)
@@ -261,7 +253,7 @@ impl Privacy {
             ip: IpHasher::new(ip_salt),
             no_ip: settings.no_ip_tenants.iter().cloned().collect(),
             protected: encoders.protected,
-            acks: Acks::new(NAME, Arc::from(ACKS_TOPIC), encoders.acks),
+            acks: Acks::new(NAME, Arc::from(PARTICIPANT_ACKS_TOPIC), encoders.acks),
             audit: encoders.audit,
             topics: Topics {
                 protected: Arc::from(PROTECTED_TOPIC),
@@ -612,105 +604,111 @@ impl Processor for Privacy {
     }
 }
 
-/// Starts the privacy processor and runs it until `shutdown` resolves.
+/// Identity links are the only settings checked beyond their types.
+impl trellis_runtime::build::Settings for Settings {
+    fn check(&self) -> Result<(), Vec<String>> {
+        self.identity_links.check()
+    }
+}
+
+/// The privacy processor's one constructor: the binary, the bench and the
+/// tests build it here.
+impl Build for Privacy {
+    const NAME: &'static str = NAME;
+    const SECRETS: &'static [SecretSpec] = SECRETS;
+    type Settings = Settings;
+    type Processor = Self;
+
+    async fn build(ctx: &mut Context<'_, Settings>) -> Result<Self, StartError> {
+        let settings = ctx.settings;
+        let collected_schema = ctx
+            .topology
+            .topic(COLLECTED_TOPIC)
+            .ok()
+            .and_then(|t| t.schema.clone())
+            .ok_or_else(|| StartError::Misconfigured("topic `collected` has no schema".into()))?;
+        let collected_schema = SchemaFile::load(&ctx.topology.schema_path(&collected_schema))
+            .map_err(|e| StartError::Misconfigured(e.to_string()))?;
+        check_schema(&collected_schema).map_err(StartError::Misconfigured)?;
+        let vault = Arc::new(Mutex::new(
+            Vault::open(
+                &settings.vault_dir,
+                ctx.secrets.get(MASTER_KEY).expose(),
+                ctx.secrets.get(INDEX_KEY).expose(),
+            )
+            .map_err(|e| StartError::Misconfigured(e.to_string()))?,
+        ));
+        if let (Some(gate), Some(kafka)) = (settings.reveal.clone(), ctx.kafka()) {
+            let misconfigured =
+                |e: &dyn std::fmt::Display| StartError::Misconfigured(format!("decrypt gate: {e}"));
+            let producer = trellis_runtime::producer::TrellisProducer::create(kafka)
+                .map_err(StartError::from)?;
+            let audit =
+                reveal::KafkaAuditSink::new(producer, ctx.encoder(AUDIT_EVENTS_TOPIC).await?);
+            let listener = tokio::net::TcpListener::bind(gate.addr)
+                .await
+                .map_err(|e| misconfigured(&e))?;
+            let addr = listener.local_addr().map_err(|e| misconfigured(&e))?;
+            let gate = reveal::RevealGate::new(
+                gate,
+                vault.clone(),
+                ctx.decoder(),
+                Arc::new(reveal::KafkaRecordSource::new(kafka.clone())),
+                Arc::new(audit),
+            );
+            tracing::info!(%addr, "decrypt gate listening");
+            ctx.serve(|stopping| async move {
+                let served = axum::serve(listener, gate.router())
+                    .with_graceful_shutdown(stopping.wait())
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "decrypt gate stopped");
+                }
+            });
+        }
+        let encoders = Encoders {
+            protected: ctx.encoder(PROTECTED_TOPIC).await?,
+            acks: ctx.encoder(PARTICIPANT_ACKS_TOPIC).await?,
+            audit: ctx.encoder(AUDIT_EVENTS_TOPIC).await?,
+        };
+        let erased_dropped = IntCounter::with_opts(
+            prometheus::Opts::new(
+                "trellis_erased_subject_records_dropped_total",
+                "Records of erased subjects, from before their erasure, dropped on replay.",
+            )
+            .const_label("processor", NAME),
+        )
+        .map_err(|e| StartError::Misconfigured(e.to_string()))?;
+        ctx.register(Box::new(erased_dropped.clone()))?;
+        let mut privacy = Privacy::new(
+            settings,
+            vault,
+            secret_array(ctx.secrets, IP_SALT),
+            encoders,
+            erased_dropped,
+        );
+        if let (Some(dir), Some(kafka)) = (&settings.export_dir, ctx.kafka()) {
+            privacy = privacy.with_exporter(export::Exporter {
+                kafka: kafka.clone(),
+                decoder: ctx.decoder(),
+                dir: dir.clone(),
+            });
+        }
+        Ok(privacy)
+    }
+}
+
+/// Runs the privacy processor until `shutdown` resolves (see
+/// [`trellis_runtime::build::run`]).
 ///
 /// # Errors
-/// [`Failure`] when it cannot start or must stop; the message names the cause.
+/// [`Failure`] at start or while running.
 pub async fn run(
     config: Config<Settings>,
     secrets: Secrets,
     shutdown: Shutdown<'_>,
 ) -> Result<Exit, Failure> {
-    config
-        .settings
-        .identity_links
-        .check()
-        .map_err(|problems| StartError::Misconfigured(problems.join("; ")))?;
-    let runtime = Runtime::start(NAME, &config).await?;
-    let collected_schema = runtime
-        .topology
-        .topic(COLLECTED_TOPIC)
-        .ok()
-        .and_then(|t| t.schema.clone())
-        .ok_or_else(|| StartError::Misconfigured("topic `collected` has no schema".into()))?;
-    let collected_schema = SchemaFile::load(&runtime.topology.schema_path(&collected_schema))
-        .map_err(|e| StartError::Misconfigured(e.to_string()))?;
-    check_schema(&collected_schema).map_err(StartError::Misconfigured)?;
-    let vault = Arc::new(Mutex::new(
-        Vault::open(
-            &config.settings.vault_dir,
-            secrets.get(MASTER_KEY).expose(),
-            secrets.get(INDEX_KEY).expose(),
-        )
-        .map_err(|e| StartError::Misconfigured(e.to_string()))?,
-    ));
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    if let Some(settings) = config.settings.reveal.clone() {
-        let misconfigured =
-            |e: &dyn std::fmt::Display| StartError::Misconfigured(format!("decrypt gate: {e}"));
-        let producer = trellis_runtime::producer::TrellisProducer::create(&config.kafka)
-            .map_err(StartError::from)?;
-        let audit =
-            reveal::KafkaAuditSink::new(producer, runtime.encoder(AUDIT_EVENTS_TOPIC).await?);
-        let listener = tokio::net::TcpListener::bind(settings.addr)
-            .await
-            .map_err(|e| misconfigured(&e))?;
-        let addr = listener.local_addr().map_err(|e| misconfigured(&e))?;
-        let gate = reveal::RevealGate::new(
-            settings,
-            vault.clone(),
-            runtime.decoder.clone(),
-            Arc::new(reveal::KafkaRecordSource::new(config.kafka.clone())),
-            Arc::new(audit),
-        );
-        tracing::info!(%addr, "decrypt gate listening");
-        tokio::spawn(async move {
-            let served = axum::serve(listener, gate.router())
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.wait_for(|stop| *stop).await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "decrypt gate stopped");
-            }
-        });
-    }
-    let shutdown = Box::pin(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let encoders = Encoders {
-        protected: runtime.encoder(PROTECTED_TOPIC).await?,
-        acks: runtime.encoder(ACKS_TOPIC).await?,
-        audit: runtime.encoder(AUDIT_EVENTS_TOPIC).await?,
-    };
-    let erased_dropped = IntCounter::with_opts(
-        prometheus::Opts::new(
-            "trellis_erased_subject_records_dropped_total",
-            "Records of erased subjects, from before their erasure, dropped on replay.",
-        )
-        .const_label("processor", NAME),
-    )
-    .map_err(|e| StartError::Misconfigured(e.to_string()))?;
-    runtime
-        .metrics
-        .register(Box::new(erased_dropped.clone()))
-        .map_err(|e| StartError::Misconfigured(e.to_string()))?;
-    let mut privacy = Privacy::new(
-        &config.settings,
-        vault,
-        secret_array(&secrets, IP_SALT),
-        encoders,
-        erased_dropped,
-    );
-    if let Some(dir) = &config.settings.export_dir {
-        privacy = privacy.with_exporter(export::Exporter {
-            kafka: config.kafka.clone(),
-            decoder: runtime.decoder.clone(),
-            dir: dir.clone(),
-        });
-    }
-    Ok(runtime.run(privacy, shutdown).await?)
+    trellis_runtime::build::run::<Privacy>(config, secrets, shutdown).await
 }
 
 #[cfg(test)]

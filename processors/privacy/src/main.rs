@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use trellis_privacy::vault::Vault;
 use trellis_privacy::{INDEX_KEY, MASTER_KEY, SECRETS, Settings, run};
 use trellis_runtime::lifecycle::{
-    ExitStatus, ProcessorArgs, init_tracing, report, secrets_or_exit, serve, shutdown_signal,
+    ExitStatus, ProcessorArgs, init_tracing, report, secrets_or_exit, serve_processor,
 };
 
 /// Pseudonymises, hashes and encrypts personal data from `collected` into
@@ -55,9 +55,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let Some(Command::Vault { command }) = cli.command else {
-        return serve::<Settings, _>(&cli.processor, SECRETS, |config, secrets| {
-            run(config, secrets, shutdown_signal())
-        });
+        return serve_processor(&cli.processor, SECRETS, run);
     };
     let (config, secrets) = match (cli.processor.load::<Settings>(), secrets_or_exit(SECRETS)) {
         (Ok(config), Ok(secrets)) => (config, secrets),

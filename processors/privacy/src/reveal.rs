@@ -27,15 +27,13 @@ use axum::routing::post;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use trellis_records::{AuditEvent, ProtectedEvent, Sealed};
+use trellis_records::{AuditEvent, PROTECTED_TOPIC, ProtectedEvent, Sealed};
 use trellis_runtime::schema::AvroDecoder;
 
 use crate::vault::Vault;
 
 /// The permission that allows reveals.
 pub const PERMISSION_REVEAL: &str = "fields:reveal";
-/// The only topic whose fields the gate reveals.
-pub const REVEAL_TOPIC: &str = "protected";
 
 /// The privacy processor's `settings.reveal` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -330,7 +328,7 @@ impl RevealGate {
         let source = self.source.clone();
         let (partition, offset) = (request.partition, request.offset);
         let bytes =
-            tokio::task::spawn_blocking(move || source.fetch(REVEAL_TOPIC, partition, offset))
+            tokio::task::spawn_blocking(move || source.fetch(PROTECTED_TOPIC, partition, offset))
                 .await
                 .map_err(|e| {
                     refuse(
@@ -422,7 +420,7 @@ impl RevealGate {
             reason: Some(request.reason.trim().to_string()),
             occurred_at: now,
             details: BTreeMap::from([
-                ("topic".to_string(), REVEAL_TOPIC.to_string()),
+                ("topic".to_string(), PROTECTED_TOPIC.to_string()),
                 ("partition".to_string(), partition.to_string()),
                 ("offset".to_string(), offset.to_string()),
                 ("key_id".to_string(), sealed.key_id.clone()),

@@ -48,14 +48,14 @@ use trellis_records::{
     COMPLETIONS_TOPIC, Completion, EraseCommand, LearnerProgress, PARTICIPANT_ACKS_TOPIC,
     PROGRESS_TOPIC, ParticipantAck, ProtectedFacts,
 };
+use trellis_runtime::build::{Build, Context};
 use trellis_runtime::participant::{Acks, CommandOr, answer_once};
 use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
+use trellis_runtime::secret::Secrets;
 use trellis_runtime::state::StateError;
 use trellis_runtime::working_set::{Stored, WorkingSet};
-use trellis_runtime::{
-    Config, Emitter, InputRecord, OutputRecord, Processor, Runtime, Shutdown, StateTxn,
-};
+use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Shutdown, StateTxn};
 
 use crate::rules::{
     Derived, Fact, Proof, Rule, VOIDED_VERB, VerbClass, derive, derive_course, insert_fact,
@@ -63,8 +63,6 @@ use crate::rules::{
 
 /// The processor's name in topology.yaml, metrics and logs.
 pub const NAME: &str = "progress";
-/// Input: protected learning events.
-pub const PROTECTED_TOPIC: &str = "protected";
 
 /// The progress projector's `settings` section.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -97,12 +95,9 @@ pub struct CourseSettings {
     pub requires: Vec<String>,
 }
 
-impl Settings {
+impl trellis_runtime::build::Settings for Settings {
     /// Every problem with the rules, at once.
-    ///
-    /// # Errors
-    /// One line per problem.
-    pub fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         for (activity, rule) in &self.activities {
             if let Some(m) = rule.mastery
@@ -133,7 +128,7 @@ impl Settings {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(problems.join("\n"))
+            Err(problems)
         }
     }
 }
@@ -820,57 +815,59 @@ impl Processor for Progress {
     }
 }
 
-/// Starts the projector and runs it until `shutdown` resolves.
-///
-/// # Errors
-/// [`Failure`] when it cannot start or must stop; the message names the cause.
-pub async fn run(config: Config<Settings>, shutdown: Shutdown<'_>) -> Result<Exit, Failure> {
-    config.settings.check().map_err(StartError::Misconfigured)?;
-    let runtime = Runtime::start(NAME, &config).await?;
-    let counters = Counters::detached();
-    for collector in [
-        Box::new(counters.erased_dropped.clone()) as Box<dyn prometheus::core::Collector>,
-        Box::new(counters.voids.clone()),
-    ] {
-        runtime
-            .metrics
-            .register(collector)
-            .map_err(|e| StartError::Misconfigured(e.to_string()))?;
-    }
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    if let Some(settings) = config.settings.transcripts.clone() {
-        let listener = tokio::net::TcpListener::bind(settings.addr)
-            .await
-            .map_err(|e| {
+/// The projector's one constructor: the binary, the bench and the tests
+/// build it here.
+impl Build for Progress {
+    const NAME: &'static str = NAME;
+    type Settings = Settings;
+    type Processor = Self;
+
+    async fn build(ctx: &mut Context<'_, Settings>) -> Result<Self, StartError> {
+        let counters = Counters::detached();
+        ctx.register(Box::new(counters.erased_dropped.clone()))?;
+        ctx.register(Box::new(counters.voids.clone()))?;
+        if let (Some(settings), Some(store), true) =
+            (ctx.settings.transcripts.clone(), ctx.store(), ctx.live())
+        {
+            let cannot_listen = |e: std::io::Error| {
                 StartError::Misconfigured(format!(
                     "transcripts: cannot listen on {}: {e}",
                     settings.addr
                 ))
-            })?;
-        let router = transcript::TranscriptApi::new(settings, runtime.store().clone()).router();
-        tracing::info!(addr = %listener.local_addr().map_err(|e| StartError::Misconfigured(e.to_string()))?, "transcripts listening");
-        tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.wait_for(|stop| *stop).await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "transcript endpoint stopped");
-            }
-        });
+            };
+            let listener = tokio::net::TcpListener::bind(settings.addr)
+                .await
+                .map_err(cannot_listen)?;
+            tracing::info!(addr = %listener.local_addr().map_err(cannot_listen)?, "transcripts listening");
+            let router = transcript::TranscriptApi::new(settings, store.clone()).router();
+            ctx.serve(|stopping| async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(stopping.wait())
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "transcript endpoint stopped");
+                }
+            });
+        }
+        let encoders = Encoders {
+            progress: ctx.encoder(PROGRESS_TOPIC).await?,
+            completions: ctx.encoder(COMPLETIONS_TOPIC).await?,
+            acks: ctx.encoder(PARTICIPANT_ACKS_TOPIC).await?,
+        };
+        Ok(Progress::new(ctx.settings, encoders, counters))
     }
-    let encoders = Encoders {
-        progress: runtime.encoder(PROGRESS_TOPIC).await?,
-        completions: runtime.encoder(COMPLETIONS_TOPIC).await?,
-        acks: runtime.encoder(PARTICIPANT_ACKS_TOPIC).await?,
-    };
-    let progress = Progress::new(&config.settings, encoders, counters);
-    let shutdown = Box::pin(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    Ok(runtime.run(progress, shutdown).await?)
+}
+
+/// Runs the projector until `shutdown` resolves (see [`trellis_runtime::build::run`]).
+///
+/// # Errors
+/// [`Failure`] at start or while running.
+pub async fn run(
+    config: Config<Settings>,
+    secrets: Secrets,
+    shutdown: Shutdown<'_>,
+) -> Result<Exit, Failure> {
+    trellis_runtime::build::run::<Progress>(config, secrets, shutdown).await
 }
 
 #[cfg(test)]

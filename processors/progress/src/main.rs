@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sha2::{Digest, Sha256};
 use trellis_progress::transcript::Transcript;
-use trellis_progress::{Settings, run};
-use trellis_runtime::lifecycle::{ExitStatus, ProcessorArgs, serve, shutdown_signal};
+use trellis_progress::{Progress, run};
+use trellis_runtime::build::Build;
+use trellis_runtime::lifecycle::{ExitStatus, ProcessorArgs, serve_processor};
 
 /// Projects learner × activity progress, derived completions and
 /// transcripts from `protected`.
@@ -115,7 +116,5 @@ fn main() -> ExitCode {
         }
         None => {}
     }
-    serve::<Settings, _>(&cli.processor, &[], |config, _| {
-        run(config, shutdown_signal())
-    })
+    serve_processor(&cli.processor, Progress::SECRETS, run)
 }

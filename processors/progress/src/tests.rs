@@ -1,36 +1,25 @@
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
-use apache_avro::Schema;
-use trellis_records::{ERASE_COMMANDS_TOPIC, ProtectedEvent, ProtectedResult, Sealed, schema_text};
+use trellis_records::{
+    ERASE_COMMANDS_TOPIC, PROTECTED_TOPIC, ProtectedEvent, ProtectedResult, Sealed,
+};
+use trellis_runtime::offline::Harness;
 use trellis_runtime::pipeline::{OwnedRecord, replay_offline, run_offline};
-use trellis_runtime::schema::{AvroDecoder, registry_settings};
+use trellis_runtime::schema::AvroDecoder;
 use trellis_runtime::state::StateStore;
 
 use super::*;
 
-const SCHEMAS: &[(u32, &str)] = &[
-    (1, "protected.avsc"),
-    (2, "erase_command.avsc"),
-    (3, "progress.avsc"),
-    (4, "completion.avsc"),
-    (5, "participant_ack.avsc"),
-];
-
-fn schema(file: &str) -> Schema {
-    Schema::parse_str(schema_text(file).unwrap()).unwrap()
+/// Processors, encoders and the decoder of one harness: the workspace's
+/// topology.yaml, schemas under local ids.
+fn harness() -> &'static Harness {
+    static HARNESS: LazyLock<Harness> = LazyLock::new(Harness::workspace);
+    &HARNESS
 }
 
-fn encoder(id: u32) -> AvroEncoder {
-    let file = SCHEMAS.iter().find(|(i, _)| *i == id).unwrap().1;
-    AvroEncoder::with_id(file.into(), id, schema(file)).unwrap()
-}
-
-fn decoder() -> AvroDecoder {
-    let decoder = AvroDecoder::new(registry_settings("http://127.0.0.1:9").unwrap());
-    for (id, file) in SCHEMAS {
-        decoder.insert(*id, schema(file)).unwrap();
-    }
-    decoder
+fn decoder() -> &'static AvroDecoder {
+    harness().decoder()
 }
 
 const QUIZ: &str = "https://lms.example/mod/quiz/view.php?id=100";
@@ -51,16 +40,9 @@ fn settings() -> Settings {
     settings
 }
 
+/// The projector as the binary builds it.
 fn projector() -> Progress {
-    Progress::new(
-        &settings(),
-        Encoders {
-            progress: encoder(3),
-            completions: encoder(4),
-            acks: encoder(5),
-        },
-        Counters::detached(),
-    )
+    harness().build::<Progress>(&settings()).unwrap()
 }
 
 fn sealed() -> Sealed {
@@ -125,7 +107,7 @@ fn voiding(tenant: &str, id: &str, at: i64, target: &str) -> ProtectedEvent {
 }
 
 fn records(events: &[ProtectedEvent]) -> Vec<OwnedRecord> {
-    let encoder = encoder(1);
+    let encoder = harness().encoder(PROTECTED_TOPIC);
     events
         .iter()
         .enumerate()
@@ -159,7 +141,7 @@ fn run_batched(events: &[ProtectedEvent], batch: usize) -> Run {
         NAME,
         &mut projector(),
         &store,
-        &decoder(),
+        decoder(),
         &records(events),
         batch,
     )
@@ -365,7 +347,7 @@ fn arrival_order_does_not_change_state_or_final_outputs() {
         NAME,
         &mut projector(),
         &replayed,
-        &decoder(),
+        decoder(),
         &records(&events),
         3,
     )
@@ -457,7 +439,8 @@ fn tenants_sharing_learner_and_course_ids_stay_apart() {
 }
 
 fn erase(tenant: &str, learner: &str, command: &str, at: i64) -> OwnedRecord {
-    let value = encoder(2)
+    let value = harness()
+        .encoder(ERASE_COMMANDS_TOPIC)
         .encode(&EraseCommand {
             command_id: command.into(),
             request_id: "req".into(),
@@ -488,7 +471,7 @@ fn erasure_removes_the_learner_and_replay_cannot_bring_them_back() {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
     let mut projector = projector();
-    run_offline(NAME, &mut projector, &store, &decoder(), &input, 4).unwrap();
+    run_offline(NAME, &mut projector, &store, decoder(), &input, 4).unwrap();
     let others = transcript::transcript(&store, "acme", "p_cy").unwrap();
 
     let command = erase("acme", "p_ann", "cmd-1", 10_000);
@@ -496,7 +479,7 @@ fn erasure_removes_the_learner_and_replay_cannot_bring_them_back() {
         NAME,
         &mut projector,
         &store,
-        &decoder(),
+        decoder(),
         std::slice::from_ref(&command),
         1,
     )
@@ -526,7 +509,7 @@ fn erasure_removes_the_learner_and_replay_cannot_bring_them_back() {
         ("done", 3)
     );
 
-    let again = run_offline(NAME, &mut projector, &store, &decoder(), &[command], 1).unwrap();
+    let again = run_offline(NAME, &mut projector, &store, decoder(), &[command], 1).unwrap();
     assert_eq!(
         ack(&again.outputs),
         (id, answer),
@@ -553,7 +536,7 @@ fn erasure_removes_the_learner_and_replay_cannot_bring_them_back() {
             r
         })
         .collect();
-    let replayed = run_offline(NAME, &mut projector, &store, &decoder(), &resent, 4).unwrap();
+    let replayed = run_offline(NAME, &mut projector, &store, decoder(), &resent, 4).unwrap();
     assert!(
         replayed
             .outputs
@@ -578,7 +561,9 @@ fn rules_are_checked_at_start() {
     settings
         .courses
         .insert("c".into(), CourseSettings { requires: vec![] });
-    let problems = settings.check().unwrap_err();
+    let problems = trellis_runtime::build::Settings::check(&settings)
+        .unwrap_err()
+        .join("\n");
     assert!(problems.contains("mastery 1.5"), "{problems}");
     assert!(problems.contains("`requires` is empty"), "{problems}");
 }

@@ -2,14 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The shared aggregates topic (every tenant, tenant-tagged).
-pub const AGGREGATES_TOPIC: &str = "analytics.aggregates";
-
-/// The per-tenant aggregates topic a warehouse of one tenant is given.
-pub fn tenant_aggregates_topic(tenant: &str) -> String {
-    format!("analytics.{tenant}.aggregates")
-}
-
 /// One cell of a window for one tenant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Aggregate {

@@ -4,9 +4,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// The topic security events go to.
-pub const AUDIT_EVENTS_TOPIC: &str = "audit.events";
-
 /// A security-relevant action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
@@ -29,9 +26,6 @@ pub struct AuditEvent {
     /// Key ids and other non-secret particulars.
     pub details: BTreeMap<String, String>,
 }
-
-/// The topic anchors go to.
-pub const ANCHORS_TOPIC: &str = "audit.anchors";
 
 /// A signed Merkle root over one audited partition (schemas/anchor.avsc).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

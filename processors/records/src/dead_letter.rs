@@ -7,9 +7,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The topic every processor dead-letters to.
-pub const DLQ_TOPIC: &str = "dlq";
-
 /// One Kafka header of the original record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OriginalHeader {

@@ -85,18 +85,6 @@ pub struct ResidualCopy {
     pub until: i64,
 }
 
-/// Where the saga's commands to pseudonym-keyed participants go.
-pub const ERASE_COMMANDS_TOPIC: &str = "gdpr.erase_commands";
-/// Where participants answer.
-pub const PARTICIPANT_ACKS_TOPIC: &str = "gdpr.participant_acks";
-
-/// Where source systems file data-subject requests.
-pub const SUBJECT_REQUESTS_TOPIC: &str = "gdpr.subject_request.received.v1";
-/// Where the saga answers them.
-pub const SUBJECT_ACKS_TOPIC: &str = "gdpr.subject_request.acknowledged.v1";
-/// Where the saga's commands to the privacy processor go.
-pub const SHRED_REQUESTS_TOPIC: &str = "gdpr.shred_requests";
-
 /// A data-subject request (schemas/subject_request.avsc).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubjectRequest {

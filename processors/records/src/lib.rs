@@ -13,6 +13,7 @@
 //! - [`audit`] is the `audit.events` topic.
 //! - [`progress`] is `progress` and `completions`.
 //! - [`aggregate`] is the analytics aggregates.
+//! - [`topics`] names every topic, once.
 
 pub mod aggregate;
 pub mod audit;
@@ -21,18 +22,24 @@ pub mod dead_letter;
 pub mod gdpr;
 pub mod progress;
 pub mod protected;
+pub mod topics;
 
-pub use aggregate::{AGGREGATES_TOPIC, Aggregate, tenant_aggregates_topic};
-pub use audit::{ANCHORS_TOPIC, AUDIT_EVENTS_TOPIC, Anchor, AuditEvent, Tick};
+pub use aggregate::Aggregate;
+pub use audit::{Anchor, AuditEvent, Tick};
 pub use collected::{Actor, CollectedEvent, StatementResult};
-pub use dead_letter::{DLQ_TOPIC, DeadLetter, OriginalHeader};
+pub use dead_letter::{DeadLetter, OriginalHeader};
 pub use gdpr::{
-    ERASE_COMMANDS_TOPIC, EraseCommand, PARTICIPANT_ACKS_TOPIC, ParticipantAck, ParticipantResult,
-    ResidualCopy, SHRED_REQUESTS_TOPIC, SUBJECT_ACKS_TOPIC, SUBJECT_REQUESTS_TOPIC, ShredRequest,
-    SubjectId, SubjectRequest, SubjectRequestAck,
+    EraseCommand, ParticipantAck, ParticipantResult, ResidualCopy, ShredRequest, SubjectId,
+    SubjectRequest, SubjectRequestAck,
 };
-pub use progress::{COMPLETIONS_TOPIC, Completion, Evidence, LearnerProgress, PROGRESS_TOPIC};
+pub use progress::{Completion, Evidence, LearnerProgress};
 pub use protected::{IpHash, Outcome, ProtectedEvent, ProtectedFacts, ProtectedResult, Sealed};
+pub use topics::{
+    AGGREGATES_TOPIC, ANCHORS_TOPIC, AUDIT_EVENTS_TOPIC, COLLECTED_TOPIC, COMPLETIONS_TOPIC,
+    DLQ_TOPIC, ERASE_COMMANDS_TOPIC, GDPR_TICKS_TOPIC, INGEST_EVENTS_TOPIC, INGEST_XAPI_TOPIC,
+    PARTICIPANT_ACKS_TOPIC, PROGRESS_TOPIC, PROTECTED_TOPIC, SHRED_REQUESTS_TOPIC,
+    SUBJECT_ACKS_TOPIC, SUBJECT_REQUESTS_TOPIC, tenant_aggregates_topic,
+};
 
 /// Text of every schema file, by file name, compiled in so tools and tests
 /// need no path to the repository.
@@ -396,7 +403,7 @@ mod tests {
             "anchor.avsc",
             &Anchor {
                 sequence: 3,
-                topic: "protected".into(),
+                topic: PROTECTED_TOPIC.into(),
                 partition: 2,
                 first_offset: 10,
                 last_offset: 19,
@@ -454,7 +461,7 @@ mod tests {
                 requested_at: 1,
                 acknowledged_at: 2,
                 residual_plaintext: vec![ResidualCopy {
-                    topic: "collected".into(),
+                    topic: COLLECTED_TOPIC.into(),
                     until: 3,
                 }],
             },

@@ -3,11 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The compacted progress topic.
-pub const PROGRESS_TOPIC: &str = "progress";
-/// The derived completions stream.
-pub const COMPLETIONS_TOPIC: &str = "completions";
-
 /// Progress of one learner in one activity (or declared course).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LearnerProgress {

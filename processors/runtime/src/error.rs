@@ -65,9 +65,15 @@ pub enum StartError {
     /// Configuration or topology problem.
     #[error(transparent)]
     Topology(#[from] TopologyError),
-    /// Processor missing from topology.yaml, or similar.
+    /// Processor missing from topology.yaml, or similar: an operator must
+    /// change something (exit 78).
     #[error("{0}")]
     Misconfigured(String),
+    /// Something the processor needs at start is down or unreachable (a
+    /// database, a topic that cannot be read): starting again later may
+    /// succeed (exit 69).
+    #[error("{0}")]
+    Unavailable(String),
     /// Declared topics do not exist on the broker.
     #[error("refusing to start: topics missing on the broker: {} (run `trellis topology apply`)", .0.join(", "))]
     MissingTopics(Vec<String>),
@@ -158,9 +164,11 @@ impl Failure {
     /// The exit status this failure maps to.
     pub fn status(&self) -> ExitStatus {
         match self {
-            Failure::Start(StartError::Kafka(_) | StartError::Schema(SchemaError::Registry(_))) => {
-                ExitStatus::Unavailable
-            }
+            Failure::Start(
+                StartError::Kafka(_)
+                | StartError::Unavailable(_)
+                | StartError::Schema(SchemaError::Registry(_)),
+            ) => ExitStatus::Unavailable,
             Failure::Start(_) => ExitStatus::Misconfigured,
             Failure::Run(_) => ExitStatus::Failure,
         }

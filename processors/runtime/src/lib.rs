@@ -7,6 +7,7 @@
 //! (see [`pipeline`]).
 //!
 //! # Layout
+//! - [`build`]: how a processor is made, the one constructor everything calls.
 //! - [`config`]: YAML + environment configuration, `deny_unknown_fields`.
 //! - [`secret`]: secrets from the environment, validated, never printed.
 //! - [`topology`]: topology.yaml and its rules.
@@ -16,6 +17,8 @@
 //! - [`record`]: input records as a processor sees them.
 //! - [`emitter`]: what a processor emits for one record.
 //! - [`pipeline`]: the consume → process → produce loop; its delivery semantics.
+//! - `batch`: one batch of records through a processor, as the live loop
+//!   and the offline runner both run it.
 //! - [`replay`]: the restore-by-replay plan and its progress report.
 //! - [`producer`]: the one way to produce a record (headers, limits, retries).
 //! - [`dead_letter`]: dead letters that always fit the broker's limit.
@@ -23,14 +26,19 @@
 //! - [`error`]: error kinds (retryable, poison, fatal) and exit mapping.
 //! - [`failpoint`]: crash points at commit boundaries (debug builds only).
 //! - [`files`]: owner-only files (access exports).
-//! - [`offline`]: a processor over in-memory records (tests, benchmarks).
+//! - [`offline`]: a processor over in-memory records, through the live loop's
+//!   batches (tests, benchmarks).
 //! - [`participant`]: answering GDPR saga commands once (receipts, acks).
+//! - [`sink`]: exactly once into a store outside Kafka (offsets, receipts
+//!   and erased subjects kept in the store's transaction).
 //! - [`kafka`]: client configs, topic checks, topology provisioning.
 //! - [`metrics`]: Prometheus families and the `/metrics` endpoint.
 //! - [`lifecycle`]: tracing, signals, exit statuses.
 //! - [`ticker`]: timed decisions as records in the log.
 
 pub mod backoff;
+mod batch;
+pub mod build;
 pub mod config;
 pub mod dead_letter;
 pub mod emitter;
@@ -49,6 +57,7 @@ pub mod record;
 pub mod replay;
 pub mod schema;
 pub mod secret;
+pub mod sink;
 pub mod state;
 pub mod ticker;
 pub mod topology;

@@ -85,6 +85,22 @@ where
     }
 }
 
+/// [`serve`] for a processor built with [`crate::build::Build`]: its `run`
+/// takes the configuration, the secrets and a shutdown on SIGTERM/SIGINT.
+pub fn serve_processor<S, Fut>(
+    args: &ProcessorArgs,
+    secrets: &[SecretSpec],
+    run: impl FnOnce(Config<S>, Secrets, Shutdown<'static>) -> Fut,
+) -> ExitCode
+where
+    S: DeserializeOwned,
+    Fut: Future<Output = Result<Exit, Failure>>,
+{
+    serve(args, secrets, |config, secrets| {
+        run(config, secrets, shutdown_signal())
+    })
+}
+
 /// Installs the tracing subscriber. `RUST_LOG` overrides the default filter
 /// (`info`, with librdkafka's chatter at `warn`).
 pub fn init_tracing(format: LogFormat) {

@@ -432,6 +432,17 @@ mod tests {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../topology.yaml");
         let topology = Topology::load(&path).unwrap();
         assert_eq!(topology.check(), Ok(()));
+        // Every topic name the code uses is one topology.yaml declares.
+        let undeclared: Vec<&str> = trellis_records::topics::ALL
+            .iter()
+            .copied()
+            .filter(|t| !topology.topics.contains_key(*t))
+            .collect();
+        assert!(
+            undeclared.is_empty(),
+            "not in topology.yaml: {undeclared:?}"
+        );
+        assert!(trellis_records::topics::ALL.len() >= 16);
     }
 
     #[test]

@@ -10,17 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use trellis_records::{Aggregate, Completion, LearnerProgress};
 
-/// Where a row came from: its lineage columns and, if Postgres still
-/// rejects it, its dead letter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Source {
-    /// Partition of the record.
-    pub partition: i32,
-    /// Offset of the record.
-    pub offset: i64,
-    /// The record's timestamp.
-    pub timestamp_ms: Option<i64>,
-}
+pub use trellis_runtime::sink::Source;
 
 /// A `trellis.progress` row.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,33 +1,19 @@
-//! What one batch of records changes in the warehouse, collapsed by key.
+//! What one batch of records changes in the warehouse's tables, collapsed
+//! by key: the [`Rows`] of the warehouse's [`trellis_runtime::sink`].
 //!
 //! The upserts of one SQL statement must touch each row once, and only the
 //! last state of a row within a batch matters, so the batch keeps one entry
 //! per primary key: the latest `progress` record (or its tombstone), each
 //! completion once, the highest revision of each aggregate cell. Saga
-//! commands are executed at the end of the batch, after its rows; an
-//! erasure removes the learner's pending rows at once, and the learner's
-//! later records are dropped as they arrive.
+//! commands, offsets and erased learners are the mechanism's
+//! ([`trellis_runtime::sink::SinkBatch`]); an erasure removes the learner's
+//! pending rows at once.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashMap;
 
-use sha2::{Digest, Sha256};
-use trellis_records::EraseCommand;
+use trellis_runtime::sink::{Rows, Source};
 
-use crate::rows::{AggregateRow, CompletionRow, ProgressRow, Source};
-
-/// SHA-256(tenant ‖ 0x00 ‖ pseudonym): how an erased learner is remembered
-/// without keeping the pseudonym.
-pub type LearnerHash = [u8; 32];
-
-/// The hash of `learner` in `tenant`.
-pub fn learner_hash(tenant: &str, learner: &str) -> LearnerHash {
-    let mut h = Sha256::new();
-    h.update(tenant.as_bytes());
-    h.update([0]);
-    h.update(learner.as_bytes());
-    h.finalize().into()
-}
+use crate::rows::{AggregateRow, CompletionRow, ProgressRow};
 
 /// A `progress` key's latest record in the batch.
 // Tombstones are rare: boxing every upsert would cost an allocation per record.
@@ -45,89 +31,67 @@ pub type ProgressKey = (String, String, String);
 /// `(tenant, window, window start, dimension, value)`.
 pub type CellKey = (String, String, i64, String, String);
 
-/// A saga command to execute when the batch is written.
+/// What one record becomes in the tables.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
-pub struct PendingCommand {
-    /// The command.
-    pub command: EraseCommand,
-    /// Its record's timestamp (the answer's time and record timestamp).
-    pub at: Option<i64>,
+pub enum TableRow {
+    /// A `progress` change of a key.
+    Progress(ProgressKey, ProgressChange),
+    /// A completion.
+    Completion(CompletionRow),
+    /// An aggregate cell.
+    Aggregate(AggregateRow),
 }
 
-/// The changes of one batch.
+/// The table changes of one batch.
 #[derive(Debug, Default)]
-pub struct Batch {
+pub struct Tables {
     /// Latest `progress` change per key.
     pub progress: HashMap<ProgressKey, ProgressChange>,
     /// Completions by `(tenant, completion id)`.
     pub completions: HashMap<(String, String), CompletionRow>,
     /// Highest revision per aggregate cell.
     pub aggregates: HashMap<CellKey, AggregateRow>,
-    /// Saga commands, in log order.
-    pub commands: Vec<PendingCommand>,
-    /// Learners erased by this batch's commands.
-    pub erased: HashSet<LearnerHash>,
-    /// Next offset per input partition the batch reached.
-    pub offsets: BTreeMap<(Arc<str>, i32), i64>,
 }
 
-impl Batch {
-    /// Whether writing the batch would change nothing.
-    pub fn is_empty(&self) -> bool {
-        self.offsets.is_empty() && self.commands.is_empty()
-    }
+impl Rows for Tables {
+    type Row = TableRow;
 
-    /// Records that the batch read `topic`/`partition` up to `offset`.
-    pub fn advance(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
-        let next = self.offsets.entry((topic.clone(), partition)).or_default();
-        *next = (*next).max(offset + 1);
-    }
-
-    /// Keeps a `progress` record, replacing the key's earlier one.
-    pub fn progress(&mut self, key: ProgressKey, change: ProgressChange) {
-        self.progress.insert(key, change);
-    }
-
-    /// Keeps a completion (one row per id; a re-sent one is the same).
-    pub fn completion(&mut self, row: CompletionRow) {
-        self.completions.insert(
-            (row.value.tenant_id.clone(), row.value.completion_id.clone()),
-            row,
-        );
-    }
-
-    /// Keeps an aggregate cell unless the batch has a later revision of it.
-    pub fn aggregate(&mut self, row: AggregateRow) {
-        match self.aggregates.entry(row.cell()) {
-            std::collections::hash_map::Entry::Occupied(mut held) => {
-                if row.value.revision >= held.get().value.revision {
-                    held.insert(row);
+    fn add(&mut self, row: TableRow) {
+        match row {
+            TableRow::Progress(key, change) => {
+                self.progress.insert(key, change);
+            }
+            // One row per id; a re-sent one is the same.
+            TableRow::Completion(row) => {
+                self.completions.insert(
+                    (row.value.tenant_id.clone(), row.value.completion_id.clone()),
+                    row,
+                );
+            }
+            // Kept unless the batch has a later revision of the cell.
+            TableRow::Aggregate(row) => match self.aggregates.entry(row.cell()) {
+                std::collections::hash_map::Entry::Occupied(mut held) => {
+                    if row.value.revision >= held.get().value.revision {
+                        held.insert(row);
+                    }
                 }
-            }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(row);
-            }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(row);
+                }
+            },
         }
     }
 
-    /// Queues an erasure: the learner's pending rows go at once, their later
-    /// records are refused by [`Batch::erased`].
-    pub fn erase(&mut self, tenant: &str, learner: &str, command: PendingCommand) {
+    fn erase(&mut self, tenant: &str, learner: &str) {
         self.progress
             .retain(|(t, l, _), _| !(t == tenant && l == learner));
         self.completions
             .retain(|_, row| !(row.value.tenant_id == tenant && row.value.learner == learner));
-        self.erased.insert(learner_hash(tenant, learner));
-        self.commands.push(command);
     }
+}
 
-    /// Whether the batch already holds a command with this id.
-    pub fn has_command(&self, command_id: &str) -> bool {
-        self.commands
-            .iter()
-            .any(|c| c.command.command_id == command_id)
-    }
-
+impl Tables {
     /// Progress upserts and deletes, split.
     pub fn progress_changes(&self) -> (Vec<&ProgressRow>, Vec<&ProgressKey>) {
         let mut upserts = Vec::new();
@@ -140,22 +104,13 @@ impl Batch {
         }
         (upserts, deletes)
     }
-
-    /// Forgets everything (written, or abandoned).
-    pub fn clear(&mut self) {
-        self.progress.clear();
-        self.completions.clear();
-        self.aggregates.clear();
-        self.commands.clear();
-        self.erased.clear();
-        self.offsets.clear();
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_records::{Aggregate, Completion};
+    use trellis_records::{Aggregate, Completion, EraseCommand};
+    use trellis_runtime::sink::{PendingCommand, SinkBatch, subject_hash};
 
     const SOURCE: Source = Source {
         partition: 0,
@@ -188,19 +143,19 @@ mod tests {
 
     #[test]
     fn a_cell_keeps_its_highest_revision_whatever_the_order() {
-        let mut batch = Batch::default();
-        batch.aggregate(cell(2, 20));
-        batch.aggregate(cell(1, 10));
-        assert_eq!(batch.aggregates.values().next().unwrap().value.events, 20);
-        batch.aggregate(cell(3, 30));
-        assert_eq!(batch.aggregates.values().next().unwrap().value.events, 30);
+        let mut tables = Tables::default();
+        tables.add(TableRow::Aggregate(cell(2, 20)));
+        tables.add(TableRow::Aggregate(cell(1, 10)));
+        assert_eq!(tables.aggregates.values().next().unwrap().value.events, 20);
+        tables.add(TableRow::Aggregate(cell(3, 30)));
+        assert_eq!(tables.aggregates.values().next().unwrap().value.events, 30);
     }
 
     #[test]
     fn an_erasure_drops_the_learners_pending_rows_and_no_one_elses() {
-        let mut batch = Batch::default();
+        let mut batch: SinkBatch<Tables> = SinkBatch::default();
         for learner in ["gone", "stays"] {
-            batch.completion(
+            batch.rows.add(TableRow::Completion(
                 CompletionRow::new(
                     Completion {
                         completion_id: format!("c-{learner}"),
@@ -217,7 +172,7 @@ mod tests {
                     SOURCE,
                 )
                 .unwrap(),
-            );
+            ));
         }
         let command = PendingCommand {
             command: EraseCommand {
@@ -234,6 +189,7 @@ mod tests {
         };
         batch.erase("t", "gone", command);
         let left: Vec<&str> = batch
+            .rows
             .completions
             .values()
             .map(|row| row.value.learner.as_str())
@@ -243,8 +199,8 @@ mod tests {
             ["stays"],
             "the erased learner's row went, the other stayed"
         );
-        assert!(batch.erased.contains(&learner_hash("t", "gone")));
-        assert!(!batch.erased.contains(&learner_hash("t", "stays")));
+        assert!(batch.erased.contains(&subject_hash("t", "gone")));
+        assert!(!batch.erased.contains(&subject_hash("t", "stays")));
         assert!(batch.has_command("c"));
     }
 }

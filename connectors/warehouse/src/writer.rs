@@ -21,7 +21,9 @@ use tokio_postgres::{Client, Transaction};
 use trellis_records::ParticipantAck;
 use trellis_runtime::participant::Acks;
 
-use crate::batch::{Batch, PendingCommand, ProgressKey, learner_hash};
+use trellis_runtime::sink::{PendingCommand, SinkBatch, Written, subject_hash};
+
+use crate::batch::{ProgressKey, Tables};
 use crate::connection::{Verdict, verdict};
 use crate::rows::{AggregateRow, CompletionRow, ProgressRow};
 
@@ -162,18 +164,6 @@ pub enum Refused {
     Aggregate(crate::batch::CellKey),
 }
 
-/// What writing a batch did.
-#[derive(Debug, Default)]
-pub struct Written {
-    /// Rows upserted or inserted, by table.
-    pub rows: BTreeMap<&'static str, u64>,
-    /// Rows deleted (tombstones and erasures), by table.
-    pub deleted: BTreeMap<&'static str, u64>,
-    /// The answers to the batch's saga commands, in order, with the
-    /// timestamp of the command's record.
-    pub answers: Vec<(ParticipantAck, Option<i64>)>,
-}
-
 /// Any number; the same in every sink (see [`take_writer_lock`]).
 const WRITER_LOCK: i64 = 0x0074_7265_6c6c_6977; // "trelliw"
 
@@ -205,7 +195,7 @@ pub async fn prepare(client: &Client) -> Result<(), tokio_postgres::Error> {
 /// Postgres's; nothing is written then.
 pub async fn write(
     client: &mut Client,
-    batch: &Batch,
+    batch: &SinkBatch<Tables>,
     acks: &Acks,
 ) -> Result<Written, tokio_postgres::Error> {
     let tx = client.transaction().await?;
@@ -220,7 +210,7 @@ pub async fn write(
         });
     }
     let mut written = Written::default();
-    let (upserts, deletes) = batch.progress_changes();
+    let (upserts, deletes) = batch.rows.progress_changes();
     if !upserts.is_empty() {
         copy_progress(&tx, STAGE_PROGRESS, &upserts).await?;
         written
@@ -239,15 +229,15 @@ pub async fn write(
             .await?;
         *written.deleted.entry("progress").or_default() += n;
     }
-    if !batch.completions.is_empty() {
-        let rows: Vec<&CompletionRow> = batch.completions.values().collect();
+    if !batch.rows.completions.is_empty() {
+        let rows: Vec<&CompletionRow> = batch.rows.completions.values().collect();
         copy_completions(&tx, STAGE_COMPLETIONS, &rows).await?;
         written
             .rows
             .insert("completions", tx.execute(COMPLETION_INSERT, &[]).await?);
     }
-    if !batch.aggregates.is_empty() {
-        let rows: Vec<&AggregateRow> = batch.aggregates.values().collect();
+    if !batch.rows.aggregates.is_empty() {
+        let rows: Vec<&AggregateRow> = batch.rows.aggregates.values().collect();
         copy_aggregates(&tx, STAGE_AGGREGATES, &rows).await?;
         written
             .rows
@@ -301,12 +291,7 @@ const MAX_EXPORT_BYTES: usize = 512 * 1024;
 /// not kept: they hold the learner's rows, and answering a re-sent access
 /// request from the tables as they are is right.
 pub fn receipt(ack: &ParticipantAck) -> Option<serde_json::Value> {
-    if ack.export.is_some() {
-        return None;
-    }
-    let mut kept = ack.clone();
-    kept.learner = None;
-    serde_json::to_value(&kept).ok()
+    trellis_runtime::sink::receipt(ack).and_then(|kept| serde_json::to_value(kept).ok())
 }
 
 /// Whether Postgres's offsets already include this batch: each partition it
@@ -314,7 +299,7 @@ pub fn receipt(ack: &ParticipantAck) -> Option<serde_json::Value> {
 /// second writer would wait here rather than interleave.)
 async fn already_written(
     tx: &Transaction<'_>,
-    batch: &Batch,
+    batch: &SinkBatch<Tables>,
 ) -> Result<bool, tokio_postgres::Error> {
     if batch.offsets.is_empty() {
         return Ok(false);
@@ -343,7 +328,7 @@ async fn already_written(
 /// The answers kept for the batch's commands (a batch already written).
 async fn kept_answers(
     tx: &Transaction<'_>,
-    batch: &Batch,
+    batch: &SinkBatch<Tables>,
 ) -> Result<Vec<(ParticipantAck, Option<i64>)>, tokio_postgres::Error> {
     let mut answers = Vec::new();
     for pending in &batch.commands {
@@ -398,7 +383,7 @@ async fn execute(
                 "INSERT INTO trellis_sink.erased_learners (learner_hash, tenant_id, request_id, erased_at)
                  VALUES ($1, $2, $3, $4) ON CONFLICT (learner_hash) DO NOTHING",
                 &[
-                    &learner_hash(tenant, learner).as_slice(),
+                    &subject_hash(tenant, learner).as_slice(),
                     &tenant,
                     &c.request_id,
                     &at,
@@ -611,7 +596,7 @@ pub async fn copy_aggregates(
 /// Postgres's, for anything but a refused row.
 pub async fn find_refused(
     client: &mut Client,
-    batch: &Batch,
+    batch: &Tables,
 ) -> Result<Vec<(Refused, tokio_postgres::Error)>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let mut refused = Vec::new();

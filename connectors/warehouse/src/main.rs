@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use trellis_runtime::lifecycle::{ExitStatus, ProcessorArgs, report, serve, shutdown_signal};
-use trellis_runtime::pipeline::StartError;
-use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
-use trellis_warehouse::connection::ConnectionString;
-use trellis_warehouse::{Settings, WAREHOUSE_URL, roles, run};
+use trellis_runtime::build::Build;
+use trellis_runtime::lifecycle::{ExitStatus, ProcessorArgs, report, serve_processor};
+use trellis_runtime::secret::{SecretFormat, SecretSpec};
+use trellis_warehouse::connection::connection;
+use trellis_warehouse::{Settings, WAREHOUSE_URL, Warehouse, roles, run};
 
 /// Writes `progress`, `completions` and `analytics.aggregates` into Postgres
 /// tables with row-level security per tenant, exactly once, and erases a
@@ -72,11 +72,6 @@ enum Admin {
     },
     /// List reader roles and their tenants.
     Readers,
-}
-
-fn connection(secrets: &Secrets, spec: &SecretSpec) -> Result<ConnectionString, String> {
-    let text = String::from_utf8_lossy(secrets.get(spec.env).expose()).into_owned();
-    ConnectionString::parse(&text).map_err(|e| format!("{} {e}", spec.env))
 }
 
 fn read_password(path: &Option<PathBuf>) -> Result<Option<String>, String> {
@@ -152,7 +147,7 @@ async fn migrate() -> Result<(), String> {
     let secrets =
         trellis_runtime::secret::load_secrets(&[WAREHOUSE_URL]).map_err(|e| e.to_string())?;
     let url = connection(&secrets, &WAREHOUSE_URL)?;
-    trellis_warehouse::open(&url, &Settings::default())
+    trellis_warehouse::open(&url, &Settings::default(), None)
         .await
         .map_err(|e| e.to_string())?;
     println!("warehouse schema at {url} is up to date");
@@ -184,12 +179,5 @@ fn main() -> ExitCode {
             }
         };
     }
-    serve::<Settings, _>(
-        &cli.processor,
-        &[WAREHOUSE_URL],
-        |config, secrets| async move {
-            let url = connection(&secrets, &WAREHOUSE_URL).map_err(StartError::Misconfigured)?;
-            run(config, url, shutdown_signal()).await
-        },
-    )
+    serve_processor(&cli.processor, Warehouse::SECRETS, run)
 }

@@ -154,6 +154,18 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// The connection string in the secret `spec` of `secrets`.
+///
+/// # Errors
+/// A message naming the variable (never its value) when it does not parse.
+pub fn connection(
+    secrets: &trellis_runtime::secret::Secrets,
+    spec: &trellis_runtime::secret::SecretSpec,
+) -> Result<ConnectionString, String> {
+    let text = String::from_utf8_lossy(secrets.get(spec.env).expose()).into_owned();
+    ConnectionString::parse(&text).map_err(|e| format!("{} {e}", spec.env))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

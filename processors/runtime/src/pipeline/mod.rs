@@ -1,0 +1,341 @@
+//! The consume → process → produce loop every processor runs.
+//!
+//! # Delivery semantics: effectively once, without broker transactions
+//!
+//! Input is read in batches. For each batch the loop (1) runs the processor on
+//! every record, which reads and changes state through a [`StateTxn`] and
+//! emits outputs, (2) produces the outputs and waits until every one is
+//! acknowledged by the broker, (3) writes the state changes together with the
+//! input positions they include in one atomic sled batch, and only then
+//! (4) commits the same positions as the consumer group's offsets.
+//!
+//! A crash between (2) and (3) re-runs the batch from the store's positions
+//! against the store's state, which is exactly the state the first run saw, so
+//! the processor emits the same outputs with the same ids again; consumers drop
+//! them by id ([`crate::kafka::ID_HEADER`]). No state change is ever applied
+//! twice, because state and positions move together (and a position never
+//! moves backwards). Outputs carry their input's timestamp, so a re-run's
+//! records are identical, not just alike. The fail points of
+//! [`crate::failpoint`] sit at these boundaries for the crash tests.
+//!
+//! With `kafka.transactions: true`, (2) and (4) also happen inside a Kafka
+//! transaction (`send_offsets_to_transaction`), for brokers that enforce
+//! isolation; the guarantees above do not depend on it.
+//!
+//! # Faults
+//!
+//! No input record stops the loop: what a processor rejects, and an output
+//! the broker would refuse as too large, become dead letters that always fit
+//! ([`crate::dead_letter`]). Faults that may mend are waited out with
+//! backoff ([`crate::backoff`]) and never judge a record: a consume or
+//! produce error, a delivery that failed (re-sent with the same id), a
+//! registry that cannot be asked for a writer schema (the runtime fetches it
+//! before the record reaches the processor, so the processor's decode never
+//! waits on the network and a record is `UNKNOWN_SCHEMA` only when the
+//! registry positively says so).
+//!
+//! # Restore by replay
+//!
+//! Partitions are assigned statically (instance *i* of *n* takes partitions
+//! `p % n == i`): group rebalancing is not used because tansu does not
+//! reassign partitions after a member dies (INFRA.md). What is replayed and
+//! when live input may flow is [`crate::replay`]'s plan.
+//!
+//! # Layout
+//! - this module: [`Runtime`] and what a processor builds from it at start
+//!   (encoders, tickers);
+//! - `assign`: which partitions this instance reads, from which positions,
+//!   and reports of positions the log cannot satisfy;
+//! - `run`: the loop: batches of consumed records through
+//!   [`crate::batch::BatchRunner`], held partitions, shutdown;
+//! - `outputs`: the batch's outputs and dead letters handed to the broker;
+//! - `checkpoint`: a batch made durable (outputs, then state with
+//!   positions, then group offsets).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::{ClientContext, TopicPartitionList};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+
+use crate::config::{BatchConfig, Config, KafkaConfig};
+use crate::kafka::{ADMIN_TIMEOUT, KafkaError, consumer_config, producer_config, topic_partitions};
+use crate::lifecycle::Shutdown;
+use crate::metrics::Metrics;
+use crate::producer::TrellisProducer;
+use crate::schema::{AvroDecoder, AvroEncoder, SchemaFile, registry_settings};
+use crate::state::StateStore;
+use crate::ticker::Ticker;
+use crate::topology::{ProcessorSpec, Topology};
+use trellis_records::DLQ_TOPIC;
+
+pub use crate::emitter::{Emitter, OutputRecord};
+pub use crate::error::{Exit, Failure, ProcessError, RunError, StartError};
+pub use crate::offline::{Offline, replay_offline, run_offline};
+pub use crate::processor::{Input, Processor};
+pub use crate::record::{InputRecord, OwnedRecord};
+
+mod assign;
+mod checkpoint;
+mod outputs;
+mod run;
+
+/// Everything a processor needs from its surroundings, built by [`Runtime::start`].
+pub struct Runtime {
+    name: &'static str,
+    /// This processor's metrics.
+    pub metrics: Metrics,
+    store: StateStore,
+    /// The whole topology.
+    pub topology: Topology,
+    /// This processor's entry in it.
+    pub spec: ProcessorSpec,
+    /// Registry connection.
+    pub registry: SrSettings,
+    /// Decoder for Avro inputs.
+    pub decoder: AvroDecoder,
+    /// Address `/metrics` is served on.
+    pub metrics_addr: SocketAddr,
+    kafka: KafkaConfig,
+    batch: BatchConfig,
+    shutdown_deadline: Duration,
+    partitions: BTreeMap<String, i32>,
+    producer: TrellisProducer,
+    /// `trellis_errors_total{code="kafka_produce"}`, looked up once: every
+    /// output is sent with a backoff that counts into it.
+    produce_errors: IntCounter,
+    consumer: StreamConsumer<CommitReports>,
+    dlq: Option<AvroEncoder>,
+    dlq_topic: Arc<str>,
+    /// Topics this processor may write (topology.yaml's `outputs`).
+    outputs: HashSet<String>,
+    /// Inputs whose values are Avro: their writer schemas are fetched
+    /// before a record reaches the processor.
+    avro_inputs: HashSet<String>,
+    /// Set once replay has finished: tickers only tick on a live processor.
+    live: Arc<AtomicBool>,
+}
+
+/// Reports the outcome of the checkpoints' asynchronous offset commits,
+/// which librdkafka would otherwise drop silently.
+struct CommitReports {
+    failures: IntCounter,
+}
+
+impl ClientContext for CommitReports {}
+
+impl ConsumerContext for CommitReports {
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        if let Err(e) = result {
+            self.failures.inc();
+            tracing::warn!(error = %e, "committing group offsets failed; continuing");
+        }
+    }
+}
+
+// `Shutdown` is already boxed (so `Unpin`): fusing needs no second box.
+type Fused<'a> = futures::future::Fuse<Shutdown<'a>>;
+
+impl Runtime {
+    /// Loads the topology, checks the processor's topics exist, opens (or,
+    /// with `rebuild`, recreates) the state store, serves metrics.
+    ///
+    /// # Errors
+    /// [`StartError`] naming the first thing that is wrong.
+    pub async fn start<S>(name: &'static str, config: &Config<S>) -> Result<Self, StartError> {
+        let metrics = Metrics::new(name).map_err(|e| StartError::Misconfigured(e.to_string()))?;
+        let metrics_addr =
+            metrics
+                .serve(config.metrics_addr)
+                .await
+                .map_err(|source| StartError::Metrics {
+                    addr: config.metrics_addr,
+                    source,
+                })?;
+        let topology = Topology::load_checked(&config.topology)?;
+        let spec = topology
+            .processor(name)
+            .map_err(StartError::Misconfigured)?
+            .clone();
+        let group = config
+            .kafka
+            .group
+            .clone()
+            .or_else(|| spec.group.clone())
+            .ok_or_else(|| {
+                StartError::Misconfigured(format!(
+                    "processor `{name}` has no consumer group in topology.yaml"
+                ))
+            })?;
+
+        let partitions = topic_partitions(&config.kafka)?;
+        let missing: Vec<String> = topology
+            .topics_of(&spec)
+            .into_iter()
+            .filter(|t| !partitions.contains_key(t))
+            .collect();
+        if !missing.is_empty() {
+            return Err(StartError::MissingTopics(missing));
+        }
+
+        if config.rebuild && config.state_dir.exists() {
+            tracing::info!(dir = %config.state_dir.display(), "rebuild requested: removing state store");
+            std::fs::remove_dir_all(&config.state_dir).map_err(|e| {
+                StartError::Misconfigured(format!(
+                    "cannot remove {} for rebuild: {e}",
+                    config.state_dir.display()
+                ))
+            })?;
+        }
+        let store = StateStore::open(&config.state_dir)?;
+
+        let transactional_id = config
+            .kafka
+            .transactions
+            .then(|| format!("{group}-{}", config.kafka.instance));
+        let producer: FutureProducer = producer_config(&config.kafka, transactional_id.as_deref())
+            .create()
+            .map_err(KafkaError::client("creating the producer"))?;
+        if config.kafka.transactions {
+            producer
+                .init_transactions(ADMIN_TIMEOUT)
+                .map_err(KafkaError::client("initialising transactions"))?;
+        }
+        let commits = CommitReports {
+            failures: metrics.errors.with_label_values(&["offset_commit"]),
+        };
+        let consumer: StreamConsumer<CommitReports> = consumer_config(&config.kafka, &group)
+            .create_with_context(commits)
+            .map_err(KafkaError::client("creating the consumer"))?;
+        bind_store_to_cluster(&store, &consumer)?;
+        let registry = registry_settings(&config.registry.url)?;
+        let avro_inputs = spec
+            .inputs
+            .iter()
+            .filter(|t| topology.topic(t).is_ok_and(|spec| spec.schema.is_some()))
+            .cloned()
+            .collect();
+        let produce_errors = metrics.errors.with_label_values(&["kafka_produce"]);
+        let mut runtime = Self {
+            name,
+            metrics,
+            store,
+            decoder: AvroDecoder::new(registry.clone()),
+            registry,
+            outputs: spec.outputs.iter().cloned().collect(),
+            avro_inputs,
+            topology,
+            spec,
+            metrics_addr,
+            producer: TrellisProducer::new(producer, &config.kafka),
+            produce_errors,
+            kafka: config.kafka.clone(),
+            batch: config.batch.clone(),
+            shutdown_deadline: config.shutdown_deadline(),
+            partitions,
+            consumer,
+            dlq: None,
+            dlq_topic: Arc::from(DLQ_TOPIC),
+            live: Arc::new(AtomicBool::new(false)),
+        };
+        if runtime.outputs.contains(DLQ_TOPIC) {
+            runtime.dlq = Some(runtime.encoder(DLQ_TOPIC).await?);
+        }
+        tracing::info!(processor = name, metrics = %metrics_addr, "started");
+        Ok(runtime)
+    }
+
+    /// The processor's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The state store, for the processor's read paths (queries served
+    /// beside the loop). Only the loop commits to it.
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    /// The producer outputs go through (for side paths such as audit events
+    /// written before an answer is given).
+    pub fn producer(&self) -> &TrellisProducer {
+        &self.producer
+    }
+
+    /// Registers the schema of declared output `topic` and returns its encoder.
+    ///
+    /// # Errors
+    /// [`StartError`] if the topic is not an output, has no schema, or the
+    /// registry refuses the schema.
+    pub async fn encoder(&self, topic: &str) -> Result<AvroEncoder, StartError> {
+        if !self.outputs.contains(topic) {
+            return Err(StartError::Misconfigured(format!(
+                "processor `{}` writes `{topic}`, which topology.yaml does not list among its outputs",
+                self.name
+            )));
+        }
+        let spec = self
+            .topology
+            .topic(topic)
+            .map_err(StartError::Misconfigured)?;
+        let file = spec.schema.as_deref().ok_or_else(|| {
+            StartError::Misconfigured(format!(
+                "topic `{topic}` has no Avro schema in topology.yaml"
+            ))
+        })?;
+        let schema = SchemaFile::load(&self.topology.schema_path(file))?;
+        Ok(AvroEncoder::register(&self.registry, topic, &schema).await?)
+    }
+
+    /// A [`Ticker`] writing to `topic`, which must be both an input and an
+    /// output of this processor (see [`crate::ticker`]).
+    ///
+    /// # Errors
+    /// [`StartError`] if the topic is not both.
+    pub fn ticker(&self, topic: &str) -> Result<Ticker, StartError> {
+        let declared = |list: &[String]| list.iter().any(|t| t == topic);
+        if !declared(&self.spec.inputs) || !declared(&self.spec.outputs) {
+            return Err(StartError::Misconfigured(format!(
+                "processor `{}` ticks on `{topic}`, which topology.yaml must list among both its inputs and its outputs",
+                self.name
+            )));
+        }
+        Ok(Ticker {
+            topic: topic.to_string(),
+            producer: self.producer.clone(),
+            live: self.live.clone(),
+        })
+    }
+}
+
+/// A store remembers the cluster whose log it was built from; a store of
+/// another cluster is refused, because its positions mean nothing here.
+fn bind_store_to_cluster(
+    store: &StateStore,
+    consumer: &impl Consumer<CommitReports>,
+) -> Result<(), StartError> {
+    let Some(actual) = consumer.client().fetch_cluster_id(ADMIN_TIMEOUT) else {
+        tracing::warn!(
+            "the broker reports no cluster id; cannot check the state store belongs to it"
+        );
+        return Ok(());
+    };
+    match store.cluster_id()? {
+        Some(stored) if stored != actual => Err(StartError::ForeignStore {
+            dir: store.path().display().to_string(),
+            stored,
+            actual,
+        }),
+        Some(_) => Ok(()),
+        None => Ok(store.set_cluster_id(&actual)?),
+    }
+}
+
+#[cfg(test)]
+mod tests;
