@@ -238,7 +238,7 @@ impl Stack {
         let topology =
             Topology::load_checked(&repo_root().join("topology.yaml")).expect("topology");
         if apply {
-            trellis_cli::provision::apply(&kafka, &registry_url, &topology, 1)
+            trellis_kit::provision::apply(&kafka, &registry_url, &topology, 1)
                 .await
                 .expect("topology apply");
         }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use trellis_cli::demo::{self, DemoSpec, Manifest};
+use trellis_kit::demo::{self, DemoSpec, Manifest};
 use trellis_records::{CollectedEvent, DeadLetter};
 use trellis_replay_tests::{BATCH_MAX_RECORDS, Process, Stack, test_secret};
 use trellis_runtime::schema::{AvroDecoder, registry_settings};

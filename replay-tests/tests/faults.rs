@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sha2::{Digest, Sha256};
-use trellis_cli::demo::{self, DemoSpec, Manifest};
+use trellis_kit::demo::{self, DemoSpec, Manifest};
 use trellis_records::{CollectedEvent, DeadLetter};
 use trellis_replay_tests::{Process, Stack, collector_secrets, end_offsets, free_port};
 use trellis_runtime::config::KafkaConfig;

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use trellis_cli::demo::{self, DemoSpec};
-use trellis_cli::gdpr::Requests;
+use trellis_kit::demo::{self, DemoSpec};
+use trellis_kit::gdpr::Requests;
 use trellis_privacy::vault::Vault;
 use trellis_records::{
     Aggregate, Anchor, AuditEvent, ParticipantAck, ProtectedEvent, ShredRequest, SubjectId,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use sha2::{Digest, Sha256};
-use trellis_cli::demo::{self, DemoSpec};
+use trellis_kit::demo::{self, DemoSpec};
 use trellis_privacy::vault::Vault;
 use trellis_records::{CollectedEvent, ParticipantAck, ProtectedEvent, ShredRequest};
 use trellis_replay_tests::{

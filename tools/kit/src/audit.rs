@@ -22,6 +22,15 @@ use trellis_runtime::topology::Topology;
 /// The env var holding the anchor signing key (as the processor reads it).
 pub const SIGNING_KEY: &str = trellis_audit::SIGNING_KEY;
 
+/// A witness's cosignature verifier from its public key (`trellis audit
+/// witness-key` prints it).
+///
+/// # Errors
+/// A key that does not parse.
+pub fn cosignature_verifier(key: &str) -> anyhow::Result<CosignatureVerifier> {
+    Ok(CosignatureVerifier::new(key)?)
+}
+
 /// The keys a verifier trusts: the public verifier keys given (every key a
 /// rotated log was signed with) and, for HMAC deployments only, the secret
 /// in `TRELLIS_AUDIT_SIGNING_KEY[_FILE]` under `hmac_key_id`.

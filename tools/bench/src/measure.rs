@@ -23,8 +23,8 @@ use trellis_records::{Anchor, SubjectRequest};
 use trellis_runtime::pipeline::OwnedRecord;
 use trellis_runtime::secret::Secret;
 
-use crate::demo::{self, DemoSpec};
-use crate::gdpr::Requests;
+use trellis_kit::demo::{self, DemoSpec};
+use trellis_kit::gdpr::Requests;
 
 /// A record shaped like a `protected` one: `value_bytes` of value, a
 /// tenant|learner key, id and tenant headers. [`at`] moves it to another

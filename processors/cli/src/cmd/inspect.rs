@@ -1,0 +1,42 @@
+//! `trellis inspect`: what every declared topic holds.
+
+use std::time::Duration;
+
+use clap::Args;
+use trellis_kit::args::{Broker, RegistryUrl, TopologyFile};
+use trellis_kit::inspect;
+use trellis_runtime::config::KafkaConfig;
+use trellis_runtime::lifecycle::ExitStatus;
+use trellis_runtime::topology::Topology;
+
+#[derive(Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    file: TopologyFile,
+    #[command(flatten)]
+    broker: Broker,
+    #[command(flatten)]
+    registry: RegistryUrl,
+    /// A topic is read until no record arrives for this long.
+    #[arg(long, default_value_t = 1500)]
+    idle_ms: u64,
+}
+
+/// Runs `inspect`.
+///
+/// # Errors
+/// topology.yaml, the broker or the registry.
+pub async fn run(args: InspectArgs) -> anyhow::Result<ExitStatus> {
+    let topology = Topology::load(&args.file.topology)?;
+    let kafka = KafkaConfig::new(args.broker.bootstrap_servers);
+    let reports = inspect::inspect(
+        &kafka,
+        &args.registry.registry_url,
+        &topology,
+        Duration::from_millis(args.idle_ms),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    print!("{}", inspect::render(&reports));
+    Ok(ExitStatus::Success)
+}
