@@ -21,12 +21,13 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use trellis_runtime::config::KafkaConfig;
 pub use trellis_runtime::kafka::end_offsets;
 use trellis_runtime::kafka::{ID_HEADER, producer_config, scan_topic};
 use trellis_runtime::metrics::sample;
+use trellis_runtime::producer::Outgoing;
 use trellis_runtime::schema::{AvroEncoder, SchemaFile, registry_settings};
 use trellis_runtime::topology::Topology;
 
@@ -381,16 +382,16 @@ impl Stack {
         let producer = self.producer();
         let mut pending = std::collections::VecDeque::new();
         for r in records {
-            let mut headers = OwnedHeaders::new().insert(Header {
-                key: ID_HEADER,
-                value: Some(r.id.as_bytes()),
-            });
-            if let Some(tenant) = &r.tenant {
-                headers = headers.insert(Header {
-                    key: trellis_runtime::kafka::TENANT_HEADER,
-                    value: Some(tenant.as_bytes()),
-                });
+            let headers = Outgoing {
+                topic: &r.topic,
+                key: &r.key,
+                value: r.value.as_deref(),
+                id: Some(&r.id),
+                tenant: r.tenant.as_deref(),
+                request_id: None,
+                timestamp_ms: None,
             }
+            .headers();
             let mut record = FutureRecord::to(&r.topic).key(&r.key).headers(headers);
             if let Some(value) = &r.value {
                 record = record.payload(value);
@@ -760,5 +761,23 @@ impl TopicContents {
             *counts.entry(id.clone().unwrap_or_default()).or_insert(0) += 1;
         }
         counts
+    }
+}
+
+/// Copies the directory `from` into `to`, recursively (a backup of a vault
+/// or a state store, taken while its processor is stopped).
+///
+/// # Panics
+/// On any I/O error: a test's copy must be whole.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the copy's directory");
+    for entry in std::fs::read_dir(from).expect("read the directory") {
+        let entry = entry.expect("a directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("its type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy a file");
+        }
     }
 }

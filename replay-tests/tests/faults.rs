@@ -10,7 +10,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sha2::{Digest, Sha256};
 use trellis_kit::demo::{self, DemoSpec, Manifest};
 use trellis_records::{CollectedEvent, DeadLetter};
-use trellis_replay_tests::{Process, Stack, collector_secrets, end_offsets, free_port};
+use trellis_replay_tests::{Process, Stack, collector_secrets, copy_dir, end_offsets, free_port};
 use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::kafka::producer_config;
 use trellis_runtime::schema::{AvroDecoder, registry_settings};
@@ -326,19 +326,6 @@ async fn built_collector_store(stack: &Stack) -> Manifest {
         .await;
     assert!(collector.terminate().success());
     manifest
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

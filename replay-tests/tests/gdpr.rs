@@ -18,7 +18,9 @@ use trellis_records::{
     SubjectRequest, SubjectRequestAck,
 };
 use trellis_replay_tests::postgres::Postgres;
-use trellis_replay_tests::{Process, Produced, Stack, binary, end_offsets, free_port, test_secret};
+use trellis_replay_tests::{
+    Process, Produced, Stack, binary, copy_dir, end_offsets, free_port, test_secret,
+};
 use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::schema::{AvroDecoder, registry_settings};
 use trellis_runtime::state::StateStore;
@@ -225,19 +227,6 @@ impl Topology {
             String::from_utf8_lossy(&output.stderr)
         );
         (output.status.success(), text)
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
     }
 }
 

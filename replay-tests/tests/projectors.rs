@@ -119,14 +119,8 @@ fn generate() -> Vec<(i32, ProtectedEvent)> {
                     _ => ("experienced", None),
                 };
                 let result = result.map(|(success, score)| ProtectedResult {
-                    success: Some(success),
                     completion: Some(true),
-                    score_scaled: Some(score),
-                    score_raw: None,
-                    score_min: None,
-                    score_max: None,
-                    duration_ms: None,
-                    response: None,
+                    ..ProtectedResult::scored(success, score)
                 });
                 ids[t].push(event_id.clone());
                 (
@@ -144,26 +138,14 @@ fn generate() -> Vec<(i32, ProtectedEvent)> {
                 (learner[2..].parse::<i32>().unwrap() + t as i32) % PARTITIONS
             };
             let event = ProtectedEvent {
-                event_id,
-                tenant_id: tenant.into(),
-                source: "lrs".into(),
-                kind: "xapi.statement".into(),
-                occurred_at: at,
                 received_at: at + 5_000,
-                request_id: None,
-                learner,
                 subject_key_id: "k_test".into(),
-                actor_name: None,
-                actor_email: None,
-                ip_hash: None,
-                verb: Some(format!("http://adlnet.gov/expapi/verbs/{verb}")),
                 object_id: object,
-                object_type: None,
                 course_id,
-                registration: None,
                 result,
                 voided_event_id: voided,
                 payload: sealed.clone(),
+                ..ProtectedEvent::statement(tenant, &learner, &event_id, at, verb)
             };
             (partition, event)
         })

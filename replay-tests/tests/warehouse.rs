@@ -643,20 +643,7 @@ async fn an_erased_learner_stays_erased_and_bad_records_are_dead_lettered() {
     // Bad records: a NUL in a learner, a timestamp Postgres cannot hold, a
     // tenant header that disagrees, a tombstone without a key structure,
     // bytes that are not Avro. Each is dead-lettered; the sink goes on.
-    let mut nul = LearnerProgress {
-        tenant_id: tenant.into(),
-        learner: "bad\0learner".into(),
-        activity_id: "a".into(),
-        course_id: None,
-        attempts: 1,
-        best_score_scaled: None,
-        last_score_scaled: None,
-        success: None,
-        completion: "incomplete".into(),
-        first_activity_at: T0,
-        last_activity_at: T0,
-        evidence: Vec::new(),
-    };
+    let mut nul = LearnerProgress::attempted(tenant, "bad\0learner", "a", T0);
     let nul_record = progress_record(&e, &nul);
     nul.learner = "far-future".into();
     nul.last_activity_at = i64::MAX;

@@ -59,19 +59,19 @@ use trellis_records::{
     AGGREGATES_TOPIC, Aggregate, COMPLETIONS_TOPIC, Completion, EraseCommand, LearnerProgress,
     PARTICIPANT_ACKS_TOPIC, PROGRESS_TOPIC, ParticipantAck,
 };
+use trellis_runtime::InputRecord;
 use trellis_runtime::backoff::Backoff;
 use trellis_runtime::build::{Build, Context};
 use trellis_runtime::kafka::TENANT_HEADER;
 use trellis_runtime::participant::Acks;
-use trellis_runtime::pipeline::{Exit, Failure, StartError};
+use trellis_runtime::pipeline::StartError;
 use trellis_runtime::processor::Input;
 use trellis_runtime::schema::{AvroDecoder, DecodeError};
-use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
+use trellis_runtime::secret::{SecretFormat, SecretSpec};
 use trellis_runtime::sink::{
     Committed, Refused, Rejected, SinkBatch, SinkCounters, Source, StoreError, TransactionalSink,
     TransactionalStore, Written,
 };
-use trellis_runtime::{Config, InputRecord, Shutdown};
 
 use crate::batch::{ProgressChange, TableRow, Tables};
 use crate::connection::{ConnectionString, Verdict, describe, verdict};
@@ -425,17 +425,7 @@ impl Build for Warehouse {
     }
 }
 
-/// Runs the sink until `shutdown` resolves (see [`trellis_runtime::build::run`]).
-///
-/// # Errors
-/// [`Failure`] at start or while running.
-pub async fn run(
-    config: Config<Settings>,
-    secrets: Secrets,
-    shutdown: Shutdown<'_>,
-) -> Result<Exit, Failure> {
-    trellis_runtime::build::run::<Warehouse>(config, secrets, shutdown).await
-}
+trellis_runtime::processor_run!(Warehouse);
 
 /// A Postgres error at start: misconfiguration when an operator must act
 /// (permissions, a dropped table), unavailability when Postgres may recover.

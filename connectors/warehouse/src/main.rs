@@ -3,25 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use trellis_runtime::build::Build;
-use trellis_runtime::lifecycle::{ExitStatus, ProcessorArgs, report, serve_processor};
+use trellis_runtime::lifecycle::{ExitStatus, ProcessorCli, report, serve_processor};
 use trellis_runtime::secret::{SecretFormat, SecretSpec};
 use trellis_warehouse::connection::connection;
 use trellis_warehouse::{Settings, WAREHOUSE_URL, Warehouse, roles, run};
 
-/// Writes `progress`, `completions` and `analytics.aggregates` into Postgres
-/// tables with row-level security per tenant, exactly once, and erases a
-/// learner's rows when the GDPR saga asks. Without a subcommand it runs the
-/// sink (`TRELLIS_WAREHOUSE_URL`: the owner role's connection URL).
-#[derive(Parser)]
-#[command(version)]
-struct Cli {
-    #[command(flatten)]
-    processor: ProcessorArgs,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
+const ABOUT: &str = "Writes `progress`, `completions` and `analytics.aggregates` into Postgres tables with row-level security per tenant, exactly once, and erases a learner's rows when the GDPR saga asks. Without a subcommand it runs the sink (`TRELLIS_WAREHOUSE_URL`: the owner role's connection URL).";
 
 /// The administrator's connection (a superuser, or a role with CREATEROLE
 /// that may write `trellis_sink.reader_roles`).
@@ -158,7 +147,7 @@ async fn migrate() -> Result<(), String> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = ProcessorCli::<Command>::parse_with_about(ABOUT);
     if let Some(command) = cli.command {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -284,18 +284,8 @@ mod tests {
 
     fn progress() -> LearnerProgress {
         LearnerProgress {
-            tenant_id: "t1".into(),
-            learner: "p-1".into(),
-            activity_id: "https://x/a|b".into(),
-            course_id: None,
-            attempts: 1,
-            best_score_scaled: None,
-            last_score_scaled: None,
-            success: None,
-            completion: "incomplete".into(),
-            first_activity_at: 0,
             last_activity_at: 1,
-            evidence: Vec::new(),
+            ..LearnerProgress::attempted("t1", "p-1", "https://x/a|b", 0)
         }
     }
 

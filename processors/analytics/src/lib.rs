@@ -54,16 +54,16 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use trellis_records::{
     AGGREGATES_TOPIC, Aggregate, EraseCommand, PARTICIPANT_ACKS_TOPIC, PROTECTED_TOPIC,
-    ProtectedFacts, tenant_aggregates_topic,
+    ParticipantAck, ProtectedFacts, tenant_aggregates_topic,
 };
 use trellis_runtime::build::{Build, Context};
-use trellis_runtime::participant::{Acks, CommandOr, answer_once};
-use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
+use trellis_runtime::participant::{Acks, CommandOr, Participant};
+use trellis_runtime::pipeline::{ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
-use trellis_runtime::secret::Secrets;
+use trellis_runtime::sink::subject_hash;
 use trellis_runtime::state::StateError;
 use trellis_runtime::working_set::{Stored, WorkingSet};
-use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Shutdown, StateTxn};
+use trellis_runtime::{Emitter, InputRecord, OutputRecord, Processor, StateTxn};
 
 use crate::live::LiveCell;
 use crate::windows::{Cell, Rules, Timing, Window, crosses_close_point};
@@ -331,16 +331,6 @@ pub struct Analytics {
     counters: Counters,
 }
 
-/// `SHA-256(tenant ‖ 0 ‖ pseudonym)`: how erased learners are remembered.
-fn erased_hash(tenant: &str, learner: &str) -> [u8; 32] {
-    Sha256::new()
-        .chain_update(tenant.as_bytes())
-        .chain_update([0])
-        .chain_update(learner.as_bytes())
-        .finalize()
-        .into()
-}
-
 impl Analytics {
     /// An aggregator with `settings`.
     pub fn new(settings: &Settings, encoders: Encoders, counters: Counters) -> Self {
@@ -405,7 +395,7 @@ impl Analytics {
                     .collect(),
             ),
         };
-        Ok(!erased.is_empty() && erased.contains(&erased_hash(tenant, learner)))
+        Ok(!erased.is_empty() && erased.contains(&subject_hash(tenant, learner)))
     }
 
     /// Partition `partition`'s watermark (from memory, else the store).
@@ -671,7 +661,7 @@ impl Analytics {
         learner: &str,
         txn: &mut StateTxn<'_>,
     ) -> Result<i64, ProcessError> {
-        let hash = erased_hash(tenant, learner);
+        let hash = subject_hash(tenant, learner);
         txn.put([&[keys::ERASED][..], &hash].concat(), Vec::new());
         self.erased = None;
         // The scan below reads the store: give it the batch's cells first.
@@ -687,48 +677,50 @@ impl Analytics {
         }
         Ok(changed)
     }
+}
 
-    fn on_command(
+/// A GDPR participant: erasure makes the learner's cell memberships
+/// anonymous (they still count); access finds no pseudonym to report.
+impl Participant for Analytics {
+    fn acks(&self) -> &Acks {
+        &self.acks
+    }
+
+    fn execute(
         &mut self,
-        command: EraseCommand,
+        command: &EraseCommand,
         at: i64,
         txn: &mut StateTxn<'_>,
-        out: &mut Emitter,
-    ) -> Result<(), ProcessError> {
-        if !self.acks.addressed_to_me(&command.participant) {
-            return Ok(());
-        }
-        let ack = answer_once(txn, &command.command_id, |txn| {
-            let mut ack = self.acks.ack(
-                &command.command_id,
-                &command.request_id,
-                &command.tenant_id,
-                command.learner.clone(),
-                at,
-            );
-            match (command.kind.as_str(), &command.learner) {
-                ("erasure", Some(learner)) => {
-                    let changed = self.anonymise(&command.tenant_id, learner, txn)?;
-                    ack.records_affected = changed;
-                    ack.detail = format!(
-                        "{changed} cell memberships made anonymous (cells within the revision \
-                         horizon still count the learner's past activity, and no pseudonym \
-                         finds them); published aggregates are anonymous and stay"
-                    );
-                }
-                ("erasure" | "access", _) => {
-                    ack.detail = "analytics keeps no pseudonym: live cells hold per-cell \
-                                  hashes only; published aggregates are anonymous"
-                        .into();
-                }
-                (other, _) => {
-                    ack.outcome = "failed".into();
-                    ack.detail = format!("unknown command kind `{other}`");
-                }
+        _out: &mut Emitter,
+    ) -> Result<ParticipantAck, ProcessError> {
+        let mut ack = self.acks.ack(
+            &command.command_id,
+            &command.request_id,
+            &command.tenant_id,
+            command.learner.clone(),
+            at,
+        );
+        match (command.kind.as_str(), &command.learner) {
+            ("erasure", Some(learner)) => {
+                let changed = self.anonymise(&command.tenant_id, learner, txn)?;
+                ack.records_affected = changed;
+                ack.detail = format!(
+                    "{changed} cell memberships made anonymous (cells within the revision \
+                     horizon still count the learner's past activity, and no pseudonym \
+                     finds them); published aggregates are anonymous and stay"
+                );
             }
-            Ok(ack)
-        })?;
-        self.acks.emit(out, &ack)
+            ("erasure" | "access", _) => {
+                ack.detail = "analytics keeps no pseudonym: live cells hold per-cell \
+                              hashes only; published aggregates are anonymous"
+                    .into();
+            }
+            (other, _) => {
+                ack.outcome = "failed".into();
+                ack.detail = format!("unknown command kind `{other}`");
+            }
+        }
+        Ok(ack)
     }
 }
 
@@ -864,17 +856,7 @@ impl Build for Analytics {
     }
 }
 
-/// Runs the aggregator until `shutdown` resolves (see [`trellis_runtime::build::run`]).
-///
-/// # Errors
-/// [`Failure`] at start or while running.
-pub async fn run(
-    config: Config<Settings>,
-    secrets: Secrets,
-    shutdown: Shutdown<'_>,
-) -> Result<Exit, Failure> {
-    trellis_runtime::build::run::<Analytics>(config, secrets, shutdown).await
-}
+trellis_runtime::processor_run!(Analytics);
 
 #[cfg(test)]
 mod tests;

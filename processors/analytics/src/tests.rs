@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use trellis_records::{
-    Aggregate, ERASE_COMMANDS_TOPIC, ParticipantAck, ProtectedEvent, ProtectedResult, Sealed,
+    Aggregate, ERASE_COMMANDS_TOPIC, ParticipantAck, ProtectedEvent, ProtectedResult,
 };
 use trellis_runtime::offline::Harness;
 use trellis_runtime::pipeline::OwnedRecord;
@@ -52,39 +52,16 @@ fn event(
     score: Option<f64>,
 ) -> ProtectedEvent {
     ProtectedEvent {
-        event_id: format!("{tenant}-{learner}-{n}"),
-        tenant_id: tenant.into(),
-        source: "lrs".into(),
-        kind: "xapi.statement".into(),
-        occurred_at: at,
-        received_at: at,
-        request_id: None,
-        learner: learner.into(),
-        subject_key_id: "k".into(),
-        actor_name: None,
-        actor_email: None,
-        ip_hash: None,
-        verb: Some(format!("http://adlnet.gov/expapi/verbs/{verb}")),
         object_id: Some("https://lms.example/mod/quiz/view.php?id=100".into()),
-        object_type: None,
         course_id: Some("https://lms.example/course/100".into()),
-        registration: None,
-        result: score.map(|s| ProtectedResult {
-            success: Some(s >= 0.6),
-            completion: None,
-            score_scaled: Some(s),
-            score_raw: None,
-            score_min: None,
-            score_max: None,
-            duration_ms: None,
-            response: None,
-        }),
-        voided_event_id: None,
-        payload: Sealed {
-            key_id: "k".into(),
-            nonce: vec![0; 12],
-            ciphertext: vec![0; 16],
-        },
+        result: score.map(|s| ProtectedResult::scored(s >= 0.6, s)),
+        ..ProtectedEvent::statement(
+            tenant,
+            learner,
+            &format!("{tenant}-{learner}-{n}"),
+            at,
+            verb,
+        )
     }
 }
 
@@ -97,15 +74,14 @@ fn records(events: &[(i32, ProtectedEvent)]) -> Vec<OwnedRecord> {
         .map(|(p, e)| {
             let offset = offsets.entry(*p).or_default();
             *offset += 1;
-            OwnedRecord {
-                topic: PROTECTED_TOPIC.into(),
-                partition: *p,
-                offset: *offset - 1,
-                timestamp_ms: Some(e.received_at),
-                key: None,
-                value: Some(encoder.encode(e).unwrap()),
-                headers: Vec::new(),
-            }
+            OwnedRecord::new(
+                PROTECTED_TOPIC,
+                *p,
+                *offset - 1,
+                Some(e.received_at),
+                None,
+                Some(encoder.encode(e).unwrap()),
+            )
         })
         .collect()
 }
@@ -312,16 +288,7 @@ fn small_cells_are_suppressed_below_k() {
         ("attempted", None),
     ]) {
         *event = ProtectedEvent {
-            result: score.map(|s| ProtectedResult {
-                success: Some(s >= 0.6),
-                completion: None,
-                score_scaled: Some(s),
-                score_raw: None,
-                score_min: None,
-                score_max: None,
-                duration_ms: None,
-                response: None,
-            }),
+            result: score.map(|s| ProtectedResult::scored(s >= 0.6, s)),
             verb: Some(format!("http://adlnet.gov/expapi/verbs/{verb}")),
             ..event.clone()
         };

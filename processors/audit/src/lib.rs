@@ -50,14 +50,13 @@ use serde::{Deserialize, Serialize};
 use trellis_records::{ANCHORS_TOPIC, AUDIT_EVENTS_TOPIC, Anchor, AuditEvent};
 use trellis_runtime::build::{Build, Context};
 use trellis_runtime::config::KafkaConfig;
-use trellis_runtime::pipeline::{Exit, Failure, StartError};
+use trellis_runtime::pipeline::StartError;
 use trellis_runtime::schema::{AvroDecoder, AvroEncoder, DecodeError};
-use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
+use trellis_runtime::secret::{SecretFormat, SecretSpec};
 use trellis_runtime::state::StateError;
 use trellis_runtime::ticker::{Pending, TickRecord};
 use trellis_runtime::{
-    Config, Emitter, InputRecord, OutputRecord, ProcessError, Processor, Shutdown, StateStore,
-    StateTxn,
+    Emitter, InputRecord, OutputRecord, ProcessError, Processor, StateStore, StateTxn,
 };
 
 use crate::canonical::{GENESIS, anchor_hash, record_bytes};
@@ -680,18 +679,7 @@ impl Build for Audit {
     }
 }
 
-/// Runs the audit processor until `shutdown` resolves (see
-/// [`trellis_runtime::build::run`]).
-///
-/// # Errors
-/// [`Failure`] at start or while running.
-pub async fn run(
-    config: Config<Settings>,
-    secrets: Secrets,
-    shutdown: Shutdown<'_>,
-) -> Result<Exit, Failure> {
-    trellis_runtime::build::run::<Audit>(config, secrets, shutdown).await
-}
+trellis_runtime::processor_run!(Audit);
 
 /// The anchors on `audit.anchors` in topic order: the recorded cuts for a
 /// replay to honour, and the anchor log.

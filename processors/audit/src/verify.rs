@@ -29,6 +29,18 @@ use crate::canonical::{GENESIS, anchor_hash, record_bytes};
 use crate::merkle::{self, Frontier, Hash, leaf_hash};
 use crate::signing::Keys;
 
+/// The RFC 6962 leaf hash of each record's canonical bytes, in order.
+fn leaves(records: &[OwnedRecord]) -> Vec<Hash> {
+    let mut buf = Vec::new();
+    records
+        .iter()
+        .map(|r| {
+            canonical(r, &mut buf);
+            leaf_hash(&buf)
+        })
+        .collect()
+}
+
 /// The canonical bytes of a record read back.
 pub fn canonical(record: &OwnedRecord, buf: &mut Vec<u8>) {
     record_bytes(
@@ -539,14 +551,8 @@ pub fn prove_inclusion(
             anchor.sequence
         )));
     }
+    let leaves = leaves(&records[..size]);
     let mut buf = Vec::new();
-    let leaves: Vec<Hash> = records[..size]
-        .iter()
-        .map(|r| {
-            canonical(r, &mut buf);
-            leaf_hash(&buf)
-        })
-        .collect();
     let index = records[..size]
         .iter()
         .position(|r| r.offset == offset)
@@ -601,14 +607,7 @@ pub fn prove_consistency(
             records.len()
         )));
     }
-    let mut buf = Vec::new();
-    let leaves: Vec<Hash> = records[..size]
-        .iter()
-        .map(|r| {
-            canonical(r, &mut buf);
-            leaf_hash(&buf)
-        })
-        .collect();
+    let leaves = leaves(&records[..size]);
     Ok(Proof::Consistency {
         topic,
         partition,

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use trellis_runtime::lifecycle::{ExitStatus, init_tracing};
+use trellis_runtime::lifecycle::{ExitStatus, run_tool};
 
 mod cmd;
 
@@ -62,26 +62,8 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    trellis_runtime::lifecycle::no_transparent_huge_pages();
     let cli = Cli::parse();
-    init_tracing(trellis_runtime::config::LogFormat::Text);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitStatus::Failure.into();
-        }
-    };
-    match runtime.block_on(execute(cli.command)) {
-        Ok(status) => status.into(),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitStatus::Failure.into()
-        }
-    }
+    run_tool(execute(cli.command))
 }
 
 async fn execute(command: Command) -> anyhow::Result<ExitStatus> {

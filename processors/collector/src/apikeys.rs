@@ -21,6 +21,7 @@ use std::time::SystemTime;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use trellis_runtime::ticker::now_ms;
 
 /// Scope to write events and statements.
 pub const SCOPE_EVENTS_WRITE: &str = "events:write";
@@ -105,12 +106,6 @@ pub fn well_formed(key: &str) -> bool {
 
 fn hash(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The per-key signing secret: HMAC(master, key id).

@@ -33,7 +33,7 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -55,6 +55,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::apikeys::{ApiKeyRecord, KeyRefusal, KeyStore, SCOPE_EVENTS_WRITE, signing_secret};
 use crate::validate::{Envelope, IngestFormat, Limits, validate};
+use trellis_runtime::ticker::now_ms;
 
 /// The request id header, taken from the client or generated.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -256,10 +257,19 @@ struct ItemResult {
     detail: Option<String>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// A request body as JSON, or the 400 that says where it is not.
+fn json_body(body: &[u8]) -> Result<Value, Refusal> {
+    serde_json::from_slice(body).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "MALFORMED_JSON",
+            format!(
+                "the body is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        )
+    })
 }
 
 /// Whether `origin` matches `pattern`, where `*` stands for one DNS label.
@@ -618,18 +628,7 @@ impl Ingest {
     }
 
     fn items(&self, format: IngestFormat, body: &[u8]) -> Result<Vec<Value>, Refusal> {
-        let json: Value = serde_json::from_slice(body).map_err(|e| {
-            refuse(
-                StatusCode::BAD_REQUEST,
-                "MALFORMED_JSON",
-                format!(
-                    "the body is not valid JSON (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })?;
-        let items = match (format, json) {
+        let items = match (format, json_body(body)?) {
             (_, Value::Array(items)) => items,
             (IngestFormat::Xapi, statement @ Value::Object(_)) => vec![statement],
             _ => {

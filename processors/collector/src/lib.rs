@@ -34,11 +34,11 @@ use prometheus::IntCounterVec;
 use serde::Deserialize;
 use trellis_records::COLLECTED_TOPIC;
 use trellis_runtime::build::{Build, Context};
-use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
+use trellis_runtime::pipeline::{ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
-use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
+use trellis_runtime::secret::{SecretFormat, SecretSpec};
 use trellis_runtime::state::{StateError, StateStore};
-use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Shutdown, StateTxn};
+use trellis_runtime::{Emitter, InputRecord, OutputRecord, Processor, StateTxn};
 
 use crate::dedup::DedupWindow;
 use crate::validate::{Envelope, IngestFormat, Limits, validate};
@@ -297,15 +297,4 @@ impl Build for Collector {
     }
 }
 
-/// Runs the collector until `shutdown` resolves (see
-/// [`trellis_runtime::build::run`]).
-///
-/// # Errors
-/// [`Failure`] at start or while running.
-pub async fn run(
-    config: Config<Settings>,
-    secrets: Secrets,
-    shutdown: Shutdown<'_>,
-) -> Result<Exit, Failure> {
-    trellis_runtime::build::run::<Collector>(config, secrets, shutdown).await
-}
+trellis_runtime::processor_run!(Collector);

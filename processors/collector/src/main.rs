@@ -2,24 +2,15 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use trellis_collector::apikeys::{KeyStore, SCOPE_EVENTS_WRITE, signing_secret};
 use trellis_collector::validate::valid_tenant;
 use trellis_collector::{SECRETS, Settings, run};
 use trellis_runtime::Config;
-use trellis_runtime::lifecycle::{ExitStatus, ProcessorArgs, serve_processor};
+use trellis_runtime::lifecycle::{ExitStatus, ProcessorCli, serve_processor};
 use trellis_runtime::secret::load_secrets;
 
-/// Validates, normalises and deduplicates learning events from the ingest
-/// topics into `collected`; rejects go to `dlq` with a reason code.
-#[derive(Parser)]
-#[command(version)]
-struct Cli {
-    #[command(flatten)]
-    processor: ProcessorArgs,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
+const ABOUT: &str = "Validates, normalises and deduplicates learning events from the ingest topics into `collected`; rejects go to `dlq` with a reason code.";
 
 #[derive(Subcommand)]
 enum Command {
@@ -215,7 +206,7 @@ fn api_key(config: &Config<Settings>, command: ApiKeyCommand) -> Result<(), Stri
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = ProcessorCli::<Command>::parse_with_about(ABOUT);
     let Some(Command::ApiKey(command)) = cli.command else {
         return serve_processor(&cli.processor, SECRETS, run);
     };

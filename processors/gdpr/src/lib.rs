@@ -63,15 +63,13 @@ use trellis_records::{
     SubjectRequestAck, Tick,
 };
 use trellis_runtime::build::{Build, Context};
-use trellis_runtime::pipeline::{Exit, Failure, StartError};
+use trellis_runtime::pipeline::StartError;
 use trellis_runtime::schema::{AvroDecoder, AvroEncoder, DecodeError};
-use trellis_runtime::secret::Secrets;
 use trellis_runtime::state::StateError;
 use trellis_runtime::ticker::{Pending, TickRecord};
 use trellis_runtime::topology::Classification;
 use trellis_runtime::{
-    Config, Emitter, InputRecord, OutputRecord, ProcessError, Processor, Shutdown, StateStore,
-    StateTxn,
+    Emitter, InputRecord, OutputRecord, ProcessError, Processor, StateStore, StateTxn,
 };
 
 /// Processor name (topology.yaml).
@@ -1116,17 +1114,7 @@ impl Build for Gdpr {
     }
 }
 
-/// Runs the saga until `shutdown` resolves (see [`trellis_runtime::build::run`]).
-///
-/// # Errors
-/// [`Failure`] at start or while running.
-pub async fn run(
-    config: Config<Settings>,
-    secrets: Secrets,
-    shutdown: Shutdown<'_>,
-) -> Result<Exit, Failure> {
-    trellis_runtime::build::run::<Gdpr>(config, secrets, shutdown).await
-}
+trellis_runtime::processor_run!(Gdpr);
 
 #[cfg(test)]
 mod tests;

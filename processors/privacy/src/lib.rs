@@ -46,10 +46,10 @@ use trellis_records::{
 };
 use trellis_runtime::build::{Build, Context};
 use trellis_runtime::participant::{Acks, Receipts, answer_once};
-use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
+use trellis_runtime::pipeline::{ProcessError, StartError};
 use trellis_runtime::schema::{AvroDecoder, AvroEncoder, DecodeError, PiiTag, SchemaFile};
 use trellis_runtime::secret::{SecretFormat, SecretSpec, Secrets};
-use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Shutdown, StateTxn};
+use trellis_runtime::{Emitter, InputRecord, OutputRecord, Processor, StateTxn};
 
 use crate::crypto::{IpHasher, KEY_LEN, SubjectKeys};
 use crate::vault::{Vault, VaultError};
@@ -698,18 +698,7 @@ impl Build for Privacy {
     }
 }
 
-/// Runs the privacy processor until `shutdown` resolves (see
-/// [`trellis_runtime::build::run`]).
-///
-/// # Errors
-/// [`Failure`] at start or while running.
-pub async fn run(
-    config: Config<Settings>,
-    secrets: Secrets,
-    shutdown: Shutdown<'_>,
-) -> Result<Exit, Failure> {
-    trellis_runtime::build::run::<Privacy>(config, secrets, shutdown).await
-}
+trellis_runtime::processor_run!(Privacy);
 
 #[cfg(test)]
 mod tests {

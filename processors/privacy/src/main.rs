@@ -2,24 +2,14 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use trellis_privacy::vault::Vault;
 use trellis_privacy::{INDEX_KEY, MASTER_KEY, SECRETS, Settings, run};
 use trellis_runtime::lifecycle::{
-    ExitStatus, ProcessorArgs, init_tracing, report, secrets_or_exit, serve_processor,
+    ExitStatus, ProcessorCli, init_tracing, report, secrets_or_exit, serve_processor,
 };
 
-/// Pseudonymises, hashes and encrypts personal data from `collected` into
-/// `protected`, and keeps the key vault. (`--rebuild` replays the input
-/// positions; it never touches the vault.)
-#[derive(Parser)]
-#[command(version)]
-struct Cli {
-    #[command(flatten)]
-    processor: ProcessorArgs,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
+const ABOUT: &str = "Pseudonymises, hashes and encrypts personal data from `collected` into `protected`, and keeps the key vault. (`--rebuild` replays the input positions; it never touches the vault.)";
 
 #[derive(Subcommand)]
 enum Command {
@@ -53,7 +43,7 @@ enum VaultCommand {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = ProcessorCli::<Command>::parse_with_about(ABOUT);
     let Some(Command::Vault { command }) = cli.command else {
         return serve_processor(&cli.processor, SECRETS, run);
     };

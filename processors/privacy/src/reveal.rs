@@ -16,7 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -31,6 +31,7 @@ use trellis_records::{AuditEvent, PROTECTED_TOPIC, ProtectedEvent, Sealed};
 use trellis_runtime::schema::AvroDecoder;
 
 use crate::vault::Vault;
+use trellis_runtime::ticker::now_ms;
 
 /// The permission that allows reveals.
 pub const PERMISSION_REVEAL: &str = "fields:reveal";
@@ -203,12 +204,6 @@ impl IntoResponse for Refusal {
 
 fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal(status, code, message.into(), None)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The sealed field `name` of `event`, if the event has it.

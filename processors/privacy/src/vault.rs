@@ -524,6 +524,23 @@ impl Vault {
         self.erased_at.get(&entry.0).copied()
     }
 
+    /// The subject's entry key and keys, read from the store (not the
+    /// cache); `None` if the vault holds no entry for it.
+    fn stored_keys(
+        &self,
+        tenant: &str,
+        id_kind: &str,
+        id: &str,
+    ) -> Result<Option<(Vec<u8>, SubjectKeys)>, VaultError> {
+        let entry_key = self.lookup_key(tenant, id_kind, id);
+        let Some(value) = self.subjects.get(&entry_key).map_err(|e| self.io(e))? else {
+            return Ok(None);
+        };
+        let material = self.unwrap(tenant, &entry_key, &value)?;
+        let keys = SubjectKeys::derive(tenant, &material);
+        Ok(Some((entry_key, keys)))
+    }
+
     /// What [`Vault::shred`] of this subject would destroy and rotate,
     /// without changing anything; `None` if the vault holds no entry for it.
     ///
@@ -535,13 +552,9 @@ impl Vault {
         id_kind: &str,
         id: &str,
     ) -> Result<Option<Shredded>, VaultError> {
-        let entry_key = self.lookup_key(tenant, id_kind, id);
-        let Some(value) = self.subjects.get(&entry_key).map_err(|e| self.io(e))? else {
+        let Some((entry_key, keys)) = self.stored_keys(tenant, id_kind, id)? else {
             return Ok(None);
         };
-        let material = self.unwrap(tenant, &entry_key, &value)?;
-        let keys = SubjectKeys::derive(tenant, &material);
-        drop(material);
         let (old, _) = self
             .current_kek(tenant)
             .ok_or_else(|| VaultError::Corrupt {
@@ -577,13 +590,9 @@ impl Vault {
         id: &str,
         at_ms: i64,
     ) -> Result<Option<Shredded>, VaultError> {
-        let entry_key = self.lookup_key(tenant, id_kind, id);
-        let Some(value) = self.subjects.get(&entry_key).map_err(|e| self.io(e))? else {
+        let Some((entry_key, keys)) = self.stored_keys(tenant, id_kind, id)? else {
             return Ok(None);
         };
-        let material = self.unwrap(tenant, &entry_key, &value)?;
-        let keys = SubjectKeys::derive(tenant, &material);
-        drop(material);
         let (retired, current, rewrapped) =
             self.rotate(tenant, &format!("shred:{at_ms}"), Some((&entry_key, at_ms)))?;
         self.key_ids.remove(keys.key_id()).map_err(|e| self.io(e))?;

@@ -49,13 +49,12 @@ use trellis_records::{
     PROGRESS_TOPIC, ParticipantAck, ProtectedFacts,
 };
 use trellis_runtime::build::{Build, Context};
-use trellis_runtime::participant::{Acks, CommandOr, answer_once};
-use trellis_runtime::pipeline::{Exit, Failure, ProcessError, StartError};
+use trellis_runtime::participant::{Acks, CommandOr, Participant};
+use trellis_runtime::pipeline::{ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
-use trellis_runtime::secret::Secrets;
 use trellis_runtime::state::StateError;
 use trellis_runtime::working_set::{Stored, WorkingSet};
-use trellis_runtime::{Config, Emitter, InputRecord, OutputRecord, Processor, Shutdown, StateTxn};
+use trellis_runtime::{Emitter, InputRecord, OutputRecord, Processor, StateTxn};
 
 use crate::rules::{
     Derived, Fact, Proof, Rule, VOIDED_VERB, VerbClass, derive, derive_course, insert_fact,
@@ -689,21 +688,13 @@ impl Progress {
         });
         Ok(())
     }
+}
 
-    fn on_command(
-        &mut self,
-        command: EraseCommand,
-        at: i64,
-        txn: &mut StateTxn<'_>,
-        out: &mut Emitter,
-    ) -> Result<(), ProcessError> {
-        if !self.acks.addressed_to_me(&command.participant) {
-            return Ok(());
-        }
-        let ack = answer_once(txn, &command.command_id, |txn| {
-            self.execute(&command, at, txn, out)
-        })?;
-        self.acks.emit(out, &ack)
+/// A GDPR participant: erasure tombstones the learner's rows and marks the
+/// pseudonym erased; access counts the rows.
+impl Participant for Progress {
+    fn acks(&self) -> &Acks {
+        &self.acks
     }
 
     fn execute(
@@ -858,17 +849,7 @@ impl Build for Progress {
     }
 }
 
-/// Runs the projector until `shutdown` resolves (see [`trellis_runtime::build::run`]).
-///
-/// # Errors
-/// [`Failure`] at start or while running.
-pub async fn run(
-    config: Config<Settings>,
-    secrets: Secrets,
-    shutdown: Shutdown<'_>,
-) -> Result<Exit, Failure> {
-    trellis_runtime::build::run::<Progress>(config, secrets, shutdown).await
-}
+trellis_runtime::processor_run!(Progress);
 
 #[cfg(test)]
 mod tests;

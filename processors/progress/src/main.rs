@@ -2,23 +2,15 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use sha2::{Digest, Sha256};
 use trellis_progress::transcript::Transcript;
 use trellis_progress::{Progress, run};
 use trellis_runtime::build::Build;
-use trellis_runtime::lifecycle::{ExitStatus, ProcessorArgs, serve_processor};
+use trellis_runtime::lifecycle::{ExitStatus, ProcessorCli, serve_processor};
 
-/// Projects learner × activity progress, derived completions and
-/// transcripts from `protected`.
-#[derive(Parser)]
-#[command(version)]
-struct Cli {
-    #[command(flatten)]
-    processor: ProcessorArgs,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
+const ABOUT: &str =
+    "Projects learner × activity progress, derived completions and transcripts from `protected`.";
 
 #[derive(Subcommand)]
 enum Command {
@@ -89,7 +81,7 @@ fn transcript(url: &str, tenant: &str, learner: &str, token: &str) -> Result<(),
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = ProcessorCli::<Command>::parse_with_about(ABOUT);
     match cli.command {
         Some(Command::Transcript {
             url,

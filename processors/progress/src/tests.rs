@@ -1,9 +1,7 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use trellis_records::{
-    ERASE_COMMANDS_TOPIC, PROTECTED_TOPIC, ProtectedEvent, ProtectedResult, Sealed,
-};
+use trellis_records::{ERASE_COMMANDS_TOPIC, PROTECTED_TOPIC, ProtectedEvent, ProtectedResult};
 use trellis_runtime::offline::Harness;
 use trellis_runtime::pipeline::{OwnedRecord, replay_offline, run_offline};
 use trellis_runtime::schema::AvroDecoder;
@@ -45,14 +43,6 @@ fn projector() -> Progress {
     harness().build::<Progress>(&settings()).unwrap()
 }
 
-fn sealed() -> Sealed {
-    Sealed {
-        key_id: "k".into(),
-        nonce: vec![0; 12],
-        ciphertext: vec![0; 16],
-    }
-}
-
 fn event(
     tenant: &str,
     learner: &str,
@@ -62,40 +52,14 @@ fn event(
     object: Option<&str>,
 ) -> ProtectedEvent {
     ProtectedEvent {
-        event_id: id.into(),
-        tenant_id: tenant.into(),
-        source: "lrs".into(),
-        kind: "xapi.statement".into(),
-        occurred_at: at,
-        received_at: at,
-        request_id: None,
-        learner: learner.into(),
-        subject_key_id: "k".into(),
-        actor_name: None,
-        actor_email: None,
-        ip_hash: None,
-        verb: Some(format!("http://adlnet.gov/expapi/verbs/{verb}")),
         object_id: object.map(str::to_string),
-        object_type: None,
         course_id: Some(COURSE.into()),
-        registration: None,
-        result: None,
-        voided_event_id: None,
-        payload: sealed(),
+        ..ProtectedEvent::statement(tenant, learner, id, at, verb)
     }
 }
 
 fn scored(mut e: ProtectedEvent, success: bool, score: f64) -> ProtectedEvent {
-    e.result = Some(ProtectedResult {
-        success: Some(success),
-        completion: None,
-        score_scaled: Some(score),
-        score_raw: None,
-        score_min: None,
-        score_max: None,
-        duration_ms: None,
-        response: None,
-    });
+    e.result = Some(ProtectedResult::scored(success, score));
     e
 }
 
@@ -111,14 +75,17 @@ fn records(events: &[ProtectedEvent]) -> Vec<OwnedRecord> {
     events
         .iter()
         .enumerate()
-        .map(|(i, e)| OwnedRecord {
-            topic: PROTECTED_TOPIC.into(),
-            partition: 0,
-            offset: i as i64,
-            timestamp_ms: Some(e.received_at),
-            key: Some(format!("{}|{}", e.tenant_id, e.learner).into_bytes()),
-            value: Some(encoder.encode(e).unwrap()),
-            headers: Vec::new(),
+        .map(|(i, e)| {
+            let key = format!("{}|{}", e.tenant_id, e.learner).into_bytes();
+            let value = encoder.encode(e).unwrap();
+            OwnedRecord::new(
+                PROTECTED_TOPIC,
+                0,
+                i as i64,
+                Some(e.received_at),
+                Some(key),
+                Some(value),
+            )
         })
         .collect()
 }

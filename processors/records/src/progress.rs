@@ -32,6 +32,27 @@ pub struct LearnerProgress {
     pub evidence: Vec<Evidence>,
 }
 
+impl LearnerProgress {
+    /// A row of one attempt, `incomplete`, with no score or evidence, at
+    /// `at` (tests, tools).
+    pub fn attempted(tenant: &str, learner: &str, activity: &str, at: i64) -> Self {
+        Self {
+            tenant_id: tenant.into(),
+            learner: learner.into(),
+            activity_id: activity.into(),
+            course_id: None,
+            attempts: 1,
+            best_score_scaled: None,
+            last_score_scaled: None,
+            success: None,
+            completion: "incomplete".into(),
+            first_activity_at: at,
+            last_activity_at: at,
+            evidence: Vec::new(),
+        }
+    }
+}
+
 /// One status change and the statement that proves it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {

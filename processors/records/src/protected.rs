@@ -49,6 +49,39 @@ pub struct ProtectedEvent {
 }
 
 impl ProtectedEvent {
+    /// A `protected` xAPI statement of `learner` in `tenant` with the ADL
+    /// verb `verb` (e.g. `passed`), at `at`, with no object, course or
+    /// result and nothing sealed in it (an empty payload under key `k`):
+    /// the learning facts the projectors read, for tests and benches.
+    pub fn statement(tenant: &str, learner: &str, event_id: &str, at: i64, verb: &str) -> Self {
+        Self {
+            event_id: event_id.into(),
+            tenant_id: tenant.into(),
+            source: "lrs".into(),
+            kind: "xapi.statement".into(),
+            occurred_at: at,
+            received_at: at,
+            request_id: None,
+            learner: learner.into(),
+            subject_key_id: "k".into(),
+            actor_name: None,
+            actor_email: None,
+            ip_hash: None,
+            verb: Some(format!("http://adlnet.gov/expapi/verbs/{verb}")),
+            object_id: None,
+            object_type: None,
+            course_id: None,
+            registration: None,
+            result: None,
+            voided_event_id: None,
+            payload: Sealed {
+                key_id: "k".into(),
+                nonce: vec![0; 12],
+                ciphertext: vec![0; 16],
+            },
+        }
+    }
+
     /// Its [`ProtectedFacts`], borrowed.
     pub fn facts(&self) -> ProtectedFacts<'_> {
         ProtectedFacts {
@@ -110,6 +143,22 @@ pub struct ProtectedResult {
     pub duration_ms: Option<i64>,
     /// Free-text answer, sealed.
     pub response: Option<Sealed>,
+}
+
+impl ProtectedResult {
+    /// A scored outcome (`success`, scaled `score`), nothing else.
+    pub fn scored(success: bool, score: f64) -> Self {
+        Self {
+            success: Some(success),
+            completion: None,
+            score_scaled: Some(score),
+            score_raw: None,
+            score_min: None,
+            score_max: None,
+            duration_ms: None,
+            response: None,
+        }
+    }
 }
 
 /// The learning facts of a `protected` event, borrowed from the record's

@@ -21,6 +21,25 @@ pub struct OutputRecord {
     pub tenant: Option<String>,
 }
 
+impl OutputRecord {
+    /// The record as the producer sends it, with its headers.
+    pub(crate) fn outgoing<'a>(
+        &'a self,
+        timestamp_ms: Option<i64>,
+        request_id: Option<&'a [u8]>,
+    ) -> crate::producer::Outgoing<'a> {
+        crate::producer::Outgoing {
+            topic: &self.topic,
+            key: &self.key,
+            value: self.value.as_deref(),
+            id: Some(&self.id),
+            tenant: self.tenant.as_deref(),
+            request_id,
+            timestamp_ms,
+        }
+    }
+}
+
 /// Collects what a processor emits for one record.
 pub struct Emitter {
     /// The processor's name, as dead letters carry it.

@@ -34,6 +34,103 @@ impl ProcessorArgs {
     }
 }
 
+/// The command line of a processor binary with commands of its own
+/// (`C`, e.g. `vault …`, `api-key …`): no command runs the processor.
+#[derive(clap::Parser, Debug)]
+#[command(version)]
+pub struct ProcessorCli<C: clap::Subcommand> {
+    /// The flags every processor binary takes.
+    #[command(flatten)]
+    pub processor: ProcessorArgs,
+    /// A command of the binary's own.
+    #[command(subcommand)]
+    pub command: Option<C>,
+}
+
+impl<C: clap::Subcommand> ProcessorCli<C> {
+    /// Parses the process's arguments; `about` is the binary's `--help` line.
+    pub fn parse_with_about(about: &'static str) -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Self::command().about(about).get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// No commands of its own: `ProcessorCli<NoCommand>` for a binary that only
+/// runs its processor.
+#[derive(clap::Subcommand, Debug, Clone, Copy)]
+pub enum NoCommand {}
+
+/// Defines `main` for a processor binary without commands of its own:
+/// its `--help` line, the [`crate::build::Build`] type, and its `run`.
+#[macro_export]
+macro_rules! processor_main {
+    ($about:literal, $processor:ty, $run:path) => {
+        #[global_allocator]
+        static ALLOCATOR: ::mimalloc::MiMalloc = ::mimalloc::MiMalloc;
+
+        fn main() -> ::std::process::ExitCode {
+            let cli =
+                $crate::lifecycle::ProcessorCli::<$crate::lifecycle::NoCommand>::parse_with_about(
+                    $about,
+                );
+            $crate::lifecycle::serve_processor(
+                &cli.processor,
+                <$processor as $crate::build::Build>::SECRETS,
+                $run,
+            )
+        }
+    };
+}
+
+/// Defines a processor crate's `run`: [`crate::build::run`] for the
+/// processor, instantiated once in the processor's own crate (its binary,
+/// the bench and the tests call this rather than compiling the loop again).
+#[macro_export]
+macro_rules! processor_run {
+    ($processor:ty) => {
+        /// Runs the processor until `shutdown` resolves (see
+        /// `trellis_runtime::build::run`).
+        ///
+        /// # Errors
+        /// `Failure` at start or while running.
+        pub async fn run(
+            config: $crate::Config<<$processor as $crate::build::Build>::Settings>,
+            secrets: $crate::secret::Secrets,
+            shutdown: $crate::Shutdown<'_>,
+        ) -> ::std::result::Result<$crate::Exit, $crate::Failure> {
+            $crate::build::run::<$processor>(config, secrets, shutdown).await
+        }
+    };
+}
+
+/// The whole `main` of a tool (`trellis`, `trellis-bench`): `run` on a
+/// multi-threaded Tokio runtime, its outcome as the exit code, an error
+/// printed with its causes.
+pub fn run_tool<E: std::fmt::Display>(
+    run: impl Future<Output = Result<ExitStatus, E>>,
+) -> ExitCode {
+    no_transparent_huge_pages();
+    init_tracing(LogFormat::Text);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitStatus::Failure.into();
+        }
+    };
+    match runtime.block_on(run) {
+        Ok(status) => status.into(),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitStatus::Failure.into()
+        }
+    }
+}
+
 /// The processor's secrets; a missing or malformed one is reported (by name,
 /// never by value) and becomes the exit code.
 pub fn secrets_or_exit(specs: &[SecretSpec]) -> Result<Secrets, ExitCode> {

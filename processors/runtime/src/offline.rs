@@ -19,7 +19,7 @@ use crate::batch::{Batch, BatchRunner, Origin, Outputs};
 use crate::emitter::{Emitter, OutputRecord};
 use crate::error::{ProcessError, RunError};
 use crate::processor::Processor;
-use crate::producer::{DEFAULT_MAX_MESSAGE_BYTES, Outgoing, ProduceError};
+use crate::producer::{DEFAULT_MAX_MESSAGE_BYTES, ProduceError};
 use crate::record::{InputRecord, OwnedRecord};
 use crate::schema::AvroDecoder;
 use crate::state::StateStore;
@@ -216,16 +216,7 @@ impl Outputs for MemoryOutputs {
         request_id: Option<&[u8]>,
         _input: Option<&Origin>,
     ) -> Result<(), ProduceError> {
-        let bytes = Outgoing {
-            topic: &output.topic,
-            key: &output.key,
-            value: output.value.as_deref(),
-            id: Some(&output.id),
-            tenant: output.tenant.as_deref(),
-            request_id,
-            timestamp_ms,
-        }
-        .size();
+        let bytes = output.outgoing(timestamp_ms, request_id).size();
         if bytes > self.max_message_bytes {
             return Err(ProduceError::TooLarge {
                 topic: output.topic.to_string(),
@@ -562,16 +553,7 @@ mod tests {
             id: "echo/1".into(),
             tenant: None,
         };
-        let limit = Outgoing {
-            topic: &small.topic,
-            key: &small.key,
-            value: small.value.as_deref(),
-            id: Some(&small.id),
-            tenant: None,
-            request_id: None,
-            timestamp_ms: None,
-        }
-        .size();
+        let limit = small.outgoing(None, None).size();
         let run = runner(&decoder)
             .max_message_bytes(limit)
             .run(&mut Echo::default(), &store, &records)

@@ -100,6 +100,49 @@ pub fn answer_once<S: Receipts, R: Serialize + DeserializeOwned>(
     Ok(answer)
 }
 
+/// A participant whose state is in its state store: a command addressed to
+/// it is executed once ([`answer_once`]) and answered, a re-sent one gets
+/// the kept answer. Implement [`Participant::acks`] and
+/// [`Participant::execute`]; call [`Participant::on_command`].
+pub trait Participant {
+    /// Its acknowledgements.
+    fn acks(&self) -> &Acks;
+
+    /// Executes `command` (the record's time `at`): its effects go into
+    /// `txn` and `out`, its answer is returned (and kept).
+    ///
+    /// # Errors
+    /// [`ProcessError`] when continuing would be unsafe.
+    fn execute(
+        &mut self,
+        command: &EraseCommand,
+        at: i64,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<ParticipantAck, ProcessError>;
+
+    /// Handles a command read from the saga's topic: ignored unless
+    /// addressed to this participant; executed once; answered.
+    ///
+    /// # Errors
+    /// [`ProcessError`] when continuing would be unsafe.
+    fn on_command(
+        &mut self,
+        command: EraseCommand,
+        at: i64,
+        txn: &mut StateTxn<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), ProcessError> {
+        if !self.acks().addressed_to_me(&command.participant) {
+            return Ok(());
+        }
+        let ack = answer_once(txn, &command.command_id, |txn| {
+            self.execute(&command, at, txn, out)
+        })?;
+        self.acks().emit(out, &ack)
+    }
+}
+
 /// A participant's acknowledgement topic and encoder.
 pub struct Acks {
     participant: &'static str,

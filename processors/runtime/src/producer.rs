@@ -57,7 +57,10 @@ impl Outgoing<'_> {
             + FRAMING
     }
 
-    fn headers(&self) -> OwnedHeaders {
+    /// The Trellis headers of the record (`trellis.id`, `tenant`,
+    /// `x-request-id`, those it has): for writers that build their own
+    /// `FutureRecord` (a chosen partition, a test's raw record).
+    pub fn headers(&self) -> OwnedHeaders {
         let mut headers = OwnedHeaders::new_with_capacity(3);
         if let Some(id) = self.id {
             headers = headers.insert(Header {
@@ -199,30 +202,40 @@ impl TrellisProducer {
         if let Some(ts) = record.timestamp_ms {
             future = future.timestamp(ts);
         }
+        match self.send_waiting(future).await {
+            Err(RdKafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+                Err(ProduceError::TooLarge {
+                    topic: record.topic.to_string(),
+                    bytes,
+                    limit: self.max_message_bytes,
+                })
+            }
+            Err(source) => Err(ProduceError::Kafka {
+                topic: record.topic.to_string(),
+                source,
+            }),
+            Ok(delivery) => Ok(delivery),
+        }
+    }
+
+    /// Hands `future` to librdkafka, waiting while its local queue is full
+    /// (librdkafka drains it on its own thread).
+    async fn send_waiting<K, P>(
+        &self,
+        mut future: FutureRecord<'_, K, P>,
+    ) -> Result<DeliveryFuture, RdKafkaError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
         loop {
             match self.inner.send_result(future) {
                 Ok(delivery) => return Ok(delivery),
                 Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    // librdkafka drains the queue on its own thread.
                     future = returned;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Err((
-                    RdKafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
-                    _,
-                )) => {
-                    return Err(ProduceError::TooLarge {
-                        topic: record.topic.to_string(),
-                        bytes,
-                        limit: self.max_message_bytes,
-                    });
-                }
-                Err((source, _)) => {
-                    return Err(ProduceError::Kafka {
-                        topic: record.topic.to_string(),
-                        source,
-                    });
-                }
+                Err((source, _)) => return Err(source),
             }
         }
     }
@@ -278,17 +291,7 @@ impl TrellisProducer {
                     });
                 }
             };
-            let error = match source.rdkafka_error_code() {
-                Some(RDKafkaErrorCode::MessageSizeTooLarge) => ProduceError::TooLarge {
-                    topic: topic.to_string(),
-                    bytes: message_size(&message),
-                    limit: 0,
-                },
-                _ => ProduceError::Kafka {
-                    topic: topic.to_string(),
-                    source,
-                },
-            };
+            let error = delivery_error(topic, source, &message);
             if error.kind() != ErrorKind::Retryable {
                 return Err(error);
             }
@@ -311,21 +314,28 @@ impl TrellisProducer {
         if let Timestamp::CreateTime(ts) = message.timestamp() {
             future = future.timestamp(ts);
         }
-        loop {
-            match self.inner.send_result(future) {
-                Ok(delivery) => return Ok(delivery),
-                Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    future = returned;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                Err((source, _)) => {
-                    return Err(ProduceError::Kafka {
-                        topic: message.topic().to_string(),
-                        source,
-                    });
-                }
-            }
-        }
+        self.send_waiting(future)
+            .await
+            .map_err(|source| ProduceError::Kafka {
+                topic: message.topic().to_string(),
+                source,
+            })
+    }
+}
+
+/// What a failed delivery of `message` to `topic` means: too large for the
+/// broker (poison), or the broker's error.
+fn delivery_error(topic: &str, source: RdKafkaError, message: &OwnedMessage) -> ProduceError {
+    match source.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => ProduceError::TooLarge {
+            topic: topic.to_string(),
+            bytes: message_size(message),
+            limit: 0,
+        },
+        _ => ProduceError::Kafka {
+            topic: topic.to_string(),
+            source,
+        },
     }
 }
 
@@ -337,17 +347,7 @@ impl TrellisProducer {
 pub async fn settle(topic: &str, delivery: DeliveryFuture) -> Result<(), ProduceError> {
     match delivery.await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err((source, message))) => Err(match source.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::MessageSizeTooLarge) => ProduceError::TooLarge {
-                topic: topic.to_string(),
-                bytes: message_size(&message),
-                limit: 0,
-            },
-            _ => ProduceError::Kafka {
-                topic: topic.to_string(),
-                source,
-            },
-        }),
+        Ok(Err((source, message))) => Err(delivery_error(topic, source, &message)),
         Err(_) => Err(ProduceError::Kafka {
             topic: topic.to_string(),
             source: RdKafkaError::Canceled,

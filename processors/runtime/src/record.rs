@@ -157,6 +157,26 @@ pub struct OwnedRecord {
 }
 
 impl OwnedRecord {
+    /// A record without headers (tests, tools).
+    pub fn new(
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    ) -> Self {
+        Self {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            timestamp_ms,
+            key,
+            value,
+            headers: Vec::new(),
+        }
+    }
+
     /// Copies a consumed message.
     pub fn from_message<M: Message>(message: &M) -> Self {
         Self {

@@ -288,109 +288,92 @@ pub async fn passthrough(
     Ok(Stopwatch::timing(watch.as_ref(), records))
 }
 
-/// Runs the collector in-process over the ingest topics into a fresh state
-/// store, timed from its first consumed record until its positions reach `ends`.
-///
-/// # Errors
-/// Start-up or run failures, as text.
-pub async fn collector(
-    kafka: &KafkaConfig,
-    registry_url: &str,
-    topology: &std::path::Path,
-    ends: &BTreeMap<String, i64>,
-) -> Result<Timing, String> {
-    // A throwaway key: the bench exercises the topic path only.
-    let secrets = throwaway_secrets(trellis_collector::SECRETS)?;
-    timed(
-        "collector",
-        kafka,
-        registry_url,
-        topology,
-        ends,
-        |_| trellis_collector::Settings::default(),
-        |config, stop| trellis_collector::run(config, secrets, stop),
-    )
-    .await
-    .map(|(timing, _)| timing)
+/// Which processor a bench measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Ingest topics → `collected`.
+    Collector,
+    /// `collected` → `protected`, with a fresh vault.
+    Privacy,
+    /// `protected` → `progress`, `completions`.
+    Progress,
+    /// `protected` → aggregates.
+    Analytics,
 }
 
-/// Runs the privacy processor in-process over `collected` with a fresh
-/// state store and a fresh vault, timed like [`collector`].
+/// Runs `stage`'s processor in-process over its inputs into a fresh state
+/// store (and vault), timed from its first consumed record until its
+/// positions reach `ends`.
 ///
 /// # Errors
 /// Start-up or run failures, as text.
-pub async fn privacy(
+pub async fn stage(
+    stage: Stage,
     kafka: &KafkaConfig,
     registry_url: &str,
     topology: &std::path::Path,
     ends: &BTreeMap<String, i64>,
 ) -> Result<Timing, String> {
-    let secrets = throwaway_secrets(trellis_privacy::SECRETS)?;
-    timed(
-        "privacy",
-        kafka,
-        registry_url,
-        topology,
-        ends,
-        |state| trellis_privacy::Settings {
-            vault_dir: state.join("vault"),
-            no_ip_tenants: Vec::new(),
-            reveal: None,
-            identity_links: Default::default(),
-            export_dir: None,
-        },
-        |config, stop| trellis_privacy::run(config, secrets, stop),
-    )
-    .await
-    .map(|(timing, _)| timing)
-}
-
-/// Runs the progress projector in-process over `protected`, timed like
-/// [`collector`].
-///
-/// # Errors
-/// Start-up or run failures, as text.
-pub async fn progress(
-    kafka: &KafkaConfig,
-    registry_url: &str,
-    topology: &std::path::Path,
-    ends: &BTreeMap<String, i64>,
-) -> Result<Timing, String> {
-    timed(
-        "progress",
-        kafka,
-        registry_url,
-        topology,
-        ends,
-        |_| trellis_progress::Settings::default(),
-        |config, stop| trellis_progress::run(config, Default::default(), stop),
-    )
-    .await
-    .map(|(timing, _)| timing)
-}
-
-/// Runs the analytics aggregator in-process over `protected`, timed like
-/// [`collector`].
-///
-/// # Errors
-/// Start-up or run failures, as text.
-pub async fn analytics(
-    kafka: &KafkaConfig,
-    registry_url: &str,
-    topology: &std::path::Path,
-    ends: &BTreeMap<String, i64>,
-) -> Result<Timing, String> {
-    timed(
-        "analytics",
-        kafka,
-        registry_url,
-        topology,
-        ends,
-        |_| analytics_settings(),
-        |config, stop| trellis_analytics::run(config, Default::default(), stop),
-    )
-    .await
-    .map(|(timing, _)| timing)
+    let result = match stage {
+        // A throwaway key: the bench exercises the topic path only.
+        Stage::Collector => {
+            let secrets = throwaway_secrets(trellis_collector::SECRETS)?;
+            timed(
+                "collector",
+                kafka,
+                registry_url,
+                topology,
+                ends,
+                |_| trellis_collector::Settings::default(),
+                |config, stop| trellis_collector::run(config, secrets, stop),
+            )
+            .await
+        }
+        Stage::Privacy => {
+            let secrets = throwaway_secrets(trellis_privacy::SECRETS)?;
+            timed(
+                "privacy",
+                kafka,
+                registry_url,
+                topology,
+                ends,
+                |state| trellis_privacy::Settings {
+                    vault_dir: state.join("vault"),
+                    no_ip_tenants: Vec::new(),
+                    reveal: None,
+                    identity_links: Default::default(),
+                    export_dir: None,
+                },
+                |config, stop| trellis_privacy::run(config, secrets, stop),
+            )
+            .await
+        }
+        Stage::Progress => {
+            timed(
+                "progress",
+                kafka,
+                registry_url,
+                topology,
+                ends,
+                |_| trellis_progress::Settings::default(),
+                |config, stop| trellis_progress::run(config, Default::default(), stop),
+            )
+            .await
+        }
+        Stage::Analytics => {
+            timed(
+                "analytics",
+                kafka,
+                registry_url,
+                topology,
+                ends,
+                |_| analytics_settings(),
+                |config, stop| trellis_analytics::run(config, Default::default(), stop),
+            )
+            .await
+        }
+    };
+    result.map(|(timing, _)| timing)
 }
 
 /// The runtime's batch settings; `TRELLIS_BENCH_MAX_RECORDS` sets the

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser};
 use rdkafka::producer::FutureProducer;
+use trellis_bench::bench::Stage;
 use trellis_kit::args::{Broker, RegistryUrl, StackArgs, TopologyFile};
 use trellis_kit::demo::{self, DemoSpec};
 use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::kafka::producer_config;
-use trellis_runtime::lifecycle::{ExitStatus, init_tracing};
+use trellis_runtime::lifecycle::{ExitStatus, run_tool};
 
 /// Measure a processor against a raw rdkafka passthrough on the same broker.
 #[derive(Parser)]
@@ -98,15 +99,6 @@ enum BenchCommand {
     },
 }
 
-/// Which processor a bench measures.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Collector,
-    Privacy,
-    Progress,
-    Analytics,
-}
-
 #[derive(Args)]
 struct BenchArgs {
     #[command(flatten)]
@@ -133,26 +125,8 @@ struct BenchArgs {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    trellis_runtime::lifecycle::no_transparent_huge_pages();
     let cli = Cli::parse();
-    init_tracing(trellis_runtime::config::LogFormat::Text);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitStatus::Failure.into();
-        }
-    };
-    match runtime.block_on(execute(cli.command)) {
-        Ok(status) => status.into(),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitStatus::Failure.into()
-        }
-    }
+    run_tool(execute(cli.command))
 }
 
 async fn execute(command: BenchCommand) -> anyhow::Result<ExitStatus> {
@@ -327,14 +301,20 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
     let registry_url = registry.registry_url;
     if stage != Stage::Collector {
         println!("filling `collected` with the collector (untimed)");
-        bench::collector(&kafka, &registry_url, &file.topology, &manifest.end_offsets)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        bench::stage(
+            Stage::Collector,
+            &kafka,
+            &registry_url,
+            &file.topology,
+            &manifest.end_offsets,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
     }
     if matches!(stage, Stage::Progress | Stage::Analytics) {
         println!("filling `protected` with the privacy processor (untimed)");
         let ends = trellis_runtime::kafka::end_offsets(&kafka, "collected")?;
-        bench::privacy(&kafka, &registry_url, &file.topology, &ends)
+        bench::stage(Stage::Privacy, &kafka, &registry_url, &file.topology, &ends)
             .await
             .map_err(anyhow::Error::msg)?;
     }
@@ -379,17 +359,9 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
             pass.elapsed.as_secs_f64(),
             cpu_note(&pass)
         );
-        let timing = match stage {
-            Stage::Collector => {
-                bench::collector(&kafka, &registry_url, &file.topology, &ends).await
-            }
-            Stage::Privacy => bench::privacy(&kafka, &registry_url, &file.topology, &ends).await,
-            Stage::Progress => bench::progress(&kafka, &registry_url, &file.topology, &ends).await,
-            Stage::Analytics => {
-                bench::analytics(&kafka, &registry_url, &file.topology, &ends).await
-            }
-        }
-        .map_err(anyhow::Error::msg)?;
+        let timing = bench::stage(stage, &kafka, &registry_url, &file.topology, &ends)
+            .await
+            .map_err(anyhow::Error::msg)?;
         println!(
             "round {round}: {name:<11} {:>9.0} records/s ({} in {:.2}s{})",
             timing.rate(),

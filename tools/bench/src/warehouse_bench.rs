@@ -15,14 +15,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use trellis_records::{
     AGGREGATES_TOPIC, Aggregate, COMPLETIONS_TOPIC, Completion, Evidence, LearnerProgress,
     PROGRESS_TOPIC,
 };
 use trellis_runtime::config::KafkaConfig;
-use trellis_runtime::kafka::{ID_HEADER, TENANT_HEADER, end_offsets, producer_config};
+use trellis_runtime::kafka::{end_offsets, producer_config};
 use trellis_runtime::schema::{AvroEncoder, SchemaFile, registry_settings};
 use trellis_warehouse::connection::{ConnectionString, describe};
 use trellis_warehouse::rows::{AggregateRow, CompletionRow, ProgressRow, Source};
@@ -174,15 +173,16 @@ fn send(
     record: &Outgoing,
 ) -> Result<rdkafka::producer::DeliveryFuture, String> {
     let (topic, key, value, id, tenant) = record;
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: ID_HEADER,
-            value: Some(id.as_bytes()),
-        })
-        .insert(Header {
-            key: TENANT_HEADER,
-            value: Some(tenant.as_bytes()),
-        });
+    let headers = trellis_runtime::producer::Outgoing {
+        topic,
+        key: key.as_bytes(),
+        value: Some(value.as_slice()),
+        id: Some(id.as_str()),
+        tenant: Some(tenant.as_str()),
+        request_id: None,
+        timestamp_ms: None,
+    }
+    .headers();
     let mut future = FutureRecord::to(topic)
         .key(key)
         .payload(value)

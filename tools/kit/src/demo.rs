@@ -14,16 +14,15 @@
 //! dead-letter ids and the end of every ingest partition.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use trellis_records::{Aggregate, INGEST_EVENTS_TOPIC, INGEST_XAPI_TOPIC};
-use trellis_runtime::kafka::TENANT_HEADER;
+pub use trellis_runtime::ticker::now_ms;
 use uuid::Uuid;
 
 const FIRST: &[&str] = &[
@@ -227,13 +226,6 @@ pub struct Generator {
     generated: usize,
     /// Every personal value generated.
     pub identifiers: BTreeSet<String>,
-}
-
-/// Now, ms since the epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 use crate::rfc3339;
@@ -717,13 +709,17 @@ pub async fn produce(producer: &FutureProducer, spec: DemoSpec) -> Result<Manife
             }
         }
         let record = generator.next_record(now_ms());
-        let mut headers = OwnedHeaders::new();
-        if let Some(tenant) = &record.tenant_header {
-            headers = headers.insert(Header {
-                key: TENANT_HEADER,
-                value: Some(tenant.as_bytes()),
-            });
+        // Raw ingest carries no `trellis.id`: the collector derives ids.
+        let headers = trellis_runtime::producer::Outgoing {
+            topic: record.topic,
+            key: &record.key,
+            value: Some(&record.value),
+            id: None,
+            tenant: record.tenant_header.as_deref(),
+            request_id: None,
+            timestamp_ms: Some(record.timestamp),
         }
+        .headers();
         let future = loop {
             let kafka_record = FutureRecord::to(record.topic)
                 .key(&record.key)

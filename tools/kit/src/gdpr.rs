@@ -5,19 +5,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use trellis_records::{
     SUBJECT_ACKS_TOPIC, SUBJECT_REQUESTS_TOPIC, SubjectRequest, SubjectRequestAck,
 };
 use trellis_runtime::config::KafkaConfig;
-use trellis_runtime::kafka::{ID_HEADER, TENANT_HEADER, client_config};
+use trellis_runtime::kafka::client_config;
+use trellis_runtime::producer::{Outgoing, TrellisProducer};
 use trellis_runtime::schema::{AvroDecoder, AvroEncoder, SchemaFile, registry_settings};
 use trellis_runtime::topology::Topology;
 
 /// Files requests and waits for their answers.
 pub struct Requests {
-    producer: FutureProducer,
+    producer: TrellisProducer,
     encoder: AvroEncoder,
     decoder: AvroDecoder,
     answers: StreamConsumer,
@@ -67,7 +66,7 @@ impl Requests {
         }
         answers.assign(&assignment)?;
         Ok(Self {
-            producer: trellis_runtime::kafka::producer_config(kafka, None).create()?,
+            producer: TrellisProducer::create(kafka)?,
             encoder,
             decoder: AvroDecoder::new(settings),
             answers,
@@ -78,25 +77,18 @@ impl Requests {
     pub async fn file(&self, request: &SubjectRequest) -> anyhow::Result<()> {
         let value = self.encoder.encode(request)?;
         let id = format!("request/{}", request.request_id);
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: ID_HEADER,
-                value: Some(id.as_bytes()),
-            })
-            .insert(Header {
-                key: TENANT_HEADER,
-                value: Some(request.tenant_id.as_bytes()),
-            });
+        let record = Outgoing {
+            topic: SUBJECT_REQUESTS_TOPIC,
+            key: request.request_id.as_bytes(),
+            value: Some(&value),
+            id: Some(&id),
+            tenant: Some(&request.tenant_id),
+            request_id: None,
+            timestamp_ms: None,
+        };
         self.producer
-            .send(
-                FutureRecord::to(SUBJECT_REQUESTS_TOPIC)
-                    .key(&request.request_id)
-                    .payload(&value)
-                    .headers(headers),
-                Duration::from_secs(10),
-            )
+            .send(&record, Duration::from_secs(10))
             .await
-            .map_err(|(e, _)| e)
             .context("filing the request")?;
         Ok(())
     }

@@ -226,17 +226,7 @@ impl Ingest {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let json: Value = serde_json::from_slice(body).map_err(|e| {
-            bad_request(
-                "MALFORMED_JSON",
-                format!(
-                    "the body is not valid JSON (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })?;
-        let mut statements = match (statement_id, json) {
+        let mut statements = match (statement_id, super::json_body(body)?) {
             (None, Value::Array(items)) => items,
             (_, Value::Object(statement)) => vec![Value::Object(statement)],
             (Some(_), _) => {

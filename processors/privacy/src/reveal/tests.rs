@@ -62,27 +62,14 @@ fn fixture(audit_broken: bool) -> Fixture {
         .keys;
     let email = keys.seal("acme", "actor.email", "e1", b"ann@example.org");
     let event = ProtectedEvent {
-        event_id: "e1".into(),
-        tenant_id: "acme".into(),
-        source: "lrs".into(),
-        kind: "xapi.statement".into(),
-        occurred_at: 1,
         received_at: 2,
-        request_id: None,
-        learner: keys.pseudonym().into(),
         subject_key_id: keys.key_id().into(),
         // The email's ciphertext moved into the name field.
         actor_name: Some(email.clone()),
         actor_email: Some(email),
-        ip_hash: None,
         verb: None,
-        object_id: None,
-        object_type: None,
-        course_id: None,
-        registration: None,
-        result: None,
-        voided_event_id: None,
         payload: keys.seal("acme", "payload", "e1", b"{}"),
+        ..ProtectedEvent::statement("acme", keys.pseudonym(), "e1", 1, "experienced")
     };
     let schema = schema();
     let encoder = AvroEncoder::with_id("protected-value".into(), 7, schema.schema.clone()).unwrap();

@@ -133,15 +133,7 @@ impl Runtime {
             }
         };
         for (topic, partition, next) in beyond {
-            self.stuck_gauge(&topic, partition, "position_beyond_log_end")
-                .set(1);
-            tracing::error!(
-                processor = self.name,
-                topic = %topic,
-                partition,
-                position = next,
-                "the state store's position lies beyond the end of the log: this store was built from another log (a broker that lost its data, a re-created topic). Delete the state directory (or start with --rebuild) to rebuild it by replay"
-            );
+            self.position_beyond_log(&topic, partition, next, None);
         }
     }
 
@@ -174,17 +166,28 @@ impl Runtime {
                     .consumer
                     .seek(topic, partition, Offset::Offset(low), ADMIN_TIMEOUT);
             } else if cursor.next > high {
-                self.stuck_gauge(topic, partition, "position_beyond_log_end")
-                    .set(1);
-                tracing::error!(
-                    processor = self.name,
-                    topic = %topic,
-                    partition,
-                    position = cursor.next,
-                    log_end = high,
-                    "the state store's position lies beyond the end of the log: this store was built from another log (a broker that lost its data, a re-created topic). Delete the state directory (or start with --rebuild) to rebuild it by replay"
-                );
+                self.position_beyond_log(topic, partition, cursor.next, Some(high));
             }
         }
+    }
+
+    /// Reports (log and metric) a store position beyond the end of the log.
+    fn position_beyond_log(
+        &self,
+        topic: &str,
+        partition: i32,
+        position: i64,
+        log_end: Option<i64>,
+    ) {
+        self.stuck_gauge(topic, partition, "position_beyond_log_end")
+            .set(1);
+        tracing::error!(
+            processor = self.name,
+            topic,
+            partition,
+            position,
+            log_end,
+            "the state store's position lies beyond the end of the log: this store was built from another log (a broker that lost its data, a re-created topic). Delete the state directory (or start with --rebuild) to rebuild it by replay"
+        );
     }
 }

@@ -140,15 +140,7 @@ impl Outputs for KafkaOutputs<'_> {
         request_id: Option<&[u8]>,
         input: Option<&Origin>,
     ) -> Result<(), ProduceError> {
-        let outgoing = Outgoing {
-            topic: &output.topic,
-            key: &output.key,
-            value: output.value.as_deref(),
-            id: Some(&output.id),
-            tenant: output.tenant.as_deref(),
-            request_id,
-            timestamp_ms,
-        };
+        let outgoing = output.outgoing(timestamp_ms, request_id);
         self.enqueue(&outgoing, &output.topic, input).await
     }
 
