@@ -64,6 +64,29 @@ dev_secret() {
   export "${name}_FILE=$file"
 }
 
+# export_secrets: NAME_FILE for every secret the stack keeps (a processor
+# restarted by hand gets what ops/stack-up gave it).
+export_secrets() {
+  local file
+  for file in "$TRELLIS_HOME"/secrets/*; do
+    [ -f "$file" ] && export "$(basename "$file")_FILE=$file"
+  done
+  return 0
+}
+
+# start_processor NAME: starts trellis-NAME with ops/config/NAME.yaml, every
+# path setting it declares (`trellis config paths`) under $TRELLIS_HOME.
+start_processor() {
+  local processor=$1 key path paths=()
+  while IFS='=' read -r key path; do
+    paths+=("$key=$TRELLIS_HOME/$path")
+  done < <("$BIN_DIR/trellis" config paths "$processor")
+  [ "${#paths[@]}" -gt 0 ] || die "trellis config paths $processor printed nothing"
+  say "starting $processor"
+  start "$processor" env "${paths[@]}" \
+    "$BIN_DIR/trellis-$processor" --config "$TRELLIS_ROOT/ops/config/$processor.yaml"
+}
+
 # --- Postgres (the warehouse) -------------------------------------------------
 PG_PORT="${TRELLIS_PG_PORT:-5544}"
 PG_DIR="$TRELLIS_HOME/postgres"

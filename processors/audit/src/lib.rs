@@ -625,6 +625,8 @@ impl Build for Audit {
     const SECRETS: &'static [SecretSpec] = SECRETS;
     const ONE_INSTANCE: Option<&'static str> =
         Some("each anchor chain, and the anchor log, has one writer");
+    const PATHS: &'static [(&'static str, &'static str)] =
+        &[("checkpoint_file", "audit/checkpoint")];
     type Settings = Settings;
     type Processor = Self;
 

@@ -9,6 +9,7 @@ use trellis_runtime::lifecycle::{ExitStatus, run_tool};
 mod cmd;
 
 use cmd::audit::AuditCommand;
+use cmd::config::ConfigCommand;
 use cmd::demo::DemoCommand;
 use cmd::erasure::ErasureCommand;
 use cmd::gdpr::GdprCommand;
@@ -32,6 +33,10 @@ enum Command {
     /// Validate or provision topology.yaml.
     #[command(subcommand)]
     Topology(TopologyCommand),
+    /// What ops/ needs to know: the processors, their secrets, paths and
+    /// metrics addresses (from topology.yaml, the processors and their configs).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// The local Confluent-compatible schema registry.
     #[command(subcommand)]
     Registry(RegistryCommand),
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
 async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
     match command {
         Command::Topology(command) => cmd::topology::run(command).await,
+        Command::Config(command) => cmd::config::run(command),
         Command::Registry(command) => cmd::registry::run(command).await,
         Command::Demo(command) => cmd::demo::run(command).await,
         Command::Inspect(args) => cmd::inspect::run(args).await,

@@ -1071,6 +1071,7 @@ impl Build for Gdpr {
     const NAME: &'static str = NAME;
     const ONE_INSTANCE: Option<&'static str> =
         Some("a saga's facts arrive on several topics, and its clock is one");
+    const PATHS: &'static [(&'static str, &'static str)] = &[("export_dir", "exports")];
     type Settings = Settings;
     type Processor = Self;
 

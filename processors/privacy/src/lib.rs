@@ -616,6 +616,10 @@ impl trellis_runtime::build::Settings for Settings {
 impl Build for Privacy {
     const NAME: &'static str = NAME;
     const SECRETS: &'static [SecretSpec] = SECRETS;
+    const PATHS: &'static [(&'static str, &'static str)] = &[
+        ("vault_dir", "state/privacy-vault"),
+        ("export_dir", "exports"),
+    ];
     type Settings = Settings;
     type Processor = Self;
 

@@ -45,6 +45,10 @@ pub trait Build: 'static {
     /// Why it must run as one instance, if it must: the runtime then
     /// refuses `kafka.instances` above 1, naming the reason.
     const ONE_INSTANCE: Option<&'static str> = None;
+    /// Its settings that are paths, each with where the local stack puts
+    /// it under `TRELLIS_HOME` (`state_dir` is every processor's:
+    /// `state/<name>`). `trellis config paths` prints them for ops/.
+    const PATHS: &'static [(&'static str, &'static str)] = &[];
     /// Its `settings` section.
     type Settings: Settings;
     /// What it builds.

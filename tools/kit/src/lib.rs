@@ -12,6 +12,8 @@
 //! - [`gdpr`]: filing data-subject requests and reading their answers.
 //! - [`erasure`]: the erasure verifier and its signed report.
 //! - [`audit`]: verifying the audited logs, proofs, the witness.
+//! - [`processors`]: every processor binary's secrets, paths, config and
+//!   metrics address, for ops/ (`trellis config`).
 
 pub mod args;
 pub mod audit;
@@ -19,6 +21,7 @@ pub mod demo;
 pub mod erasure;
 pub mod gdpr;
 pub mod inspect;
+pub mod processors;
 pub mod provision;
 
 /// The local Confluent-compatible schema registry.

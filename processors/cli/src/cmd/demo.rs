@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use rdkafka::producer::FutureProducer;
-use trellis_kit::args::{Broker, RegistryUrl};
+use trellis_kit::args::{Broker, RegistryUrl, TopologyFile};
 use trellis_kit::demo::{self, DemoSpec, Manifest};
 use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::kafka::producer_config;
 use trellis_runtime::lifecycle::ExitStatus;
 use trellis_runtime::metrics::sample;
+use trellis_runtime::topology::Topology;
 
 #[derive(Subcommand)]
 pub enum DemoCommand {
@@ -72,19 +73,29 @@ pub enum DemoCommand {
     },
     /// Wait until a processor has consumed every record of a manifest.
     Wait {
+        /// The processor waited for: its metrics address comes from its
+        /// config file and, without --manifest or --topic, it is waited for
+        /// until it has read everything its inputs (topology.yaml) hold now.
+        #[arg(long, required_unless_present = "metrics")]
+        processor: Option<String>,
         /// Manifest written by `demo produce`: wait until the processor has
         /// read every ingest record it lists.
-        #[arg(long, required_unless_present = "topic", conflicts_with = "topic")]
+        #[arg(long, conflicts_with = "topic")]
         manifest: Option<PathBuf>,
         /// Or: wait until the processor has read everything `topic` holds now
         /// (repeatable), e.g. `collected` for the privacy processor.
         #[arg(long)]
         topic: Vec<String>,
         #[command(flatten)]
+        file: TopologyFile,
+        /// Where the processors' config files are.
+        #[arg(long, default_value = "ops/config", env = "TRELLIS_CONFIG_DIR")]
+        config_dir: PathBuf,
+        #[command(flatten)]
         broker: Broker,
-        /// The processor's metrics URL, e.g. http://127.0.0.1:9101/metrics.
+        /// The processor's metrics URL (default: from its config file).
         #[arg(long)]
-        metrics: String,
+        metrics: Option<String>,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout_secs: u64,
@@ -175,12 +186,20 @@ pub async fn run(command: DemoCommand) -> anyhow::Result<ExitStatus> {
             Ok(ExitStatus::Success)
         }
         DemoCommand::Wait {
+            processor,
             manifest,
-            topic,
+            mut topic,
+            file,
+            config_dir,
             broker,
             metrics,
             timeout_secs,
         } => {
+            let metrics = match (metrics, &processor) {
+                (Some(url), _) => url,
+                (None, Some(name)) => trellis_kit::processors::metrics_url(&config_dir, name)?,
+                (None, None) => bail!("give --processor or --metrics"),
+            };
             let ends = match manifest {
                 Some(manifest) => {
                     let manifest: Manifest = serde_json::from_slice(
@@ -190,6 +209,19 @@ pub async fn run(command: DemoCommand) -> anyhow::Result<ExitStatus> {
                     manifest.end_offsets
                 }
                 None => {
+                    if topic.is_empty()
+                        && let Some(name) = &processor
+                    {
+                        let topology = Topology::load(&file.topology)?;
+                        topic = topology
+                            .processor(name)
+                            .map_err(anyhow::Error::msg)?
+                            .inputs
+                            .clone();
+                    }
+                    if topic.is_empty() {
+                        bail!("give --manifest, --topic or --processor");
+                    }
                     let kafka = KafkaConfig::new(broker.bootstrap_servers);
                     let mut ends = BTreeMap::new();
                     for topic in &topic {

@@ -1,6 +1,7 @@
 //! One module per `trellis` command: its arguments and what it runs.
 
 pub mod audit;
+pub mod config;
 pub mod demo;
 pub mod erasure;
 pub mod gdpr;
