@@ -158,7 +158,7 @@ impl Topology {
                 self.export_dir.display()
             ),
             "gdpr" => format!(
-                "{{tenants: [northwind-uni, riverside-college, acme-learning], participants: [progress, analytics, warehouse], retry_after_ms: 3000, tick_ms: 200, export_dir: '{}'}}",
+                "{{tenants: [northwind-uni, riverside-college, acme-learning], retry_after_ms: 3000, tick_ms: 200, export_dir: '{}'}}",
                 self.export_dir.display()
             ),
             "audit" => format!(

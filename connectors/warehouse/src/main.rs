@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use trellis_runtime::build::Build;
 use trellis_runtime::lifecycle::{ExitStatus, ProcessorCli, report, serve_processor};
 use trellis_runtime::secret::{SecretFormat, SecretSpec};
 use trellis_warehouse::connection::connection;
@@ -168,5 +167,5 @@ fn main() -> ExitCode {
             }
         };
     }
-    serve_processor(&cli.processor, Warehouse::SECRETS, run)
+    serve_processor::<Warehouse, _>(&cli.processor, run)
 }

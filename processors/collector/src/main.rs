@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use trellis_collector::apikeys::{KeyStore, SCOPE_EVENTS_WRITE, signing_secret};
 use trellis_collector::validate::valid_tenant;
-use trellis_collector::{SECRETS, Settings, run};
+use trellis_collector::{Collector, SECRETS, Settings, run};
 use trellis_runtime::Config;
 use trellis_runtime::lifecycle::{ExitStatus, ProcessorCli, serve_processor};
 use trellis_runtime::secret::load_secrets;
@@ -208,7 +208,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = ProcessorCli::<Command>::parse_with_about(ABOUT);
     let Some(Command::ApiKey(command)) = cli.command else {
-        return serve_processor(&cli.processor, SECRETS, run);
+        return serve_processor::<Collector, _>(&cli.processor, run);
     };
     let config = match cli.processor.load::<Settings>() {
         Ok(config) => config,

@@ -67,7 +67,7 @@ use trellis_runtime::pipeline::StartError;
 use trellis_runtime::schema::{AvroDecoder, AvroEncoder, DecodeError};
 use trellis_runtime::state::StateError;
 use trellis_runtime::ticker::{Pending, TickRecord};
-use trellis_runtime::topology::Classification;
+use trellis_runtime::topology::{Classification, Topology};
 use trellis_runtime::{
     Emitter, InputRecord, OutputRecord, ProcessError, Processor, StateStore, StateTxn,
 };
@@ -116,9 +116,6 @@ impl LegalHold {
 pub struct Settings {
     /// Tenants requests may name.
     pub tenants: Vec<String>,
-    /// Participants that know learners by pseudonym (after privacy).
-    #[serde(default = "default_participants")]
-    pub participants: Vec<String>,
     /// Re-send a command nobody answered after this long.
     #[serde(default = "default_retry")]
     pub retry_after_ms: i64,
@@ -131,10 +128,6 @@ pub struct Settings {
     /// Where access exports are written (a restricted location: the
     /// directory is created owner-only).
     pub export_dir: PathBuf,
-}
-
-fn default_participants() -> Vec<String> {
-    vec!["progress".into(), "analytics".into()]
 }
 
 fn default_retry() -> i64 {
@@ -300,6 +293,9 @@ pub struct Encoders {
 /// The processor.
 pub struct Gdpr {
     settings: Settings,
+    /// Who knows learners by pseudonym (after privacy): every processor
+    /// topology.yaml has read `gdpr.erase_commands` ([`participants`]).
+    participants: Vec<String>,
     encoders: Encoders,
     pending: Pending,
     open: usize,
@@ -314,8 +310,13 @@ fn encode<T: Serialize>(encoder: &AvroEncoder, value: &T) -> Result<Vec<u8>, Pro
 }
 
 impl Gdpr {
-    /// A saga processor.
-    pub fn new(settings: Settings, encoders: Encoders, pending: Pending) -> Self {
+    /// A saga processor over `participants` (besides privacy).
+    pub fn new(
+        settings: Settings,
+        participants: Vec<String>,
+        encoders: Encoders,
+        pending: Pending,
+    ) -> Self {
         let topics = [
             SHRED_REQUESTS_TOPIC,
             ERASE_COMMANDS_TOPIC,
@@ -328,6 +329,7 @@ impl Gdpr {
         .collect();
         Self {
             settings,
+            participants,
             encoders,
             pending,
             open: 0,
@@ -594,7 +596,7 @@ impl Gdpr {
                 .iter()
                 .enumerate()
                 .flat_map(|(index, learner)| {
-                    self.settings.participants.iter().map(move |p| Expected {
+                    self.participants.iter().map(move |p| Expected {
                         command_id: erase_command_id(&request.request_id, p, index),
                         participant: p.clone(),
                         learner: learner.to_string(),
@@ -765,7 +767,7 @@ impl Gdpr {
         let privacy = self.privacy_answers(request, answers).unwrap_or_default();
         let expected = self.expected(request, answers).unwrap_or_default();
         std::iter::once(PRIVACY)
-            .chain(self.settings.participants.iter().map(String::as_str))
+            .chain(self.participants.iter().map(String::as_str))
             .filter_map(|participant| {
                 let acks: Vec<&ParticipantAck> = if participant == PRIVACY {
                     privacy.clone()
@@ -1065,6 +1067,31 @@ impl Processor for Gdpr {
     }
 }
 
+/// The participants after privacy, in topology.yaml's order: every
+/// processor, ours or `external`, that reads `gdpr.erase_commands`. The
+/// topology says who holds learners by pseudonym; no list restates it.
+///
+/// # Errors
+/// A reader that writes no `gdpr.participant_acks`: the saga would wait
+/// for its answer forever.
+pub fn participants(topology: &Topology) -> Result<Vec<String>, StartError> {
+    let mut participants = Vec::new();
+    for (name, spec) in &topology.processors {
+        if !spec.inputs.iter().any(|t| t == ERASE_COMMANDS_TOPIC) {
+            continue;
+        }
+        if !spec.outputs.iter().any(|t| t == PARTICIPANT_ACKS_TOPIC) {
+            return Err(StartError::Misconfigured(format!(
+                "processor `{name}` reads {ERASE_COMMANDS_TOPIC} but writes no \
+                 {PARTICIPANT_ACKS_TOPIC}: every erasure would wait for its answer forever \
+                 (topology.yaml)"
+            )));
+        }
+        participants.push(name.clone());
+    }
+    Ok(participants)
+}
+
 /// The saga's one constructor: the binary, the bench and the tests build
 /// it here.
 impl Build for Gdpr {
@@ -1111,7 +1138,12 @@ impl Build for Gdpr {
             .filter(|(_, t)| t.classification == Classification::Restricted)
             .map(|(name, t)| (name.clone(), t.retention_ms))
             .collect();
-        Ok(Gdpr::new(ctx.settings.clone(), encoders, pending).with_restricted(restricted))
+        let participants = participants(ctx.topology)?;
+        tracing::info!(participants = %participants.join(", "), "erasures wait for privacy and these");
+        Ok(
+            Gdpr::new(ctx.settings.clone(), participants, encoders, pending)
+                .with_restricted(restricted),
+        )
     }
 }
 

@@ -5,9 +5,17 @@ use trellis_runtime::pipeline::{OwnedRecord, run_offline};
 
 use super::*;
 
-/// The workspace's topology, schemas under local ids.
+/// The workspace's topology with two participants after privacy, progress
+/// and analytics (the warehouse reads no erase commands here), schemas
+/// under local ids.
 fn harness() -> &'static Harness {
-    static HARNESS: LazyLock<Harness> = LazyLock::new(Harness::workspace);
+    static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
+        let mut topology = Harness::workspace().topology().clone();
+        if let Some(warehouse) = topology.processors.get_mut("warehouse") {
+            warehouse.inputs.retain(|t| t != ERASE_COMMANDS_TOPIC);
+        }
+        Harness::with_topology(topology)
+    });
     &HARNESS
 }
 
@@ -22,7 +30,6 @@ fn decoder() -> &'static AvroDecoder {
 fn settings(export_dir: &std::path::Path) -> Settings {
     Settings {
         tenants: vec!["acme".into(), "globex".into()],
-        participants: default_participants(),
         retry_after_ms: 10_000,
         tick_ms: 1_000,
         legal_holds: vec![LegalHold {
@@ -660,4 +667,29 @@ fn an_access_request_writes_one_owner_only_export() {
     assert_eq!(subject["held_by"]["privacy"]["outcome"], "done");
     let events: Vec<AuditEvent> = of(&done.outputs, AUDIT_EVENTS_TOPIC);
     assert_eq!(events[0].action, "subject.exported");
+}
+
+#[test]
+fn the_participants_are_whoever_the_topology_has_read_erase_commands() {
+    let mut topology = Harness::workspace().topology().clone();
+    assert_eq!(
+        participants(&topology).unwrap(),
+        ["progress", "analytics", "warehouse"]
+    );
+    // A holder run by someone else answers like any other.
+    let mut scorer = topology.processors["progress"].clone();
+    scorer.external = true;
+    topology.processors.insert("scorer".into(), scorer.clone());
+    assert_eq!(participants(&topology).unwrap().last().unwrap(), "scorer");
+    // One that cannot answer would hold every erasure open forever.
+    scorer.outputs.retain(|t| t != PARTICIPANT_ACKS_TOPIC);
+    topology.processors.insert("scorer".into(), scorer);
+    let err = participants(&topology).unwrap_err().to_string();
+    assert!(
+        err.contains("`scorer` reads gdpr.erase_commands but writes no gdpr.participant_acks"),
+        "{err}"
+    );
+    // The harness's topology (no warehouse) is what the saga then waits for.
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(gdpr(dir.path()).participants, ["progress", "analytics"]);
 }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use trellis_privacy::vault::Vault;
-use trellis_privacy::{INDEX_KEY, MASTER_KEY, SECRETS, Settings, run};
+use trellis_privacy::{INDEX_KEY, MASTER_KEY, Privacy, SECRETS, Settings, run};
 use trellis_runtime::lifecycle::{
     ExitStatus, ProcessorCli, init_tracing, report, secrets_or_exit, serve_processor,
 };
@@ -45,7 +45,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = ProcessorCli::<Command>::parse_with_about(ABOUT);
     let Some(Command::Vault { command }) = cli.command else {
-        return serve_processor(&cli.processor, SECRETS, run);
+        return serve_processor::<Privacy, _>(&cli.processor, run);
     };
     let (config, secrets) = match (cli.processor.load::<Settings>(), secrets_or_exit(SECRETS)) {
         (Ok(config), Ok(secrets)) => (config, secrets),

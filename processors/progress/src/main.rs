@@ -6,7 +6,6 @@ use clap::Subcommand;
 use sha2::{Digest, Sha256};
 use trellis_progress::transcript::Transcript;
 use trellis_progress::{Progress, run};
-use trellis_runtime::build::Build;
 use trellis_runtime::lifecycle::{ExitStatus, ProcessorCli, serve_processor};
 
 const ABOUT: &str =
@@ -108,5 +107,5 @@ fn main() -> ExitCode {
         }
         None => {}
     }
-    serve_processor(&cli.processor, Progress::SECRETS, run)
+    serve_processor::<Progress, _>(&cli.processor, run)
 }

@@ -19,7 +19,7 @@ use crate::lifecycle::Shutdown;
 use crate::pipeline::Runtime;
 use crate::processor::Processor;
 use crate::schema::{AvroDecoder, AvroEncoder, SchemaFile};
-use crate::secret::{SecretSpec, Secrets};
+use crate::secret::{SecretFormat, SecretSpec, Secrets};
 use crate::state::StateStore;
 use crate::ticker::Ticker;
 use crate::topology::{ProcessorSpec, Topology};
@@ -33,6 +33,56 @@ pub trait Settings: DeserializeOwned + Clone + Send + Sync + 'static {
     /// One line per problem.
     fn check(&self) -> Result<(), Vec<String>> {
         Ok(())
+    }
+}
+
+/// What a processor binary says of itself (`trellis-<name> --describe`,
+/// as JSON): how the local stack and `trellis config` learn a processor's
+/// secrets and paths from the binary itself, so no tool keeps a list of
+/// processors to update when one is added.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Description {
+    /// Its name in topology.yaml.
+    pub name: String,
+    /// The secrets it refuses to start without.
+    pub secrets: Vec<DescribedSecret>,
+    /// Its settings that are paths, with where the local stack puts them
+    /// under `TRELLIS_HOME` ([`Build::PATHS`]).
+    pub paths: Vec<(String, String)>,
+    /// Why it must run as one instance, if it must.
+    pub one_instance: Option<String>,
+}
+
+/// A secret in a [`Description`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DescribedSecret {
+    /// Its environment variable.
+    pub env: String,
+    /// 32 random bytes in hex (the local stack generates these), or not.
+    pub hex32: bool,
+    /// What it protects.
+    pub purpose: String,
+}
+
+impl Description {
+    /// The description of processor `B`.
+    pub fn of<B: Build>() -> Self {
+        Self {
+            name: B::NAME.to_string(),
+            secrets: B::SECRETS
+                .iter()
+                .map(|s| DescribedSecret {
+                    env: s.env.to_string(),
+                    hex32: s.format == SecretFormat::Hex32,
+                    purpose: s.purpose.to_string(),
+                })
+                .collect(),
+            paths: B::PATHS
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+            one_instance: B::ONE_INSTANCE.map(str::to_string),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use serde::de::DeserializeOwned;
 use tracing_subscriber::EnvFilter;
 
+use crate::build::{Build, Description};
 use crate::config::{Config, LogFormat};
 use crate::pipeline::{Exit, Failure};
 use crate::secret::{SecretSpec, Secrets, load_secrets};
@@ -21,6 +22,11 @@ pub struct ProcessorArgs {
     /// Delete the state store and rebuild it by replaying the inputs.
     #[arg(long)]
     pub rebuild: bool,
+    /// Print what this processor needs (name, secrets, path settings) as
+    /// JSON and exit, reading no configuration: `trellis config` and the
+    /// local stack ask every binary this instead of keeping a list.
+    #[arg(long, conflicts_with = "rebuild")]
+    pub describe: bool,
 }
 
 impl ProcessorArgs {
@@ -74,11 +80,7 @@ macro_rules! processor_main {
                 $crate::lifecycle::ProcessorCli::<$crate::lifecycle::NoCommand>::parse_with_about(
                     $about,
                 );
-            $crate::lifecycle::serve_processor(
-                &cli.processor,
-                <$processor as $crate::build::Build>::SECRETS,
-                $run,
-            )
+            $crate::lifecycle::serve_processor::<$processor, _>(&cli.processor, $run)
         }
     };
 }
@@ -182,18 +184,27 @@ where
     }
 }
 
-/// [`serve`] for a processor built with [`crate::build::Build`]: its `run`
-/// takes the configuration, the secrets and a shutdown on SIGTERM/SIGINT.
-pub fn serve_processor<S, Fut>(
+/// [`serve`] for a processor built with [`crate::build::Build`] `B`: its
+/// `run` takes the configuration, the secrets and a shutdown on
+/// SIGTERM/SIGINT. `--describe` prints `B`'s [`Description`] instead.
+pub fn serve_processor<B, Fut>(
     args: &ProcessorArgs,
-    secrets: &[SecretSpec],
-    run: impl FnOnce(Config<S>, Secrets, Shutdown<'static>) -> Fut,
+    run: impl FnOnce(Config<B::Settings>, Secrets, Shutdown<'static>) -> Fut,
 ) -> ExitCode
 where
-    S: DeserializeOwned,
+    B: Build,
     Fut: Future<Output = Result<Exit, Failure>>,
 {
-    serve(args, secrets, |config, secrets| {
+    if args.describe {
+        return match serde_json::to_string_pretty(&Description::of::<B>()) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(&e, ExitStatus::Failure),
+        };
+    }
+    serve(args, B::SECRETS, |config, secrets| {
         run(config, secrets, shutdown_signal())
     })
 }

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use indexmap::IndexMap;
 use serde::Deserialize;
 
 use crate::schema::{PiiTreatment, SchemaFile};
@@ -31,8 +32,9 @@ pub struct Topology {
     pub schema_dir: PathBuf,
     /// Topics by name.
     pub topics: BTreeMap<String, TopicSpec>,
-    /// Processors (and external parties) by name.
-    pub processors: BTreeMap<String, ProcessorSpec>,
+    /// Processors (and external parties) by name, in the file's order
+    /// (the local stack starts them in it).
+    pub processors: IndexMap<String, ProcessorSpec>,
     /// Directory topology.yaml was read from; schema paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,

@@ -1,85 +1,87 @@
-//! Every processor the workspace builds, as ops/ needs to know it: its
-//! secrets and its path settings, read from each one's `Build` (so ops/
-//! restates none of them), plus its config file and metrics address.
+//! The processors the local stack runs, as ops/ needs to know them: which
+//! ones (topology.yaml's processors that are not `external`), what each
+//! needs (asked of its binary, `trellis-<name> --describe`), its config
+//! file and metrics address. Nothing here lists processors: adding one is
+//! its crate, its topology entry and its config file.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{Context, bail};
-use trellis_runtime::build::Build;
-use trellis_runtime::secret::SecretSpec;
+use trellis_runtime::build::Description;
 use trellis_runtime::topology::Topology;
 
-/// One processor binary.
-#[derive(Debug, Clone, Copy)]
-pub struct Binary {
-    /// Its name in topology.yaml (the binary is `trellis-<name>`).
-    pub name: &'static str,
-    /// The secrets it refuses to start without.
-    pub secrets: &'static [SecretSpec],
-    /// Its settings that are paths, with where the local stack puts them
-    /// under `TRELLIS_HOME`.
-    pub paths: &'static [(&'static str, &'static str)],
-}
-
-impl Binary {
-    fn of<B: Build>() -> Self {
-        Self {
-            name: B::NAME,
-            secrets: B::SECRETS,
-            paths: B::PATHS,
-        }
+/// Where the processor binaries are: `TRELLIS_BIN_DIR`, else beside the
+/// running executable (cargo and the local stack put them together).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TRELLIS_BIN_DIR") {
+        return PathBuf::from(dir);
     }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .unwrap_or_default()
 }
 
-/// Every processor binary, in pipeline order.
-pub fn binaries() -> [Binary; 7] {
-    [
-        Binary::of::<trellis_collector::Collector>(),
-        Binary::of::<trellis_privacy::Privacy>(),
-        Binary::of::<trellis_progress::Progress>(),
-        Binary::of::<trellis_analytics::Analytics>(),
-        Binary::of::<trellis_gdpr::Gdpr>(),
-        Binary::of::<trellis_audit::Audit>(),
-        Binary::of::<trellis_warehouse::Warehouse>(),
-    ]
-}
-
-/// The binary of processor `name`.
-///
-/// # Errors
-/// No processor of that name is built here.
-pub fn binary(name: &str) -> anyhow::Result<Binary> {
-    binaries()
-        .into_iter()
-        .find(|b| b.name == name)
-        .with_context(|| format!("no processor binary named `{name}`"))
-}
-
-/// The processors `topology` runs as Trellis binaries, in pipeline order.
-///
-/// # Errors
-/// `topology` declares a processor (not `external`) that no binary here
-/// implements: the local stack could not start it.
-pub fn in_topology(topology: &Topology) -> anyhow::Result<Vec<&'static str>> {
-    let missing: Vec<&str> = topology
+/// The processors `topology` runs as Trellis binaries, in the file's
+/// order (the order the local stack starts them in).
+pub fn in_topology(topology: &Topology) -> Vec<&str> {
+    topology
         .processors
         .iter()
-        .filter(|(name, p)| !p.external && binary(name).is_err())
+        .filter(|(_, p)| !p.external)
         .map(|(name, _)| name.as_str())
-        .collect();
-    if !missing.is_empty() {
+        .collect()
+}
+
+/// What processor `name` needs, from `trellis-<name> --describe` in `bin_dir`.
+///
+/// # Errors
+/// No such binary (with what to do about it), the binary fails, or it
+/// describes another processor.
+pub fn describe(bin_dir: &Path, name: &str) -> anyhow::Result<Description> {
+    let binary = bin_dir.join(format!("trellis-{name}"));
+    if !binary.exists() {
         bail!(
-            "topology.yaml declares processor(s) no trellis binary implements: {} \
-             (mark a processor run by someone else `external: true`)",
-            missing.join(", ")
+            "processor `{name}` has no binary: {} does not exist (build it, or mark a \
+             processor run by someone else `external: true` in topology.yaml)",
+            binary.display()
         );
     }
-    Ok(binaries()
-        .iter()
-        .filter(|b| topology.processors.contains_key(b.name))
-        .map(|b| b.name)
-        .collect())
+    let output = Command::new(&binary)
+        .arg("--describe")
+        .output()
+        .with_context(|| format!("running {}", binary.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} --describe failed ({}): {}",
+            binary.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let description: Description = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("{} --describe printed no description", binary.display()))?;
+    if description.name != name {
+        bail!(
+            "{} describes processor `{}`, not `{name}`",
+            binary.display(),
+            description.name
+        );
+    }
+    Ok(description)
+}
+
+/// [`describe`] for every processor [`in_topology`].
+///
+/// # Errors
+/// As [`describe`], for the first processor that fails.
+pub fn describe_all(bin_dir: &Path, topology: &Topology) -> anyhow::Result<Vec<Description>> {
+    in_topology(topology)
+        .into_iter()
+        .map(|name| describe(bin_dir, name))
+        .collect()
 }
 
 /// Where a processor's config lives in `dir` (ops/config: `<name>.yaml`).
@@ -110,6 +112,7 @@ pub fn metrics_url(dir: &Path, name: &str) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+    use std::os::unix::fs::PermissionsExt;
 
     use super::*;
 
@@ -117,40 +120,83 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
     }
 
-    #[test]
-    fn every_processor_in_topology_yaml_has_a_binary_and_every_binary_runs() {
-        let topology = Topology::load(&workspace().join("topology.yaml")).unwrap();
-        let running = in_topology(&topology).unwrap();
-        let built: Vec<&str> = binaries().iter().map(|b| b.name).collect();
-        assert_eq!(
-            running, built,
-            "topology.yaml and the built binaries differ"
-        );
+    fn topology() -> Topology {
+        Topology::load(&workspace().join("topology.yaml")).unwrap()
     }
 
     #[test]
-    fn a_processor_without_a_binary_is_named() {
-        let mut topology = Topology::load(&workspace().join("topology.yaml")).unwrap();
-        let mut extra = topology.processors["progress"].clone();
-        extra.external = false;
-        topology.processors.insert("scorer".into(), extra.clone());
-        let err = in_topology(&topology).unwrap_err().to_string();
-        assert!(err.contains(": scorer (mark"), "{err}");
-        extra.external = true;
-        topology.processors.insert("scorer".into(), extra);
-        assert_eq!(in_topology(&topology).unwrap().len(), binaries().len());
+    fn external_parties_are_not_processors_to_run() {
+        let mut topology = topology();
+        let running: Vec<String> = in_topology(&topology)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            running.first().map(String::as_str),
+            Some("collector"),
+            "{running:?}"
+        );
+        assert!(!running.iter().any(|p| p == "upstream"), "{running:?}");
+        let mut scorer = topology.processors["progress"].clone();
+        scorer.external = false;
+        topology.processors.insert("scorer".into(), scorer.clone());
+        assert_eq!(in_topology(&topology).last(), Some(&"scorer"));
+        scorer.external = true;
+        topology.processors.insert("scorer".into(), scorer);
+        assert_eq!(in_topology(&topology), running);
+    }
+
+    /// A stand-in binary: a shell script printing `stdout`, exiting `code`.
+    fn fake_binary(dir: &Path, name: &str, stdout: &str, code: i32) {
+        let path = dir.join(format!("trellis-{name}"));
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\ncat <<'EOF'\n{stdout}\nEOF\necho oops >&2\nexit {code}\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn a_processor_describes_itself_or_is_named_with_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let scorer = r#"{"name":"scorer","secrets":[{"env":"SCORER_KEY","hex32":true,"purpose":"p"}],"paths":[["cache_dir","state/scorer-cache"]],"one_instance":null}"#;
+        fake_binary(dir.path(), "scorer", scorer, 0);
+        let description = describe(dir.path(), "scorer").unwrap();
+        assert_eq!(description.secrets[0].env, "SCORER_KEY");
+        assert_eq!(description.paths[0].1, "state/scorer-cache");
+
+        let err = describe(dir.path(), "grader").unwrap_err().to_string();
+        assert!(err.contains("processor `grader` has no binary"), "{err}");
+        assert!(err.contains("external: true"), "{err}");
+
+        fake_binary(dir.path(), "broken", "", 2);
+        let err = describe(dir.path(), "broken").unwrap_err().to_string();
+        assert!(
+            err.contains("--describe failed") && err.contains("oops"),
+            "{err}"
+        );
+
+        fake_binary(dir.path(), "impostor", scorer, 0);
+        let err = describe(dir.path(), "impostor").unwrap_err().to_string();
+        assert!(
+            err.contains("describes processor `scorer`, not `impostor`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn every_processor_has_a_config_with_its_own_metrics_port() {
         let dir = workspace().join("ops/config");
-        let urls: BTreeSet<String> = binaries()
+        let topology = topology();
+        let names = in_topology(&topology);
+        let urls: BTreeSet<String> = names
             .iter()
-            .map(|b| metrics_url(&dir, b.name).unwrap())
+            .map(|name| metrics_url(&dir, name).unwrap())
             .collect();
         assert_eq!(
             urls.len(),
-            binaries().len(),
+            names.len(),
             "two processors share a port: {urls:?}"
         );
     }
