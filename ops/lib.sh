@@ -102,33 +102,19 @@ pg_bin_dir() {
   return 1
 }
 
-# as_postgres CMD...: Postgres refuses to run as root.
-as_postgres() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-
 # pg_up: a throwaway cluster under $TRELLIS_HOME/postgres on 127.0.0.1:$PG_PORT
 # with the `trellis` database, password authentication over TCP, the
-# superuser's password in the dev secret TRELLIS_PG_SUPERUSER.
+# superuser's password in the dev secret TRELLIS_PG_SUPERUSER (`trellis stack
+# postgres`, which the warehouse tests' clusters share).
 pg_up() {
-  local bin; bin=$("$TRELLIS_ROOT/ops/install-postgres")
+  "$TRELLIS_ROOT/ops/install-postgres" >/dev/null
   dev_secret TRELLIS_PG_SUPERUSER
   mkdir -p "$RUN_DIR" "$LOG_DIR"
-  rm -rf "$PG_DIR"; mkdir -p "$PG_DIR"
-  # The postgres user must reach its directory: traversal only, no listing.
-  [ "$(id -u)" = 0 ] && chmod o+x "$TRELLIS_HOME"
-  cp "$TRELLIS_PG_SUPERUSER_FILE" "$PG_DIR/pwfile"
-  [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$PG_DIR"
-  as_postgres "$bin/initdb" -D "$PG_DIR/data" -U trellis --pwfile "$PG_DIR/pwfile" \
-    --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --no-sync >"$LOG_DIR/initdb.log" 2>&1 \
-    || die "initdb failed (see $LOG_DIR/initdb.log)"
-  rm -f "$PG_DIR/pwfile"
-  as_postgres "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w \
-    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR" start >/dev/null \
+  rm -rf "$PG_DIR"
+  "$BIN_DIR/trellis" stack postgres up --dir "$PG_DIR" --port "$PG_PORT" \
+    --superuser trellis --password-file "$TRELLIS_PG_SUPERUSER_FILE" --database trellis \
     || die "Postgres did not start (see $PG_DIR/postgres.log)"
-  echo "$bin" >"$RUN_DIR/postgres.bin"
-  as_postgres "$bin/psql" -h "$PG_DIR" -p "$PG_PORT" -U trellis -d postgres -qAt \
-    -c "CREATE DATABASE trellis" >/dev/null
+  touch "$RUN_DIR/postgres.up"
 }
 
 # pg_url_secret NAME USER PASSWORD_FILE: writes the connection URL of USER on
@@ -141,7 +127,7 @@ pg_url_secret() {
 
 # pg_down: stops the cluster pg_up started.
 pg_down() {
-  [ -f "$RUN_DIR/postgres.bin" ] || return 0
-  as_postgres "$(cat "$RUN_DIR/postgres.bin")/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
-  rm -f "$RUN_DIR/postgres.bin"
+  [ -f "$RUN_DIR/postgres.up" ] || return 0
+  "$BIN_DIR/trellis" stack postgres down --dir "$PG_DIR" || true
+  rm -f "$RUN_DIR/postgres.up"
 }

@@ -84,18 +84,6 @@ pub async fn wait_for_port(port: u16, timeout: Duration) {
     }
 }
 
-fn tansu_path() -> PathBuf {
-    let path = std::env::var_os("TRELLIS_TANSU")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".trellis/bin/tansu"));
-    assert!(
-        path.exists(),
-        "tansu not found at {}: run ops/install-tansu (or set TRELLIS_TANSU)",
-        path.display()
-    );
-    path
-}
-
 /// A tansu broker on a free loopback port; killed on drop.
 pub struct Broker {
     child: Child,
@@ -113,20 +101,10 @@ impl Broker {
     /// id look like one cluster that lost its log).
     pub fn start_as(cluster: &str) -> Self {
         let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_path())
-            .args([
-                "broker",
-                // Each broker is its own cluster unless told otherwise: a
-                // store from another test's broker is refused, as in production.
-                "--cluster-id",
-                cluster,
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
+        // ops/stack-up starts its broker with this same command line.
+        let tansu = trellis_kit::stack::tansu(&repo_root().join(".trellis"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let child = trellis_kit::stack::broker_command(&tansu, port, cluster)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -135,15 +113,8 @@ impl Broker {
             child,
             bootstrap: format!("127.0.0.1:{port}"),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&broker.bootstrap).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not start on {}",
-                broker.bootstrap
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        trellis_kit::stack::wait_for_port(port, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("tansu did not start: {e}"));
         broker
     }
 }

@@ -1,13 +1,12 @@
 //! A throwaway Postgres cluster on a free loopback port, for the warehouse
-//! tests: `initdb` + `pg_ctl` from the machine's Postgres (ops/install-postgres
-//! puts it there; `TRELLIS_PG_BIN` names its `bin` directory), run as the
-//! `postgres` user when the tests run as root (Postgres refuses root).
-//! Password authentication over TCP, as in production, so role tests mean
-//! something; stopped on drop.
+//! tests: the local stack's cluster (`trellis_kit::stack::Postgres`, which
+//! `trellis stack postgres up` makes for ops/), with the warehouse's
+//! database and roles. Password authentication over TCP, as in
+//! production, so role tests mean something; stopped on drop.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+
+use trellis_kit::stack::Postgres as Cluster;
 
 use crate::free_port;
 
@@ -20,8 +19,10 @@ pub const OWNER: &str = "trellis_sink";
 
 /// A running test cluster.
 pub struct Postgres {
+    /// Scratch space (the cluster in `pg/`), removed on drop after the
+    /// server stops.
     dir: tempfile::TempDir,
-    bin: PathBuf,
+    cluster: Cluster,
     /// Its port on 127.0.0.1.
     pub port: u16,
     /// The superuser's password.
@@ -32,25 +33,9 @@ pub struct Postgres {
     pub service_password: String,
 }
 
-fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("TRELLIS_PG_BIN") {
-        return PathBuf::from(dir);
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .filter(|p| p.join("initdb").exists())
-        .collect();
-    found.sort();
-    found.pop().expect(
-        "no Postgres found (TRELLIS_PG_BIN or /usr/lib/postgresql/*/bin): run ops/install-postgres",
-    )
-}
-
-fn running_as_root() -> bool {
-    nix::unistd::geteuid().is_root()
+/// Test clusters need no durability, and tests open many connections.
+fn settings() -> Vec<String> {
+    vec!["fsync=off".into(), "max_connections=50".into()]
 }
 
 impl Postgres {
@@ -58,135 +43,41 @@ impl Postgres {
     /// roles (`trellis-warehouse setup`).
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let bin = bin_dir();
         let port = free_port();
+        let cluster = Cluster::new(&dir.path().join("pg"), port).unwrap_or_else(|e| panic!("{e}"));
         let pg = Self {
             dir,
-            bin,
+            cluster,
             port,
             superuser_password: crate::test_secret("pg-superuser"),
             owner_password: crate::test_secret("pg-owner"),
             service_password: crate::test_secret("pg-service"),
         };
-        let pwfile = pg.dir.path().join("pwfile");
-        std::fs::write(&pwfile, &pg.superuser_password).expect("pwfile");
-        if running_as_root() {
-            pg.chown(pg.dir.path());
-        }
-        pg.run(
-            "initdb",
-            &[
-                "-D",
-                &pg.data().display().to_string(),
-                "-U",
-                SUPERUSER,
-                "--pwfile",
-                &pwfile.display().to_string(),
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-        );
-        pg.start_server();
-        let admin = pg
-            .client(SUPERUSER, &pg.superuser_password, "postgres")
-            .await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
-            .await
-            .expect("create database");
+        // As ops/stack-up's cluster is made (`trellis stack postgres up`).
+        pg.cluster
+            .init(SUPERUSER, &pg.superuser_password)
+            .and_then(|()| pg.cluster.start(&settings()))
+            .and_then(|()| pg.cluster.create_database(SUPERUSER, DATABASE))
+            .unwrap_or_else(|e| panic!("{e}"));
         pg.setup().await;
         pg
     }
 
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn chown(&self, path: &Path) {
-        let status = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(path)
-            .status()
-            .expect("chown");
-        assert!(status.success());
-    }
-
-    /// Runs a Postgres program (as `postgres` when root).
-    fn run(&self, program: &str, args: &[&str]) {
-        let path = self.bin.join(program);
-        let output = if running_as_root() {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&path)
-                .args(args)
-                .output()
-        } else {
-            Command::new(&path).args(args).output()
-        }
-        .expect("run a Postgres program");
-        assert!(
-            output.status.success(),
-            "{program} failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    fn start_server(&self) {
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=50",
-            self.port,
-            self.dir.path().display()
-        );
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data().display().to_string(),
-                "-o",
-                &options,
-                "-l",
-                &self.dir.path().join("log").display().to_string(),
-                "-w",
-                "start",
-            ],
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "Postgres did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Stops the server at once (`immediate`: as if it crashed).
     pub fn stop(&self) {
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data().display().to_string(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
+        self.cluster.stop(true).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Starts it again after [`Postgres::stop`].
     pub fn restart(&self) {
-        self.start_server();
+        self.cluster
+            .start(&settings())
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// `postgresql://user:password@127.0.0.1:port/db`.
     pub fn url(&self, user: &str, password: &str, db: &str) -> String {
-        format!(
-            "postgresql://{user}:{password}@127.0.0.1:{}/{db}",
-            self.port
-        )
+        self.cluster.url(user, password, db)
     }
 
     /// The administrator's URL (the warehouse database).
@@ -264,19 +155,6 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let path = self.bin.join("pg_ctl");
-        let data = self.data();
-        let mut command = if running_as_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&path);
-            c
-        } else {
-            Command::new(&path)
-        };
-        let _ = command
-            .args(["-D"])
-            .arg(&data)
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
+        let _ = self.cluster.stop(true);
     }
 }

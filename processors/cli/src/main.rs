@@ -15,6 +15,7 @@ use cmd::erasure::ErasureCommand;
 use cmd::gdpr::GdprCommand;
 use cmd::inspect::InspectArgs;
 use cmd::registry::RegistryCommand;
+use cmd::stack::StackCommand;
 use cmd::state::StateCommand;
 use cmd::topology::TopologyCommand;
 
@@ -37,6 +38,9 @@ enum Command {
     /// metrics addresses (from topology.yaml, the processors and their configs).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The local stack's broker and Postgres, as ops/ starts them.
+    #[command(subcommand)]
+    Stack(StackCommand),
     /// The local Confluent-compatible schema registry.
     #[command(subcommand)]
     Registry(RegistryCommand),
@@ -75,6 +79,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitStatus> {
     match command {
         Command::Topology(command) => cmd::topology::run(command).await,
         Command::Config(command) => cmd::config::run(command),
+        Command::Stack(command) => cmd::stack::run(command),
         Command::Registry(command) => cmd::registry::run(command).await,
         Command::Demo(command) => cmd::demo::run(command).await,
         Command::Inspect(args) => cmd::inspect::run(args).await,

@@ -23,6 +23,7 @@ pub mod gdpr;
 pub mod inspect;
 pub mod processors;
 pub mod provision;
+pub mod stack;
 
 /// The local Confluent-compatible schema registry.
 pub mod registry {

@@ -7,5 +7,6 @@ pub mod erasure;
 pub mod gdpr;
 pub mod inspect;
 pub mod registry;
+pub mod stack;
 pub mod state;
 pub mod topology;
