@@ -3,9 +3,11 @@
 //! xAPI costs per record, erasure latency. Linked against every
 //! processor, which the `trellis` tool is not; `ops/bench` runs it.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Parser};
 use rdkafka::producer::FutureProducer;
 use trellis_bench::bench::Stage;
@@ -36,6 +38,11 @@ enum BenchCommand {
     Progress(BenchArgs),
     /// The analytics aggregator, measured like `progress`.
     Analytics(BenchArgs),
+    /// The table of the figures `--summary` collected in FILE.
+    Table {
+        /// The summary file.
+        summary: PathBuf,
+    },
     /// Merkle leaves hashed per second per core, and a full verify of a
     /// generated log (no broker).
     Audit {
@@ -117,6 +124,64 @@ struct BenchArgs {
     /// a fresh store; the median is reported.
     #[arg(long, default_value_t = 3)]
     rebuilds: usize,
+    /// Also append the figures to this file as one JSON line (`ops/bench
+    /// all` collects them, `trellis-bench table` prints them).
+    #[arg(long, env = "TRELLIS_BENCH_SUMMARY")]
+    summary: Option<PathBuf>,
+}
+
+/// One processor's figures, as `--summary` writes them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Summary {
+    processor: String,
+    /// Best rates over the rounds, records/s.
+    passthrough: f64,
+    rate: f64,
+    /// The least machine CPU per record in any round, µs.
+    cpu_passthrough_us: Option<f64>,
+    cpu_processor_us: Option<f64>,
+    /// Median rebuild rate from the fetched log, records/s.
+    rebuild: Option<f64>,
+}
+
+impl Summary {
+    fn append(&self, path: &Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        writeln!(file, "{}", serde_json::to_string(self)?)?;
+        Ok(())
+    }
+
+    /// The markdown table of the summaries in `path`, one row each.
+    fn table(path: &Path) -> anyhow::Result<String> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut table = String::from(
+            "| processor | passthrough | processor | ratio | machine CPU per record (ratio) | rebuild, one thread |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let s: Summary = serde_json::from_str(line)
+                .with_context(|| format!("{} holds no bench summary: {line}", path.display()))?;
+            let cpu = match (s.cpu_passthrough_us, s.cpu_processor_us) {
+                (Some(p), Some(q)) => format!("{p:.1} → {q:.1} µs ({:.2})", p / q),
+                _ => "-".into(),
+            };
+            let rebuild = s.rebuild.map_or("-".into(), |r| format!("{r:.0}/s"));
+            table += &format!(
+                "| {} | {:.0}/s | {:.0}/s | {:.2} | {cpu} | {rebuild} |\n",
+                s.processor,
+                s.passthrough,
+                s.rate,
+                s.rate / s.passthrough
+            );
+        }
+        Ok(table)
+    }
 }
 
 // Per-record parsing and encoding allocate many small short-lived objects;
@@ -135,6 +200,10 @@ async fn execute(command: BenchCommand) -> anyhow::Result<ExitStatus> {
         BenchCommand::Privacy(args) => bench(args, Stage::Privacy).await,
         BenchCommand::Progress(args) => bench(args, Stage::Progress).await,
         BenchCommand::Analytics(args) => bench(args, Stage::Analytics).await,
+        BenchCommand::Table { summary } => {
+            print!("{}", Summary::table(&summary)?);
+            Ok(ExitStatus::Success)
+        }
         BenchCommand::Audit {
             records,
             partitions,
@@ -284,6 +353,7 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
         events,
         rounds,
         rebuilds,
+        summary,
     } = args;
     let kafka = KafkaConfig::new(broker.bootstrap_servers);
     let producer: FutureProducer = producer_config(&kafka, None).create()?;
@@ -379,6 +449,14 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
         least_cpu.0 = least(least_cpu.0, pass.cpu_per_record());
         least_cpu.1 = least(least_cpu.1, timing.cpu_per_record());
     }
+    let mut figures = Summary {
+        processor: name.to_string(),
+        passthrough: best_pass.map_or(0.0, |t| t.rate()),
+        rate: best_proc.map_or(0.0, |t| t.rate()),
+        cpu_passthrough_us: least_cpu.0,
+        cpu_processor_us: least_cpu.1,
+        rebuild: None,
+    };
     if let (Some(pass), Some(timing)) = (best_pass, best_proc) {
         println!(
             "best: passthrough {:.0}/s, {name} {:.0}/s, ratio {:.2}",
@@ -402,6 +480,7 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
         // machines, per second of wall clock and of CPU alike.
         rebuilds.sort_by(|a, b| a.timing.rate().total_cmp(&b.timing.rate()));
         let median = &rebuilds[rebuilds.len() / 2].timing;
+        figures.rebuild = Some(median.rate());
         let mut cpu_rates: Vec<f64> = rebuilds
             .iter()
             .filter_map(bench::Rebuild::cpu_rate)
@@ -418,6 +497,9 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
                 .map(|r| format!("; {r:.0} per second of CPU"))
                 .unwrap_or_default()
         );
+    }
+    if let Some(path) = summary {
+        figures.append(&path)?;
     }
     Ok(ExitStatus::Success)
 }
@@ -451,4 +533,44 @@ async fn create_scratch_topic(kafka: &KafkaConfig, name: &str) -> anyhow::Result
         result.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_appended_one_per_processor_make_one_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("summary");
+        let collector = Summary {
+            processor: "collector".into(),
+            passthrough: 100_000.0,
+            rate: 80_000.0,
+            cpu_passthrough_us: Some(8.0),
+            cpu_processor_us: Some(16.0),
+            rebuild: None,
+        };
+        collector.append(&path).unwrap();
+        Summary {
+            processor: "progress".into(),
+            rebuild: Some(250_000.4),
+            cpu_passthrough_us: None,
+            ..collector
+        }
+        .append(&path)
+        .unwrap();
+        let table = Summary::table(&path).unwrap();
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(
+            rows,
+            [
+                "| collector | 100000/s | 80000/s | 0.80 | 8.0 → 16.0 µs (0.50) | - |",
+                "| progress | 100000/s | 80000/s | 0.80 | - | 250000/s |",
+            ]
+        );
+        std::fs::write(&path, "best: passthrough 1/s\n").unwrap();
+        let err = Summary::table(&path).unwrap_err().to_string();
+        assert!(err.contains("holds no bench summary"), "{err}");
+    }
 }
