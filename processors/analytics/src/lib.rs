@@ -62,6 +62,7 @@ use trellis_runtime::pipeline::{ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
 use trellis_runtime::sink::subject_hash;
 use trellis_runtime::state::StateError;
+use trellis_runtime::state::key::{key, prefix};
 use trellis_runtime::working_set::{Stored, WorkingSet};
 use trellis_runtime::{Emitter, InputRecord, OutputRecord, Processor, StateTxn};
 
@@ -203,17 +204,6 @@ mod keys {
     pub const ERASED: u8 = b'e';
     /// Too-late events: `late ‖ tenant ‖ window ‖ start` → count.
     pub const LATE: u8 = b'l';
-}
-
-fn key(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
-    // Sized up front: cell keys are built ~8 times per event.
-    let mut key = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 1).sum::<usize>());
-    key.push(kind);
-    for part in parts {
-        key.push(0);
-        key.extend_from_slice(part);
-    }
-    key
 }
 
 fn hash8(parts: &[&[u8]]) -> [u8; 8] {
@@ -667,7 +657,7 @@ impl Analytics {
         // The scan below reads the store: give it the batch's cells first.
         self.cells.save(txn)?;
         let mut changed = 0;
-        let cells = [&key(keys::CELL, &[tenant.as_bytes()])[..], &[0]].concat();
+        let cells = prefix(keys::CELL, &[tenant.as_bytes()]);
         for (cell_key, value) in txn.scan_prefix(&cells)? {
             let mut live = LiveCell::decode(&value)?;
             if live.anonymise(&hash8(&[&cell_key, learner.as_bytes()])) {

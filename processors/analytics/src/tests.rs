@@ -930,7 +930,7 @@ mod recomputed {
             .unwrap();
         let live_cells = live_run.live_cells();
         // (`p_7` of the other tenants is someone else: pseudonyms are per tenant.)
-        let acme = [&key(keys::CELL, &[b"acme"])[..], &[0]].concat();
+        let acme = prefix(keys::CELL, &[b"acme"]);
         for cell_key in live_cells
             .keys()
             .chain(&cell_keys(&live))

@@ -158,33 +158,37 @@ mod keys {
     /// Per partition and sequence: the anchor.
     pub const ANCHOR: u8 = b'a';
 
+    use trellis_runtime::state::key::key;
+
+    /// `partition ‖ topic ‖ partition number` (big-endian, last).
     pub fn partition(topic: &str, partition: i32) -> Vec<u8> {
-        let mut key = vec![PARTITION];
-        key.extend_from_slice(topic.as_bytes());
-        key.push(0);
-        key.extend_from_slice(&partition.to_be_bytes());
-        key
+        key(PARTITION, &[topic.as_bytes(), &partition.to_be_bytes()])
     }
 
     /// The partition a [`partition`] key names.
     pub fn parse_partition(key: &[u8]) -> (String, i32) {
-        let body = &key[1..];
+        // `kind ‖ 0 ‖ topic ‖ 0 ‖ 4 bytes`: the number is the fixed-width tail.
+        let body = key.get(2..).unwrap_or_default();
         let split = body.len().saturating_sub(5);
         let topic = String::from_utf8_lossy(&body[..split]).into_owned();
-        let partition = body[split + 1..]
-            .try_into()
+        let partition = body
+            .get(split + 1..)
+            .and_then(|n| n.try_into().ok())
             .map(i32::from_be_bytes)
             .unwrap_or_default();
         (topic, partition)
     }
 
+    /// `anchor ‖ topic ‖ partition number ‖ sequence` (numbers big-endian).
     pub fn anchor(topic: &str, partition: i32, sequence: i64) -> Vec<u8> {
-        let mut key = vec![ANCHOR];
-        key.extend_from_slice(topic.as_bytes());
-        key.push(0);
-        key.extend_from_slice(&partition.to_be_bytes());
-        key.extend_from_slice(&sequence.to_be_bytes());
-        key
+        key(
+            ANCHOR,
+            &[
+                topic.as_bytes(),
+                &partition.to_be_bytes(),
+                &sequence.to_be_bytes(),
+            ],
+        )
     }
 }
 
@@ -625,6 +629,8 @@ impl Build for Audit {
     const SECRETS: &'static [SecretSpec] = SECRETS;
     const ONE_INSTANCE: Option<&'static str> =
         Some("each anchor chain, and the anchor log, has one writer");
+    /// 2: keys in the runtime's one encoding (`state::key`).
+    const STATE_FORMAT: u32 = 2;
     const PATHS: &'static [(&'static str, &'static str)] =
         &[("checkpoint_file", "audit/checkpoint")];
     type Settings = Settings;

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use sha2::{Digest, Sha256};
 use trellis_runtime::StateTxn;
-use trellis_runtime::state::{StateError, StateStore};
+use trellis_runtime::state::{StateError, StateStore, key};
 
 type EventHash = [u8; 16];
 
@@ -40,11 +40,11 @@ const SEGMENT: i64 = 1024;
 /// Bytes per stored entry: hash, then timestamp (big-endian).
 const ENTRY: usize = 24;
 
-/// `segment/ ‖ partition id ‖ segment number (u64 BE)` → entries.
-const SEGMENTS: &[u8] = b"segment/";
-const CLOCK: &[u8] = b"clock/";
-/// One key per event: the layout before segments.
-const OLD_SEEN: &[u8] = b"seen/";
+/// A partition's segments: `segment ‖ topic ‖ partition ‖ segment number
+/// (u64 BE)` → entries (keys in the runtime's encoding, `state::key`).
+const SEGMENTS: u8 = b'g';
+/// A partition's clock: `clock ‖ topic ‖ partition`.
+const CLOCK: u8 = b'k';
 
 struct PartitionWindow {
     /// `topic ‖ 0x00 ‖ partition` as used in state keys.
@@ -93,14 +93,13 @@ impl PartitionWindow {
             .get_or_insert_with(Vec::new)
     }
 
-    fn key(&self, prefix: &[u8], segment: Option<u64>) -> Vec<u8> {
-        let mut key = Vec::with_capacity(prefix.len() + self.id.len() + 8);
-        key.extend_from_slice(prefix);
-        key.extend_from_slice(&self.id);
-        if let Some(n) = segment {
-            key.extend_from_slice(&n.to_be_bytes());
+    /// The window's key in namespace `kind` (its id is `topic ‖ 0 ‖
+    /// partition`, so this is `kind ‖ topic ‖ partition [‖ segment]`).
+    fn key(&self, kind: u8, segment: Option<u64>) -> Vec<u8> {
+        match segment {
+            None => key::key(kind, &[&self.id[..]]),
+            Some(n) => key::key(kind, &[&self.id[..], &n.to_be_bytes()]),
         }
-        key
     }
 
     fn prune(&mut self, older_than: i64) {
@@ -220,30 +219,27 @@ impl DedupWindow {
     /// Loads the committed window from the store.
     ///
     /// # Errors
-    /// [`StateError`] on read failure, on a segment that does not decode, and
-    /// on a store written with one key per event (an earlier build): it is
-    /// rebuilt by replay (`--rebuild`).
+    /// [`StateError`] on read failure or a segment that does not decode.
+    /// (A store of an earlier layout never gets here: the runtime rebuilds
+    /// a store of another `STATE_FORMAT` by replay.)
     pub fn restore(&mut self, store: &StateStore) -> Result<(), StateError> {
         self.partitions.clear();
-        if store.scan_prefix(OLD_SEEN).next().is_some() {
-            return Err(StateError::corrupt(
-                "the dedup window was stored by an earlier build (one key per event); \
-                 rebuild the collector's state by replay (--rebuild)",
-            ));
-        }
-        for entry in store.scan_prefix(CLOCK) {
+        for entry in store.scan_prefix(&[CLOCK]) {
             let (key, value) = entry?;
-            let id = key[CLOCK.len()..].to_vec();
+            let id = key.get(2..).unwrap_or_default().to_vec();
             let mut window = PartitionWindow::new(id);
             window.clock = parse_i64(&value).unwrap_or(i64::MIN);
             self.partitions.push(window);
         }
         // Key order is segment order: a later entry for the same hash (seen
         // again after it expired) overwrites an earlier one, as it did live.
-        for entry in store.scan_prefix(SEGMENTS) {
+        for entry in store.scan_prefix(&[SEGMENTS]) {
             let (key, value) = entry?;
-            let rest = &key[SEGMENTS.len()..];
-            let Some((id, n)) = rest.split_last_chunk::<8>() else {
+            let rest = key.get(2..).unwrap_or_default();
+            let Some((id, n)) = rest
+                .split_last_chunk::<8>()
+                .and_then(|(id, n)| Some((id.strip_suffix(&[0])?, n)))
+            else {
                 return Err(StateError::corrupt("dedup segment key too short"));
             };
             let segment = decode(&value)
@@ -477,26 +473,12 @@ mod tests {
         window.save(&mut txn);
         commit(&store, txn);
         window.committed();
-        let segments = store.scan_prefix(SEGMENTS).count();
+        let segments = store.scan_prefix(&[SEGMENTS]).count();
         assert_eq!(segments, 10, "offsets 0..10,000 in segments of {SEGMENT}");
         let mut restored = DedupWindow::new(100_000);
         restored.restore(&store).unwrap();
         assert_eq!(restored.len(), 10_000);
         assert!(!restored.observe("t", 0, 10_000, "acme", "e9999", 2_000));
-    }
-
-    #[test]
-    fn a_store_with_one_key_per_event_is_refused_with_the_way_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
-        let mut txn = store.begin();
-        txn.put(
-            b"seen/t\0\0\0\0\0aaaaaaaaaaaaaaaa".to_vec(),
-            1_000i64.to_be_bytes().to_vec(),
-        );
-        commit(&store, txn);
-        let error = DedupWindow::new(100_000).restore(&store).unwrap_err();
-        assert!(error.to_string().contains("--rebuild"), "{error}");
     }
 
     #[test]
@@ -510,7 +492,7 @@ mod tests {
         window.save(&mut txn);
         commit(&store, txn);
         assert_eq!(
-            store.scan_prefix(SEGMENTS).count(),
+            store.scan_prefix(&[SEGMENTS]).count(),
             0,
             "nothing left to save"
         );

@@ -178,14 +178,7 @@ mod keys {
     pub const TICK: u8 = b't';
     pub const DECISION: u8 = b'd';
 
-    pub fn key(kind: u8, parts: &[&str]) -> Vec<u8> {
-        let mut key = vec![kind];
-        for part in parts {
-            key.extend_from_slice(part.as_bytes());
-            key.push(0);
-        }
-        key
-    }
+    pub use trellis_runtime::state::key::{key, parts, prefix};
 }
 
 /// Where a saga is.
@@ -558,7 +551,7 @@ impl Gdpr {
 
     /// Every answer to the commands of `request_id`, by command id.
     fn answers(&self, request_id: &str, txn: &StateTxn<'_>) -> Result<Answers, ProcessError> {
-        txn.scan_prefix(&keys::key(keys::ANSWER, &[request_id]))?
+        txn.scan_prefix(&keys::prefix(keys::ANSWER, &[request_id]))?
             .into_iter()
             .map(|(_, bytes)| {
                 let ack: ParticipantAck = postcard::from_bytes(&bytes).map_err(state_err)?;
@@ -936,7 +929,10 @@ impl Gdpr {
         let due = |since: i64| periods(tick.at, since) > periods(previous, since);
         let attempt = |since: i64| 1 + periods(tick.at, since).clamp(0, 1_000) as i32;
         for (key, _) in txn.scan_prefix(&[keys::OPEN])? {
-            let request_id = String::from_utf8_lossy(&key[1..key.len() - 1]).into_owned();
+            let request_id = keys::parts(&key)
+                .next()
+                .map(|id| String::from_utf8_lossy(id).into_owned())
+                .unwrap_or_default();
             let Some(saga) = get::<Saga>(txn, &keys::key(keys::REQUEST, &[&request_id]))? else {
                 continue;
             };
@@ -1098,6 +1094,8 @@ impl Build for Gdpr {
     const NAME: &'static str = NAME;
     const ONE_INSTANCE: Option<&'static str> =
         Some("a saga's facts arrive on several topics, and its clock is one");
+    /// 2: keys in the runtime's one encoding (`state::key`).
+    const STATE_FORMAT: u32 = 2;
     const PATHS: &'static [(&'static str, &'static str)] = &[("export_dir", "exports")];
     type Settings = Settings;
     type Processor = Self;

@@ -52,7 +52,7 @@ use trellis_runtime::build::{Build, Context};
 use trellis_runtime::participant::{Acks, CommandOr, Participant};
 use trellis_runtime::pipeline::{ProcessError, StartError};
 use trellis_runtime::schema::AvroEncoder;
-use trellis_runtime::state::StateError;
+use trellis_runtime::state::{StateError, key};
 use trellis_runtime::working_set::{Stored, WorkingSet};
 use trellis_runtime::{Emitter, InputRecord, OutputRecord, Processor, StateTxn};
 
@@ -177,29 +177,14 @@ mod keys {
     pub const VOID: u8 = b'v';
     /// Erased pseudonyms: `erased ‖ tenant ‖ learner` → command time.
     pub const ERASED: u8 = b'x';
-
-    /// `kind ‖ parts joined by 0x00`, with a trailing separator if `open`.
-    pub fn key(kind: u8, parts: &[&str], open: bool) -> Vec<u8> {
-        let len = 1 + parts.iter().map(|p| p.len() + 1).sum::<usize>() + usize::from(open);
-        let mut key = Vec::with_capacity(len);
-        key.push(kind);
-        for part in parts {
-            key.push(0);
-            key.extend_from_slice(part.as_bytes());
-        }
-        if open {
-            key.push(0);
-        }
-        key
-    }
 }
 
 pub(crate) fn row_key(tenant: &str, learner: &str, activity: &str) -> Vec<u8> {
-    keys::key(keys::ROW, &[tenant, learner, activity], false)
+    key::key(keys::ROW, &[tenant, learner, activity])
 }
 
 pub(crate) fn learner_prefix(tenant: &str, learner: &str) -> Vec<u8> {
-    keys::key(keys::ROW, &[tenant, learner], true)
+    key::prefix(keys::ROW, &[tenant, learner])
 }
 
 /// How many progress rows `store` holds for `learner` in `tenant` (an
@@ -398,7 +383,7 @@ impl Progress {
     ) -> Result<(), ProcessError> {
         let tenant = event.tenant_id;
         let learner = event.learner;
-        if self.marked(txn, &keys::key(keys::ERASED, &[tenant, learner], false))? {
+        if self.marked(txn, &key::key(keys::ERASED, &[tenant, learner]))? {
             self.counters.erased_dropped.inc();
             return Ok(());
         }
@@ -412,11 +397,11 @@ impl Progress {
             return Ok(());
         };
         let id = event.event_id;
-        if self.marked(txn, &keys::key(keys::VOID, &[tenant, id], false))? {
+        if self.marked(txn, &key::key(keys::VOID, &[tenant, id]))? {
             // Voided before it arrived: it never counts.
             return Ok(());
         }
-        let index = keys::key(keys::EVENT, &[tenant, id], false);
+        let index = key::key(keys::EVENT, &[tenant, id]);
         if txn.get(&index)?.is_some() {
             out.dropped_duplicate();
             return Ok(());
@@ -455,13 +440,13 @@ impl Progress {
         txn: &mut StateTxn<'_>,
         out: &mut Emitter,
     ) -> Result<(), ProcessError> {
-        let mark = keys::key(keys::VOID, &[tenant, target], false);
+        let mark = key::key(keys::VOID, &[tenant, target]);
         if self.marked(txn, &mark)? {
             out.dropped_duplicate();
             return Ok(());
         }
         self.mark(txn, mark, cause.as_bytes().to_vec());
-        let index = keys::key(keys::EVENT, &[tenant, target], false);
+        let index = key::key(keys::EVENT, &[tenant, target]);
         let Some(location) = txn.get(&index)?.map(|l| l.into_owned()) else {
             self.counters.voids.with_label_values(&["pending"]).inc();
             return Ok(());
@@ -727,7 +712,7 @@ impl Participant for Progress {
                 for (key, value) in rows {
                     let row: RowState = decode_state(&value)?;
                     for fact in &row.facts {
-                        txn.delete(keys::key(keys::EVENT, &[tenant, &fact.event_id], false));
+                        txn.delete(key::key(keys::EVENT, &[tenant, &fact.event_id]));
                     }
                     let activity = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
                     out.emit(OutputRecord {
@@ -741,7 +726,7 @@ impl Participant for Progress {
                 }
                 self.mark(
                     txn,
-                    keys::key(keys::ERASED, &[tenant, learner], false),
+                    key::key(keys::ERASED, &[tenant, learner]),
                     command.issued_at.to_be_bytes().to_vec(),
                 );
                 ack.detail = format!(

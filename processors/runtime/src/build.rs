@@ -99,6 +99,10 @@ pub trait Build: 'static {
     /// it under `TRELLIS_HOME` (`state_dir` is every processor's:
     /// `state/<name>`). `trellis config paths` prints them for ops/.
     const PATHS: &'static [(&'static str, &'static str)] = &[];
+    /// How it lays out its state. Raise it when a new build reads the
+    /// store differently: a store written in another format is rebuilt by
+    /// replay at start, never misread.
+    const STATE_FORMAT: u32 = 1;
     /// Its `settings` section.
     type Settings: Settings;
     /// What it builds.
@@ -291,7 +295,7 @@ pub async fn run<B: Build>(
         ))
         .into());
     }
-    let runtime = Runtime::start(B::NAME, &config).await?;
+    let runtime = Runtime::start(B::NAME, B::STATE_FORMAT, &config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let processor = {
         let mut ctx = Context {

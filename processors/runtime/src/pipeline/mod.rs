@@ -54,6 +54,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -144,11 +145,16 @@ type Fused<'a> = futures::future::Fuse<Shutdown<'a>>;
 
 impl Runtime {
     /// Loads the topology, checks the processor's topics exist, opens (or,
-    /// with `rebuild`, recreates) the state store, serves metrics.
+    /// with `rebuild` or a store in another `state_format`, recreates) the
+    /// state store, serves metrics.
     ///
     /// # Errors
     /// [`StartError`] naming the first thing that is wrong.
-    pub async fn start<S>(name: &'static str, config: &Config<S>) -> Result<Self, StartError> {
+    pub async fn start<S>(
+        name: &'static str,
+        state_format: u32,
+        config: &Config<S>,
+    ) -> Result<Self, StartError> {
         let metrics = Metrics::new(name).map_err(|e| StartError::Misconfigured(e.to_string()))?;
         let metrics_addr =
             metrics
@@ -184,16 +190,7 @@ impl Runtime {
             return Err(StartError::MissingTopics(missing));
         }
 
-        if config.rebuild && config.state_dir.exists() {
-            tracing::info!(dir = %config.state_dir.display(), "rebuild requested: removing state store");
-            std::fs::remove_dir_all(&config.state_dir).map_err(|e| {
-                StartError::Misconfigured(format!(
-                    "cannot remove {} for rebuild: {e}",
-                    config.state_dir.display()
-                ))
-            })?;
-        }
-        let store = StateStore::open(&config.state_dir)?;
+        let store = open_store(&config.state_dir, config.rebuild, state_format)?;
 
         let transactional_id = config
             .kafka
@@ -312,6 +309,39 @@ impl Runtime {
             live: self.live.clone(),
         })
     }
+}
+
+/// Opens the store in `dir`, recreated when `rebuild` is asked for or when
+/// it was written in another state format than `format`: state is a
+/// function of the log, so replay rebuilds it in the layout this build
+/// reads. (A store from before formats were recorded is format 1.)
+fn open_store(dir: &Path, rebuild: bool, format: u32) -> Result<StateStore, StartError> {
+    let remove = |why: &str| {
+        tracing::warn!(dir = %dir.display(), "{why}: removing the state store, to be rebuilt by replay");
+        std::fs::remove_dir_all(dir).map_err(|e| {
+            StartError::Misconfigured(format!("cannot remove {} ({why}): {e}", dir.display()))
+        })
+    };
+    if rebuild && dir.exists() {
+        remove("rebuild requested")?;
+    }
+    let store = StateStore::open(dir)?;
+    let blank = store.is_empty() && store.positions()?.is_empty();
+    let found = store.format().or_else(|| (!blank).then_some(1));
+    let store = match found {
+        Some(found) if found != format => {
+            drop(store);
+            remove(&format!(
+                "the store is in state format {found} and this build reads format {format}"
+            ))?;
+            StateStore::open(dir)?
+        }
+        _ => store,
+    };
+    if store.format() != Some(format) {
+        store.set_format(format)?;
+    }
+    Ok(store)
 }
 
 /// A store remembers the cluster whose log it was built from; a store of

@@ -120,7 +120,7 @@ async fn run_echo_on(
         .send(&record, Duration::from_secs(10))
         .await
         .unwrap();
-    let runtime = Runtime::start("echo", &config).await.unwrap();
+    let runtime = Runtime::start("echo", 1, &config).await.unwrap();
     tokio::time::timeout(
         Duration::from_secs(20),
         runtime.run(
@@ -211,4 +211,38 @@ async fn an_output_carries_its_inputs_request_id() {
         assert_eq!(record.header(REQUEST_ID_HEADER), Some(b"req-7".as_slice()));
         assert_eq!(record.value, Some(b"hello".as_slice()));
     });
+}
+
+#[test]
+fn a_store_in_another_state_format_is_rebuilt_never_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let write = |store: &StateStore, key: &[u8]| {
+        let mut txn = store.begin();
+        txn.put(key.to_vec(), b"v".to_vec());
+        store.commit(txn, &crate::state::Positions::new()).unwrap();
+    };
+    // A store from before formats were recorded is format 1.
+    write(&StateStore::open(&path).unwrap(), b"old layout");
+    let store = open_store(&path, false, 1).unwrap();
+    assert!(store.get(b"old layout").unwrap().is_some(), "kept");
+    assert_eq!(store.format(), Some(1));
+    drop(store);
+    // A build that lays its state out differently starts from an empty
+    // store (the runtime then replays the log into it), in its format.
+    let store = open_store(&path, false, 2).unwrap();
+    assert!(store.is_empty(), "rebuilt");
+    assert_eq!(store.format(), Some(2));
+    write(&store, b"new layout");
+    drop(store);
+    let store = open_store(&path, false, 2).unwrap();
+    assert!(store.get(b"new layout").unwrap().is_some(), "kept");
+    drop(store);
+    // A store of a later format than this build reads is rebuilt too.
+    let store = open_store(&path, false, 1).unwrap();
+    assert!(store.is_empty());
+    drop(store);
+    // --rebuild empties a store of the right format.
+    write(&open_store(&path, false, 1).unwrap(), b"x");
+    assert!(open_store(&path, true, 1).unwrap().is_empty());
 }

@@ -8,7 +8,8 @@
 //! every rebuild (docs/performance.md). A batch appended to a file is one
 //! sequential write, and reads are map lookups.
 //!
-//! Keys live in two namespaces: metadata (input positions, the cluster id)
+//! Keys live in two namespaces: metadata (input positions, the cluster id,
+//! the processor's state format)
 //! and the processor's data. A batch of data changes and the positions it
 //! advanced to are one log frame with a CRC, so the store can never include
 //! an input's effect without knowing it did: a torn last frame (a crash
@@ -35,6 +36,7 @@
 //! - `frame`: how changes are written (ops in CRC-checked frames);
 //! - `table`: the in-memory tables (hash index plus lazily kept order);
 //! - `txn`: [`StateTxn`], a batch's changes as the processor makes them;
+//! - `key`: how processors lay out their keys (one encoding for all);
 //! - `error`: [`StateError`].
 
 use std::collections::BTreeMap;
@@ -49,6 +51,7 @@ use sha2::{Digest, Sha256};
 
 mod error;
 mod frame;
+pub mod key;
 mod log;
 mod table;
 mod txn;
@@ -63,6 +66,7 @@ use table::Maps;
 
 const POSITION: &[u8] = b"pos/";
 const CLUSTER: &[u8] = b"cluster";
+const FORMAT: &[u8] = b"format";
 
 /// A topic partition.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -285,10 +289,8 @@ impl StateStore {
     /// None today; kept for callers written against a fallible store.
     pub fn cluster_id(&self) -> Result<Option<String>, StateError> {
         Ok(self
-            .maps()
-            .meta
-            .get(CLUSTER)
-            .map(|v| String::from_utf8_lossy(v).into_owned()))
+            .meta(CLUSTER)
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Records the cluster whose log this store is built from.
@@ -296,10 +298,34 @@ impl StateStore {
     /// # Errors
     /// [`StateError`] on write failure.
     pub fn set_cluster_id(&self, id: &str) -> Result<(), StateError> {
+        self.set_meta(CLUSTER, id.as_bytes())
+    }
+
+    /// The processor's state format this store was written in, if recorded
+    /// (`crate::build::Build::STATE_FORMAT`).
+    pub fn format(&self) -> Option<u32> {
+        self.meta(FORMAT)
+            .and_then(|v| v.as_slice().try_into().ok())
+            .map(u32::from_be_bytes)
+    }
+
+    /// Records the state format the store is written in.
+    ///
+    /// # Errors
+    /// [`StateError`] on write failure.
+    pub fn set_format(&self, format: u32) -> Result<(), StateError> {
+        self.set_meta(FORMAT, &format.to_be_bytes())
+    }
+
+    fn meta(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.maps().meta.get(key).cloned()
+    }
+
+    fn set_meta(&self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
         let op = Op {
             meta: true,
-            key: CLUSTER,
-            value: Some(id.as_bytes()),
+            key,
+            value: Some(value),
         };
         let mut body = frame_start(64);
         op.encode(&mut body);
