@@ -114,7 +114,6 @@ pg_up() {
   "$BIN_DIR/trellis" stack postgres up --dir "$PG_DIR" --port "$PG_PORT" \
     --superuser trellis --password-file "$TRELLIS_PG_SUPERUSER_FILE" --database trellis \
     || die "Postgres did not start (see $PG_DIR/postgres.log)"
-  touch "$RUN_DIR/postgres.up"
 }
 
 # pg_url_secret NAME USER PASSWORD_FILE: writes the connection URL of USER on
@@ -125,9 +124,9 @@ pg_url_secret() {
   export "${1}_FILE=$file"
 }
 
-# pg_down: stops the cluster pg_up started.
+# pg_down: stops the cluster pg_up started, even one whose start failed
+# half-way (nothing if no server runs there).
 pg_down() {
-  [ -f "$RUN_DIR/postgres.up" ] || return 0
+  [ -d "$PG_DIR/data" ] || return 0
   "$BIN_DIR/trellis" stack postgres down --dir "$PG_DIR" || true
-  rm -f "$RUN_DIR/postgres.up"
 }

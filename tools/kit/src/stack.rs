@@ -43,6 +43,19 @@ pub fn broker_command(tansu: &Path, port: u16, cluster: &str) -> Command {
     command
 }
 
+/// Writes `bytes` to a new file only its owner can read.
+fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
+}
+
 /// Waits until something accepts connections on 127.0.0.1:`port`.
 ///
 /// # Errors
@@ -158,9 +171,22 @@ impl Postgres {
     /// The directory cannot be prepared, or `initdb` fails.
     pub fn init(&self, superuser: &str, password: &str) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+            })
             .with_context(|| format!("creating {}", self.dir.display()))?;
+        // initdb reads the password from a file: owner-only, and gone
+        // whatever happens next.
         let pwfile = self.dir.join("pwfile");
-        std::fs::write(&pwfile, password).context("writing the password file")?;
+        let result = write_owner_only(&pwfile, password.as_bytes())
+            .with_context(|| format!("writing {}", pwfile.display()))
+            .and_then(|()| self.initdb(superuser, &pwfile));
+        let _ = std::fs::remove_file(&pwfile);
+        result
+    }
+
+    fn initdb(&self, superuser: &str, pwfile: &Path) -> anyhow::Result<()> {
         if Self::as_root() {
             // The postgres user must reach its directory through the
             // parent (TRELLIS_HOME): traversal only, no listing.
@@ -182,7 +208,7 @@ impl Postgres {
                 bail!("chown postgres {} failed", self.dir.display());
             }
         }
-        let result = self.run(
+        self.run(
             "initdb",
             &[
                 "-D",
@@ -197,9 +223,8 @@ impl Postgres {
                 "UTF8",
                 "--no-sync",
             ],
-        );
-        let _ = std::fs::remove_file(&pwfile);
-        result.map(drop)
+        )
+        .map(drop)
     }
 
     /// Starts the server (`settings`: extra `-c name=value`) and waits
