@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Args, Parser};
 use rdkafka::producer::FutureProducer;
 use trellis_bench::bench::Stage;
-use trellis_kit::args::{Broker, RegistryUrl, StackArgs, TopologyFile};
+use trellis_kit::args::StackArgs;
 use trellis_kit::demo::{self, DemoSpec};
 use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::kafka::producer_config;
@@ -109,11 +109,7 @@ enum BenchCommand {
 #[derive(Args)]
 struct BenchArgs {
     #[command(flatten)]
-    file: TopologyFile,
-    #[command(flatten)]
-    broker: Broker,
-    #[command(flatten)]
-    registry: RegistryUrl,
+    stack: StackArgs,
     /// Demo records to produce first (the input of both runs).
     #[arg(long, default_value_t = 1_000_000)]
     events: usize,
@@ -347,9 +343,11 @@ async fn execute(command: BenchCommand) -> anyhow::Result<ExitStatus> {
 async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
     use trellis_bench::bench;
     let BenchArgs {
-        file,
-        broker,
-        registry,
+        stack: StackArgs {
+            file,
+            broker,
+            registry,
+        },
         events,
         rounds,
         rebuilds,

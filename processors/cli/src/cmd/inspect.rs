@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use trellis_kit::args::{Broker, RegistryUrl, TopologyFile};
+use trellis_kit::args::StackArgs;
 use trellis_kit::inspect;
 use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::lifecycle::ExitStatus;
@@ -12,11 +12,7 @@ use trellis_runtime::topology::Topology;
 #[derive(Args)]
 pub struct InspectArgs {
     #[command(flatten)]
-    file: TopologyFile,
-    #[command(flatten)]
-    broker: Broker,
-    #[command(flatten)]
-    registry: RegistryUrl,
+    stack: StackArgs,
     /// A topic is read until no record arrives for this long.
     #[arg(long, default_value_t = 1500)]
     idle_ms: u64,
@@ -27,11 +23,11 @@ pub struct InspectArgs {
 /// # Errors
 /// topology.yaml, the broker or the registry.
 pub async fn run(args: InspectArgs) -> anyhow::Result<ExitStatus> {
-    let topology = Topology::load(&args.file.topology)?;
-    let kafka = KafkaConfig::new(args.broker.bootstrap_servers);
+    let topology = Topology::load(&args.stack.file.topology)?;
+    let kafka = KafkaConfig::new(args.stack.broker.bootstrap_servers);
     let reports = inspect::inspect(
         &kafka,
-        &args.registry.registry_url,
+        &args.stack.registry.registry_url,
         &topology,
         Duration::from_millis(args.idle_ms),
     )

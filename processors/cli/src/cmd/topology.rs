@@ -2,7 +2,7 @@
 //! topics created and schemas registered.
 
 use clap::Subcommand;
-use trellis_kit::args::{Broker, RegistryUrl, TopologyFile};
+use trellis_kit::args::{StackArgs, TopologyFile};
 use trellis_kit::provision;
 use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::lifecycle::ExitStatus;
@@ -15,11 +15,7 @@ pub enum TopologyCommand {
     /// Create missing topics and register schemas (BACKWARD). Idempotent.
     Apply {
         #[command(flatten)]
-        file: TopologyFile,
-        #[command(flatten)]
-        broker: Broker,
-        #[command(flatten)]
-        registry: RegistryUrl,
+        stack: StackArgs,
         /// Replication factor for new topics.
         #[arg(long, default_value_t = 1)]
         replication: i32,
@@ -53,12 +49,12 @@ pub async fn run(command: TopologyCommand) -> anyhow::Result<ExitStatus> {
                 }
             }
         }
-        TopologyCommand::Apply {
-            file,
-            broker,
-            registry,
-            replication,
-        } => {
+        TopologyCommand::Apply { stack, replication } => {
+            let StackArgs {
+                file,
+                broker,
+                registry,
+            } = stack;
             let topology = Topology::load_checked(&file.topology)?;
             let kafka = KafkaConfig::new(broker.bootstrap_servers);
             let applied = provision::apply(&kafka, &registry.registry_url, &topology, replication)
