@@ -220,8 +220,8 @@ impl DedupWindow {
     ///
     /// # Errors
     /// [`StateError`] on read failure or a segment that does not decode.
-    /// (A store of an earlier layout never gets here: the runtime rebuilds
-    /// a store of another `STATE_FORMAT` by replay.)
+    /// (A store of an earlier layout never gets here: the runtime refuses
+    /// a store of another `STATE_FORMAT`, naming `--rebuild`.)
     pub fn restore(&mut self, store: &StateStore) -> Result<(), StateError> {
         self.partitions.clear();
         for entry in store.scan_prefix(&[CLOCK]) {

@@ -100,8 +100,8 @@ pub trait Build: 'static {
     /// `state/<name>`). `trellis config paths` prints them for ops/.
     const PATHS: &'static [(&'static str, &'static str)] = &[];
     /// How it lays out its state. Raise it when a new build reads the
-    /// store differently: a store written in another format is rebuilt by
-    /// replay at start, never misread.
+    /// store differently: a store written in another format is refused at
+    /// start with the way out (`--rebuild`), never misread.
     const STATE_FORMAT: u32 = 1;
     /// Its `settings` section.
     type Settings: Settings;

@@ -90,6 +90,20 @@ pub enum StartError {
         /// Cluster id the broker reports.
         actual: String,
     },
+    /// The state store was written in another state format than this
+    /// build reads (`Build::STATE_FORMAT`): read as it is, it would be
+    /// misread.
+    #[error(
+        "refusing to start: state store {dir} is in state format {found}, but this build reads format {reads}; start with --rebuild to rebuild it by replay in the new format"
+    )]
+    StoreFormat {
+        /// The store directory.
+        dir: String,
+        /// The format recorded in the store (1 if none was).
+        found: u32,
+        /// The format this build reads.
+        reads: u32,
+    },
     /// Broker unreachable or refused.
     #[error(transparent)]
     Kafka(#[from] KafkaError),

@@ -311,37 +311,32 @@ impl Runtime {
     }
 }
 
-/// Opens the store in `dir`, recreated when `rebuild` is asked for or when
-/// it was written in another state format than `format`: state is a
-/// function of the log, so replay rebuilds it in the layout this build
-/// reads. (A store from before formats were recorded is format 1.)
+/// Opens the store in `dir` (recreated when `rebuild` is asked for), in
+/// state format `format`: a store written in another format is refused
+/// with the way out, `--rebuild`, rather than misread. (A store from
+/// before formats were recorded is format 1.)
 fn open_store(dir: &Path, rebuild: bool, format: u32) -> Result<StateStore, StartError> {
-    let remove = |why: &str| {
-        tracing::warn!(dir = %dir.display(), "{why}: removing the state store, to be rebuilt by replay");
-        std::fs::remove_dir_all(dir).map_err(|e| {
-            StartError::Misconfigured(format!("cannot remove {} ({why}): {e}", dir.display()))
-        })
-    };
     if rebuild && dir.exists() {
-        remove("rebuild requested")?;
+        tracing::info!(dir = %dir.display(), "rebuild requested: removing the state store");
+        std::fs::remove_dir_all(dir).map_err(|e| {
+            StartError::Misconfigured(format!("cannot remove {} for rebuild: {e}", dir.display()))
+        })?;
     }
     let store = StateStore::open(dir)?;
     let blank = store.is_empty() && store.positions()?.is_empty();
-    let found = store.format().or_else(|| (!blank).then_some(1));
-    let store = match found {
-        Some(found) if found != format => {
-            drop(store);
-            remove(&format!(
-                "the store is in state format {found} and this build reads format {format}"
-            ))?;
-            StateStore::open(dir)?
+    match store.format().or_else(|| (!blank).then_some(1)) {
+        Some(found) if found != format => Err(StartError::StoreFormat {
+            dir: dir.display().to_string(),
+            found,
+            reads: format,
+        }),
+        _ => {
+            if store.format() != Some(format) {
+                store.set_format(format)?;
+            }
+            Ok(store)
         }
-        _ => store,
-    };
-    if store.format() != Some(format) {
-        store.set_format(format)?;
     }
-    Ok(store)
 }
 
 /// A store remembers the cluster whose log it was built from; a store of

@@ -214,7 +214,7 @@ async fn an_output_carries_its_inputs_request_id() {
 }
 
 #[test]
-fn a_store_in_another_state_format_is_rebuilt_never_misread() {
+fn a_store_in_another_state_format_is_refused_with_the_way_out_never_misread() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state");
     let write = |store: &StateStore, key: &[u8]| {
@@ -222,15 +222,27 @@ fn a_store_in_another_state_format_is_rebuilt_never_misread() {
         txn.put(key.to_vec(), b"v".to_vec());
         store.commit(txn, &crate::state::Positions::new()).unwrap();
     };
+    let refused = |rebuild: bool, format: u32| {
+        let err = open_store(&path, rebuild, format).err().expect("refused");
+        err.to_string()
+    };
     // A store from before formats were recorded is format 1.
     write(&StateStore::open(&path).unwrap(), b"old layout");
     let store = open_store(&path, false, 1).unwrap();
     assert!(store.get(b"old layout").unwrap().is_some(), "kept");
     assert_eq!(store.format(), Some(1));
     drop(store);
-    // A build that lays its state out differently starts from an empty
-    // store (the runtime then replays the log into it), in its format.
-    let store = open_store(&path, false, 2).unwrap();
+    // A build that lays its state out differently refuses it, naming both
+    // formats and the way out; nothing is removed.
+    let err = refused(false, 2);
+    assert!(
+        err.contains("in state format 1, but this build reads format 2")
+            && err.contains("--rebuild"),
+        "{err}"
+    );
+    // --rebuild starts from an empty store (the runtime then replays the
+    // log into it), in the build's format.
+    let store = open_store(&path, true, 2).unwrap();
     assert!(store.is_empty(), "rebuilt");
     assert_eq!(store.format(), Some(2));
     write(&store, b"new layout");
@@ -238,11 +250,9 @@ fn a_store_in_another_state_format_is_rebuilt_never_misread() {
     let store = open_store(&path, false, 2).unwrap();
     assert!(store.get(b"new layout").unwrap().is_some(), "kept");
     drop(store);
-    // A store of a later format than this build reads is rebuilt too.
-    let store = open_store(&path, false, 1).unwrap();
-    assert!(store.is_empty());
-    drop(store);
-    // --rebuild empties a store of the right format.
-    write(&open_store(&path, false, 1).unwrap(), b"x");
-    assert!(open_store(&path, true, 1).unwrap().is_empty());
+    // An older build refuses a store of a later format too.
+    assert!(refused(false, 1).contains("in state format 2, but this build reads format 1"));
+    // A new, empty store takes the build's format.
+    let fresh = dir.path().join("fresh");
+    assert_eq!(open_store(&fresh, false, 3).unwrap().format(), Some(3));
 }
