@@ -103,3 +103,33 @@ fn a_processor_without_a_binary_is_named_before_anything_starts() {
         "{stderr}"
     );
 }
+
+#[test]
+fn only_processors_whose_state_splits_by_partition_accept_a_second_instance() {
+    // Until processors run as a consumer group with state that moves
+    // (issue #36), a second static instance is refused wherever it would
+    // split state that must stay whole: a vault, an erasure's rows, a
+    // window over all partitions, a saga, an anchor chain, a sink's offsets.
+    let one_instance: Vec<String> = config(&["processors"])
+        .into_iter()
+        .filter(|name| {
+            let output = Command::new(binary(&format!("trellis-{name}")))
+                .arg("--describe")
+                .output()
+                .unwrap();
+            let description: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            !description["one_instance"].is_null()
+        })
+        .collect();
+    assert_eq!(
+        one_instance,
+        [
+            "privacy",
+            "progress",
+            "analytics",
+            "gdpr",
+            "audit",
+            "warehouse"
+        ]
+    );
+}
