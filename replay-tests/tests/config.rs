@@ -110,15 +110,14 @@ fn only_processors_whose_state_splits_by_partition_accept_a_second_instance() {
     // (issue #36), a second static instance is refused wherever it would
     // split state that must stay whole: a vault, an erasure's rows, a
     // window over all partitions, a saga, an anchor chain, a sink's offsets.
+    let bin_dir = binary("trellis").parent().unwrap().to_path_buf();
     let one_instance: Vec<String> = config(&["processors"])
         .into_iter()
         .filter(|name| {
-            let output = Command::new(binary(&format!("trellis-{name}")))
-                .arg("--describe")
-                .output()
-                .unwrap();
-            let description: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-            !description["one_instance"].is_null()
+            trellis_kit::processors::describe(&bin_dir, name)
+                .unwrap()
+                .one_instance
+                .is_some()
         })
         .collect();
     assert_eq!(
