@@ -84,15 +84,27 @@ pub async fn wait_for_port(port: u16, timeout: Duration) {
     }
 }
 
-/// A tansu broker on a free loopback port; killed on drop.
+/// The consumer group session timeout of fleet instances in tests: a
+/// killed owner's lease moves after this long.
+pub const FLEET_SESSION_TIMEOUT_MS: u64 = 3_000;
+
+/// A broker on a free loopback port; killed on drop: tansu with memory
+/// storage, or nisshi storing its log in a Postgres cluster of its own
+/// ([`Broker::start_durable`]; `TRELLIS_TEST_BROKER=durable` runs every
+/// test on it).
 pub struct Broker {
     child: Child,
     /// `127.0.0.1:port`.
     pub bootstrap: String,
+    port: u16,
+    cluster: String,
+    /// The durable broker's storage, and the command that starts it again.
+    storage: Option<(postgres::Postgres, PathBuf)>,
 }
 
 impl Broker {
-    /// Starts a broker with memory storage and waits until it answers.
+    /// Starts the broker `TRELLIS_TEST_BROKER` names (`durable`: nisshi;
+    /// otherwise tansu) and waits until it answers.
     pub fn start() -> Self {
         Self::start_as(&format!("test-{}-{}", free_port(), std::process::id()))
     }
@@ -100,6 +112,9 @@ impl Broker {
     /// Starts a broker reporting cluster id `cluster` (two brokers with one
     /// id look like one cluster that lost its log).
     pub fn start_as(cluster: &str) -> Self {
+        if std::env::var("TRELLIS_TEST_BROKER").as_deref() == Ok("durable") {
+            return Self::start_durable_as(cluster);
+        }
         let port = free_port();
         // ops/stack-up starts its broker with this same command line.
         let tansu = trellis_kit::stack::tansu(&repo_root().join(".trellis"))
@@ -109,13 +124,113 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .expect("cannot start tansu");
+        Self::started(child, port, cluster, None)
+    }
+
+    /// True when nisshi is installed (`ops/install-nisshi`): tests that
+    /// need a broker whose consumer groups reassign a dead member's
+    /// partitions, or whose log survives a restart, run only then.
+    pub fn durable_available() -> bool {
+        trellis_kit::stack::nisshi(&repo_root().join(".trellis")).is_ok()
+    }
+
+    /// A durable broker, or `None` (and a line saying the test `what` was
+    /// skipped, and how to run it) when nisshi is not installed. With
+    /// `TRELLIS_TEST_BROKER=durable` a missing nisshi fails instead.
+    pub fn durable_or_skip(what: &str) -> Option<Self> {
+        if Self::durable_available()
+            || std::env::var("TRELLIS_TEST_BROKER").as_deref() == Ok("durable")
+        {
+            return Some(Self::start_durable());
+        }
+        eprintln!(
+            "SKIPPED {what}: it needs the durable broker; run ops/install-nisshi (or ops/test --durable)"
+        );
+        None
+    }
+
+    /// Starts nisshi with its log in a new Postgres cluster, retention and
+    /// compaction swept every 2 s.
+    pub fn start_durable() -> Self {
+        Self::start_durable_as(&format!("test-{}-{}", free_port(), std::process::id()))
+    }
+
+    fn start_durable_as(cluster: &str) -> Self {
+        let nisshi = trellis_kit::stack::nisshi(&repo_root().join(".trellis"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let pg = postgres::Postgres::start_bare();
+        let port = free_port();
+        let child = Self::durable_command(&nisshi, port, cluster, &pg)
+            .spawn()
+            .expect("cannot start nisshi");
+        Self::started(child, port, cluster, Some((pg, nisshi)))
+    }
+
+    fn durable_command(
+        nisshi: &Path,
+        port: u16,
+        cluster: &str,
+        pg: &postgres::Postgres,
+    ) -> Command {
+        let mut command = trellis_kit::stack::durable_broker_command(
+            nisshi,
+            port,
+            cluster,
+            &pg.admin_url(),
+            Duration::from_secs(2),
+        );
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        command
+    }
+
+    fn started(
+        child: Child,
+        port: u16,
+        cluster: &str,
+        storage: Option<(postgres::Postgres, PathBuf)>,
+    ) -> Self {
         let broker = Self {
             child,
             bootstrap: format!("127.0.0.1:{port}"),
+            port,
+            cluster: cluster.to_string(),
+            storage,
         };
         trellis_kit::stack::wait_for_port(port, Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("tansu did not start: {e}"));
+            .unwrap_or_else(|e| panic!("the broker did not start: {e}"));
         broker
+    }
+
+    /// Whether this broker keeps its log across a restart.
+    pub fn is_durable(&self) -> bool {
+        self.storage.is_some()
+    }
+
+    /// Client settings for this broker (nisshi's consumers need larger
+    /// fetches, [`trellis_kit::stack::DURABLE_BROKER_CLIENT`]).
+    pub fn kafka(&self) -> KafkaConfig {
+        let mut kafka = KafkaConfig::new(self.bootstrap.clone());
+        if self.is_durable() {
+            for (key, value) in trellis_kit::stack::DURABLE_BROKER_CLIENT {
+                kafka
+                    .client
+                    .insert((*key).to_string(), (*value).to_string());
+            }
+        }
+        kafka
+    }
+
+    /// SIGKILL, then the same broker again on the same port (durable
+    /// brokers only: a memory broker would come back empty).
+    pub fn kill_and_restart(&mut self) {
+        let (pg, nisshi) = self.storage.as_ref().expect("a durable broker");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::durable_command(nisshi, self.port, &self.cluster, pg)
+            .spawn()
+            .expect("cannot restart nisshi");
+        trellis_kit::stack::wait_for_port(self.port, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("the broker did not restart: {e}"));
     }
 }
 
@@ -206,7 +321,7 @@ impl Stack {
         )
         .await;
         let registry_url = format!("http://{registry_addr}");
-        let kafka = KafkaConfig::new(broker.bootstrap.clone());
+        let kafka = broker.kafka();
         let topology =
             Topology::load_checked(&repo_root().join("topology.yaml")).expect("topology");
         if apply {
@@ -265,16 +380,80 @@ impl Stack {
     /// [`BATCH_MAX_RECORDS`]) and returns its path. `settings` is
     /// the YAML of the processor's own section.
     pub fn config(&self, processor: &str, metrics_port: u16, settings: &str) -> PathBuf {
-        let path = self.dir.path().join(format!("{processor}.yaml"));
+        self.write_config(processor, None, metrics_port, settings)
+    }
+
+    /// The config of instance `instance` of `processor` in a fleet: its
+    /// own `kafka.instance_id` and state directory.
+    fn write_config(
+        &self,
+        processor: &str,
+        instance: Option<(&str, &str)>,
+        metrics_port: u16,
+        settings: &str,
+    ) -> PathBuf {
+        let (file, state, instance_id) = match instance {
+            Some((i, dir)) => (
+                format!("{processor}-{dir}"),
+                self.state_dir(&format!("{processor}-{dir}")),
+                format!(
+                    "  instance_id: {processor}-{i}\n  session_timeout_ms: {FLEET_SESSION_TIMEOUT_MS}\n"
+                ),
+            ),
+            None => (
+                processor.to_string(),
+                self.state_dir(processor),
+                String::new(),
+            ),
+        };
+        let path = self.dir.path().join(format!("{file}.yaml"));
+        let client: String = self
+            .kafka
+            .client
+            .iter()
+            .map(|(k, v)| format!("    {k}: '{v}'\n"))
+            .collect();
+        let client = if client.is_empty() {
+            client
+        } else {
+            format!("  client:\n{client}")
+        };
         let text = format!(
-            "topology: {topology}\nkafka:\n  bootstrap_servers: '{bootstrap}'\nregistry:\n  url: '{registry}'\nstate_dir: {state}\nmetrics_addr: 127.0.0.1:{metrics_port}\nbatch:\n  max_records: {BATCH_MAX_RECORDS}\n  max_wait_ms: 50\nsettings: {settings}\n",
+            "topology: {topology}\nkafka:\n  bootstrap_servers: '{bootstrap}'\n{client}{instance_id}registry:\n  url: '{registry}'\nstate_dir: {state}\nmetrics_addr: 127.0.0.1:{metrics_port}\nbatch:\n  max_records: {BATCH_MAX_RECORDS}\n  max_wait_ms: 50\nsettings: {settings}\n",
             topology = repo_root().join("topology.yaml").display(),
             bootstrap = self.broker.bootstrap,
             registry = self.registry_url,
-            state = self.state_dir(processor).display(),
+            state = state.display(),
         );
         std::fs::write(&path, text).expect("write config");
         path
+    }
+
+    /// Starts instance `instance` of `processor` (its own instance id and
+    /// state directory; the group decides what it owns).
+    pub fn spawn_instance(
+        &self,
+        processor: &str,
+        instance: &str,
+        settings: &str,
+        secrets: &[(&str, String)],
+    ) -> Process {
+        self.spawn_copy(processor, instance, instance, settings, secrets)
+    }
+
+    /// Like [`Stack::spawn_instance`], with the state directory `dir`
+    /// (a copy of an instance on another machine).
+    pub fn spawn_copy(
+        &self,
+        processor: &str,
+        instance: &str,
+        dir: &str,
+        settings: &str,
+        secrets: &[(&str, String)],
+    ) -> Process {
+        let port = free_port();
+        let config = self.write_config(processor, Some((instance, dir)), port, settings);
+        Process::spawn(processor, &config, port, secrets, self.dir.path(), &[])
     }
 
     /// Where `processor` keeps its state in this stack.

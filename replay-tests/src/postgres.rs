@@ -42,6 +42,14 @@ impl Postgres {
     /// Creates a cluster, starts it and creates the warehouse database and
     /// roles (`trellis-warehouse setup`).
     pub async fn start() -> Self {
+        let pg = Self::start_bare();
+        pg.setup().await;
+        pg
+    }
+
+    /// A cluster with the database but without the warehouse's roles (a
+    /// durable broker's storage).
+    pub fn start_bare() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let cluster = Cluster::new(&dir.path().join("pg"), port).unwrap_or_else(|e| panic!("{e}"));
@@ -59,7 +67,6 @@ impl Postgres {
             .and_then(|()| pg.cluster.start(&settings()))
             .and_then(|()| pg.cluster.create_database(SUPERUSER, DATABASE))
             .unwrap_or_else(|e| panic!("{e}"));
-        pg.setup().await;
         pg
     }
 

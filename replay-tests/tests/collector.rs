@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use trellis_kit::demo::{self, DemoSpec, Manifest};
 use trellis_records::{CollectedEvent, DeadLetter};
-use trellis_replay_tests::{BATCH_MAX_RECORDS, Process, Stack, test_secret};
+use trellis_replay_tests::{BATCH_MAX_RECORDS, Broker, Process, Stack, test_secret};
 use trellis_runtime::schema::{AvroDecoder, registry_settings};
 use trellis_runtime::state::StateStore;
 
@@ -416,4 +416,152 @@ async fn http_ingest_reaches_collected_and_revocation_is_immediate() {
             "{event_id} on audit.events"
         );
     }
+}
+
+/// The index of the one instance among `fleet` that owns the state, once
+/// exactly one does (`trellis_state_owner`), with how long that took.
+async fn wait_for_owner(fleet: &[Option<Process>], timeout: Duration) -> usize {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut owners = Vec::new();
+        for (i, process) in fleet.iter().enumerate() {
+            if let Some(process) = process
+                && process.metric("trellis_state_owner").await == 1.0
+            {
+                owners.push(i);
+            }
+        }
+        if let [owner] = owners[..] {
+            return owner;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no single owner after {timeout:?} (owners: {owners:?}):\n{}",
+            fleet
+                .iter()
+                .flatten()
+                .map(|p| p.log_text())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_three_hands_over_when_the_owner_is_killed_and_a_late_joiner_stands_by() {
+    // tansu 0.6 never settles a group of three static members (no member
+    // is ever assigned anything): fleets need nisshi.
+    let Some(broker) = Broker::durable_or_skip("a fleet of collectors") else {
+        return;
+    };
+    let stack = Stack::start_on(broker, true).await;
+    let mut fleet: Vec<Option<Process>> = ["a", "b", "c"]
+        .iter()
+        .map(|i| Some(stack.spawn_instance("collector", i, "{}", &secrets())))
+        .collect();
+    let first = wait_for_owner(&fleet, Duration::from_secs(60)).await;
+
+    let producer = stack.producer();
+    let spec = DemoSpec {
+        events: 30_000,
+        malformed: 0.02,
+        duplicates: 0.01,
+        rate: Some(3_000),
+        ..DemoSpec::default()
+    };
+    let production = tokio::spawn(async move { demo::produce(&producer, spec).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while fleet[first].as_ref().unwrap().position(INGEST).await < 8_000 {
+        let owner = fleet[first].as_ref().unwrap();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the owner stalled at {}:\n{}",
+            owner.position(INGEST).await,
+            owner.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed_at = fleet[first].as_ref().unwrap().position(INGEST).await;
+    fleet[first].take().unwrap().kill9();
+    let killed = std::time::Instant::now();
+    let second = wait_for_owner(&fleet, Duration::from_secs(60)).await;
+    eprintln!(
+        "failover: instance {second} owns the state {:?} after instance {first} was killed at position {killed_at}",
+        killed.elapsed()
+    );
+    // A late joiner stands by: the lease stays where it is.
+    fleet.push(Some(stack.spawn_instance(
+        "collector",
+        "d",
+        "{}",
+        &secrets(),
+    )));
+
+    let manifest = production.await.unwrap().unwrap();
+    assert!(
+        killed_at < manifest.sent as i64,
+        "the kill left input unread"
+    );
+    let owner = fleet[second].as_mut().unwrap();
+    owner
+        .wait_caught_up(&manifest.end_offsets, Duration::from_secs(180))
+        .await;
+    assert_eq!(wait_for_owner(&fleet, Duration::from_secs(5)).await, second);
+    let joiner = fleet[3].as_ref().unwrap();
+    assert_eq!(joiner.metric("trellis_state_owner").await, 0.0);
+    assert_eq!(joiner.metric("trellis_records_in_total").await, 0.0);
+
+    // As one instance would have: every valid event once after dedup by
+    // id, every malformed one dead-lettered, and a record emitted twice
+    // (the killed owner's last batch) is the same record both times.
+    let doubled = assert_outputs_match(&stack, &manifest).await;
+    assert!(doubled <= BATCH_MAX_RECORDS, "{doubled} re-emissions");
+    let mut values: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (id, value) in stack.read("collected").records {
+        let (id, value) = (id.unwrap(), value.unwrap());
+        if let Some(earlier) = values.insert(id.clone(), value.clone()) {
+            assert_eq!(earlier, value, "{id} emitted twice with different values");
+        }
+    }
+    for process in fleet.iter_mut().flatten() {
+        assert!(process.terminate().success(), "{}", process.log_text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_copy_with_the_same_instance_id_fences_the_first_which_stops() {
+    let Some(broker) = Broker::durable_or_skip("fencing a second copy") else {
+        return;
+    };
+    let stack = Stack::start_on(broker, true).await;
+    let mut fleet = vec![Some(stack.spawn_instance(
+        "collector",
+        "a",
+        "{}",
+        &secrets(),
+    ))];
+    assert_eq!(wait_for_owner(&fleet, Duration::from_secs(60)).await, 0);
+    // The same settings on another machine (its own disk): the same
+    // instance id, another state directory.
+    fleet.push(Some(stack.spawn_copy(
+        "collector",
+        "a",
+        "a-copy",
+        "{}",
+        &secrets(),
+    )));
+    let status = fleet[0]
+        .as_mut()
+        .unwrap()
+        .wait_exit(Duration::from_secs(60));
+    let log = fleet[0].as_ref().unwrap().log_text();
+    assert_eq!(status.code(), Some(78), "{log}");
+    assert!(
+        log.contains("fenced by the consumer group") && log.contains("collector-a"),
+        "{log}"
+    );
+    fleet[0] = None;
+    // The copy carries on as the owner.
+    assert_eq!(wait_for_owner(&fleet, Duration::from_secs(60)).await, 1);
 }

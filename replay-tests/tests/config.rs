@@ -105,30 +105,39 @@ fn a_processor_without_a_binary_is_named_before_anything_starts() {
 }
 
 #[test]
-fn only_processors_whose_state_splits_by_partition_accept_a_second_instance() {
-    // Until processors run as a consumer group with state that moves
-    // (issue #36), a second static instance is refused wherever it would
-    // split state that must stay whole: a vault, an erasure's rows, a
-    // window over all partitions, a saga, an anchor chain, a sink's offsets.
+fn every_processor_names_the_state_one_owner_holds_and_refuses_static_instances() {
+    // Instances of a processor join its consumer group; the one that holds
+    // the lease owns the state (pipeline::membership). Each processor says
+    // which of its state spans partitions (docs/architecture.md, "Running
+    // a fleet"), and the static `kafka.instances` it replaced is refused
+    // with the way forward rather than silently ignored.
     let bin_dir = binary("trellis").parent().unwrap().to_path_buf();
-    let one_instance: Vec<String> = config(&["processors"])
-        .into_iter()
-        .filter(|name| {
-            trellis_kit::processors::describe(&bin_dir, name)
-                .unwrap()
-                .one_instance
-                .is_some()
-        })
-        .collect();
-    assert_eq!(
-        one_instance,
-        [
-            "privacy",
-            "progress",
-            "analytics",
-            "gdpr",
-            "audit",
-            "warehouse"
-        ]
-    );
+    let state = tempfile::tempdir().unwrap();
+    for processor in config(&["processors"]) {
+        let owns = trellis_kit::processors::describe(&bin_dir, &processor)
+            .unwrap()
+            .owns;
+        assert!(owns.len() > 10, "{processor}: {owns:?}");
+
+        let mut command = Command::new(binary(&format!("trellis-{processor}")));
+        command
+            .arg("--config")
+            .arg(repo_root().join(format!("ops/config/{processor}.yaml")))
+            .current_dir(repo_root())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TRELLIS__KAFKA__INSTANCES", "3");
+        for line in config(&["paths", &processor]) {
+            let (key, path) = line.split_once('=').unwrap();
+            command.env(key, state.path().join(path));
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(78), "{processor}: {stderr}");
+        assert!(
+            stderr.contains("kafka.instance and kafka.instances are gone")
+                && stderr.contains("kafka.instance_id"),
+            "{processor}: {stderr}"
+        );
+    }
 }

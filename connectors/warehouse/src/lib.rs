@@ -394,8 +394,7 @@ pub async fn load_committed(client: &Client) -> Result<Committed, tokio_postgres
 impl Build for Warehouse {
     const NAME: &'static str = NAME;
     const SECRETS: &'static [SecretSpec] = &[WAREHOUSE_URL];
-    const ONE_INSTANCE: Option<&'static str> =
-        Some("an erasure read from one partition must stop the learner's rows on every other");
+    const OWNS: &'static str = "erased learners: an erasure read from one partition must stop the learner's rows on every other";
     type Settings = Settings;
     type Processor = TransactionalSink<Warehouse>;
 

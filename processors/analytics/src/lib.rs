@@ -41,7 +41,7 @@
 //! A revision's output id is the cell and the revision; its values do not
 //! depend on partition interleaving or batch boundaries, so a re-run after a
 //! crash reproduces it byte for byte (promise 3). Windows span partitions,
-//! so the aggregator runs as one instance; it refuses `kafka.instances > 1`.
+//! so one instance of the group owns them at a time (`Build::OWNS`).
 
 mod live;
 pub mod windows;
@@ -816,8 +816,7 @@ impl Processor for Analytics {
 /// build it here.
 impl Build for Analytics {
     const NAME: &'static str = NAME;
-    const ONE_INSTANCE: Option<&'static str> =
-        Some("its windows and watermarks span every partition of `protected`");
+    const OWNS: &'static str = "windows and watermarks over every partition of `protected`";
     type Settings = Settings;
     type Processor = Self;
 

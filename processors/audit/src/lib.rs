@@ -627,8 +627,7 @@ pub fn heartbeat(at: i64) -> AuditEvent {
 impl Build for Audit {
     const NAME: &'static str = NAME;
     const SECRETS: &'static [SecretSpec] = SECRETS;
-    const ONE_INSTANCE: Option<&'static str> =
-        Some("each anchor chain, and the anchor log, has one writer");
+    const OWNS: &'static str = "the anchor chains and the anchor log, each with one writer";
     /// 2: keys in the runtime's one encoding (`state::key`).
     const STATE_FORMAT: u32 = 2;
     const PATHS: &'static [(&'static str, &'static str)] =

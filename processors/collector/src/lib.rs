@@ -271,6 +271,8 @@ impl trellis_runtime::build::Settings for Settings {}
 impl Build for Collector {
     const NAME: &'static str = NAME;
     const SECRETS: &'static [SecretSpec] = SECRETS;
+    const OWNS: &'static str =
+        "the dedup window, signed-request nonces and rate limits, over every partition and request";
     /// 2: the dedup window's keys in the runtime's one encoding (`state::key`).
     const STATE_FORMAT: u32 = 2;
     type Settings = Settings;

@@ -1092,8 +1092,8 @@ pub fn participants(topology: &Topology) -> Result<Vec<String>, StartError> {
 /// it here.
 impl Build for Gdpr {
     const NAME: &'static str = NAME;
-    const ONE_INSTANCE: Option<&'static str> =
-        Some("a saga's facts arrive on several topics, and its clock is one");
+    const OWNS: &'static str =
+        "each saga, whose facts arrive on several topics, and the saga clock";
     /// 2: keys in the runtime's one encoding (`state::key`).
     const STATE_FORMAT: u32 = 2;
     const PATHS: &'static [(&'static str, &'static str)] = &[("export_dir", "exports")];

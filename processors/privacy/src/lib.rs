@@ -616,9 +616,8 @@ impl trellis_runtime::build::Settings for Settings {
 impl Build for Privacy {
     const NAME: &'static str = NAME;
     const SECRETS: &'static [SecretSpec] = SECRETS;
-    const ONE_INSTANCE: Option<&'static str> = Some(
-        "the key vault is one process's: a subject's keys and their shredding have one writer",
-    );
+    const OWNS: &'static str =
+        "the key vault: a subject's keys and their shredding have one writer";
     const PATHS: &'static [(&'static str, &'static str)] = &[
         ("vault_dir", "state/privacy-vault"),
         ("export_dir", "exports"),

@@ -795,10 +795,7 @@ impl Processor for Progress {
 /// build it here.
 impl Build for Progress {
     const NAME: &'static str = NAME;
-    const ONE_INSTANCE: Option<&'static str> = Some(
-        "erase commands (keyed by request) and a learner's rows (keyed by tenant and pseudonym) \
-         are not co-partitioned: a second instance could answer an erasure for rows it does not hold",
-    );
+    const OWNS: &'static str = "a learner's rows (keyed by tenant and pseudonym) and the erase commands that name them (keyed by request), which are not co-partitioned";
     type Settings = Settings;
     type Processor = Self;
 

@@ -34,6 +34,9 @@ pub const ERASE_COMMANDS_TOPIC: &str = "gdpr.erase_commands";
 pub const PARTICIPANT_ACKS_TOPIC: &str = "gdpr.participant_acks";
 /// The saga's clock, as records.
 pub const GDPR_TICKS_TOPIC: &str = "gdpr.ticks";
+/// Never written: each processor's consumer group assigns its one
+/// partition to the instance that owns the processor's state (the lease).
+pub const LEASES_TOPIC: &str = "trellis.leases";
 
 /// Every fixed topic name above.
 pub const ALL: &[&str] = &[
@@ -53,6 +56,7 @@ pub const ALL: &[&str] = &[
     ERASE_COMMANDS_TOPIC,
     PARTICIPANT_ACKS_TOPIC,
     GDPR_TICKS_TOPIC,
+    LEASES_TOPIC,
 ];
 
 /// The per-tenant aggregates topic a warehouse of one tenant is given.

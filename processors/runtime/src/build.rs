@@ -49,8 +49,9 @@ pub struct Description {
     /// Its settings that are paths, with where the local stack puts them
     /// under `TRELLIS_HOME` ([`Build::PATHS`]).
     pub paths: Vec<(String, String)>,
-    /// Why it must run as one instance, if it must.
-    pub one_instance: Option<String>,
+    /// The state that spans its input partitions, which is why one
+    /// instance of its consumer group owns all of it at a time.
+    pub owns: String,
 }
 
 /// A secret in a [`Description`].
@@ -81,7 +82,7 @@ impl Description {
                 .iter()
                 .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
                 .collect(),
-            one_instance: B::ONE_INSTANCE.map(str::to_string),
+            owns: B::OWNS.to_string(),
         }
     }
 }
@@ -92,9 +93,10 @@ pub trait Build: 'static {
     const NAME: &'static str;
     /// The secrets it refuses to start without.
     const SECRETS: &'static [SecretSpec] = &[];
-    /// Why it must run as one instance, if it must: the runtime then
-    /// refuses `kafka.instances` above 1, naming the reason.
-    const ONE_INSTANCE: Option<&'static str> = None;
+    /// Its state that spans input partitions: one instance of the
+    /// consumer group owns it at a time, the others stand by (see
+    /// `pipeline::membership`; docs/architecture.md, "Running a fleet").
+    const OWNS: &'static str;
     /// Its settings that are paths, each with where the local stack puts
     /// it under `TRELLIS_HOME` (`state_dir` is every processor's:
     /// `state/<name>`). `trellis config paths` prints them for ops/.
@@ -284,16 +286,6 @@ pub async fn run<B: Build>(
 ) -> Result<Exit, Failure> {
     if let Err(problems) = config.settings.check() {
         return Err(StartError::Misconfigured(problems.join("; ")).into());
-    }
-    if let Some(reason) = B::ONE_INSTANCE
-        && config.kafka.instances > 1
-    {
-        return Err(StartError::Misconfigured(format!(
-            "{} runs as one instance ({reason}), but kafka.instances is {}",
-            B::NAME,
-            config.kafka.instances
-        ))
-        .into());
     }
     let runtime = Runtime::start(B::NAME, B::STATE_FORMAT, &config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);

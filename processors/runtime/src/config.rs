@@ -83,12 +83,24 @@ pub struct KafkaConfig {
     /// and brokers such as tansu do not enforce transaction isolation.
     #[serde(default)]
     pub transactions: bool,
-    /// This instance's index among `instances` (static partition assignment).
+    /// This instance's name in the consumer group (`group.instance.id`,
+    /// static membership): unique per instance, stable across its
+    /// restarts. Defaults to the processor's name, so a second copy
+    /// started with the same settings fences the first instead of
+    /// running beside it.
     #[serde(default)]
-    pub instance: u32,
-    /// How many instances of the processor share the input partitions.
-    #[serde(default = "one")]
-    pub instances: u32,
+    pub instance_id: Option<String>,
+    /// How long the group waits for a silent instance before another takes
+    /// over what it owned (`session.timeout.ms`).
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// Gone: static assignment was replaced by the consumer group. Kept
+    /// only to refuse it with the way forward.
+    #[serde(default)]
+    pub instance: Option<u32>,
+    /// Gone, as `instance`.
+    #[serde(default)]
+    pub instances: Option<u32>,
     /// Consumer group instead of the one topology.yaml declares: a second,
     /// independent copy of the processor (benchmarks, blue/green rebuilds).
     #[serde(default)]
@@ -98,8 +110,10 @@ pub struct KafkaConfig {
     pub client: BTreeMap<String, String>,
 }
 
-const fn one() -> u32 {
-    1
+/// 10 s: failover within seconds, yet a garbage-collection-free process on a
+/// busy 2-core machine never misses its heartbeats for that long.
+const fn default_session_timeout_ms() -> u64 {
+    10_000
 }
 
 impl KafkaConfig {
@@ -109,8 +123,10 @@ impl KafkaConfig {
         Self {
             bootstrap_servers: bootstrap_servers.into(),
             transactions: false,
-            instance: 0,
-            instances: 1,
+            instance_id: None,
+            session_timeout_ms: default_session_timeout_ms(),
+            instance: None,
+            instances: None,
             group: None,
             client: BTreeMap::new(),
         }
@@ -208,12 +224,26 @@ impl<S: DeserializeOwned> Config<S> {
 
     fn check(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        if self.kafka.instances == 0 {
-            problems.push("kafka.instances must be at least 1".to_string());
-        } else if self.kafka.instance >= self.kafka.instances {
+        if self.kafka.instance.is_some() || self.kafka.instances.is_some() {
+            problems.push(
+                "kafka.instance and kafka.instances are gone: instances of a processor join its \
+                 consumer group and take over from each other; give each its own \
+                 kafka.instance_id (README, \"Running a fleet\")"
+                    .to_string(),
+            );
+        }
+        if self
+            .kafka
+            .instance_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty() || id.len() > 200)
+        {
+            problems.push("kafka.instance_id must be 1 to 200 characters".to_string());
+        }
+        if !(1_000..=300_000).contains(&self.kafka.session_timeout_ms) {
             problems.push(format!(
-                "kafka.instance is {} but must be below kafka.instances ({})",
-                self.kafka.instance, self.kafka.instances
+                "kafka.session_timeout_ms is {}; it must be between 1000 and 300000",
+                self.kafka.session_timeout_ms
             ));
         }
         if self.batch.max_records == 0 {
@@ -282,11 +312,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let text = BASE.replace(
             "bootstrap_servers: '127.0.0.1:9092'",
-            "bootstrap_servers: '', instance: 2, instances: 2",
+            "bootstrap_servers: '', instances: 2, session_timeout_ms: 10",
         );
         let err = load(&write(dir.path(), &text)).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("kafka.instance is 2"), "{text}");
+        assert!(
+            text.contains("kafka.instance and kafka.instances are gone")
+                && text.contains("kafka.instance_id"),
+            "{text}"
+        );
+        assert!(text.contains("session_timeout_ms is 10;"), "{text}");
         assert!(text.contains("bootstrap_servers is empty"), "{text}");
     }
 }

@@ -132,6 +132,15 @@ pub enum RunError {
     /// A broker call failed in a way retrying cannot mend.
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// The consumer group fenced this instance: another joined with the
+    /// same `kafka.instance_id`.
+    #[error(
+        "fenced by the consumer group: {0}. Each instance needs its own kafka.instance_id; this one stops"
+    )]
+    Fenced(String),
+    /// The consumer group member stopped unexpectedly.
+    #[error("the consumer group member stopped")]
+    MembershipLost,
     /// The processor reported a fatal error.
     #[error("processor: {0}")]
     Processor(#[from] ProcessError),
@@ -183,7 +192,8 @@ impl Failure {
                 | StartError::Unavailable(_)
                 | StartError::Schema(SchemaError::Registry(_)),
             ) => ExitStatus::Unavailable,
-            Failure::Start(_) => ExitStatus::Misconfigured,
+            // Restarting a fenced instance would fence the other one back.
+            Failure::Start(_) | Failure::Run(RunError::Fenced(_)) => ExitStatus::Misconfigured,
             Failure::Run(_) => ExitStatus::Failure,
         }
     }

@@ -14,8 +14,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::{
-    Counter, CounterVec, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Counter, CounterVec, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 
@@ -44,6 +44,12 @@ pub struct Metrics {
     /// 1 while a partition cannot make progress by itself, by reason
     /// (`replay_target_beyond_log_end`, `position_beyond_log_end`).
     pub stuck: IntGaugeVec,
+    /// 1 while this instance owns the processor's state (holds the
+    /// group's lease), 0 while it stands by.
+    pub owner: IntGauge,
+    /// Ownership changes of this instance, by what happened (`took_over`,
+    /// `handed_over`).
+    pub ownership_changes: IntCounterVec,
     in_cache: Arc<Mutex<HashMap<String, IntCounter>>>,
 }
 
@@ -149,6 +155,19 @@ impl Metrics {
             ),
             &["topic", "partition", "reason"],
         )?;
+        let owner = IntGauge::with_opts(opts(
+            "trellis_state_owner",
+            "1 while this instance owns the processor's state (holds the consumer group's lease), 0 while it stands by.",
+        ))?;
+        let ownership_changes = IntCounterVec::new(
+            opts(
+                "trellis_ownership_changes_total",
+                "This instance taking over or handing over the processor's state.",
+            ),
+            &["change"],
+        )?;
+        registry.register(Box::new(owner.clone()))?;
+        registry.register(Box::new(ownership_changes.clone()))?;
         registry.register(Box::new(stuck.clone()))?;
         registry.register(Box::new(records_in.clone()))?;
         registry.register(Box::new(records_out.clone()))?;
@@ -171,6 +190,8 @@ impl Metrics {
             batch_seconds,
             position,
             stuck,
+            owner,
+            ownership_changes,
             in_cache: Arc::default(),
         })
     }

@@ -234,6 +234,19 @@ impl ReplayProgress {
         }
     }
 
+    /// Nothing to replay: an instance standing by.
+    pub fn idle(processor: &'static str) -> Self {
+        Self {
+            processor,
+            total: 0,
+            done: 0,
+            started: Instant::now(),
+            last_log: Instant::now(),
+            bar: None,
+            finished: true,
+        }
+    }
+
     /// One more record replayed.
     pub fn record(&mut self) {
         self.done += 1;

@@ -272,7 +272,10 @@ impl Topology {
                 (None, false) => problems.push(format!(
                     "processor `{name}` has inputs but no consumer `group`"
                 )),
-                (Some(group), _) => {
+                (Some(_), true) => problems.push(format!(
+                    "processor `{name}` has a consumer `group` but no inputs"
+                )),
+                (Some(group), false) => {
                     if let Some(other) = groups.insert(group.as_str(), name.as_str()) {
                         problems.push(format!(
                             "processors `{other}` and `{name}` share consumer group `{group}`"
@@ -285,6 +288,17 @@ impl Topology {
         }
 
         for (name, topic) in &self.topics {
+            // Held, never written or read: the runtime's consumer groups
+            // assign its partition as the lease (pipeline::membership).
+            if name == trellis_records::LEASES_TOPIC {
+                if topic.partitions != 1 {
+                    problems.push(format!(
+                        "topic `{name}` must have 1 partition (it is each processor's lease), not {}",
+                        topic.partitions
+                    ));
+                }
+                continue;
+            }
             if !producers.contains_key(name.as_str()) {
                 problems.push(format!("topic `{name}` has no producer"));
             }

@@ -160,7 +160,7 @@ mod tests {
     #[test]
     fn a_processor_describes_itself_or_is_named_with_what_is_wrong() {
         let dir = tempfile::tempdir().unwrap();
-        let scorer = r#"{"name":"scorer","secrets":[{"env":"SCORER_KEY","hex32":true,"purpose":"p"}],"paths":[["cache_dir","state/scorer-cache"]],"one_instance":null}"#;
+        let scorer = r#"{"name":"scorer","secrets":[{"env":"SCORER_KEY","hex32":true,"purpose":"p"}],"paths":[["cache_dir","state/scorer-cache"]],"owns":"its cache"}"#;
         fake_binary(dir.path(), "scorer", scorer, 0);
         let description = describe(dir.path(), "scorer").unwrap();
         assert_eq!(description.secrets[0].env, "SCORER_KEY");

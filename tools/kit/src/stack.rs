@@ -43,6 +43,69 @@ pub fn broker_command(tansu: &Path, port: u16, cluster: &str) -> Command {
     command
 }
 
+/// The nisshi release `ops/install-nisshi` builds and the stack runs.
+pub const NISSHI_VERSION: &str = "0.8.1";
+
+/// Where nisshi is: `TRELLIS_NISSHI`, else
+/// `<home>/nisshi-<version>/bin/nisshi` (where `ops/install-nisshi` caches
+/// its build).
+///
+/// # Errors
+/// It is not there, with what installs it.
+pub fn nisshi(home: &Path) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("TRELLIS_NISSHI").map_or_else(
+        || home.join(format!("nisshi-{NISSHI_VERSION}/bin/nisshi")),
+        PathBuf::from,
+    );
+    if !path.exists() {
+        bail!(
+            "nisshi not found at {}: run ops/install-nisshi (about 17 minutes the first time), or set TRELLIS_NISSHI",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The durable broker's command line: nisshi on 127.0.0.1:`port` storing
+/// its log in the Postgres database at `storage` (a `postgres://` URL; its
+/// tables are created on first start), reporting cluster id `cluster`.
+/// Retention and compaction run in a maintenance sweep every
+/// `maintenance` (nisshi's default is 10 minutes: a record would outlive
+/// its `retention.ms` by up to that). A new group's first rebalance does
+/// not wait for more members (Kafka's `group.initial.rebalance.delay.ms`,
+/// 3 s by default), so a processor holds its lease as soon as it joins.
+pub fn durable_broker_command(
+    nisshi: &Path,
+    port: u16,
+    cluster: &str,
+    storage: &str,
+    maintenance: Duration,
+) -> Command {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let separator = if storage.contains('?') { '&' } else { '?' };
+    let storage = format!(
+        "{storage}{separator}maintenance_interval={}s",
+        maintenance.as_secs().max(1)
+    );
+    let mut command = Command::new(nisshi);
+    command
+        .arg("broker")
+        .args(["--cluster-id", cluster])
+        .args(["--listener-url", &url])
+        .args(["--advertised-listener-url", &url])
+        .args(["--storage-engine", &storage])
+        .args(["--group-initial-rebalance-delay", "0s"])
+        .arg("--silent");
+    command
+}
+
+/// Consumer settings a processor needs on nisshi: its fetch answers as
+/// soon as one record is ready, so librdkafka's defaults read about one
+/// record per round trip (33 records/s measured, INFRA.md); waiting for a
+/// full fetch (or 200 ms) reads 120k records/s.
+pub const DURABLE_BROKER_CLIENT: &[(&str, &str)] =
+    &[("fetch.min.bytes", "1000000"), ("fetch.wait.max.ms", "200")];
+
 /// Writes `bytes` to a new file only its owner can read.
 fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;

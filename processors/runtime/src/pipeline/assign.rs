@@ -16,14 +16,13 @@ use crate::replay::{Cursor, Cursors};
 use crate::state::TopicPartition;
 
 impl Runtime {
-    /// Assigns this instance's partitions of every input, starting from the
-    /// store's positions, and plans what must be replayed.
+    /// Assigns every partition of every input to the owner, starting from
+    /// the store's positions, and plans what must be replayed.
     pub(super) fn assign(&self) -> Result<Cursors, RunError> {
         let positions = self.store.positions()?;
-        let mine = |p: i32| p as u32 % self.kafka.instances == self.kafka.instance;
         let mut committed_query = TopicPartitionList::new();
         for topic in &self.spec.inputs {
-            for p in (0..self.partitions[topic]).filter(|p| mine(*p)) {
+            for p in 0..self.partitions[topic] {
                 committed_query.add_partition(topic, p);
             }
         }
@@ -37,7 +36,7 @@ impl Runtime {
         for topic in &self.spec.inputs {
             let count = self.partitions[topic];
             let mut cursors = vec![None; count as usize];
-            for p in (0..count).filter(|p| mine(*p)) {
+            for p in 0..count {
                 let stored = positions
                     .get(&TopicPartition::new(topic.as_str(), p))
                     .copied();

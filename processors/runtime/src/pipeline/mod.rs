@@ -36,15 +36,16 @@
 //!
 //! # Restore by replay
 //!
-//! Partitions are assigned statically (instance *i* of *n* takes partitions
-//! `p % n == i`): group rebalancing is not used because tansu does not
-//! reassign partitions after a member dies (INFRA.md). What is replayed and
-//! when live input may flow is [`crate::replay`]'s plan.
+//! Instances of a processor join its consumer group ([`membership`]); the
+//! one holding the lease owns the state and reads every input partition,
+//! the others stand by. What the owner replays on taking over, and when
+//! live input may flow, is [`crate::replay`]'s plan.
 //!
 //! # Layout
 //! - this module: [`Runtime`] and what a processor builds from it at start
 //!   (encoders, tickers);
-//! - `assign`: which partitions this instance reads, from which positions,
+//! - `membership`: which instance owns the state, decided by the group;
+//! - `assign`: which partitions the owner reads, from which positions,
 //!   and reports of positions the log cannot satisfy;
 //! - `run`: the loop: batches of consumed records through
 //!   [`crate::batch::BatchRunner`], held partitions, shutdown;
@@ -84,6 +85,7 @@ pub use crate::record::{InputRecord, OwnedRecord};
 
 mod assign;
 mod checkpoint;
+pub mod membership;
 mod outputs;
 mod run;
 
@@ -104,6 +106,10 @@ pub struct Runtime {
     /// Address `/metrics` is served on.
     pub metrics_addr: SocketAddr,
     kafka: KafkaConfig,
+    /// The consumer group: offsets in `group`, members in `<group>.members`.
+    group: String,
+    /// This instance's `group.instance.id`.
+    instance_id: String,
     batch: BatchConfig,
     shutdown_deadline: Duration,
     partitions: BTreeMap<String, i32>,
@@ -184,6 +190,7 @@ impl Runtime {
         let missing: Vec<String> = topology
             .topics_of(&spec)
             .into_iter()
+            .chain([trellis_records::LEASES_TOPIC.to_string()])
             .filter(|t| !partitions.contains_key(t))
             .collect();
         if !missing.is_empty() {
@@ -192,10 +199,15 @@ impl Runtime {
 
         let store = open_store(&config.state_dir, config.rebuild, state_format)?;
 
+        let instance_id = config
+            .kafka
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| name.to_string());
         let transactional_id = config
             .kafka
             .transactions
-            .then(|| format!("{group}-{}", config.kafka.instance));
+            .then(|| format!("{group}-{instance_id}"));
         let producer: FutureProducer = producer_config(&config.kafka, transactional_id.as_deref())
             .create()
             .map_err(KafkaError::client("creating the producer"))?;
@@ -233,6 +245,8 @@ impl Runtime {
             producer: TrellisProducer::new(producer, &config.kafka),
             produce_errors,
             kafka: config.kafka.clone(),
+            group,
+            instance_id,
             batch: config.batch.clone(),
             shutdown_deadline: config.shutdown_deadline(),
             partitions,

@@ -13,6 +13,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use super::membership::{Event, Membership};
 use super::outputs::KafkaOutputs;
 use super::{Fused, Runtime};
 use crate::backoff::Backoff;
@@ -24,6 +25,7 @@ use crate::lifecycle::Shutdown;
 use crate::processor::Processor;
 use crate::record::InputRecord;
 use crate::replay::{Cursors, ReplayProgress, Verdict};
+use trellis_records::LEASES_TOPIC;
 
 /// What became of one consumed record.
 enum Handled {
@@ -59,10 +61,18 @@ impl Runtime {
         shutdown: Shutdown<'_>,
     ) -> Result<Exit, RunError> {
         processor.restore(&self.store)?;
-        let mut cursors = self.assign()?;
-        processor.assigned(&cursors.assignment())?;
-        let mut replay = ReplayProgress::new(self.name, &cursors, &self.store);
-        self.live.store(replay.finished, Ordering::Relaxed);
+        let mut membership =
+            Membership::join(&self.kafka, &self.group, &self.instance_id, LEASES_TOPIC)?;
+        tracing::info!(
+            processor = self.name,
+            instance = %self.instance_id,
+            group = %format!("{}.members", self.group),
+            "joined the consumer group; standing by until it grants the lease"
+        );
+        let mut owner = false;
+        let mut cursors = Cursors::new(Vec::new(), Instant::now());
+        let mut replay = ReplayProgress::idle(self.name);
+        self.live.store(false, Ordering::Relaxed);
         let records_in: Vec<IntCounter> = self
             .spec
             .inputs
@@ -90,11 +100,16 @@ impl Runtime {
             };
             let deadline = tokio::time::Instant::now() + self.batch.max_wait();
             let mut stopping = false;
+            let mut event = None;
             while batch.batch.records < self.batch.max_records {
                 let asked = Instant::now();
                 let received = tokio::select! {
                     biased;
                     () = &mut shutdown => { stopping = true; break; }
+                    next = membership.next() => {
+                        event = Some(next.ok_or(RunError::MembershipLost)?);
+                        break;
+                    }
                     received = tokio::time::timeout_at(deadline, self.consumer.recv()) => received,
                 };
                 let answered = Instant::now();
@@ -170,7 +185,7 @@ impl Runtime {
                     }
                 }
                 replay.tick(&cursors, &self.store);
-                self.live.store(replay.finished, Ordering::Relaxed);
+                self.live.store(owner && replay.finished, Ordering::Relaxed);
                 if !cursors.holding() && !paused.is_empty() {
                     let mut resumed = TopicPartitionList::new();
                     for (topic, partition) in paused.drain(..) {
@@ -180,6 +195,37 @@ impl Runtime {
                         .resume(&resumed)
                         .map_err(KafkaError::client("resuming held partitions"))?;
                 }
+            }
+            match event {
+                Some(Event::Assigned(partitions)) if partitions.contains(&0) && !owner => {
+                    cursors = self.assign()?;
+                    processor.assigned(&cursors.assignment())?;
+                    replay = ReplayProgress::new(self.name, &cursors, &self.store);
+                    self.live.store(replay.finished, Ordering::Relaxed);
+                    self.ownership(true);
+                    owner = true;
+                }
+                Some(Event::Revoked(partitions, handed_over)) => {
+                    if partitions.contains(&0) && owner {
+                        // The batch in hand is durable (checkpointed above):
+                        // commit how far, release the inputs, then let the
+                        // group hand the lease on.
+                        self.commit_offsets_before_exit(&cursors).await;
+                        self.store.flush()?;
+                        self.consumer
+                            .unassign()
+                            .map_err(KafkaError::client("releasing the inputs"))?;
+                        paused.clear();
+                        cursors = Cursors::new(Vec::new(), Instant::now());
+                        replay = ReplayProgress::idle(self.name);
+                        self.live.store(false, Ordering::Relaxed);
+                        self.ownership(false);
+                        owner = false;
+                    }
+                    let _ = handed_over.send(());
+                }
+                Some(Event::Fenced(why)) => return Err(RunError::Fenced(why)),
+                Some(Event::Assigned(_)) | None => {}
             }
             if cursors.holding() {
                 self.report_stalls(&mut cursors, &mut stall_reported);
@@ -195,6 +241,22 @@ impl Runtime {
                 tracing::info!(processor = self.name, "shut down cleanly");
                 return Ok(Exit::Success);
             }
+        }
+    }
+
+    /// Records (log, metrics) that this instance took over the state or
+    /// handed it over.
+    fn ownership(&self, owner: bool) {
+        let change = if owner { "took_over" } else { "handed_over" };
+        self.metrics.owner.set(i64::from(owner));
+        self.metrics
+            .ownership_changes
+            .with_label_values(&[change])
+            .inc();
+        if owner {
+            tracing::info!(processor = self.name, instance = %self.instance_id, "took over: this instance owns the state and reads every input partition");
+        } else {
+            tracing::info!(processor = self.name, instance = %self.instance_id, "handed over: the batch in hand is durable and its offsets committed; standing by");
         }
     }
 

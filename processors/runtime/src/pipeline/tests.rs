@@ -26,6 +26,12 @@ topics:
     retention_ms: 86400000
     classification: internal
     schema: echo.avsc
+  trellis.leases:
+    description: the lease
+    partitions: 1
+    retention_ms: 86400000
+    classification: internal
+    format: json
   elsewhere:
     description: a topic the processor does not declare
     partitions: 1
@@ -77,12 +83,13 @@ async fn run_echo(target: &'static str) -> Result<Exit, RunError> {
 }
 
 /// Feeds one record to a processor emitting to `target`, stopping it
-/// cleanly after 3 s.
+/// cleanly after 6 s (the mock's group grants the lease after its initial
+/// rebalance delay, 3 s).
 async fn run_echo_on(
     cluster: &MockCluster<'_, DefaultProducerContext>,
     target: &'static str,
 ) -> Result<Exit, RunError> {
-    for topic in ["in", "out", "elsewhere"] {
+    for topic in ["in", "out", "elsewhere", "trellis.leases"] {
         cluster.create_topic(topic, 1, 1).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
@@ -125,7 +132,7 @@ async fn run_echo_on(
         Duration::from_secs(20),
         runtime.run(
             EmitTo(target),
-            Box::pin(tokio::time::sleep(Duration::from_secs(3))),
+            Box::pin(tokio::time::sleep(Duration::from_secs(6))),
         ),
     )
     .await

@@ -229,6 +229,7 @@ thread_local! {
 
 impl Build for MemorySink {
     const NAME: &'static str = NAME;
+    const OWNS: &'static str = "the test's rows";
     type Settings = MemorySettings;
     type Processor = TransactionalSink<MemoryStore>;
 
