@@ -565,3 +565,46 @@ async fn a_second_copy_with_the_same_instance_id_fences_the_first_which_stops() 
     // The copy carries on as the owner.
     assert_eq!(wait_for_owner(&fleet, Duration::from_secs(60)).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_durable_broker_killed_mid_stream_and_restarted_loses_and_doubles_nothing() {
+    let Some(broker) = Broker::durable_or_skip("a broker restart mid-stream") else {
+        return;
+    };
+    let mut stack = Stack::start_on(broker, true).await;
+    let producer = stack.producer();
+    let spec = DemoSpec {
+        events: 30_000,
+        malformed: 0.02,
+        duplicates: 0.01,
+        ..DemoSpec::default()
+    };
+    let manifest = demo::produce(&producer, spec).await.unwrap();
+    let mut collector = stack.spawn_instance("collector", "a", "{}", &secrets());
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while collector.position(INGEST).await < 10_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "collector stalled:\n{}",
+            collector.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed_at = collector.position(INGEST).await;
+    stack.broker.kill_and_restart();
+    eprintln!("broker killed and restarted with the collector at {killed_at}");
+    assert!(killed_at < manifest.sent as i64, "input left unread");
+    // Every record the broker acknowledged survived it; the collector waits
+    // the outage out and finishes.
+    collector
+        .wait_caught_up(&manifest.end_offsets, Duration::from_secs(180))
+        .await;
+    let doubled = assert_outputs_match(&stack, &manifest).await;
+    assert!(doubled <= BATCH_MAX_RECORDS, "{doubled} re-emissions");
+    assert_eq!(
+        collector.metric("trellis_dlq_records_total").await as usize,
+        manifest.rejected.len(),
+        "no valid record turned into a dead letter by the outage"
+    );
+    assert!(collector.terminate().success(), "{}", collector.log_text());
+}
