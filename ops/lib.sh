@@ -18,6 +18,15 @@ export TRELLIS__REGISTRY__URL="$TRELLIS_REGISTRY_URL"
 PROFILE="${TRELLIS_PROFILE:-release}"
 BIN_DIR="$TRELLIS_ROOT/target/$PROFILE"
 TANSU="${TRELLIS_TANSU:-$TRELLIS_HOME/bin/tansu}"
+# memory (tansu) or durable (nisshi on Postgres): see ops/stack-up.
+BROKER_KIND="${TRELLIS_BROKER:-memory}"
+BROKER_PG_DIR="$TRELLIS_HOME/broker"
+BROKER_PG_PORT="${TRELLIS_BROKER_PG_PORT:-5545}"
+if [ "$BROKER_KIND" = durable ]; then
+  # The tools' consumers (trellis demo, inspect, erasure verify): see
+  # start_processor.
+  export TRELLIS_FETCH_MIN_BYTES=1000000 TRELLIS_FETCH_WAIT_MAX_MS=200
+fi
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -82,6 +91,10 @@ start_processor() {
     paths+=("$key=$TRELLIS_HOME/$path")
   done < <("$BIN_DIR/trellis" config paths "$processor")
   [ "${#paths[@]}" -gt 0 ] || die "trellis config paths $processor printed nothing"
+  # nisshi answers a fetch with whatever one record is ready: wait for more
+  # (INFRA.md; 33 records/s otherwise).
+  [ "$BROKER_KIND" = durable ] \
+    && paths+=(TRELLIS__KAFKA__FETCH_MIN_BYTES=1000000 TRELLIS__KAFKA__FETCH_WAIT_MAX_MS=200)
   say "starting $processor"
   start "$processor" env "${paths[@]}" \
     "$BIN_DIR/trellis-$processor" --config "$TRELLIS_ROOT/ops/config/$processor.yaml"

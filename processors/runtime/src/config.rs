@@ -94,6 +94,16 @@ pub struct KafkaConfig {
     /// over what it owned (`session.timeout.ms`).
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
+    /// librdkafka's `fetch.min.bytes` for the input consumer: how much a
+    /// fetch waits for. nisshi answers a fetch as soon as one record is
+    /// ready, so it needs about 1,000,000 (INFRA.md; ops/ sets it for the
+    /// durable broker).
+    #[serde(default)]
+    pub fetch_min_bytes: Option<u32>,
+    /// librdkafka's `fetch.wait.max.ms` for the input consumer: the longest
+    /// a fetch waits for `fetch_min_bytes`.
+    #[serde(default)]
+    pub fetch_wait_max_ms: Option<u32>,
     /// Gone: static assignment was replaced by the consumer group. Kept
     /// only to refuse it with the way forward.
     #[serde(default)]
@@ -124,6 +134,8 @@ impl KafkaConfig {
             bootstrap_servers: bootstrap_servers.into(),
             transactions: false,
             instance_id: None,
+            fetch_min_bytes: None,
+            fetch_wait_max_ms: None,
             session_timeout_ms: default_session_timeout_ms(),
             instance: None,
             instances: None,

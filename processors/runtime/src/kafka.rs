@@ -117,7 +117,18 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
                 "read_uncommitted"
             },
         );
+    fetch_tuning(&mut config, kafka);
     config
+}
+
+/// `kafka.fetch_min_bytes` and `kafka.fetch_wait_max_ms`, for a consumer.
+fn fetch_tuning(config: &mut ClientConfig, kafka: &KafkaConfig) {
+    if let Some(bytes) = kafka.fetch_min_bytes {
+        config.set("fetch.min.bytes", bytes.to_string());
+    }
+    if let Some(ms) = kafka.fetch_wait_max_ms {
+        config.set("fetch.wait.max.ms", ms.to_string());
+    }
 }
 
 /// Partition counts of every topic the broker has.
@@ -238,6 +249,7 @@ impl TopicScan {
             .set("enable.partition.eof", "false")
             .set("fetch.max.bytes", "52428800")
             .set("queued.min.messages", "200000");
+        fetch_tuning(&mut config, kafka);
         let consumer: BaseConsumer = config.create()?;
         let metadata = consumer.fetch_metadata(Some(topic), ADMIN_TIMEOUT)?;
         let partitions = metadata

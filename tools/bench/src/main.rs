@@ -266,7 +266,7 @@ async fn execute(command: BenchCommand) -> anyhow::Result<ExitStatus> {
                     secrets.get(trellis_warehouse::WAREHOUSE_URL.env).expose(),
                 ))
                 .map_err(|e| anyhow::anyhow!("TRELLIS_WAREHOUSE_URL {e}"))?;
-            let kafka = KafkaConfig::new(stack.broker.bootstrap_servers);
+            let kafka = stack.broker.kafka();
             let registry = stack.registry.registry_url;
             let topology = stack.file.topology;
             println!("{rows} rows (60% progress, 20% completions, 20% aggregate cells) into {url}");
@@ -353,7 +353,7 @@ async fn bench(args: BenchArgs, stage: Stage) -> anyhow::Result<ExitStatus> {
         rebuilds,
         summary,
     } = args;
-    let kafka = KafkaConfig::new(broker.bootstrap_servers);
+    let kafka = broker.kafka();
     let producer: FutureProducer = producer_config(&kafka, None).create()?;
     println!("producing {events} demo records (2% malformed, 1% duplicates)");
     let manifest = demo::produce(

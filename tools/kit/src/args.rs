@@ -23,6 +23,23 @@ pub struct Broker {
         env = "TRELLIS_BOOTSTRAP_SERVERS"
     )]
     pub bootstrap_servers: String,
+    /// The consumers' `fetch.min.bytes` (the durable broker needs about
+    /// 1000000; ops/ sets it).
+    #[arg(long, env = "TRELLIS_FETCH_MIN_BYTES")]
+    pub fetch_min_bytes: Option<u32>,
+    /// The consumers' `fetch.wait.max.ms`.
+    #[arg(long, env = "TRELLIS_FETCH_WAIT_MAX_MS")]
+    pub fetch_wait_max_ms: Option<u32>,
+}
+
+impl Broker {
+    /// Client settings for this broker.
+    pub fn kafka(&self) -> KafkaConfig {
+        let mut kafka = KafkaConfig::new(self.bootstrap_servers.clone());
+        kafka.fetch_min_bytes = self.fetch_min_bytes;
+        kafka.fetch_wait_max_ms = self.fetch_wait_max_ms;
+        kafka
+    }
 }
 
 #[derive(Args)]
@@ -57,7 +74,7 @@ impl StackArgs {
     /// topology.yaml, the broker or the registry.
     pub async fn requests(self) -> anyhow::Result<(KafkaConfig, crate::gdpr::Requests)> {
         let topology = Topology::load_checked(&self.file.topology)?;
-        let kafka = KafkaConfig::new(self.broker.bootstrap_servers);
+        let kafka = self.broker.kafka();
         let requests =
             crate::gdpr::Requests::connect(&kafka, &self.registry.registry_url, &topology).await?;
         Ok((kafka, requests))

@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use trellis_kit::args::{AnchorKeys, Broker, TopologyFile};
-use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::lifecycle::ExitStatus;
 use trellis_runtime::topology::Topology;
 
@@ -189,7 +188,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<ExitStatus> {
                 )),
                 _ => None,
             };
-            let kafka = KafkaConfig::new(broker.bootstrap_servers);
+            let kafka = broker.kafka();
             let source = match &log {
                 Some(path) => Source::File(path),
                 None => Source::Broker(&kafka),
@@ -219,7 +218,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<ExitStatus> {
         AuditCommand::Witness { .. } => unreachable!("run before the blocking section"),
         AuditCommand::ExportLog { file, broker, out } => {
             let topology = Topology::load_checked(&file.topology)?;
-            let kafka = KafkaConfig::new(broker.bootstrap_servers);
+            let kafka = broker.kafka();
             let n = a::export_log(&kafka, &topology, &out)?;
             println!("{n} records written to {}", out.display());
             Ok(ExitStatus::Success)
@@ -234,7 +233,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<ExitStatus> {
             to,
             out,
         } => {
-            let kafka = KafkaConfig::new(broker.bootstrap_servers);
+            let kafka = broker.kafka();
             let request = match (offset, from, to) {
                 (Some(offset), _, _) => ProofRequest::Inclusion { offset, anchor },
                 (None, Some(from), Some(to)) => ProofRequest::Consistency { from, to },
@@ -250,7 +249,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<ExitStatus> {
             key,
             log,
         } => {
-            let kafka = KafkaConfig::new(broker.bootstrap_servers);
+            let kafka = broker.kafka();
             let keys = key.keys()?;
             let source = match &log {
                 Some(path) => Source::File(path),

@@ -10,7 +10,6 @@ use clap::Subcommand;
 use rdkafka::producer::FutureProducer;
 use trellis_kit::args::{Broker, RegistryUrl, TopologyFile};
 use trellis_kit::demo::{self, DemoSpec, Manifest};
-use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::kafka::producer_config;
 use trellis_runtime::lifecycle::ExitStatus;
 use trellis_runtime::metrics::sample;
@@ -121,7 +120,7 @@ pub async fn run(command: DemoCommand) -> anyhow::Result<ExitStatus> {
             ago_hours,
             manifest,
         } => {
-            let kafka = KafkaConfig::new(broker.bootstrap_servers);
+            let kafka = broker.kafka();
             let producer: FutureProducer = producer_config(&kafka, None).create()?;
             let started = Instant::now();
             let spec = DemoSpec {
@@ -169,7 +168,7 @@ pub async fn run(command: DemoCommand) -> anyhow::Result<ExitStatus> {
                         .with_context(|| format!("{} is not a demo manifest", path.display()))
                 })
                 .collect::<anyhow::Result<Vec<Manifest>>>()?;
-            let kafka = KafkaConfig::new(broker.bootstrap_servers);
+            let kafka = broker.kafka();
             let decoder = trellis_runtime::schema::AvroDecoder::new(
                 trellis_runtime::schema::registry_settings(&registry.registry_url)?,
             );
@@ -222,7 +221,7 @@ pub async fn run(command: DemoCommand) -> anyhow::Result<ExitStatus> {
                     if topic.is_empty() {
                         bail!("give --manifest, --topic or --processor");
                     }
-                    let kafka = KafkaConfig::new(broker.bootstrap_servers);
+                    let kafka = broker.kafka();
                     let mut ends = BTreeMap::new();
                     for topic in &topic {
                         ends.extend(trellis_runtime::kafka::end_offsets(&kafka, topic)?);

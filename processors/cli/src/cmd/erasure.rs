@@ -7,7 +7,6 @@ use std::time::Instant;
 use clap::Subcommand;
 use trellis_kit::args::{AnchorKeys, StackArgs};
 use trellis_records::SubjectId;
-use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::lifecycle::ExitStatus;
 use trellis_runtime::topology::Topology;
 
@@ -25,7 +24,7 @@ pub enum ErasureCommand {
     /// processors stopped (or copies of their directories).
     Verify {
         #[command(flatten)]
-        stack: StackArgs,
+        stack: Box<StackArgs>,
         #[command(flatten)]
         key: AnchorKeys,
         /// The erasure request to verify.
@@ -97,7 +96,7 @@ pub async fn run(command: ErasureCommand) -> anyhow::Result<ExitStatus> {
             };
             let identifiers = identifiers.into_iter().map(|i| (i.kind, i.id)).collect();
             let topology = Topology::load_checked(&stack.file.topology)?;
-            let kafka = KafkaConfig::new(stack.broker.bootstrap_servers);
+            let kafka = stack.broker.kafka();
             let started = Instant::now();
             let report = e::verify(e::Inputs {
                 kafka: &kafka,

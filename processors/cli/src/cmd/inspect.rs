@@ -5,7 +5,6 @@ use std::time::Duration;
 use clap::Args;
 use trellis_kit::args::StackArgs;
 use trellis_kit::inspect;
-use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::lifecycle::ExitStatus;
 use trellis_runtime::topology::Topology;
 
@@ -24,7 +23,7 @@ pub struct InspectArgs {
 /// topology.yaml, the broker or the registry.
 pub async fn run(args: InspectArgs) -> anyhow::Result<ExitStatus> {
     let topology = Topology::load(&args.stack.file.topology)?;
-    let kafka = KafkaConfig::new(args.stack.broker.bootstrap_servers);
+    let kafka = args.stack.broker.kafka();
     let reports = inspect::inspect(
         &kafka,
         &args.stack.registry.registry_url,

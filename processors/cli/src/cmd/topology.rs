@@ -4,7 +4,6 @@
 use clap::Subcommand;
 use trellis_kit::args::{StackArgs, TopologyFile};
 use trellis_kit::provision;
-use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::lifecycle::ExitStatus;
 use trellis_runtime::topology::Topology;
 
@@ -56,7 +55,7 @@ pub async fn run(command: TopologyCommand) -> anyhow::Result<ExitStatus> {
                 registry,
             } = stack;
             let topology = Topology::load_checked(&file.topology)?;
-            let kafka = KafkaConfig::new(broker.bootstrap_servers);
+            let kafka = broker.kafka();
             let applied = provision::apply(&kafka, &registry.registry_url, &topology, replication)
                 .await
                 .map_err(anyhow::Error::msg)?;
