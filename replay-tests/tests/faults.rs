@@ -10,7 +10,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sha2::{Digest, Sha256};
 use trellis_kit::demo::{self, DemoSpec, Manifest};
 use trellis_records::{CollectedEvent, DeadLetter};
-use trellis_replay_tests::{Process, Stack, collector_secrets, copy_dir, end_offsets, free_port};
+use trellis_replay_tests::{
+    Broker, Process, Stack, collector_secrets, copy_dir, end_offsets, free_port,
+};
 use trellis_runtime::config::KafkaConfig;
 use trellis_runtime::kafka::producer_config;
 use trellis_runtime::schema::{AvroDecoder, registry_settings};
@@ -77,7 +79,9 @@ fn garbage(i: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_never_stop_the_collector_and_every_record_is_accounted_for() {
-    let stack = Stack::start().await;
+    // Records above 1 MB, as an upstream whose broker allows them sends:
+    // tansu takes them, nisshi refuses them as Kafka does by default.
+    let stack = Stack::start_on(Broker::start_memory(), true).await;
     let big = big_producer(&stack);
     let huge: Vec<u8> = (0..2_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
     let just_over: Vec<u8> = vec![b'{'; trellis_runtime::producer::DEFAULT_MAX_MESSAGE_BYTES + 100];
