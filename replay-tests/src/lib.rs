@@ -830,6 +830,21 @@ impl Process {
         }
     }
 
+    /// Waits until this instance owns its processor's state (its group's
+    /// lease): its HTTP endpoints answer only then.
+    pub async fn wait_owner(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.metric("trellis_state_owner").await != 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not take the lease in {timeout:?}:\n{}",
+                self.name,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// One sample of its metrics (see [`sample`]).
     pub async fn metric(&self, selector: &str) -> f64 {
         sample(&self.metrics().await, selector).unwrap_or(0.0)

@@ -324,6 +324,7 @@ async fn http_ingest_reaches_collected_and_revocation_is_immediate() {
     );
 
     let mut collector = http.spawn(&stack);
+    collector.wait_owner(Duration::from_secs(60)).await;
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{}/v1/events", http.http_port);
     let now = std::time::SystemTime::now()
@@ -607,4 +608,104 @@ async fn the_durable_broker_killed_mid_stream_and_restarted_loses_and_doubles_no
         "no valid record turned into a dead letter by the outage"
     );
     assert!(collector.terminate().success(), "{}", collector.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owner_serves_http_ingest_so_a_replay_elsewhere_is_refused() {
+    let Some(broker) = Broker::durable_or_skip("HTTP ingest in a fleet") else {
+        return;
+    };
+    let stack = Stack::start_on(broker, true).await;
+    // Two instances on one key file, each with its own port, id and state.
+    let mut fleet = Vec::new();
+    let mut ports = Vec::new();
+    let mut key = String::new();
+    for instance in ["a", "b"] {
+        let http = stack.http_collector();
+        if key.is_empty() {
+            key = http.create_key("acme-learning").1;
+        }
+        let mut secrets = trellis_replay_tests::collector_secrets();
+        secrets.push((
+            "TRELLIS__KAFKA__INSTANCE_ID",
+            format!("collector-{instance}"),
+        ));
+        secrets.push((
+            "TRELLIS__STATE_DIR",
+            stack
+                .state_dir(&format!("collector-{instance}"))
+                .display()
+                .to_string(),
+        ));
+        // Its own copy: the next instance's config is written to the same path.
+        let config = stack
+            .dir
+            .path()
+            .join(format!("collector-http-{instance}.yaml"));
+        std::fs::copy(&http.config, &config).unwrap();
+        fleet.push(Some(Process::spawn(
+            "collector",
+            &config,
+            http.metrics_port,
+            &secrets,
+            stack.dir.path(),
+            &[],
+        )));
+        ports.push(http.http_port);
+    }
+    let owner = wait_for_owner(&fleet, Duration::from_secs(60)).await;
+    let standby = 1 - owner;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let batch = serde_json::json!([{
+        "event_id": "5a0c1e2f-3b4d-4e5f-8a6b-7c8d9e0f1a2b",
+        "tenant_id": "acme-learning",
+        "source": "app",
+        "kind": "app.event",
+        "occurred_at": now - 500,
+        "actor": {"user_id": "78"},
+        "verb": "app.lesson_opened",
+        "data": {},
+    }]);
+    let client = reqwest::Client::new();
+    let post = |port: u16| {
+        client
+            .post(format!("http://127.0.0.1:{port}/v1/events"))
+            .header("x-api-key", &key)
+            .json(&batch)
+            .send()
+    };
+    // Each instance's listener may still be starting.
+    let answer = |port: u16| {
+        let post = &post;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                match post(port).await {
+                    Ok(response) => return response,
+                    Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let accepted = answer(ports[owner]).await;
+    assert_eq!(accepted.status(), 202);
+    // The same request to the standby: refused (its nonces and rate limits
+    // would not be the owner's), with the way to retry.
+    let refused = answer(ports[standby]).await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "STANDBY");
+
+    // The owner killed: the standby takes over and serves.
+    fleet[owner].take().unwrap().kill9();
+    assert_eq!(
+        wait_for_owner(&fleet, Duration::from_secs(60)).await,
+        standby
+    );
+    assert_eq!(post(ports[standby]).await.unwrap().status(), 202);
 }

@@ -30,6 +30,23 @@ fn config(args: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// `trellis-<processor>` as ops/lib.sh starts it (its config, its paths
+/// under `home`), with nothing else in its environment (no secrets).
+fn as_the_stack_starts(processor: &str, home: &std::path::Path) -> Command {
+    let mut command = Command::new(binary(&format!("trellis-{processor}")));
+    command
+        .arg("--config")
+        .arg(repo_root().join(format!("ops/config/{processor}.yaml")))
+        .current_dir(repo_root())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for line in config(&["paths", processor]) {
+        let (key, path) = line.split_once('=').unwrap();
+        command.env(key, home.join(path));
+    }
+    command
+}
+
 #[test]
 fn every_processor_the_stack_starts_asks_for_exactly_what_trellis_config_says() {
     let topology = Topology::load(&repo_root().join("topology.yaml")).unwrap();
@@ -53,18 +70,9 @@ fn every_processor_the_stack_starts_asks_for_exactly_what_trellis_config_says() 
         // Started as ops/lib.sh starts it (its config, its paths under
         // TRELLIS_HOME) but without a single secret: it must refuse,
         // naming every secret `trellis config secrets` named, and no other.
-        let mut command = Command::new(binary(&format!("trellis-{processor}")));
-        command
-            .arg("--config")
-            .arg(repo_root().join(format!("ops/config/{processor}.yaml")))
-            .current_dir(repo_root())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-        for line in config(&["paths", processor]) {
-            let (key, path) = line.split_once('=').unwrap();
-            command.env(key, state.path().join(path));
-        }
-        let output = command.output().unwrap();
+        let output = as_the_stack_starts(processor, state.path())
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(78), "{processor}: {stderr}");
         let asked: BTreeSet<String> = stderr
@@ -119,19 +127,10 @@ fn every_processor_names_the_state_one_owner_holds_and_refuses_static_instances(
             .owns;
         assert!(owns.len() > 10, "{processor}: {owns:?}");
 
-        let mut command = Command::new(binary(&format!("trellis-{processor}")));
-        command
-            .arg("--config")
-            .arg(repo_root().join(format!("ops/config/{processor}.yaml")))
-            .current_dir(repo_root())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("TRELLIS__KAFKA__INSTANCES", "3");
-        for line in config(&["paths", &processor]) {
-            let (key, path) = line.split_once('=').unwrap();
-            command.env(key, state.path().join(path));
-        }
-        let output = command.output().unwrap();
+        let output = as_the_stack_starts(&processor, state.path())
+            .env("TRELLIS__KAFKA__INSTANCES", "3")
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(78), "{processor}: {stderr}");
         assert!(

@@ -27,6 +27,7 @@ async fn an_xapi_client_sends_statements_that_reach_protected() {
     let (key_id, key) = http.create_key("acme-learning");
     let mut collector = http.spawn(&stack);
     trellis_replay_tests::wait_for_port(http.http_port, Duration::from_secs(60)).await;
+    collector.wait_owner(Duration::from_secs(60)).await;
 
     let endpoint = format!("http://127.0.0.1:{}/xapi/", http.http_port);
     let sent = Command::new("node")

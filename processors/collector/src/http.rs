@@ -52,6 +52,7 @@ use sha2::Sha256;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
+use trellis_runtime::pipeline::membership::Lease;
 
 use crate::apikeys::{ApiKeyRecord, KeyRefusal, KeyStore, SCOPE_EVENTS_WRITE, signing_secret};
 use crate::validate::{Envelope, IngestFormat, Limits, validate};
@@ -204,6 +205,9 @@ pub struct Ingest {
     nonces: Mutex<HashMap<String, i64>>,
     /// Statement ids accepted by the xAPI resource ([`lrs`]).
     statement_index: lrs::StatementIndex,
+    /// Held while this instance owns the collector's state; a standby
+    /// refuses requests (`None`: always serve, as in tests).
+    lease: Option<Lease>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -301,6 +305,7 @@ impl Ingest {
         sink: Arc<dyn Sink>,
         limits: Limits,
         signing_master: Option<Vec<u8>>,
+        lease: Option<Lease>,
     ) -> Arc<Self> {
         let statement_index =
             lrs::StatementIndex::new(settings.statement_id_window_secs as i64 * 1000, 1_000_000);
@@ -313,6 +318,7 @@ impl Ingest {
             signing_master,
             limiters: Mutex::default(),
             nonces: Mutex::default(),
+            lease,
         })
     }
 
@@ -396,6 +402,19 @@ impl Ingest {
     }
 
     fn check_key(&self, presented: Option<&str>) -> Result<ApiKeyRecord, Refusal> {
+        // Nonces, rate limits and the statement-id index are the owner's:
+        // answering here would let a replay, or a tenant's burst, through
+        // another instance. Clients retry; a load balancer sends them on.
+        if self.lease.as_ref().is_some_and(|lease| !lease.held()) {
+            return Err(Refusal {
+                retry_after: Some(1),
+                ..refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "STANDBY",
+                    "this collector instance is standing by; another instance of its group serves ingest",
+                )
+            });
+        }
         self.keys
             .authenticate(presented, SCOPE_EVENTS_WRITE)
             .map_err(|e| match e {

@@ -289,6 +289,7 @@ impl Build for Collector {
                 Arc::new(http::KafkaSink::new(producer)),
                 ctx.settings.limits(),
                 Some(ctx.secrets.get(SECRETS[0].env).expose().to_vec()),
+                ctx.lease(),
             );
             let cannot_listen = |e: std::io::Error| {
                 StartError::Misconfigured(format!("HTTP ingest cannot listen: {e}"))

@@ -663,8 +663,12 @@ impl Build for Privacy {
                 Arc::new(audit),
             );
             tracing::info!(%addr, "decrypt gate listening");
+            let router = match ctx.lease() {
+                Some(lease) => lease.guard(gate.router()),
+                None => gate.router(),
+            };
             ctx.serve(|stopping| async move {
-                let served = axum::serve(listener, gate.router())
+                let served = axum::serve(listener, router)
                     .with_graceful_shutdown(stopping.wait())
                     .await;
                 if let Err(e) = served {

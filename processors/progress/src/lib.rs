@@ -817,6 +817,10 @@ impl Build for Progress {
                 .map_err(cannot_listen)?;
             tracing::info!(addr = %listener.local_addr().map_err(cannot_listen)?, "transcripts listening");
             let router = transcript::TranscriptApi::new(settings, store.clone()).router();
+            let router = match ctx.lease() {
+                Some(lease) => lease.guard(router),
+                None => router,
+            };
             ctx.serve(|stopping| async move {
                 let served = axum::serve(listener, router)
                     .with_graceful_shutdown(stopping.wait())

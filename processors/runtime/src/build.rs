@@ -230,6 +230,15 @@ impl<'a, S> Context<'a, S> {
         }
     }
 
+    /// Whether this instance holds its group's lease (owns the state), for
+    /// side services that must answer only from the owner; `None` offline.
+    pub fn lease(&self) -> Option<crate::pipeline::membership::Lease> {
+        match &self.env {
+            Env::Live { runtime, .. } => Some(runtime.lease()),
+            Env::Offline { .. } => None,
+        }
+    }
+
     /// The registry's URL, live.
     pub fn registry(
         &self,

@@ -46,6 +46,10 @@ fn settings(dir: &std::path::Path) -> HttpSettings {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(None)
+}
+
+fn fixture_with(lease: Option<Lease>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let settings = settings(dir.path());
     let keys = KeyStore::new(&settings.api_keys);
@@ -64,7 +68,7 @@ fn fixture() -> Fixture {
         max_clock_skew_ms: 300_000,
         max_event_age_ms: 86_400_000,
     };
-    let app = Ingest::new(settings, sink.clone(), limits, Some(MASTER.to_vec())).router();
+    let app = Ingest::new(settings, sink.clone(), limits, Some(MASTER.to_vec()), lease).router();
     Fixture {
         dir,
         keys,
@@ -276,6 +280,55 @@ async fn rate_limits_per_tenant_with_retry_after() {
     // Another tenant is unaffected.
     let (status, _, _) = post_json(&f.app, Some(&f.key), &json!([event("acme", 1)])).await;
     assert_eq!(status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn a_standby_refuses_every_request_until_it_holds_the_lease() {
+    let lease = Lease::default();
+    let f = fixture_with(Some(lease.clone()));
+    let (signed_key, record) = f
+        .keys
+        .create(
+            "acme",
+            vec![SCOPE_EVENTS_WRITE.into()],
+            None,
+            true,
+            String::new(),
+        )
+        .unwrap();
+    let body = json!([event("acme", 1)]).to_string();
+    let now = now_ms() / 1000;
+    let (status, headers, reply) =
+        post_json(&f.app, Some(&f.key), &json!([event("acme", 2)])).await;
+    assert_eq!(
+        (status, reply["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("STANDBY"))
+    );
+    assert_eq!(headers["retry-after"], "1");
+    assert_security_headers(&headers);
+    let (status, _, reply) = send(&f.app, signed(&signed_key, &record.id, now, "n-1", &body)).await;
+    assert_eq!(
+        (status, reply["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("STANDBY"))
+    );
+    assert!(
+        f.sink.0.lock().unwrap().is_empty(),
+        "a standby writes nothing"
+    );
+    // Holding the lease, it serves; the nonce the standby saw was not
+    // consumed there.
+    lease.set(true);
+    let (status, _, _) = send(&f.app, signed(&signed_key, &record.id, now, "n-1", &body)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _, reply) = send(&f.app, signed(&signed_key, &record.id, now, "n-1", &body)).await;
+    assert_eq!(
+        (status, reply["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("REPLAYED_NONCE"))
+    );
+    // Handed over: refused again.
+    lease.set(false);
+    let (status, _, _) = post_json(&f.app, Some(&f.key), &json!([event("acme", 3)])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
 fn signed(key: &str, key_id: &str, timestamp: i64, nonce: &str, body: &str) -> Request<Body> {

@@ -42,6 +42,60 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use crate::config::KafkaConfig;
 use crate::kafka::{KafkaError, client_config};
 
+/// Whether this instance holds the lease (owns the state): what side
+/// services ask before answering from, or for, the state (HTTP ingest
+/// remembers nonces and rate limits for the owner's loop; a standby
+/// refuses, so a replay or a burst cannot be spread over instances).
+#[derive(Debug, Clone, Default)]
+pub struct Lease(Arc<AtomicBool>);
+
+impl Lease {
+    /// True while this instance owns the state.
+    pub fn held(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Taken or given up: the runtime's loop sets it (tests too).
+    pub fn set(&self, held: bool) {
+        self.0.store(held, Ordering::Relaxed);
+    }
+
+    /// `router`, answering `503 STANDBY` (with `Retry-After: 1`) while this
+    /// instance does not hold the lease: a side service that answers from
+    /// the state (transcripts, the decrypt gate) must not answer from a
+    /// standby's copy, which is as old as its last ownership.
+    pub fn guard<S: Clone + Send + Sync + 'static>(
+        &self,
+        router: axum::Router<S>,
+    ) -> axum::Router<S> {
+        router.layer(axum::middleware::from_fn_with_state(
+            self.clone(),
+            refuse_on_standby,
+        ))
+    }
+}
+
+async fn refuse_on_standby(
+    axum::extract::State(lease): axum::extract::State<Lease>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if lease.held() {
+        return next.run(request).await;
+    }
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [("retry-after", "1")],
+        axum::Json(serde_json::json!({
+            "ok": false,
+            "code": "STANDBY",
+            "message": "this instance is standing by; another instance of its group owns the state",
+        })),
+    )
+        .into_response()
+}
+
 /// How long a revocation waits for the loop to hand over (a batch that
 /// must first be made durable). Beyond it the lease moves anyway.
 pub const REVOKE_WAIT: Duration = Duration::from_secs(60);
@@ -200,5 +254,49 @@ impl Drop for Membership {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: std::net::SocketAddr) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /x HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn a_guarded_router_answers_only_while_the_lease_is_held() {
+        let lease = Lease::default();
+        let router =
+            lease.guard(axum::Router::new().route("/x", axum::routing::get(|| async { "state" })));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+
+        let standby = get(addr).await;
+        assert!(standby.starts_with("HTTP/1.1 503"), "{standby}");
+        assert!(standby.contains("retry-after: 1"), "{standby}");
+        assert!(standby.contains("\"code\":\"STANDBY\""), "{standby}");
+        assert!(
+            !standby.contains("state\r\n") && !standby.ends_with("state"),
+            "{standby}"
+        );
+        lease.set(true);
+        let owner = get(addr).await;
+        assert!(
+            owner.starts_with("HTTP/1.1 200") && owner.ends_with("state"),
+            "{owner}"
+        );
+        lease.set(false);
+        assert!(get(addr).await.starts_with("HTTP/1.1 503"));
     }
 }

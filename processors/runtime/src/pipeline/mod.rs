@@ -127,6 +127,8 @@ pub struct Runtime {
     avro_inputs: HashSet<String>,
     /// Set once replay has finished: tickers only tick on a live processor.
     live: Arc<AtomicBool>,
+    /// Held while this instance owns the state.
+    lease: membership::Lease,
 }
 
 /// Reports the outcome of the checkpoints' asynchronous offset commits,
@@ -254,6 +256,7 @@ impl Runtime {
             dlq: None,
             dlq_topic: Arc::from(DLQ_TOPIC),
             live: Arc::new(AtomicBool::new(false)),
+            lease: membership::Lease::default(),
         };
         if runtime.outputs.contains(DLQ_TOPIC) {
             runtime.dlq = Some(runtime.encoder(DLQ_TOPIC).await?);
@@ -271,6 +274,12 @@ impl Runtime {
     /// beside the loop). Only the loop commits to it.
     pub fn store(&self) -> &StateStore {
         &self.store
+    }
+
+    /// Held while this instance owns the processor's state (side services
+    /// that answer for the state ask it).
+    pub fn lease(&self) -> membership::Lease {
+        self.lease.clone()
     }
 
     /// The producer outputs go through (for side paths such as audit events

@@ -249,6 +249,7 @@ impl Runtime {
     fn ownership(&self, owner: bool) {
         let change = if owner { "took_over" } else { "handed_over" };
         self.metrics.owner.set(i64::from(owner));
+        self.lease.set(owner);
         self.metrics
             .ownership_changes
             .with_label_values(&[change])
