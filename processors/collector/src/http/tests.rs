@@ -78,6 +78,19 @@ fn fixture_with(lease: Option<Lease>) -> Fixture {
     }
 }
 
+/// A signed key of tenant `acme`: (the key, its record).
+fn signed_key(f: &Fixture) -> (String, ApiKeyRecord) {
+    f.keys
+        .create(
+            "acme",
+            vec![SCOPE_EVENTS_WRITE.into()],
+            None,
+            true,
+            String::new(),
+        )
+        .unwrap()
+}
+
 fn event(tenant: &str, id: u8) -> Value {
     json!({
         "event_id": format!("6f1c1a9e-8d3b-4a57-9e8e-0c1d2b3a4f{id:02x}"),
@@ -286,16 +299,7 @@ async fn rate_limits_per_tenant_with_retry_after() {
 async fn a_standby_refuses_every_request_until_it_holds_the_lease() {
     let lease = Lease::default();
     let f = fixture_with(Some(lease.clone()));
-    let (signed_key, record) = f
-        .keys
-        .create(
-            "acme",
-            vec![SCOPE_EVENTS_WRITE.into()],
-            None,
-            true,
-            String::new(),
-        )
-        .unwrap();
+    let (key, record) = signed_key(&f);
     let body = json!([event("acme", 1)]).to_string();
     let now = now_ms() / 1000;
     let (status, headers, reply) =
@@ -306,7 +310,7 @@ async fn a_standby_refuses_every_request_until_it_holds_the_lease() {
     );
     assert_eq!(headers["retry-after"], "1");
     assert_security_headers(&headers);
-    let (status, _, reply) = send(&f.app, signed(&signed_key, &record.id, now, "n-1", &body)).await;
+    let (status, _, reply) = send(&f.app, signed(&key, &record.id, now, "n-1", &body)).await;
     assert_eq!(
         (status, reply["code"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, Some("STANDBY"))
@@ -318,9 +322,9 @@ async fn a_standby_refuses_every_request_until_it_holds_the_lease() {
     // Holding the lease, it serves; the nonce the standby saw was not
     // consumed there.
     lease.set(true);
-    let (status, _, _) = send(&f.app, signed(&signed_key, &record.id, now, "n-1", &body)).await;
+    let (status, _, _) = send(&f.app, signed(&key, &record.id, now, "n-1", &body)).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let (status, _, reply) = send(&f.app, signed(&signed_key, &record.id, now, "n-1", &body)).await;
+    let (status, _, reply) = send(&f.app, signed(&key, &record.id, now, "n-1", &body)).await;
     assert_eq!(
         (status, reply["code"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("REPLAYED_NONCE"))
@@ -346,16 +350,7 @@ fn signed(key: &str, key_id: &str, timestamp: i64, nonce: &str, body: &str) -> R
 #[tokio::test]
 async fn signed_requests_are_checked_and_cannot_be_replayed() {
     let f = fixture();
-    let (key, record) = f
-        .keys
-        .create(
-            "acme",
-            vec![SCOPE_EVENTS_WRITE.into()],
-            None,
-            true,
-            String::new(),
-        )
-        .unwrap();
+    let (key, record) = signed_key(&f);
     let body = json!([event("acme", 1)]).to_string();
     let now = now_ms() / 1000;
     let (status, _, _) = send(&f.app, signed(&key, &record.id, now, "n-1", &body)).await;
