@@ -32,14 +32,21 @@ pub fn tansu(home: &Path) -> anyhow::Result<PathBuf> {
 /// store built from another cluster's log is refused, so each fresh
 /// broker gets its own id).
 pub fn broker_command(tansu: &Path, port: u16, cluster: &str) -> Command {
+    let mut command = broker(tansu, port, cluster);
+    command.args(["--storage-engine", "memory://tansu/"]);
+    command
+}
+
+/// `<binary> broker` on 127.0.0.1:`port` (listening and advertised),
+/// reporting cluster id `cluster`: what tansu and nisshi share.
+fn broker(binary: &Path, port: u16, cluster: &str) -> Command {
     let url = format!("tcp://127.0.0.1:{port}");
-    let mut command = Command::new(tansu);
+    let mut command = Command::new(binary);
     command
         .arg("broker")
         .args(["--cluster-id", cluster])
         .args(["--listener-url", &url])
-        .args(["--advertised-listener-url", &url])
-        .args(["--storage-engine", "memory://tansu/"]);
+        .args(["--advertised-listener-url", &url]);
     command
 }
 
@@ -81,18 +88,13 @@ pub fn durable_broker_command(
     storage: &str,
     maintenance: Duration,
 ) -> Command {
-    let url = format!("tcp://127.0.0.1:{port}");
     let separator = if storage.contains('?') { '&' } else { '?' };
     let storage = format!(
         "{storage}{separator}maintenance_interval={}s",
         maintenance.as_secs().max(1)
     );
-    let mut command = Command::new(nisshi);
+    let mut command = broker(nisshi, port, cluster);
     command
-        .arg("broker")
-        .args(["--cluster-id", cluster])
-        .args(["--listener-url", &url])
-        .args(["--advertised-listener-url", &url])
         .args(["--storage-engine", &storage])
         .args(["--group-initial-rebalance-delay", "0s"])
         .arg("--silent");

@@ -69,7 +69,6 @@ impl Runtime {
             group = %format!("{}.members", self.group),
             "joined the consumer group; standing by until it grants the lease"
         );
-        let mut owner = false;
         let mut cursors = Cursors::new(Vec::new(), Instant::now());
         let mut replay = ReplayProgress::idle(self.name);
         self.live.store(false, Ordering::Relaxed);
@@ -185,7 +184,8 @@ impl Runtime {
                     }
                 }
                 replay.tick(&cursors, &self.store);
-                self.live.store(owner && replay.finished, Ordering::Relaxed);
+                self.live
+                    .store(self.lease.held() && replay.finished, Ordering::Relaxed);
                 if !cursors.holding() && !paused.is_empty() {
                     let mut resumed = TopicPartitionList::new();
                     for (topic, partition) in paused.drain(..) {
@@ -197,16 +197,17 @@ impl Runtime {
                 }
             }
             match event {
-                Some(Event::Assigned(partitions)) if partitions.contains(&0) && !owner => {
+                Some(Event::Assigned(partitions))
+                    if partitions.contains(&0) && !self.lease.held() =>
+                {
                     cursors = self.assign()?;
                     processor.assigned(&cursors.assignment())?;
                     replay = ReplayProgress::new(self.name, &cursors, &self.store);
                     self.live.store(replay.finished, Ordering::Relaxed);
                     self.ownership(true);
-                    owner = true;
                 }
                 Some(Event::Revoked(partitions, handed_over)) => {
-                    if partitions.contains(&0) && owner {
+                    if partitions.contains(&0) && self.lease.held() {
                         // The batch in hand is durable (checkpointed above):
                         // commit how far, release the inputs, then let the
                         // group hand the lease on.
@@ -220,7 +221,6 @@ impl Runtime {
                         replay = ReplayProgress::idle(self.name);
                         self.live.store(false, Ordering::Relaxed);
                         self.ownership(false);
-                        owner = false;
                     }
                     let _ = handed_over.send(());
                 }
